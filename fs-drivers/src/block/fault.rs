@@ -1,0 +1,1 @@
+//! A fault-injecting wrapper for tests.

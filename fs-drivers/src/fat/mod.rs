@@ -1,0 +1,1 @@
+//! FAT12/16/32 read-write driver.

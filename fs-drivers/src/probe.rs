@@ -1,0 +1,1 @@
+//! Which filesystem is on a device, by superblock magic.
