@@ -1,1 +1,20 @@
-fn main() {}
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<(), String> = match cli.command {
+        Some(Command::Info(_)) => Err("info: not built yet".into()),
+        Some(Command::Umount(_)) => Err("umount: not built yet".into()),
+        Some(Command::Ls(_)) | Some(Command::Cat(_)) | Some(Command::Extract(_)) => {
+            Err("this command is not built yet".into())
+        }
+        None => Err("mount: not built yet".into()),
+    };
+    if let Err(msg) = result {
+        eprintln!("imgmount: {msg}");
+        std::process::exit(1);
+    }
+}
