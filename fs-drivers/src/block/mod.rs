@@ -26,6 +26,12 @@ pub trait BlockDevice: Send + Sync {
     fn size(&self) -> u64;
     /// Fill all of `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// A read of bulk data that need not stay cached (file contents; DESIGN.md §2 on double
+    /// caching): a cache serves the bytes it holds (dirty ones included) and reads the rest from
+    /// the device without keeping them. Plain devices just read.
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_at(offset, buf)
+    }
     /// Write all of `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
     /// Write several buffers back to back from `offset` (one pwritev where the device can).
@@ -69,6 +75,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_at(offset, buf)
+    }
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_direct_at(offset, buf)
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         (**self).write_at(offset, buf)

@@ -34,6 +34,10 @@ impl BlockDevice for Slice {
         check_range(offset, buf.len() as u64, self.len)?;
         self.inner.read_at(self.start + offset, buf)
     }
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        self.inner.read_direct_at(self.start + offset, buf)
+    }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.len)?;
         self.inner.write_at(self.start + offset, buf)
