@@ -85,7 +85,7 @@ pub struct CacheStats {
     pub device_read_bytes: u64,
     pub device_writes: u64,
     pub device_write_bytes: u64,
-    /// Contiguous dirty runs `flush` wrote, one device write each.
+    /// Contiguous dirty runs `flush` wrote successfully, one device write each.
     pub merged_runs: u64,
     /// Blocks dropped to make room.
     pub evictions: u64,
@@ -500,9 +500,11 @@ impl BlockDevice for BlockCache {
                     hi += 1;
                     i += 1;
                 }
-                bump(&self.counters.merged_runs, 1);
-                if let Err(e) = self.write_run(st, lo, hi) {
-                    first_err.get_or_insert(e);
+                match self.write_run(st, lo, hi) {
+                    Ok(()) => bump(&self.counters.merged_runs, 1),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }

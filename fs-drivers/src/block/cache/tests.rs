@@ -497,3 +497,98 @@ fn stats_report_reads_as_a_paragraph() {
     assert!(text.contains("1 hits, 2 misses (33.3% hit rate)"), "{text}");
     assert!(!text.contains('\n'));
 }
+
+/// A MemDevice whose next read at `offset` completes (the bytes are in the buffer) and then
+/// parks until the test releases it: the window between an unlocked miss fetch and its
+/// insertion, held open on purpose.
+struct Gate {
+    mem: MemDevice,
+    armed: Mutex<Option<u64>>,
+    entered: Mutex<std::sync::mpsc::Sender<()>>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl BlockDevice for Gate {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.mem.read_at(offset, buf)?;
+        let hit = {
+            let mut armed = self.armed.lock().unwrap();
+            let hit = *armed == Some(offset);
+            if hit {
+                *armed = None;
+            }
+            hit
+        };
+        if hit {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.mem.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.mem.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.mem.write_zeroes(offset, len)
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
+}
+
+/// Starts a cached read of block `x` that fetches the old bytes and parks; runs `meanwhile`
+/// on the cache; lets the read finish; then checks the cache and device hold `new`.
+fn race_fill_against(meanwhile: impl FnOnce(&BlockCache, &[u8])) {
+    let x = 2 * BS;
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Arc::new(Gate {
+        mem: MemDevice::from_vec(vec![0xAA; 16 * BS as usize]),
+        armed: Mutex::new(Some(x)),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let cache = Arc::new(BlockCache::new(gate.clone(), 4 * BS, BS as u32));
+    let reader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || read(&cache, x, BS))
+    };
+    entered_rx.recv().unwrap();
+    let new = vec![0x55; BS as usize];
+    meanwhile(&cache, &new);
+    release_tx.send(()).unwrap();
+    // Concurrent with the write, the read may return either side.
+    let got = reader.join().unwrap();
+    assert!(got == new || got == vec![0xAA; BS as usize]);
+    assert_eq!(read(&cache, x, BS), new, "a stale fetch entered the cache");
+    cache.flush().unwrap();
+    assert_eq!(
+        &gate.mem.contents()[x as usize..(x + BS) as usize],
+        &new[..]
+    );
+}
+
+#[test]
+fn stale_fetch_does_not_replace_a_newer_dirty_block() {
+    race_fill_against(|cache, new| cache.write_at(2 * BS, new).unwrap());
+}
+
+#[test]
+fn stale_fetch_is_not_cached_after_the_block_was_written_back_and_evicted() {
+    race_fill_against(|cache, new| {
+        cache.write_at(2 * BS, new).unwrap();
+        cache.flush().unwrap();
+        // Four other blocks push the now clean block 2 out of the 4-block cache.
+        read(cache, 8 * BS, 4 * BS);
+        assert_eq!(cache.cached_bytes(), 4 * BS);
+    });
+}
