@@ -239,6 +239,7 @@ impl BlockCache {
         let bufs: Vec<&[u8]> = (lo..hi)
             .filter_map(|i| st.lru.peek(&i).map(|b| &b.data[..]))
             .collect();
+        debug_assert_eq!(bufs.len() as u64, hi - lo, "write_run over a gap");
         let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         bump(&self.counters.device_writes, 1);
         bump(&self.counters.device_write_bytes, bytes);
