@@ -166,10 +166,11 @@ fn gpt_with_gaps_in_slots_keeps_slot_numbers() {
     assert_matches_sfdisk(&t, &sfdisk_json(&img.path));
 }
 
-/// fdisk's `-l` disk identifier and rows for a 4096-byte-sector image (sfdisk cannot set the sector size).
 /// index, start, sectors, type GUID, partition GUID.
 type FdiskRow = (u32, u64, u64, String, String);
 
+/// fdisk's `-l` disk identifier and rows for a 4096-byte-sector image (sfdisk cannot set
+/// the sector size).
 fn fdisk_4096_list(img: &std::path::Path) -> (String, Vec<FdiskRow>) {
     let out = run(
         "fdisk",
