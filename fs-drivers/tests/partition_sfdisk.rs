@@ -278,3 +278,56 @@ fn bare_ext4_and_blank_disks_have_no_table() {
         Scheme::None
     );
 }
+
+/// An MBR on a 4096-byte-sector disk counts in 4096-byte units; only the explicit sector
+/// size can know that.
+#[test]
+fn mbr_4096_byte_sectors_with_explicit_size_matches_fdisk() {
+    if !have(&["fdisk"]) {
+        return;
+    }
+    let img = TempImage::new(64 << 20);
+    let script = "o\nn\np\n1\n\n+4M\nn\ne\n2\n\n\nn\nl\n\n+4M\nn\nl\n\n+4M\nw\n";
+    run("fdisk", &["-b", "4096", path_str(&img.path)], script, &[]);
+    let out = run(
+        "fdisk",
+        &[
+            "-b",
+            "4096",
+            "-l",
+            "-o",
+            "Device,Start,Sectors,Id",
+            path_str(&img.path),
+        ],
+        "",
+        &[],
+    );
+    let rows: Vec<(u32, u64, u64, u8)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(path_str(&img.path)))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().expect("index"),
+                f[1].parse().expect("start"),
+                f[2].parse().expect("sectors"),
+                u8::from_str_radix(f[3], 16).expect("id"),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 4);
+    let t = read_table_with_sector_size(&img.device(), 4096).expect("read");
+    assert_eq!(t.scheme, Scheme::Mbr);
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    let ours: Vec<(u32, u64, u64, u8)> = t
+        .partitions
+        .iter()
+        .map(|p| {
+            let PartitionType::Mbr(code) = p.ptype else {
+                panic!("GPT type in an MBR")
+            };
+            (p.index, p.start / 4096, p.size / 4096, code)
+        })
+        .collect();
+    assert_eq!(ours, rows);
+}

@@ -307,3 +307,98 @@ fn partitions_probe_through_slices() {
         );
     }
 }
+
+/// Filesystems without a driver (and without their mkfs here): minimal hand-made headers.
+/// blkid accepts these as they are, so the comparison is exact; NTFS, XFS and ISO 9660 need
+/// more than a header to satisfy blkid and are checked against the expected fields only.
+#[test]
+fn magic_only_kinds_match_blkid() {
+    let uuid_text: &[u8] = b"0b1a2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let cases: Vec<(&str, Vec<(usize, &[u8])>, FsKind, bool)> = vec![
+        (
+            "luks1",
+            vec![(0, b"LUKS\xba\xbe\x00\x01"), (168, uuid_text)],
+            FsKind::Luks,
+            true,
+        ),
+        (
+            "luks2",
+            vec![
+                (0, b"LUKS\xba\xbe\x00\x02"),
+                (24, b"secret"),
+                (168, uuid_text),
+            ],
+            FsKind::Luks,
+            true,
+        ),
+        (
+            "squashfs",
+            vec![(0, b"hsqs"), (28, &[4, 0])],
+            FsKind::Squashfs,
+            true,
+        ),
+        (
+            "exfat",
+            vec![
+                (3, b"EXFAT   "),
+                (100, &[0xd4, 0xc3, 0xb2, 0xa1]),
+                (510, &[0x55, 0xaa]),
+            ],
+            FsKind::Exfat,
+            true,
+        ),
+        (
+            "btrfs",
+            vec![
+                (0x10040, b"_BHRfS_M"),
+                (0x10020, &[7; 16]),
+                (0x1012b, b"pool"),
+            ],
+            FsKind::Btrfs,
+            true,
+        ),
+        (
+            "ntfs",
+            vec![
+                (3, b"NTFS    "),
+                (0x48, &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]),
+            ],
+            FsKind::Ntfs,
+            false,
+        ),
+        (
+            "xfs",
+            vec![(0, b"XFSB"), (32, &[9; 16]), (108, b"xlab")],
+            FsKind::Xfs,
+            false,
+        ),
+        ("iso9660", vec![(32769, b"CD001")], FsKind::Iso9660, false),
+    ];
+    let check_blkid = have(&["blkid"]);
+    for (what, parts, kind, compare) in cases {
+        let img = TempImage::new(1 << 20);
+        let mut bytes = img.bytes();
+        for (off, b) in parts {
+            bytes[off..off + b.len()].copy_from_slice(b);
+        }
+        std::fs::write(&img.path, &bytes).expect("write");
+        let ours = probe_file(&img);
+        assert_eq!(ours.kind, kind, "{what}");
+        assert!(!kind.is_supported());
+        if compare && check_blkid {
+            assert_agrees(what, &ours, &blkid(&img.path, None));
+        }
+        match what {
+            "ntfs" => assert_eq!(ours.uuid.as_deref(), Some("1122334455667788")),
+            "xfs" => {
+                assert_eq!(ours.label.as_deref(), Some("xlab"));
+                assert_eq!(
+                    ours.uuid.as_deref(),
+                    Some("09090909-0909-0909-0909-090909090909")
+                );
+            }
+            "luks2" => assert_eq!(ours.label.as_deref(), Some("secret")),
+            _ => {}
+        }
+    }
+}
