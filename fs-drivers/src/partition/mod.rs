@@ -131,7 +131,20 @@ pub fn read_table_with_sector_size(
     read(dev, Some(sector_size))
 }
 
+/// A table with thousands of bad entries should not bury the first problems.
+const MAX_WARNINGS: usize = 32;
+
 fn read(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<PartitionTable> {
+    let mut table = read_any(dev, sector_size)?;
+    if table.warnings.len() > MAX_WARNINGS {
+        let more = table.warnings.len() - MAX_WARNINGS;
+        table.warnings.truncate(MAX_WARNINGS);
+        table.warnings.push(format!("... and {more} more warnings"));
+    }
+    Ok(table)
+}
+
+fn read_any(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<PartitionTable> {
     let mbr_sector_size = sector_size.unwrap_or(512);
     if dev.size() < 512 {
         return Ok(PartitionTable::none(mbr_sector_size));
