@@ -42,9 +42,7 @@ fn assert_matches_sfdisk(ours: &PartitionTable, json: &Value) {
             .and_then(|d| d.parse().ok())
             .expect("partition number in node");
         let p = ours
-            .partitions
-            .iter()
-            .find(|p| p.index == index)
+            .partition(index)
             .unwrap_or_else(|| panic!("partition {index} missing: {ours:#?}"));
         assert_eq!(
             p.start,

@@ -103,6 +103,11 @@ pub struct PartitionTable {
 }
 
 impl PartitionTable {
+    /// The partition with this (1-based, fdisk-style) number, as `-p N` names it.
+    pub fn partition(&self, index: u32) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.index == index)
+    }
+
     fn none(sector_size: u32) -> Self {
         PartitionTable {
             scheme: Scheme::None,
