@@ -390,13 +390,15 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
+    type Dir = Vec<(Vec<u8>, Ino)>;
+
     /// A tiny in-memory filesystem: root ino 2 (as ext), a file, a subdirectory with a file,
     /// a symlink, one xattr. Writable when asked; writes and syncs are recorded.
     struct TinyFs {
         name: &'static str,
         writable: bool,
         nodes: Mutex<BTreeMap<Ino, (FileType, Vec<u8>)>>,
-        dirs: Mutex<BTreeMap<Ino, Vec<(Vec<u8>, Ino)>>>,
+        dirs: Mutex<BTreeMap<Ino, Dir>>,
         syncs: Mutex<u32>,
         block_size: u32,
     }
