@@ -212,6 +212,12 @@ impl Image {
         }
     }
 
+    /// Writes back everything the cache holds and fsyncs the image (for a writable image; a
+    /// read-only one has nothing to write).
+    pub fn flush(&self) -> Result<()> {
+        self.device.flush()
+    }
+
     pub fn cache_stats(&self) -> Option<CacheStats> {
         self.cache.as_ref().map(|c| c.stats())
     }
