@@ -82,11 +82,15 @@ pub fn walk(fs: &dyn FileSystem) -> BTreeMap<Vec<u8>, Node> {
         }
         if attr.kind == FileType::Directory && seen.insert(ino) {
             let mut entries = Vec::new();
-            fs.readdir(ino, 0, &mut |e| {
+            match fs.readdir(ino, 0, &mut |e| {
                 entries.push(e);
                 true
-            })
-            .unwrap_or_else(|e| panic!("readdir {}: {e}", show(&path)));
+            }) {
+                Ok(()) => {}
+                // Encrypted directories are refused on purpose.
+                Err(fs_drivers::Error::Access(_)) => {}
+                Err(e) => panic!("readdir {}: {e}", show(&path)),
+            }
             for e in entries {
                 let child = if path.is_empty() {
                     e.name.clone()
@@ -125,6 +129,14 @@ pub fn walk(fs: &dyn FileSystem) -> BTreeMap<Vec<u8>, Node> {
 
 pub fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
+}
+
+/// Whether the reader refuses this file's contents on purpose (encryption).
+pub fn refused(fs: &dyn FileSystem, ino: Ino) -> bool {
+    matches!(
+        fs.read(ino, 0, &mut [0; 1]),
+        Err(fs_drivers::Error::Access(_))
+    )
 }
 
 /// Reads a whole file in 1 MiB chunks, handing each to `f`.

@@ -1,0 +1,222 @@
+//! Targeted checks: journal replay, casefold lookups, encryption refusal, checksum failures
+//! confined to their object, large_dir, and info().
+
+mod ext_common;
+
+use ext_common::{fixture_dir, open};
+use fs_drivers::block::{BlockDevice, MemDevice};
+use fs_drivers::ext::{ExtFs, ExtOptions};
+use fs_drivers::vfs::FileSystem;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+fn fixture(name: &str) -> Option<PathBuf> {
+    let p = fixture_dir()?.join(format!("{name}.img"));
+    if !p.exists() {
+        eprintln!("SKIP: {} not built (needs root)", p.display());
+        return None;
+    }
+    Some(p)
+}
+
+fn resolve(fs: &dyn FileSystem, path: &str) -> fs_drivers::Result<fs_drivers::vfs::Attr> {
+    let mut attr = fs.getattr(fs.root())?;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        attr = fs.lookup(attr.ino, c.as_bytes())?;
+    }
+    Ok(attr)
+}
+
+fn read_all(fs: &dyn FileSystem, ino: u64, size: u64) -> Vec<u8> {
+    let mut v = vec![0; size as usize];
+    let n = fs.read(ino, 0, &mut v).expect("read");
+    v.truncate(n);
+    v
+}
+
+#[test]
+fn journal_transactions_are_replayed_in_memory() {
+    let Some(img) = fixture("ext4-journal") else {
+        return;
+    };
+    let before = std::fs::read(&img).expect("image");
+    let fs = open(&img);
+    assert!(fs.journal_replayed());
+    let a = resolve(&fs, "size-4096").expect("size-4096");
+    assert_eq!(read_all(&fs, a.ino, a.size), vec![b'J'; 4096]);
+    let one = resolve(&fs, "one").expect("one");
+    assert_eq!(one.mode(), 0o100640);
+    assert_eq!(one.mtime.sec, 1234567890);
+    // The write of size-1024's block was revoked by a later transaction.
+    let r = resolve(&fs, "size-1024").expect("size-1024");
+    assert_ne!(read_all(&fs, r.ino, r.size), vec![b'R'; 1024]);
+    drop(fs);
+    assert!(
+        std::fs::read(&img).expect("image") == before,
+        "the image was modified"
+    );
+}
+
+#[test]
+fn casefold_directories_ignore_case() {
+    let Some(img) = fixture("ext4-casefold") else {
+        return;
+    };
+    let fs = open(&img);
+    let dir = resolve(&fs, "folded").expect("folded");
+    for (asked, stored) in [
+        ("alpha", "Alpha"),
+        ("beta", "BETA"),
+        ("GAMMA", "gamma"),
+        ("CAF\u{c9}", "Caf\u{e9}"),
+        ("\u{e4}RGER", "\u{c4}rger"),
+    ] {
+        let a = fs
+            .lookup(dir.ino, asked.as_bytes())
+            .unwrap_or_else(|e| panic!("{asked}: {e}"));
+        let b = fs.lookup(dir.ino, stored.as_bytes()).expect("exact name");
+        assert_eq!(a.ino, b.ino, "{asked}");
+    }
+    let big = resolve(&fs, "folded-big").expect("folded-big");
+    for i in [1, 77, 300, 600] {
+        let a = fs
+            .lookup(big.ino, format!("FILE-{i}").as_bytes())
+            .unwrap_or_else(|e| panic!("FILE-{i}: {e}"));
+        let b = fs
+            .lookup(big.ino, format!("File-{i}").as_bytes())
+            .expect("exact");
+        assert_eq!(a.ino, b.ino);
+    }
+    assert_eq!(fs.dx_fallbacks(), 0, "casefold htree lookups fell back");
+    // Outside casefold directories case still matters.
+    assert!(resolve(&fs, "ONE").is_err());
+}
+
+#[test]
+fn encrypted_inodes_are_refused() {
+    let Some(img) = fixture("ext4-casefold") else {
+        return;
+    };
+    let fs = open(&img);
+    let f = resolve(&fs, "enc-file").expect("getattr works");
+    let err = fs
+        .read(f.ino, 0, &mut [0; 16])
+        .expect_err("ciphertext returned");
+    assert_eq!(err.errno(), libc::EACCES);
+    let d = resolve(&fs, "enc-dir").expect("getattr works");
+    let err = fs
+        .readdir(d.ino, 0, &mut |_| true)
+        .expect_err("encrypted names returned");
+    assert_eq!(err.errno(), libc::EACCES);
+}
+
+#[test]
+fn large_dir_three_level_htree() {
+    let Some(img) = fixture("ext4-largedir") else {
+        return;
+    };
+    let out = Command::new("debugfs")
+        .args(["-R", "htree /big"])
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Indirect levels: 2"),
+        "fixture is not a 3-level htree"
+    );
+    let fs = open(&img);
+    let big = resolve(&fs, "big").expect("big");
+    for i in [0, 1, 49_999, 99_999] {
+        let name = format!("{}{i:06}", "long-entry-name-".repeat(8));
+        fs.lookup(big.ino, name.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let missing = format!("{}{:06}", "long-entry-name-".repeat(8), 100_000);
+    assert!(matches!(
+        fs.lookup(big.ino, missing.as_bytes()),
+        Err(fs_drivers::Error::NotFound)
+    ));
+    assert_eq!(fs.dx_fallbacks(), 0);
+}
+
+/// Byte offset of an inode in the image, from debugfs.
+fn inode_offset(img: &std::path::Path, path: &str, bs: u64) -> u64 {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("imap {path}")])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, rest) = text.split_once("located at block ").expect("imap output");
+    let (blk, rest) = rest.split_once(", offset ").expect("imap output");
+    let off = rest.trim().trim_start_matches("0x");
+    blk.trim().parse::<u64>().expect("block") * bs + u64::from_str_radix(off, 16).expect("offset")
+}
+
+#[test]
+fn bad_checksum_fails_only_its_object() {
+    let Some(img) = fixture("ext4-casefold") else {
+        return;
+    };
+    let mut data = std::fs::read(&img).expect("image");
+    let bs = open(&img).block_size() as u64;
+    let off = inode_offset(&img, "/folded/Alpha", bs) as usize;
+    data[off + 0x10] ^= 0x55; // mtime byte: only the checksum notices
+    let mk = |verify| {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data.clone()));
+        ExtFs::open(
+            dev,
+            ExtOptions {
+                verify_checksums: verify,
+            },
+        )
+        .expect("open")
+    };
+    let fs = mk(true);
+    let dir = resolve(&fs, "folded").expect("folded");
+    let err = fs
+        .lookup(dir.ino, b"Alpha")
+        .expect_err("bad inode accepted");
+    assert_eq!(err.errno(), libc::EIO);
+    fs.lookup(dir.ino, b"BETA")
+        .expect("neighbour still readable");
+    let fs = mk(false);
+    fs.lookup(dir.ino, b"Alpha").expect("verification off");
+}
+
+#[test]
+fn info_names_features() {
+    let Some(img) = fixture("ext4") else { return };
+    let fs = open(&img);
+    let info = fs.info();
+    assert_eq!(info.fs_type, "ext4");
+    assert_eq!(
+        info.uuid.as_deref(),
+        Some("6d7f1c2a-1b2c-4d3e-8f40-5a6b7c8d9e0f")
+    );
+    for f in ["has_journal", "extent", "64bit", "metadata_csum", "flex_bg"] {
+        assert!(
+            info.features.iter().any(|x| x == f),
+            "{f} missing from {:?}",
+            info.features
+        );
+    }
+}
+
+#[test]
+fn unknown_incompat_feature_is_refused_by_name() {
+    let Some(img) = fixture("ext2-nofiletype") else {
+        return;
+    };
+    let mut data = std::fs::read(&img).expect("image");
+    // Set the "compression" incompat bit (0x1); ext2 without metadata_csum needs no new sum.
+    data[1024 + 0x60] |= 0x1;
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data));
+    match ExtFs::open(dev, ExtOptions::default()) {
+        Err(fs_drivers::Error::Unsupported(m)) => assert!(m.contains("compression"), "{m}"),
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened an image with an unknown incompat feature"),
+    }
+}
