@@ -150,3 +150,54 @@ pub fn read_chunks(fs: &dyn FileSystem, ino: Ino, size: u64, mut f: impl FnMut(u
         off += n as u64;
     }
 }
+
+/// Walks whatever a (possibly corrupt) filesystem offers, tolerating every error, with hard
+/// bounds on entries visited and bytes read so a hostile image cannot make it run long.
+/// Returns how many inodes it managed to stat.
+pub fn bounded_walk(fs: &dyn FileSystem, max_nodes: usize, max_read: usize) -> usize {
+    let mut stack = vec![(fs.root(), 0u32)];
+    let mut seen = HashSet::new();
+    let mut visited = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some((ino, depth)) = stack.pop() {
+        if visited >= max_nodes || !seen.insert(ino) {
+            continue;
+        }
+        visited += 1;
+        let Ok(attr) = fs.getattr(ino) else { continue };
+        if let Ok(names) = fs.listxattr(ino) {
+            for n in names.iter().take(64) {
+                let _ = fs.getxattr(ino, n);
+            }
+        }
+        match attr.kind {
+            FileType::Directory if depth < 64 => {
+                let mut names = Vec::new();
+                let _ = fs.readdir(ino, 0, &mut |e| {
+                    names.push((e.name, e.ino));
+                    names.len() < max_nodes
+                });
+                for (name, child) in names {
+                    let _ = fs.lookup(ino, &name);
+                    stack.push((child, depth + 1));
+                }
+            }
+            FileType::Regular => {
+                let mut off = 0u64;
+                while (off as usize) < max_read && off < attr.size {
+                    match fs.read(ino, off, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => off += n as u64,
+                    }
+                }
+                // And one read far into the file, where a corrupt map may point anywhere.
+                let _ = fs.read(ino, attr.size / 2, &mut buf[..4096]);
+            }
+            FileType::Symlink => {
+                let _ = fs.readlink(ino);
+            }
+            _ => {}
+        }
+    }
+    visited
+}
