@@ -19,7 +19,10 @@ fn e2fsprogs_corpus_opens_or_refuses_cleanly() {
         eprintln!("SKIP: {} not present", dir.display());
         return;
     };
-    let mut paths: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.to_string_lossy().ends_with(".img.gz")).collect();
+    let mut paths: Vec<_> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
+        .collect();
     paths.sort();
     let (mut opened, mut refused, mut walked) = (0, 0, 0usize);
     let mut reasons = std::collections::BTreeMap::new();
@@ -27,15 +30,25 @@ fn e2fsprogs_corpus_opens_or_refuses_cleanly() {
         let mut data = Vec::new();
         let f = std::fs::File::open(p).expect("open corpus file");
         // Cap the inflated size: the corpus holds small images.
-        if GzDecoder::new(f).take(512 << 20).read_to_end(&mut data).is_err() {
+        if GzDecoder::new(f)
+            .take(512 << 20)
+            .read_to_end(&mut data)
+            .is_err()
+        {
             continue;
         }
         let t = Instant::now();
         let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data));
-        let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match ExtFs::open(dev, ExtOptions::default()) {
-            Ok(fs) => Ok(bounded_walk(&fs, 20_000, 1 << 20)),
-            Err(e) => Err(e.to_string()),
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match ExtFs::open(dev, ExtOptions::default()) {
+                Ok(fs) => Ok(bounded_walk(&fs, 20_000, 1 << 20)),
+                Err(e) => Err(e.to_string()),
+            }
         }));
         match result {
             Ok(Ok(n)) => {
@@ -49,9 +62,16 @@ fn e2fsprogs_corpus_opens_or_refuses_cleanly() {
             }
             Err(_) => panic!("{name}: panic"),
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "{name}: took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{name}: took {:?}",
+            t.elapsed()
+        );
     }
-    eprintln!("{} images: {opened} opened ({walked} inodes walked), {refused} refused", paths.len());
+    eprintln!(
+        "{} images: {opened} opened ({walked} inodes walked), {refused} refused",
+        paths.len()
+    );
     for (r, n) in reasons {
         eprintln!("  {n:3} × {r}");
     }

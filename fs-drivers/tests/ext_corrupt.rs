@@ -30,7 +30,10 @@ impl BlockDevice for Patched {
         self.read_direct_at(offset, buf)
     }
     fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.size()).ok_or(fs_drivers::Error::OutOfRange)?;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size())
+            .ok_or(fs_drivers::Error::OutOfRange)?;
         buf.copy_from_slice(&self.base[offset as usize..end as usize]);
         for &(at, v) in &self.patches {
             if (offset..end).contains(&at) {
@@ -72,7 +75,11 @@ impl Rng {
 
 /// The byte ranges the clean image's walk read as metadata.
 fn metadata_ranges(base: &Arc<Vec<u8>>) -> Vec<u64> {
-    let dev = Arc::new(Patched { base: base.clone(), patches: Vec::new(), log: Some(Mutex::new(BTreeSet::new())) });
+    let dev = Arc::new(Patched {
+        base: base.clone(),
+        patches: Vec::new(),
+        log: Some(Mutex::new(BTreeSet::new())),
+    });
     let fs = ExtFs::open(dev.clone(), ExtOptions::default()).expect("clean image opens");
     bounded_walk(&fs, 100_000, 64 * 1024);
     let log = dev.log.as_ref().unwrap().lock().unwrap();
@@ -83,7 +90,12 @@ fn metadata_ranges(base: &Arc<Vec<u8>>) -> Vec<u64> {
 fn random_metadata_corruption_never_panics() {
     let Some(dir) = fixture_dir() else { return };
     let names = ["ext2-nofiletype", "ext4-casefold", "ext4-journal"];
-    let budget = Duration::from_secs(std::env::var("EXT_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30));
+    let budget = Duration::from_secs(
+        std::env::var("EXT_FUZZ_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
     let start = Instant::now();
     let mut images = Vec::new();
     for n in names {
@@ -101,7 +113,11 @@ fn random_metadata_corruption_never_panics() {
         let seed = rng.next();
         let mut r = Rng(seed | 1);
         let (name, base, meta) = &images[r.below(images.len() as u64) as usize];
-        let bs_hint = if *name == "ext2-nofiletype" { 1024 } else { 4096 };
+        let bs_hint = if *name == "ext2-nofiletype" {
+            1024
+        } else {
+            4096
+        };
         let mut patches = Vec::new();
         for _ in 0..1 + r.below(4) {
             // Mostly blocks the walk reads; sometimes the superblock and descriptor table.
@@ -122,23 +138,36 @@ fn random_metadata_corruption_never_panics() {
             }
         }
         let verify = r.below(3) == 0;
-        let dev = Arc::new(Patched { base: base.clone(), patches, log: None });
+        let dev = Arc::new(Patched {
+            base: base.clone(),
+            patches,
+            log: None,
+        });
         let t = Instant::now();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            match ExtFs::open(dev, ExtOptions { verify_checksums: verify }) {
-                Ok(fs) => {
-                    bounded_walk(&fs, 5000, 64 * 1024);
-                    true
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match ExtFs::open(
+                    dev,
+                    ExtOptions {
+                        verify_checksums: verify,
+                    },
+                ) {
+                    Ok(fs) => {
+                        bounded_walk(&fs, 5000, 64 * 1024);
+                        true
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            }
-        }));
+            }));
         let took = t.elapsed();
         match outcome {
             Ok(o) => opened += u64::from(o),
             Err(_) => panic!("panic on {name} with corruption seed {seed:#x}"),
         }
-        assert!(took < Duration::from_secs(10), "{name} seed {seed:#x}: walk took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{name} seed {seed:#x}: walk took {took:?}"
+        );
         slowest = slowest.max(took);
         runs += 1;
     }
