@@ -220,3 +220,25 @@ fn unknown_incompat_feature_is_refused_by_name() {
         Ok(_) => panic!("opened an image with an unknown incompat feature"),
     }
 }
+
+#[test]
+fn kernel_written_journal_with_v3_tags_is_replayed() {
+    let Some(img) = fixture("ext4-kjournal") else {
+        return;
+    };
+    let fs = open(&img);
+    assert!(fs.journal_replayed());
+    let one = resolve(&fs, "one").expect("one");
+    assert_eq!(read_all(&fs, one.ino, one.size), b"changed\n");
+    let moved = resolve(&fs, "new/moved").expect("moved file");
+    assert_eq!(moved.size, 4097);
+    assert!(resolve(&fs, "size-4097").is_err());
+    assert!(resolve(&fs, "size-1025").is_err());
+    for i in [1, 25, 50] {
+        let f = resolve(&fs, &format!("new/sub/f{i}")).expect("new file");
+        assert_eq!(
+            read_all(&fs, f.ino, f.size),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+}

@@ -581,7 +581,7 @@ impl ExtFs {
             xattr::Value::Inline(v) => v,
             xattr::Value::InInode { ino, size } => {
                 let vi = self.inode(ino)?;
-                if !vi.has_flag(flags::EA_INODE) || vi.size != u64::from(size) || size > 1 << 26 {
+                if !vi.has_flag(flags::EA_INODE) || vi.size != u64::from(size) || size > 65536 {
                     return Err(Error::corrupt("xattr value inode is inconsistent"));
                 }
                 let mut v = vec![0; size as usize];
