@@ -242,3 +242,75 @@ fn kernel_written_journal_with_v3_tags_is_replayed() {
         );
     }
 }
+
+fn debugfs_number(img: &std::path::Path, cmd: &str, prefix: &str) -> u64 {
+    let out = Command::new("debugfs")
+        .args(["-R", cmd])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("{cmd}: {text}"));
+    line.trim()
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("number")
+}
+
+#[test]
+fn bad_dir_block_and_xattr_block_checksums_fail_only_their_object() {
+    let Some(img) = fixture("ext4-casefold") else {
+        return;
+    };
+    let clean = std::fs::read(&img).expect("image");
+    let bs = open(&img).block_size() as usize;
+    let dir_blk = debugfs_number(&img, "bmap /folded 0", "") as usize;
+    let xattr_blk = debugfs_number(&img, "stat /size-4096", "File ACL:") as usize;
+    if xattr_blk == 0 {
+        eprintln!("SKIP: fixture built without xattrs (needs root)");
+        return;
+    }
+    let mut data = clean.clone();
+    data[dir_blk * bs + 20] ^= 0x01; // inside a name in the leaf block
+    data[xattr_blk * bs + bs - 10] ^= 0x01; // inside a value
+    let mk = |verify| {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data.clone()));
+        ExtFs::open(
+            dev,
+            ExtOptions {
+                verify_checksums: verify,
+            },
+        )
+        .expect("open")
+    };
+    let fs = mk(true);
+    let dir = resolve(&fs, "folded").expect("folded");
+    let err = fs
+        .readdir(dir.ino, 0, &mut |_| true)
+        .expect_err("bad dir block accepted");
+    assert_eq!(err.errno(), libc::EIO);
+    let big = resolve(&fs, "folded-big").expect("other dir");
+    fs.readdir(big.ino, 0, &mut |_| true)
+        .expect("other dir readable");
+    let f = resolve(&fs, "size-4096").expect("file itself is fine");
+    assert_eq!(
+        fs.listxattr(f.ino)
+            .expect_err("bad xattr block accepted")
+            .errno(),
+        libc::EIO
+    );
+    let one = resolve(&fs, "one").expect("one");
+    assert!(fs
+        .listxattr(one.ino)
+        .expect("other xattrs")
+        .iter()
+        .any(|n| n == b"user.color"));
+    let fs = mk(false);
+    fs.readdir(dir.ino, 0, &mut |_| true)
+        .expect("verification off");
+    fs.listxattr(f.ino).expect("verification off");
+}
