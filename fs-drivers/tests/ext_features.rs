@@ -254,8 +254,7 @@ fn debugfs_number(img: &std::path::Path, cmd: &str, prefix: &str) -> u64 {
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix))
         .unwrap_or_else(|| panic!("{cmd}: {text}"));
-    line.trim()
-        .split_whitespace()
+    line.split_whitespace()
         .next()
         .and_then(|w| w.parse().ok())
         .expect("number")
