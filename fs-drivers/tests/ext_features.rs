@@ -403,7 +403,7 @@ fn random_reads_cost_a_bounded_number_of_metadata_reads() {
             reads: Default::default(),
         });
         let fs = ExtFs::open(dev.clone(), ExtOptions::default()).expect("open");
-        for file in ["random", "sparse"] {
+        for file in ["random", "sparse", "fragmented"] {
             let a = resolve(&fs, file).expect(file);
             let mut buf = vec![0; 4096];
             let mut worst = 0;
