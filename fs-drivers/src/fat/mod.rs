@@ -404,7 +404,9 @@ impl FatFs {
             st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
         }
         if !st.dirty_marked {
+            // Durable before the first real change, so a crash is always seen by fsck.
             self.set_dirty_flags(true)?;
+            self.dev.flush()?;
             st.dirty_marked = true;
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! the `fatfs` crate and mtools, and a seeded RNG.
 #![allow(dead_code)]
 
-use fs_drivers::block::{DeviceRef, FileDevice, MemDevice};
+use fs_drivers::block::{BlockCache, DeviceRef, FileDevice, MemDevice};
 use fs_drivers::fat::{FatFs, FatOptions};
 use fs_drivers::vfs::{FileSystem, FileType, Ino};
 use std::collections::BTreeMap;
@@ -54,8 +54,10 @@ pub fn mem_copy(path: &Path) -> Arc<MemDevice> {
     Arc::new(MemDevice::from_vec(std::fs::read(path).unwrap()))
 }
 
+/// The image file behind the write-back BlockCache, as the front ends stack it.
 pub fn open_file(path: &Path, writable: bool) -> FatFs {
-    let dev: DeviceRef = Arc::new(FileDevice::open(path, writable).unwrap());
+    let file: DeviceRef = Arc::new(FileDevice::open(path, writable).unwrap());
+    let dev: DeviceRef = Arc::new(BlockCache::with_defaults(file));
     FatFs::open(
         dev,
         FatOptions {
