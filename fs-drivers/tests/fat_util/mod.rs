@@ -260,7 +260,19 @@ pub fn check_with_mtools(image: &Path, expected: &BTreeMap<String, Node>) {
         .collect();
     listed.sort();
     let want: Vec<String> = expected.keys().cloned().collect();
-    assert!(listed == want, "mtools lists a different tree");
+    if listed != want {
+        let only_m: Vec<_> = listed
+            .iter()
+            .filter(|p| !want.contains(p))
+            .take(10)
+            .collect();
+        let only_w: Vec<_> = want
+            .iter()
+            .filter(|p| !listed.contains(p))
+            .take(10)
+            .collect();
+        panic!("mtools lists a different tree: only mtools {only_m:?}, only expected {only_w:?}");
+    }
     let out = image.with_extension("extract");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
