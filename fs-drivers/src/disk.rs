@@ -6,6 +6,8 @@
 //! holds one directory per partition.
 
 use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
+use crate::ext::{ExtFs, ExtOptions};
+use crate::fat::{FatFs, FatOptions};
 use crate::multi::{MultiFs, Slot};
 use crate::partition::{self, Guid, PartitionTable, PartitionType, Scheme};
 use crate::probe::{self, FsKind, Probe};
@@ -46,8 +48,16 @@ pub struct FsOptions {
     /// Check metadata checksums (ext4 metadata_csum, journal) and refuse what fails.
     pub verify_checksums: bool,
     /// FAT stores local times: the offset east of UTC, in minutes, to read them with.
-    /// `None` uses the host's time zone.
+    /// `None` means UTC here; the front end resolves the host's time zone (that needs libc's
+    /// localtime, which this crate does not call).
     pub fat_utc_offset_minutes: Option<i32>,
+    /// FAT has no owners: the uid/gid every file shows (the front end passes the caller's).
+    pub fat_owner: (u32, u32),
+    /// FAT has no modes: files and directories show 0777 less this mask (read-only files lose
+    /// their write bits too).
+    pub fat_umask: u16,
+    /// Punch holes in the image for clusters a writable filesystem frees.
+    pub discard: bool,
 }
 
 impl Default for FsOptions {
@@ -57,6 +67,9 @@ impl Default for FsOptions {
             fs_type: FsType::Auto,
             verify_checksums: true,
             fat_utc_offset_minutes: None,
+            fat_owner: (0, 0),
+            fat_umask: 0o022,
+            discard: false,
         }
     }
 }
@@ -489,13 +502,28 @@ fn in_context(what: &str, e: Error) -> Error {
     }
 }
 
-fn open_driver(driver: Driver, _dev: DeviceRef, _opts: &FsOptions) -> Result<Arc<dyn FileSystem>> {
-    // The drivers are wired in here as they land (ExtFs::open / FatFs::open).
+fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<dyn FileSystem>> {
     match driver {
-        Driver::Ext => Err(Error::Unsupported(
-            "imgmount cannot read ext2/3/4 yet".into(),
-        )),
-        Driver::Fat => Err(Error::Unsupported("imgmount cannot read FAT yet".into())),
+        Driver::Ext => {
+            if opts.writable {
+                return Err(Error::ReadOnly);
+            }
+            let ext_opts = ExtOptions {
+                verify_checksums: opts.verify_checksums,
+            };
+            Ok(Arc::new(ExtFs::open(dev, ext_opts)?))
+        }
+        Driver::Fat => {
+            let fat_opts = FatOptions {
+                writable: opts.writable,
+                tz_offset_minutes: opts.fat_utc_offset_minutes.unwrap_or(0),
+                discard: opts.discard,
+                uid: opts.fat_owner.0,
+                gid: opts.fat_owner.1,
+                umask: opts.fat_umask,
+            };
+            Ok(Arc::new(FatFs::open(dev, fat_opts)?))
+        }
     }
 }
 
