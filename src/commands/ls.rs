@@ -344,6 +344,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The checker the integration tests validate `--json` output with (tests/schema/mod.rs).
+#[cfg(test)]
+#[path = "../../tests/schema/mod.rs"]
+mod schema;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +528,50 @@ mod tests {
         );
         assert_eq!(n["uid"], 1000);
         assert!(pw.get("major").is_none() && pw.get("target").is_none());
+    }
+
+    use super::schema;
+
+    #[test]
+    fn json_matches_schema_file() {
+        let mut m = MemFs::new();
+        let r = m.root_ino();
+        let f = m.file(r, b"caf\xe9", b"x", 0o644);
+        m.set_xattr(f, b"user.k", b"\xff");
+        m.symlink(r, b"bad-target", b"\xfe");
+        m.special(r, b"fifo", FileType::Fifo, 0o600, 0);
+        m.special(r, b"sock", FileType::Socket, 0o600, 0);
+        m.special(r, b"blk", FileType::BlockDevice, 0o600, makedev(8, 1));
+        let d = m.dir(r, b"d", 0o1777);
+        m.attr_mut(d).crtime = Some(Timespec::new(-5, 999_999_999));
+        let fs = m.build();
+        let o = LsOpts {
+            json: true,
+            recursive: true,
+            all: true,
+            xattrs: true,
+            ..opts()
+        };
+        let (out, _, ok) = run_ls(&fs, "/", &o);
+        assert!(ok);
+        let schema = schema::ls_schema();
+        let mut types = std::collections::BTreeSet::new();
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(schema::validate(&schema, &v), Vec::<String>::new(), "{line}");
+            types.insert(v["type"].as_str().unwrap().to_string());
+        }
+        assert_eq!(types.len(), 6, "{types:?}");
+        // The checker does reject what the schema forbids.
+        for bad in [
+            r#"{"path":"/x","type":"symlink","mode":1,"ino":1,"nlink":1,"uid":0,"gid":0,"size":0,"blocks":0,"atime":{"sec":0,"nsec":0},"mtime":{"sec":0,"nsec":0},"ctime":{"sec":0,"nsec":0}}"#,
+            r#"{"path":"/x","type":"file","mode":1,"ino":1,"nlink":1,"uid":0,"gid":0,"size":0,"blocks":0,"atime":{"sec":0,"nsec":1000000000},"mtime":{"sec":0,"nsec":0},"ctime":{"sec":0,"nsec":0}}"#,
+            r#"{"path":"/x","type":"file","mode":1,"ino":1,"nlink":1,"uid":0,"gid":0,"size":0,"blocks":0,"atime":{"sec":0,"nsec":0},"mtime":{"sec":0,"nsec":0},"ctime":{"sec":0,"nsec":0},"extra":1}"#,
+            r#"{"path":"/x","type":"file","mode":"1","ino":1,"nlink":1,"uid":0,"gid":0,"size":0,"blocks":0,"atime":{"sec":0,"nsec":0},"mtime":{"sec":0,"nsec":0},"ctime":{"sec":0,"nsec":0}}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(bad).unwrap();
+            assert!(!schema::validate(&schema, &v).is_empty(), "{bad}");
+        }
     }
 
     #[test]
