@@ -558,7 +558,11 @@ mod tests {
         let mut types = std::collections::BTreeSet::new();
         for line in out.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(schema::validate(&schema, &v), Vec::<String>::new(), "{line}");
+            assert_eq!(
+                schema::validate(&schema, &v),
+                Vec::<String>::new(),
+                "{line}"
+            );
             types.insert(v["type"].as_str().unwrap().to_string());
         }
         assert_eq!(types.len(), 6, "{types:?}");
