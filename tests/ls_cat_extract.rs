@@ -507,12 +507,12 @@ fn kernel_mount(img: &Path, at: &Path) -> Option<Mount> {
     Some(Mount(at.to_path_buf()))
 }
 
-#[test]
-fn ext4_agrees_with_kernel_mount() {
+/// The rich tree (in `t`/src) and an ext4 image made from it with mke2fs -d, or None (after
+/// printing why) when the tools are missing.
+fn rich_image(t: &TempDir) -> Option<(PathBuf, PathBuf)> {
     if !require_tool("mkfs.ext4") || !require_tool("setfattr") {
-        return;
+        return None;
     }
-    let t = TempDir::new("ext-rich");
     let src = t.join("src");
     std::fs::create_dir_all(&src).unwrap();
     rich_tree(&src);
@@ -535,6 +535,33 @@ fn ext4_agrees_with_kernel_mount() {
             img.as_os_str(),
         ],
     );
+    // mke2fs -d keeps whole seconds only; give two inodes nanoseconds the way the kernel
+    // stores them (the *_extra fields hold nsec << 2).
+    for (path, field, nsec) in [
+        ("/dir/file.txt", "mtime_extra", 123_456_789u64),
+        ("/dir/file.txt", "atime_extra", 7),
+        ("/rel-link", "mtime_extra", 500_000_000),
+        ("/dir", "mtime_extra", 999_999_999),
+    ] {
+        tool_stdout(
+            "debugfs",
+            [
+                OsStr::new("-w"),
+                "-R".as_ref(),
+                format!("sif {path} {field} {}", nsec << 2).as_ref(),
+                img.as_os_str(),
+            ],
+        );
+    }
+    Some((src, img))
+}
+
+#[test]
+fn ext4_agrees_with_kernel_mount() {
+    let t = TempDir::new("ext-rich");
+    let Some((src, img)) = rich_image(&t) else {
+        return;
+    };
     let r = im([
         OsStr::new("ls"),
         "--json".as_ref(),
@@ -617,36 +644,52 @@ fn ext4_agrees_with_kernel_mount() {
         assert_eq!(xs, w.xattrs, "{ctx}");
     }
 
-    // ls -l agrees with GNU ls -ln --time-style=full-iso on the kernel mount, line by line.
-    let r = im([
-        OsStr::new("ls"),
-        "-l".as_ref(),
-        "-R".as_ref(),
-        "-a".as_ref(),
-        img.as_os_str(),
-    ])
-    .expect_ok();
-    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    // ls -l agrees with GNU ls -ln --time-style=full-iso on the kernel mount, line by line
+    // (compared as bytes: one name is not UTF-8).
+    let out = Command::new(imgmount_bin())
+        .args(["ls", "-l", "-R", "-a"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let norm = |s: &[u8]| -> Vec<Vec<u8>> {
+        s.split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let prefix = mnt.0.as_os_str().as_bytes();
     let mut lines = 0;
-    for line in r.stdout.lines() {
-        let path = line
-            .split(" +0000 ")
-            .nth(1)
-            .unwrap()
-            .split(" -> ")
-            .next()
+    for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let at = line
+            .windows(7)
+            .position(|w| w == b" +0000 ")
+            .expect("time column");
+        let rest = &line[at + 7..];
+        let path = match rest.windows(4).position(|w| w == b" -> ") {
+            Some(i) => &rest[..i],
+            None => rest,
+        };
+        let mut full = prefix.to_vec();
+        full.extend_from_slice(path);
+        let gnu = tool("ls")
+            .env("TZ", "UTC")
+            .args(["-lnd", "--time-style=full-iso"])
+            .arg(OsStr::from_bytes(&full))
+            .output()
             .unwrap();
-        let gnu = run_with_timeout(
-            tool("ls")
-                .env("TZ", "UTC")
-                .args(["-lnd", "--time-style=full-iso"])
-                .arg(format!("{}{}", mnt.0.display(), path)),
-            Duration::from_secs(20),
-        )
-        .expect_ok()
-        .stdout;
-        let gnu = gnu.trim_end().replace(&mnt.0.display().to_string(), "");
-        assert_eq!(norm(line), norm(&gnu));
+        assert!(
+            gnu.status.success(),
+            "{}",
+            String::from_utf8_lossy(&gnu.stderr)
+        );
+        let mut g = norm(&gnu.stdout);
+        for w in g.iter_mut() {
+            if w.starts_with(prefix) {
+                w.drain(..prefix.len());
+            }
+        }
+        assert_eq!(norm(line), g, "{}", String::from_utf8_lossy(line));
         lines += 1;
     }
     assert_eq!(lines, js.len());
@@ -702,9 +745,28 @@ fn ext4_agrees_with_kernel_mount() {
 }
 
 fn check_cat(img: &Path, root: &Path, tree: &BTreeMap<Vec<u8>, Rec>) {
+    // All of many/ in one call: the output is the files one after another.
+    let many: Vec<&Vec<u8>> = tree.keys().filter(|k| k.starts_with(b"/many/")).collect();
+    let out = Command::new(imgmount_bin())
+        .arg("cat")
+        .arg(img)
+        .args(many.iter().map(|k| OsStr::from_bytes(k)))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut want = Vec::new();
+    for k in &many {
+        want.extend(std::fs::read(host_path(root, k)).unwrap());
+    }
+    assert!(many.len() >= 100 && out.stdout == want);
     let mut n = 0;
     for (k, r) in tree {
-        if r.kind != "file" || r.mode & 0o444 == 0 && !is_root() {
+        if k.starts_with(b"/many/") {
+            continue;
+        }
+        // The CLI takes PATH as UTF-8 (src/cli.rs), so a non-UTF-8 name cannot be named.
+        if r.kind != "file" || r.mode & 0o444 == 0 && !is_root() || std::str::from_utf8(k).is_err()
+        {
             continue;
         }
         let out = Command::new(imgmount_bin())
@@ -726,7 +788,69 @@ fn check_cat(img: &Path, root: &Path, tree: &BTreeMap<Vec<u8>, Rec>) {
         );
         n += 1;
     }
-    assert!(n > 100);
+    assert!(n >= 8, "{n}");
+}
+
+#[test]
+fn ext4_extract_as_non_root() {
+    if !is_root() || !require_tool("runuser") {
+        eprintln!("SKIP: needs root (to make device nodes and become another user)");
+        return;
+    }
+    let t = TempDir::new("ext-nonroot");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some((_, img)) = rich_image(&t) else {
+        return;
+    };
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bin = t.join("imgmount");
+    std::fs::copy(imgmount_bin(), &bin).unwrap();
+    let out = t.join("out");
+    std::fs::create_dir(&out).unwrap();
+    nix_chown(&out, 65534);
+    let x = out.join("x");
+    let r = run_with_timeout(
+        Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&bin)
+            .arg("extract")
+            .arg(&img)
+            .arg(&x),
+        Duration::from_secs(120),
+    );
+    if no_driver(&r) {
+        return;
+    }
+    // Device nodes need root: each is refused on one line, the rest is extracted.
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    let mut lines: Vec<&str> = r.stderr.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "imgmount: extract: /big: device node not created (needs root)",
+            "imgmount: extract: /null: device node not created (needs root)",
+            "imgmount: extract: /sda: device node not created (needs root)",
+        ]
+    );
+    let md = |p: &str| std::fs::symlink_metadata(x.join(p)).unwrap();
+    // Owned by nobody, so the setuid bit of a file owned by 1234 in the image is dropped.
+    assert_eq!(md("suid").permissions().mode() & 0o7777, 0o755);
+    assert_eq!(md("suid").uid(), 65534);
+    assert_eq!(md("sticky").permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(md("empty").permissions().mode() & 0o7777, 0);
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &md("fifo").file_type()
+    ));
+    let f = md("dir/file.txt");
+    assert_eq!((f.mtime(), f.mtime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!(f.ino(), md("hard").ino());
+    assert_eq!(f.ino(), md("dir/sub/hard2").ino());
+    assert_eq!(std::fs::read(x.join("dir/sub/hard2")).unwrap(), b"hello\n");
+    assert_eq!(
+        std::fs::read_link(x.join("long-link")).unwrap(),
+        Path::new(&"x".repeat(200))
+    );
 }
 
 // ------------------------------------------------------------------ no FUSE, not root
