@@ -426,10 +426,16 @@ impl Extractor<'_> {
         true
     }
 
-    /// Streams the file's data; all-zero runs are skipped and left as holes, and the length is
-    /// set at the end, so sparse files stay sparse.
+    /// Streams the file's data; the length is set first and all-zero runs are skipped, left
+    /// as holes, so sparse files stay sparse.
     fn copy_data(&mut self, file: &File, attr: &Attr, ipath: &[u8]) {
         let size = attr.size;
+        // Setting the length first refuses, before any reading, a size the host cannot hold
+        // (a corrupt inode claiming exabytes).
+        if let Err(e) = file.set_len(size) {
+            self.problem(format!("{}: cannot set length {size}: {e}", show(ipath)));
+            return;
+        }
         let mut off = 0u64;
         while off < size {
             let want = usize::try_from(size - off).unwrap_or(usize::MAX).min(CHUNK);
@@ -464,9 +470,6 @@ impl Extractor<'_> {
             }
             off += n as u64;
             self.progress.bytes(n as u64);
-        }
-        if let Err(e) = file.set_len(size) {
-            self.problem(format!("{}: cannot set length {size}: {e}", show(ipath)));
         }
     }
 

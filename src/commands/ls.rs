@@ -67,13 +67,26 @@ pub fn list(
         warn,
         ok: true,
     };
-    let start = match walk::resolve(fs, path, false) {
+    let mut start = match walk::resolve(fs, path, false) {
         Ok(r) => r,
         Err(e) => {
             (l.warn)(format!("{}: {}", show(path), why(&e)));
             return Ok(false);
         }
     };
+    // As GNU ls: a symlink to a directory named on the command line is listed as that
+    // directory, except in the long (and JSON) formats, which describe the link itself.
+    if start.attr.kind == FileType::Symlink && !opts.long && !opts.json {
+        if let Ok(target) = walk::resolve(fs, path, true) {
+            if target.attr.kind == FileType::Directory {
+                start = walk::Resolved {
+                    path: start.path,
+                    name: start.name,
+                    ..target
+                };
+            }
+        }
+    }
     if start.attr.kind == FileType::Directory {
         let mut stack = vec![start.ino];
         l.dir(start.ino, &start.path, &mut stack)?;
@@ -406,6 +419,36 @@ mod tests {
         assert_eq!(out, ".hidden\nb\netc\nlink\nnull\n");
         let (out, _, _) = run_ls(&fs, "etc/passwd", &opts());
         assert_eq!(out, "/etc/passwd\n");
+    }
+
+    #[test]
+    fn symlink_to_dir_argument() {
+        let mut m = MemFs::new();
+        let r = m.root_ino();
+        let d = m.dir(r, b"real", 0o755);
+        m.file(d, b"inside", b"", 0o644);
+        m.symlink(r, b"alias", b"real");
+        let fs = m.build();
+        let (out, _, _) = run_ls(&fs, "/alias", &opts());
+        assert_eq!(out, "inside\n");
+        let (out, _, _) = run_ls(
+            &fs,
+            "/alias",
+            &LsOpts {
+                recursive: true,
+                ..opts()
+            },
+        );
+        assert_eq!(out, "/alias/inside\n");
+        let (out, _, _) = run_ls(
+            &fs,
+            "/alias",
+            &LsOpts {
+                long: true,
+                ..opts()
+            },
+        );
+        assert!(out.ends_with(" /alias -> real\n"), "{out}");
     }
 
     #[test]
