@@ -117,7 +117,9 @@ pub fn resolve(fs: &dyn FileSystem, path: &[u8], follow_last: bool) -> Result<Re
             return Err(Error::NotDir);
         }
         let attr = fs.lookup(*parent, &comp)?;
-        let more = queue.iter().any(|c| !c.is_empty() && c.as_slice() != b".");
+        // Anything after this component, even a trailing '/', means it must be a directory:
+        // a symlink there is followed, as the kernel does.
+        let more = !queue.is_empty();
         match attr.kind {
             FileType::Symlink if more || follow_last => {
                 hops += 1;
@@ -245,6 +247,12 @@ mod tests {
         assert_eq!(abs.attr.kind, FileType::Symlink);
         assert_eq!(abs.path, b"/etc/abs");
         assert_eq!(resolve(&fs, b"/etc/abs", true).unwrap().ino, f);
+        assert_eq!(resolve(&fs, b"/e/.", false).unwrap().ino, etc);
+        assert_eq!(resolve(&fs, b"/e/", false).unwrap().ino, etc);
+        assert_eq!(
+            resolve(&fs, b"/e", false).unwrap().attr.kind,
+            FileType::Symlink
+        );
         assert_eq!(resolve(&fs, b"/", false).unwrap().ino, root);
         assert!(matches!(
             resolve(&fs, b"/nope", false),
