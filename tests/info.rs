@@ -549,3 +549,52 @@ fn usage_errors_start_with_imgmount() {
     assert!(run.ok());
     assert!(run.stdout.contains("--json"));
 }
+
+/// What `-p` does for every command, through the library on a real disk.
+#[test]
+fn partition_selection_on_real_disks() {
+    use fs_drivers::disk::{FsOptions, Image, Selection};
+    let Some(img) = disk("mbr-logical.img") else {
+        return;
+    };
+    let image = Image::open(&img, false, 1 << 20).unwrap();
+    let opts = FsOptions::default();
+    let err = |sel| match image.open_fs(Some(sel), &opts) {
+        Ok(_) => panic!("{sel:?} should fail"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(Selection::Index(3));
+    assert!(
+        e.contains("no partition 3 (the disk has partitions 1, 2, 5, 6, 7)"),
+        "{e}"
+    );
+    let e = err(Selection::Index(2));
+    assert!(e.contains("partition 2 is an extended partition"), "{e}");
+
+    let (fs, _warnings) = image.open_fs_warned(None, &opts).unwrap();
+    let mut names = Vec::new();
+    fs.readdir(fs.root(), 0, &mut |e| {
+        names.push(String::from_utf8(e.name).unwrap());
+        true
+    })
+    .unwrap();
+    assert_eq!(names, ["p1", "p5", "p6", "p7"]);
+
+    let Some(img) = disk("gpt.img") else { return };
+    let image = Image::open(&img, false, 1 << 20).unwrap();
+    let (_, warnings) = image.open_fs_warned(Some(Selection::All), &opts).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w == "p3 is empty: partition 3 holds swap, which imgmount does not read"),
+        "{warnings:?}"
+    );
+    let e = match image.open_fs(Some(Selection::Index(3)), &opts) {
+        Ok(_) => panic!("swap opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("partition 3 holds swap, which imgmount does not read"),
+        "{e}"
+    );
+}

@@ -309,3 +309,20 @@ fn random_sectors_never_panic() {
         let _ = read(img);
     }
 }
+
+#[test]
+fn many_bad_entries_give_a_bounded_warning_list() {
+    let Some(mut img) = gpt_image() else { return };
+    // Fill all 128 entries with a type and an out-of-disk range, then fix the CRCs.
+    for slot in 0..128 {
+        let e = 1024 + slot * 128;
+        img[e] = 1;
+        img[e + 32..e + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        img[e + 40..e + 48].copy_from_slice(&(1u64 << 41).to_le_bytes());
+    }
+    fix_gpt_crcs(&mut img, 512, 1);
+    let t = read(img).expect("read");
+    assert!(t.partitions.is_empty());
+    assert_eq!(t.warnings.len(), 33, "{:?}", t.warnings);
+    assert!(t.warnings[32].contains("more warnings"));
+}

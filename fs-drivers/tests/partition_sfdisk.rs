@@ -42,9 +42,7 @@ fn assert_matches_sfdisk(ours: &PartitionTable, json: &Value) {
             .and_then(|d| d.parse().ok())
             .expect("partition number in node");
         let p = ours
-            .partitions
-            .iter()
-            .find(|p| p.index == index)
+            .partition(index)
             .unwrap_or_else(|| panic!("partition {index} missing: {ours:#?}"));
         assert_eq!(
             p.start,
@@ -330,4 +328,139 @@ fn mbr_4096_byte_sectors_with_explicit_size_matches_fdisk() {
         })
         .collect();
     assert_eq!(ours, rows);
+}
+
+fn random_guid(rng: &mut Rng) -> String {
+    let a = rng.next();
+    let b = rng.next();
+    format!(
+        "{:08X}-{:04X}-{:04X}-{:04X}-{:012X}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Random MBR layouts (primaries in random slots, an extended partition with up to eight
+/// logicals, random types and boot flags) written by sfdisk and compared with its listing.
+#[test]
+fn random_mbr_layouts_match_sfdisk() {
+    if !have(&["sfdisk"]) {
+        return;
+    }
+    let types = [
+        "83", "82", "7", "c", "e", "8e", "fd", "b", "1", "a5", "ef", "da",
+    ];
+    let mut rng = Rng(2024);
+    let mut logicals = 0;
+    for round in 0..30 {
+        let img = TempImage::new(512 << 20);
+        let mut script = String::from("label: dos\n");
+        let ext_slot = if rng.below(4) == 0 {
+            None
+        } else {
+            Some(1 + rng.below(4))
+        };
+        for slot in 1..=4u64 {
+            if Some(slot) == ext_slot {
+                continue;
+            }
+            if rng.below(3) > 0 {
+                let boot = if rng.below(4) == 0 { ", bootable" } else { "" };
+                let ty = types[rng.below(types.len() as u64) as usize];
+                script += &format!("{slot}: size={}M, type={ty}{boot}\n", 1 + rng.below(20));
+            }
+        }
+        if let Some(slot) = ext_slot {
+            let n = rng.below(9);
+            let sizes: Vec<u64> = (0..n).map(|_| 1 + rng.below(10)).collect();
+            let ext = sizes.iter().sum::<u64>() + 2 * n + 2 + rng.below(10);
+            let ext_type = ["5", "f", "85"][rng.below(3) as usize];
+            script += &format!("{slot}: size={ext}M, type={ext_type}\n");
+            for (i, size) in sizes.iter().enumerate() {
+                let ty = types[rng.below(types.len() as u64) as usize];
+                script += &format!("{}: size={size}M, type={ty}\n", 5 + i);
+            }
+        }
+        sfdisk(&img.path, &script);
+        let json = sfdisk_json(&img.path);
+        if json["partitiontable"]["partitions"]
+            .as_array()
+            .is_none_or(|p| p.is_empty())
+        {
+            continue;
+        }
+        let t = read_table(&img.device()).expect("read");
+        assert_eq!(t.scheme, Scheme::Mbr, "round {round}:\n{script}");
+        assert!(t.warnings.is_empty(), "round {round}: {:?}", t.warnings);
+        assert_matches_sfdisk(&t, &json);
+        logicals += t.partitions.iter().filter(|p| p.logical).count();
+    }
+    assert!(
+        logicals > 20,
+        "only {logicals} logical partitions in all rounds"
+    );
+}
+
+/// Random GPT layouts: random slots among the first 40, sizes, known and unknown type GUIDs,
+/// names (some non-ASCII), partition GUIDs and attributes.
+#[test]
+fn random_gpt_layouts_match_sfdisk() {
+    if !have(&["sfdisk"]) {
+        return;
+    }
+    let types = [
+        "U",
+        "L",
+        "S",
+        "H",
+        "R",
+        "V",
+        "21686148-6449-6E6F-744E-656564454649",
+    ];
+    let names = [
+        "",
+        "root",
+        "EFI system partition",
+        "d\u{e4}ta",
+        "\u{65e5}\u{672c}",
+        "x y z",
+    ];
+    let attrs = [
+        "",
+        "LegacyBIOSBootable",
+        "RequiredPartition",
+        "GUID:60",
+        "LegacyBIOSBootable GUID:63",
+    ];
+    let mut rng = Rng(4048);
+    for round in 0..30 {
+        let img = TempImage::new(512 << 20);
+        let mut script = format!("label: gpt\nlabel-id: {}\n", random_guid(&mut rng));
+        let mut slots: Vec<u64> = (1..=40).filter(|_| rng.below(8) == 0).collect();
+        if slots.is_empty() {
+            slots.push(1 + rng.below(40));
+        }
+        for slot in slots {
+            let ty = if rng.below(5) == 0 {
+                random_guid(&mut rng)
+            } else {
+                types[rng.below(types.len() as u64) as usize].to_string()
+            };
+            let name = names[rng.below(names.len() as u64) as usize];
+            let attr = attrs[rng.below(attrs.len() as u64) as usize];
+            script += &format!(
+                "{slot}: size={}M, type={ty}, name=\"{name}\", uuid={}, attrs=\"{attr}\"\n",
+                1 + rng.below(12),
+                random_guid(&mut rng)
+            );
+        }
+        sfdisk(&img.path, &script);
+        let t = read_table(&img.device()).expect("read");
+        assert_eq!(t.scheme, Scheme::Gpt, "round {round}");
+        assert!(t.warnings.is_empty(), "round {round}: {:?}", t.warnings);
+        assert_matches_sfdisk(&t, &sfdisk_json(&img.path));
+    }
 }

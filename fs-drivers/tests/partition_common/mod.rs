@@ -2,7 +2,7 @@
 //! build and describe them, and a small seeded RNG.
 #![allow(dead_code)]
 
-use fs_drivers::block::MemDevice;
+use fs_drivers::block::FileDevice;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,8 +26,9 @@ impl TempImage {
         std::fs::read(&self.path).expect("read temp image")
     }
 
-    pub fn device(&self) -> MemDevice {
-        MemDevice::from_vec(self.bytes())
+    /// The image opened read-only, as imgmount opens it.
+    pub fn device(&self) -> FileDevice {
+        FileDevice::open(&self.path, false).expect("open temp image")
     }
 }
 
