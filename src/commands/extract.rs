@@ -30,6 +30,8 @@ use std::path::Path;
 const CHUNK: usize = 1 << 20;
 /// All-zero runs of this size (aligned in the file) become holes instead of writes.
 const HOLE: usize = 64 << 10;
+/// Stack for the recursive walk: walk::MAX_DEPTH levels of a few KiB each, with room to spare.
+const WALK_STACK: usize = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ExtractOpts {
@@ -77,6 +79,33 @@ pub fn run(args: &ExtractArgs) -> i32 {
 /// Extracts `path` from the image to `dest`. Every problem goes to `warn` as one line
 /// ("<path>: <why>"); the rest is still done. Returns whether there was no problem.
 pub fn extract(
+    fs: &dyn FileSystem,
+    path: &[u8],
+    dest: &Path,
+    opts: &ExtractOpts,
+    warn: &mut (dyn FnMut(String) + Send),
+) -> bool {
+    // The walk recurses once per directory level (up to walk::MAX_DEPTH); give it a stack
+    // that surely holds that (only reserved address space until used).
+    let w = &mut *warn;
+    let res = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("extract".into())
+            .stack_size(WALK_STACK)
+            .spawn_scoped(s, move || extract_here(fs, path, dest, opts, w))
+            .map(|h| h.join())
+    });
+    match res {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            warn(format!("cannot start the extraction thread: {e}"));
+            false
+        }
+    }
+}
+
+fn extract_here(
     fs: &dyn FileSystem,
     path: &[u8],
     dest: &Path,

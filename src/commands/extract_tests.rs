@@ -405,3 +405,49 @@ fn short_reads_and_zero_detection() {
     b[3] = 1;
     assert!(!is_zero(&b));
 }
+
+#[test]
+fn corrupt_sizes_and_entries_do_not_stop_the_rest() {
+    let mut m = MemFs::new();
+    let r = m.root_ino();
+    // Claims far more than any host file can hold: refused at once, nothing allocated.
+    let huge = m.file(r, b"huge", b"", 0o644);
+    m.attr_mut(huge).size = u64::MAX / 2;
+    // Claims more than its data: the read ends early.
+    let short = m.file(r, b"short", b"abc", 0o644);
+    m.attr_mut(short).size = 10;
+    // An entry whose inode does not exist.
+    m.link_dangling(r, b"ghost", 9999);
+    m.file(r, b"z-ok", b"fine", 0o644);
+    let fs = m.build();
+    let t = Tmp::new("corrupt");
+    let (ok, w) = run(&fs, "/", &t.0, &opts());
+    assert!(!ok);
+    assert_eq!(w.len(), 3, "{w:#?}");
+    assert!(
+        w.iter().any(|l| l.starts_with("/huge: cannot set length")),
+        "{w:#?}"
+    );
+    assert!(
+        w.iter()
+            .any(|l| l.starts_with("/short: file ends at byte 3 of 10")),
+        "{w:#?}"
+    );
+    assert!(w.iter().any(|l| l.starts_with("/ghost: ")), "{w:#?}");
+    assert_eq!(std::fs::read(t.0.join("z-ok")).unwrap(), b"fine");
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let mut m = MemFs::new();
+    let mut d = m.root_ino();
+    for _ in 0..walk::MAX_DEPTH + 5 {
+        d = m.dir(d, b"d", 0o755);
+    }
+    let fs = m.build();
+    let t = Tmp::new("deep");
+    let (ok, w) = run(&fs, "/", &t.0, &opts());
+    assert!(!ok);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].ends_with(&format!("refused: deeper than {} levels", walk::MAX_DEPTH)));
+}

@@ -672,6 +672,26 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_bounded() {
+        let mut m = MemFs::new();
+        let mut d = m.root_ino();
+        for _ in 0..walk::MAX_DEPTH + 5 {
+            d = m.dir(d, b"d", 0o755);
+        }
+        let fs = m.build();
+        let o = LsOpts {
+            recursive: true,
+            long: true,
+            ..opts()
+        };
+        let (out, w, ok) = run_ls(&fs, "/", &o);
+        assert!(!ok);
+        assert_eq!(out.lines().count(), walk::MAX_DEPTH);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].ends_with(&format!("deeper than {} levels", walk::MAX_DEPTH)));
+    }
+
+    #[test]
     fn missing_path_is_one_line() {
         let fs = tree();
         let (out, w, ok) = run_ls(&fs, "/nope/x", &opts());

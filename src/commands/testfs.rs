@@ -105,6 +105,14 @@ impl MemFs {
         }
     }
 
+    /// A directory entry naming an inode that does not exist (a corrupt directory).
+    pub fn link_dangling(&mut self, parent: Ino, name: &[u8], ino: Ino) {
+        match &mut self.nodes.get_mut(&parent).expect("parent exists").content {
+            Content::Dir(v) => v.push((name.to_vec(), ino)),
+            _ => panic!("parent is not a directory"),
+        }
+    }
+
     fn count_links(&self, ino: Ino) -> usize {
         self.nodes
             .values()
@@ -219,7 +227,10 @@ impl FileSystem for Mem {
         for (i, (name, child)) in v.iter().enumerate().skip(offset as usize) {
             let e = DirEntry {
                 ino: *child,
-                kind: self.node(*child)?.attr.kind,
+                kind: self
+                    .nodes
+                    .get(child)
+                    .map_or(FileType::Regular, |n| n.attr.kind),
                 name: name.clone(),
                 next_offset: i as u64 + 1,
             };
