@@ -83,7 +83,7 @@ fn extract_refuses_hostile_entries() {
         "entry \"evil-hostile/x\" refused: file name contains '/'",
         "entry \"nul\\x00hostile\" refused: file name contains a NUL byte",
         "/sub: entry \"../../escape2-hostile\" refused",
-        "/evil-hostile: ",
+        "/evil-hostile: exists and is not a directory",
     ] {
         assert!(r.stderr.contains(needle), "no line with {needle:?}");
     }
@@ -116,6 +116,38 @@ fn extract_refuses_hostile_entries() {
             assert_ne!(std::fs::read(&full).unwrap(), b"pwned\n", "{p}");
         }
     }
+}
+
+#[test]
+fn overwrite_replaces_the_symlink_instead_of_following_it() {
+    let Some(img) = hostile_image() else { return };
+    let _ = std::fs::remove_file(TARGET);
+    let t = TempDir::new("hostile-ow");
+    let dest = t.join("dest");
+    let r = imgmount([
+        "extract".as_ref(),
+        "--overwrite".as_ref(),
+        img.as_os_str(),
+        dest.as_os_str(),
+    ]);
+    if no_ext_driver(&r) {
+        return;
+    }
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    assert!(
+        std::fs::symlink_metadata(TARGET).is_err(),
+        "{TARGET} was created"
+    );
+    // The directory entry that came after the symlink replaced it; its file is inside DEST.
+    assert!(std::fs::symlink_metadata(dest.join("evil-hostile"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(
+        std::fs::read(dest.join("evil-hostile/y")).unwrap(),
+        b"pwned\n"
+    );
+    let outside: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+    assert_eq!(outside.len(), 1);
 }
 
 #[test]
