@@ -148,6 +148,11 @@ fn ts(t: Timespec) -> TimeSpec {
     TimeSpec::new(t.sec as libc::time_t, i64::from(t.nsec) as _)
 }
 
+/// A host I/O error's text without the "(os error N)" tail, as every other message.
+fn io_why(e: std::io::Error) -> String {
+    crate::report::describe(&fs_drivers::Error::Io(e))
+}
+
 fn is_zero(b: &[u8]) -> bool {
     let (words, rest) = b.split_at(b.len() / 8 * 8);
     words
@@ -173,7 +178,7 @@ impl Extractor<'_> {
             let created = !dest.exists();
             if created {
                 if let Err(e) = std::fs::create_dir_all(dest) {
-                    return self.problem(format!("{}: {e}", dest.display()));
+                    return self.problem(format!("{}: {}", dest.display(), io_why(e)));
                 }
             } else if !dest_dir {
                 return self.problem(format!("{}: exists and is not a directory", dest.display()));
@@ -462,7 +467,11 @@ impl Extractor<'_> {
         // Setting the length first refuses, before any reading, a size the host cannot hold
         // (a corrupt inode claiming exabytes).
         if let Err(e) = file.set_len(size) {
-            self.problem(format!("{}: cannot set length {size}: {e}", show(ipath)));
+            self.problem(format!(
+                "{}: cannot set length {size}: {}",
+                show(ipath),
+                io_why(e)
+            ));
             return;
         }
         let mut off = 0u64;
@@ -494,7 +503,7 @@ impl Extractor<'_> {
                 }
             }
             if let Some(e) = failed {
-                self.problem(format!("{}: write: {e}", show(ipath)));
+                self.problem(format!("{}: write: {}", show(ipath), io_why(e)));
                 return;
             }
             off += n as u64;
@@ -639,9 +648,10 @@ impl Extractor<'_> {
         for (n, v) in self.xattr_list(attr, ipath) {
             if let Err(e) = hostxattr::set_fd(fd, &n, &v) {
                 self.problem(format!(
-                    "{}: cannot set xattr {}: {e}",
+                    "{}: cannot set xattr {}: {}",
                     show(ipath),
-                    show(&n)
+                    show(&n),
+                    io_why(e)
                 ));
             }
         }
@@ -672,9 +682,10 @@ impl Extractor<'_> {
         for (n, v) in self.xattr_list(attr, ipath) {
             if let Err(e) = hostxattr::set_at(dir, name, &n, &v) {
                 self.problem(format!(
-                    "{}: cannot set xattr {}: {e}",
+                    "{}: cannot set xattr {}: {}",
                     show(ipath),
-                    show(&n)
+                    show(&n),
+                    io_why(e)
                 ));
             }
         }
