@@ -927,3 +927,54 @@ fn nix_chown(p: &Path, uid: u32) {
     let r = unsafe { libc::chown(c.as_ptr(), uid, uid) };
     assert_eq!(r, 0, "chown {}", p.display());
 }
+
+#[test]
+fn extract_shows_progress_only_on_a_terminal() {
+    if !require_tool("script") {
+        return;
+    }
+    let Some(img) = disk("bare-fat32.img") else {
+        return;
+    };
+    let t = TempDir::new("progress");
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let cmd = format!(
+        "{} extract {} {}",
+        quote(&imgmount_bin()),
+        quote(&img),
+        quote(&t.join("tty"))
+    );
+    // script(1) gives the command a terminal; what it printed comes back on script's stdout.
+    let r = run_with_timeout(
+        tool("script").args(["-qec", &cmd, "/dev/null"]),
+        Duration::from_secs(60),
+    );
+    if no_driver(&Run {
+        stderr: r.stdout.clone(),
+        ..r
+    }) {
+        return;
+    }
+    let r = run_with_timeout(
+        tool("script").args(["-qec", &cmd.replace("/tty'", "/tty2'"), "/dev/null"]),
+        Duration::from_secs(60),
+    );
+    assert!(r.ok(), "{r:?}");
+    let last = r
+        .stdout
+        .rsplit('\r')
+        .find(|s| !s.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("extract: 7 entries, 0.1 MiB,") && last.contains(" MiB/s"),
+        "{:?}",
+        r.stdout
+    );
+    // Not a terminal: nothing at all on stderr.
+    let r = im([
+        OsStr::new("extract"),
+        img.as_os_str(),
+        t.join("pipe").as_os_str(),
+    ]);
+    assert!(r.ok() && r.stderr.is_empty(), "{r:?}");
+}

@@ -1,4 +1,4 @@
-//! A one-line progress display for `extract` on a terminal: files, bytes and rate, redrawn at
+//! A one-line progress display for `extract` on a terminal: entries, bytes and rate, redrawn at
 //! most ten times a second. Does nothing when disabled (stderr is not a terminal).
 
 use std::io::Write;
@@ -59,7 +59,7 @@ impl Progress {
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
-            "\r\x1b[Kextract: {} files, {:.1} MiB, {:.1} MiB/s",
+            "\r\x1b[Kextract: {} entries, {:.1} MiB, {:.1} MiB/s",
             self.files,
             mib(self.bytes),
             mib(self.bytes) / secs
