@@ -313,28 +313,30 @@ impl Extractor<'_> {
         stack: &mut Vec<Ino>,
     ) {
         self.progress.file();
-        match attr.kind {
-            FileType::Directory => self.directory(top, dir, name, attr, ipath, rel, stack),
-            FileType::Regular => {
-                if attr.nlink > 1 {
-                    if let Some((orel, oname)) = self.links.get(&attr.ino).cloned() {
-                        return self.hard_link(top, dir, name, ipath, &orel, &oname);
-                    }
-                }
-                if self.regular(dir, name, attr, ipath) && attr.nlink > 1 {
-                    self.links.insert(attr.ino, (rel.clone(), name.to_vec()));
-                }
+        if attr.kind == FileType::Directory {
+            return self.directory(top, dir, name, attr, ipath, rel, stack);
+        }
+        // Any non-directory can have several names (cp -a keeps them all as links).
+        let linked = attr.nlink > 1;
+        if linked {
+            if let Some((orel, oname)) = self.links.get(&attr.ino).cloned() {
+                return self.hard_link(top, dir, name, ipath, &orel, &oname);
             }
+        }
+        let made = match attr.kind {
+            FileType::Regular => self.regular(dir, name, attr, ipath),
             FileType::Symlink => self.symlink(dir, name, attr, ipath),
             FileType::CharDevice | FileType::BlockDevice if !self.opts.devices => {
                 self.problem(format!(
                     "{}: device node not created (needs root)",
                     show(ipath)
                 ));
+                false
             }
-            FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => {
-                self.node(dir, name, attr, ipath)
-            }
+            _ => self.node(dir, name, attr, ipath),
+        };
+        if made && linked {
+            self.links.insert(attr.ino, (rel.clone(), name.to_vec()));
         }
     }
 
@@ -547,28 +549,31 @@ impl Extractor<'_> {
         });
     }
 
-    fn symlink(&mut self, dir: BorrowedFd<'_>, name: &[u8], attr: &Attr, ipath: &[u8]) {
+    fn symlink(&mut self, dir: BorrowedFd<'_>, name: &[u8], attr: &Attr, ipath: &[u8]) -> bool {
         let target = match self.fs.readlink(attr.ino) {
             Ok(t) => t,
             Err(e) => {
-                return self.problem(format!("{}: cannot read link: {}", show(ipath), why(&e)))
+                self.problem(format!("{}: cannot read link: {}", show(ipath), why(&e)));
+                return false;
             }
         };
         if target.is_empty() || target.contains(&0) {
-            return self.problem(format!(
+            self.problem(format!(
                 "{}: refused: symlink target is empty or contains NUL",
                 show(ipath)
             ));
+            return false;
         }
-        if self
+        let made = self
             .create(dir, name, ipath, || symlinkat(target.as_slice(), dir, name))
-            .is_some()
-        {
+            .is_some();
+        if made {
             self.meta_at(dir, name, attr, ipath, true);
         }
+        made
     }
 
-    fn node(&mut self, dir: BorrowedFd<'_>, name: &[u8], attr: &Attr, ipath: &[u8]) {
+    fn node(&mut self, dir: BorrowedFd<'_>, name: &[u8], attr: &Attr, ipath: &[u8]) -> bool {
         let (kind, rdev) = match attr.kind {
             FileType::CharDevice => (SFlag::S_IFCHR, attr.rdev),
             FileType::BlockDevice => (SFlag::S_IFBLK, attr.rdev),
@@ -587,6 +592,7 @@ impl Extractor<'_> {
         if made.is_some() {
             self.meta_at(dir, name, attr, ipath, false);
         }
+        made.is_some()
     }
 
     /// The mode to give a file: the image's, except that setuid/setgid are dropped when the

@@ -108,7 +108,9 @@ fn full_tree() -> (Mem, Vec<u8>) {
     let h = m.file(d, b"h1", b"linked", 0o600);
     m.link(r, b"h2", h);
     m.link(ro, b"h3", h);
-    m.special(r, b"fifo", FileType::Fifo, 0o620, 0);
+    let fifo = m.special(r, b"fifo", FileType::Fifo, 0o620, 0);
+    m.link(d, b"fifo2", fifo);
+    m.link(r, b"link2", s);
     m.special(r, b"null", FileType::CharDevice, 0o666, makedev(1, 3));
     m.special(r, b"sda", FileType::BlockDevice, 0o660, makedev(8, 0));
     (m.build(), sparse)
@@ -186,6 +188,9 @@ fn fidelity() {
     assert_eq!(h1.nlink(), 3);
 
     assert!(md("fifo").file_type().is_fifo());
+    assert_eq!(md("fifo").ino(), md("dir/fifo2").ino());
+    assert_eq!(md("link2").ino(), md("dir/link").ino());
+    assert!(md("link2").file_type().is_symlink());
     assert_eq!(md("fifo").permissions().mode() & 0o7777, 0o620);
 }
 
