@@ -24,9 +24,9 @@ fn main() {
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
         Some(Command::Umount(_)) => Err(Failure::msg("umount: not built yet")),
-        Some(Command::Ls(_)) | Some(Command::Cat(_)) | Some(Command::Extract(_)) => {
-            Err(Failure::msg("this command is not built yet"))
-        }
+        Some(Command::Ls(a)) => std::process::exit(commands::ls::run(&a)),
+        Some(Command::Cat(a)) => std::process::exit(commands::cat::run(&a)),
+        Some(Command::Extract(a)) => std::process::exit(commands::extract::run(&a)),
         None => Err(Failure::msg("mount: not built yet")),
     };
     if let Err(f) = result {

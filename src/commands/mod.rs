@@ -23,3 +23,26 @@ pub fn selection(p: Option<PartitionSel>) -> Option<Selection> {
         PartitionSel::All => Selection::All,
     })
 }
+
+// ls, cat, extract (no FUSE) and what they share.
+pub mod cat;
+pub mod extract;
+mod hostxattr;
+mod json;
+pub mod ls;
+mod progress;
+mod source;
+#[cfg(test)]
+mod testfs;
+mod walk;
+
+/// Ends the process the way a write to a closed pipe ends `cat`: killed by SIGPIPE (status
+/// 141 in a shell), with no message.
+pub fn die_of_sigpipe() -> ! {
+    // SAFETY: signal/raise with valid constants; nothing runs after this in our process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
