@@ -163,8 +163,22 @@ fn view_through_mount() {
     listed.sort();
     assert_eq!(
         listed,
-        [".", "..", "dir", "exec.sh", "hello.txt", "link", "sda1"]
+        [
+            ".",
+            "..",
+            "broken",
+            "dir",
+            "exec.sh",
+            "hello.txt",
+            "link",
+            "sda1"
+        ]
     );
+    // The unreadable inode is listed but answers EIO, also after the listing.
+    for _ in 0..2 {
+        let e = fs::metadata(m.join("broken")).unwrap_err();
+        assert_eq!(errno_of(&e), libc::EIO);
+    }
     let ls = run(Command::new("ls").arg("-a1").arg(m.join("dir")));
     assert_eq!(
         String::from_utf8_lossy(&ls.stdout),

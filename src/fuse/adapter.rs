@@ -205,6 +205,27 @@ fn fuse_rdev(dev: u64) -> u32 {
     (mi & 0xff) | ((ma & 0xfff) << 8) | ((mi & !0xff) << 12)
 }
 
+/// Attributes that carry no information: the negative-lookup reply and placeholders.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn time_or_now(t: TimeOrNow) -> Timespec {
     match t {
         TimeOrNow::SpecificTime(t) => timespec(t),
@@ -263,23 +284,7 @@ impl fuser::Filesystem for Adapter {
             Err(Error::NotFound) if !self.writable => {
                 // A negative entry: ino 0 with a TTL lets the kernel cache the miss, so
                 // repeated probes (PATH searches, locale files) don't come back to us.
-                let attr = FileAttr {
-                    ino: INodeNo(0),
-                    size: 0,
-                    blocks: 0,
-                    atime: UNIX_EPOCH,
-                    mtime: UNIX_EPOCH,
-                    ctime: UNIX_EPOCH,
-                    crtime: UNIX_EPOCH,
-                    kind: FileType::RegularFile,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: 0,
-                    flags: 0,
-                };
+                let attr = negative_attr();
                 reply.entry(&self.ttl, &attr, Generation(0));
             }
             res => self.reply_entry(parent, res, reply),
@@ -457,31 +462,43 @@ impl fuser::Filesystem for Adapter {
             }
         }
         let start = offset.saturating_sub(2);
-        let mut failure = None;
         let res = self.fs.readdir(dir, start, &mut |e| {
-            let a = match self.fs.getattr(e.ino) {
-                Ok(a) => a,
-                Err(err) => {
-                    failure = Some(err);
-                    return false;
+            let next = e.next_offset.saturating_add(2);
+            let name = OsStr::from_bytes(&e.name);
+            match self.fs.getattr(e.ino) {
+                Ok(a) => {
+                    self.remember_parent(dir, &a);
+                    !reply.add(
+                        self.to_fuse(e.ino),
+                        next,
+                        name,
+                        &self.ttl,
+                        &self.file_attr(&a),
+                        Self::generation(&a),
+                    )
                 }
-            };
-            self.remember_parent(dir, &a);
-            !reply.add(
-                self.to_fuse(e.ino),
-                e.next_offset.saturating_add(2),
-                OsStr::from_bytes(&e.name),
-                &self.ttl,
-                &self.file_attr(&a),
-                Self::generation(&a),
-            )
+                // A broken inode must not hide its siblings: list the name with placeholder
+                // attributes valid for 0 s, so any stat of it asks again and gets the error.
+                Err(_) => {
+                    let placeholder = FileAttr {
+                        ino: self.to_fuse(e.ino),
+                        kind: file_type(e.kind),
+                        ..negative_attr()
+                    };
+                    !reply.add(
+                        placeholder.ino,
+                        next,
+                        name,
+                        &Duration::ZERO,
+                        &placeholder,
+                        Generation(0),
+                    )
+                }
+            }
         });
-        match (res, failure) {
-            (Err(e), _) => reply.error(errno(&e)),
-            // Entries before the broken one were added; an unreadable inode must not hide
-            // the rest of a listing forever, but also not be silently skipped: report EIO.
-            (Ok(()), Some(e)) => reply.error(errno(&e)),
-            (Ok(()), None) => reply.ok(),
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
     }
 

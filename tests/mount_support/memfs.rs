@@ -11,6 +11,7 @@ use fs_drivers::vfs::{
 use fs_drivers::{Error, Result};
 
 pub const ROOT: Ino = 2;
+pub const BROKEN: Ino = 66;
 
 struct Node {
     attr: Attr,
@@ -131,6 +132,9 @@ impl MemFs {
             attr(15, FileType::Regular, 0o4755, 0),
             vec![],
         );
+        // Listed in its directory, but its inode is unreadable (as a corrupt one would be).
+        let broken = attr(BROKEN, FileType::Regular, 0o644, 0);
+        add(BROKEN, Some((ROOT, b"broken")), broken, vec![]);
         let inner = fs.inner.get_mut().unwrap();
         // A second name for ino 1: a hard link.
         inner
@@ -160,6 +164,9 @@ impl MemFs {
 
 impl Inner {
     fn node(&self, ino: Ino) -> Result<&Node> {
+        if ino == BROKEN {
+            return Err(Error::corrupt("inode 66 checksum"));
+        }
         self.nodes.get(&ino).ok_or(Error::NotFound)
     }
     fn node_mut(&mut self, ino: Ino) -> Result<&mut Node> {
