@@ -4,11 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use fs_drivers::block::BlockCache;
+use fs_drivers::disk::{FsOptions, FsType, Image, Selection};
+use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
 use imgmount::fuse::options::{self, MountOpts};
 use imgmount::fuse::{kernel, lifecycle, ServeConfig};
 
-use crate::cli;
+use crate::report::Failure;
+use crate::{cli, commands};
 
 /// Worker threads serving FUSE requests: the drivers are Sync, and a few threads let a slow
 /// read (cache miss on a big file) not hold up a directory listing.
@@ -60,13 +64,56 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
 /// background mount forks after this.
 fn open_filesystem(
     image: &Path,
-    _args: &cli::MountArgs,
-    _opts: &MountOpts,
+    args: &cli::MountArgs,
+    opts: &MountOpts,
 ) -> Result<Arc<dyn FileSystem>, String> {
-    // fs_drivers::disk::Image lands with the wt-cli branch; until then there is nothing to
-    // open images with.
-    Err(format!(
-        "{}: opening images is not available in this build yet",
-        image.display()
-    ))
+    let fail = |e: &fs_drivers::Error| Failure::new(image.display(), e).message;
+    let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
+    let sel = commands::selection(args.partition);
+    if opts.rw {
+        // Say why rw is refused before opening the image read-write (which could fail first
+        // for an unrelated reason such as a read-only image file).
+        let ro = Image::open(image, false, cache).map_err(|e| fail(&e))?;
+        if only_ext_selected(&ro, sel) {
+            return Err(format!(
+                "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
+                image.display()
+            ));
+        }
+    }
+    let img = Image::open(image, opts.rw, cache).map_err(|e| fail(&e))?;
+    let fs_opts = FsOptions {
+        writable: opts.rw,
+        fs_type: match args.fs_type {
+            cli::FsTypeArg::Auto => FsType::Auto,
+            cli::FsTypeArg::Ext2 => FsType::Ext2,
+            cli::FsTypeArg::Ext3 => FsType::Ext3,
+            cli::FsTypeArg::Ext4 => FsType::Ext4,
+            cli::FsTypeArg::Fat => FsType::Fat,
+        },
+        ..FsOptions::default()
+    };
+    let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
+    for w in warnings {
+        eprintln!("imgmount: {}: {w}", image.display());
+    }
+    Ok(fs)
+}
+
+/// Whether every filesystem the selection would mount is ext (which imgmount only reads).
+fn only_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
+    let kinds: Vec<FsKind> = img
+        .volumes()
+        .iter()
+        .filter(|v| !v.container)
+        .filter(|v| match sel {
+            Some(Selection::Index(n)) => v.index == Some(n),
+            _ => true,
+        })
+        .filter_map(|v| v.probe.as_ref().map(|p| p.kind))
+        .collect();
+    !kinds.is_empty()
+        && kinds
+            .iter()
+            .all(|k| matches!(k, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4))
 }

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod error;
 pub mod ext;
 pub mod fat;
+pub mod multi;
 pub mod partition;
 pub mod probe;
 pub mod vfs;

@@ -8,8 +8,8 @@ mod file;
 mod mem;
 mod slice;
 
-// pub use cache::{BlockCache, CacheStats};
-// pub use fault::{FaultDevice, FaultOp};
+pub use cache::{BlockCache, CacheStats};
+pub use fault::{FaultDevice, FaultOp};
 pub use file::FileDevice;
 pub use mem::MemDevice;
 pub use slice::Slice;

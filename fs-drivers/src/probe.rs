@@ -1,1 +1,0 @@
-//! Which filesystem is on a device, by superblock magic.
