@@ -27,7 +27,7 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
         options::check_allow_other(kernel::euid(), &conf)?;
     }
-    let fs = open_filesystem(image, args, &opts)?;
+    let (fs, warnings) = open_filesystem(image, args, &opts)?;
     if opts.rw && !fs.is_writable() {
         let ty = fs.info().fs_type;
         return Err(if ty.starts_with("ext") {
@@ -53,20 +53,30 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         owner: opts.owner,
         threads: THREADS,
     };
+    // Said only once the mount is certain, so a failure stays a single line.
+    let warn = || {
+        for w in &warnings {
+            eprintln!("imgmount: {}: {w}", image.display());
+        }
+    };
     if args.foreground {
+        warn();
         lifecycle::run_foreground(fs, &cfg)
     } else {
-        lifecycle::run_background(fs, &cfg, args.log.as_deref())
+        lifecycle::run_background(fs, &cfg, args.log.as_deref())?;
+        warn();
+        Ok(())
     }
 }
 
-/// Opens the image and the filesystem the user selected. Must not start threads: the
-/// background mount forks after this.
+/// Opens the image and the filesystem the user selected, with a line for each partition
+/// that will show as an empty directory. Must not start threads: the background mount forks
+/// after this.
 fn open_filesystem(
     image: &Path,
     args: &cli::MountArgs,
     opts: &MountOpts,
-) -> Result<Arc<dyn FileSystem>, String> {
+) -> Result<(Arc<dyn FileSystem>, Vec<String>), String> {
     let fail = |e: &fs_drivers::Error| Failure::new(image.display(), e).message;
     let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
     let sel = commands::selection(args.partition);
@@ -94,10 +104,7 @@ fn open_filesystem(
         ..FsOptions::default()
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
-    for w in warnings {
-        eprintln!("imgmount: {}: {w}", image.display());
-    }
-    Ok(fs)
+    Ok((fs, warnings))
 }
 
 /// Whether every filesystem the selection would mount is ext (which imgmount only reads).
