@@ -343,10 +343,13 @@ fn daemon_child(
     log_file: Option<File>,
     notify: File,
 ) -> i32 {
-    // SAFETY: setsid/chdir have no memory-safety preconditions.
+    // SAFETY: setsid/chdir/signal have no memory-safety preconditions.
     unsafe {
         libc::setsid();
         libc::chdir(c"/".as_ptr());
+        // A daemon has no reader that could go away on purpose: a write to a closed pipe
+        // (the parent gave up waiting) must be an error, not death.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
