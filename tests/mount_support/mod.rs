@@ -148,7 +148,18 @@ pub fn daemon_main_if_requested() {
             owner,
             threads: 4,
         };
-        let fs = Arc::new(memfs::MemFs::sample(writable));
+        let fs: Arc<dyn fs_drivers::vfs::FileSystem> = match mode.split_once("fat=") {
+            // A real driver over a real image (the FAT fixture), opened as disk.rs does.
+            Some((_, img)) => {
+                use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
+                use fs_drivers::fat::{FatFs, FatOptions};
+                let file: DeviceRef =
+                    Arc::new(FileDevice::open(Path::new(img), false).map_err(|e| e.to_string())?);
+                let dev: DeviceRef = Arc::new(BlockCache::with_defaults(file));
+                Arc::new(FatFs::open(dev, FatOptions::default()).map_err(|e| e.to_string())?)
+            }
+            None => Arc::new(memfs::MemFs::sample(writable)),
+        };
         if mode.contains("fg") {
             fuse::run_foreground(fs, &cfg)
         } else {
