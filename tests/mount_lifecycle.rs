@@ -602,6 +602,81 @@ fn non_root_user() {
     );
     assert!(!alive(pid));
     assert!(!is_mounted(&mnt));
+
+    // The real command on a root-owned 0644 image.
+    let img_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/mbr.img");
+    if img_src.exists() {
+        let img = dir.path().join("disk.img");
+        fs::copy(&img_src, &img).unwrap();
+        fs::set_permissions(&img, fs::Permissions::from_mode(0o644)).unwrap();
+        let out = run(as_user(&bin).arg(&img).arg(&mnt));
+        assert!(
+            out.status.success(),
+            "user mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Only the user sees inside (no allow_other): list it as the user.
+        let ls = run(Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg("ls")
+            .arg(&mnt));
+        assert_eq!(
+            ls.stdout,
+            b"p1\np2\n",
+            "{}",
+            String::from_utf8_lossy(&ls.stderr)
+        );
+        assert_eq!(
+            errno_of(&fs::metadata(mnt.join("p1")).unwrap_err()),
+            libc::EACCES,
+            "root must not see into a user's mount without allow_other"
+        );
+        assert_eq!(mount_entry(&mnt).unwrap().fuse_user_id(), Some(uid));
+        let pid = daemon_pid(&mnt, uid).expect("user's pid file");
+        let out = run(as_user(&bin).arg("umount").arg(&mnt));
+        assert!(
+            out.status.success(),
+            "user umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!alive(pid));
+        assert!(!is_mounted(&mnt));
+
+        // Root's mount: private by default, shared with -o allow_other (default_permissions
+        // then checks modes: the root-owned 0755 directories are listable by the user).
+        let root_mnt = dir.path().join("rootmnt");
+        fs::create_dir(&root_mnt).unwrap();
+        let _g2 = MountGuard(root_mnt.clone());
+        let user_ls = || {
+            run(Command::new("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("ls")
+                .arg(&root_mnt))
+        };
+        for (opts, shared) in [("ro", false), ("allow_other", true)] {
+            let out = run(Command::new(&bin)
+                .args(["-o", opts])
+                .arg(&img)
+                .arg(&root_mnt));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let ls = user_ls();
+            assert_eq!(ls.status.success(), shared, "-o {opts}: {ls:?}");
+            if shared {
+                assert_eq!(ls.stdout, b"p1\np2\n");
+            }
+            assert!(umount_cmd(&root_mnt).status.success());
+        }
+    } else {
+        println!("    (mbr.img fixture not built: real-image part skipped)");
+    }
     let _ = fs::remove_dir_all(format!("/tmp/imgmount-{uid}"));
 }
 
