@@ -362,24 +362,27 @@ fn sigkill_auto_unmounts() {
     assert!(umount_cmd(dir.path()).status.success());
 }
 
-/// The dead mount a killed daemon leaves when nothing auto-unmounts it (the watcher is
+/// The dead mount a killed daemon leaves when nothing auto-unmounts it (both watchers are
 /// stopped here to get exactly that state): ENOTCONN, and `imgmount umount` cleans it up.
 fn sigkill_dead_mount_cleaned_by_umount() {
     let (dir, _g) = mounted_double("bg", "dead");
     let pid = daemon_pid(dir.path(), 0).unwrap();
-    let watcher = children_of(pid)
-        .into_iter()
-        .find(|(_, comm)| comm == "fusermount3")
-        .map(|(p, _)| p)
-        .expect("fusermount3 auto_unmount watcher is a child of the daemon");
-    unsafe { libc::kill(watcher as i32, libc::SIGSTOP) };
+    let watchers: Vec<u32> = children_of(pid).into_iter().map(|(p, _)| p).collect();
+    let comms: Vec<String> = children_of(pid).into_iter().map(|(_, c)| c).collect();
+    assert!(comms.iter().any(|c| c == "fusermount3"), "{comms:?}");
+    assert!(comms.iter().any(|c| c == "imgmount-watch"), "{comms:?}");
+    for w in &watchers {
+        unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
+    }
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     // A name never looked up reaches the (dead) connection; cached ones would not.
     let e = fs::metadata(dir.path().join("never-looked-up")).unwrap_err();
     assert_eq!(errno_of(&e), libc::ENOTCONN, "dead mount: {e}");
     let out = umount_cmd(dir.path());
-    unsafe { libc::kill(watcher as i32, libc::SIGCONT) };
+    for w in &watchers {
+        unsafe { libc::kill(*w as i32, libc::SIGCONT) };
+    }
     assert!(
         out.status.success(),
         "{}",
@@ -387,12 +390,43 @@ fn sigkill_dead_mount_cleaned_by_umount() {
     );
     assert!(!is_mounted(dir.path()));
     assert!(fs::metadata(dir.path()).unwrap().is_dir());
+    // Resumed, the watchers find nothing of theirs left and exit.
+    assert!(
+        wait_until(Duration::from_secs(5), || watchers
+            .iter()
+            .all(|w| !alive(*w))),
+        "watchers still running"
+    );
     let out = start_daemon(dir.path(), "bg");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(umount_cmd(dir.path()).status.success());
+}
+
+/// Our watcher alone (fusermount3's stopped) removes a killed daemon's mount.
+fn sigkill_own_watcher_unmounts() {
+    let (dir, _g) = mounted_double("bg", "watch");
+    let pid = daemon_pid(dir.path(), 0).unwrap();
+    let fm: Vec<u32> = children_of(pid)
+        .into_iter()
+        .filter(|(_, c)| c == "fusermount3")
+        .map(|(p, _)| p)
+        .collect();
+    for w in &fm {
+        unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let gone = wait_until(Duration::from_secs(5), || !is_mounted(dir.path()));
+    for w in &fm {
+        unsafe { libc::kill(*w as i32, libc::SIGCONT) };
+    }
+    assert!(gone, "imgmount-watch did not remove the dead mount");
+    assert!(daemon_pid(dir.path(), 0).is_none(), "stale pid file");
+    let out = start_daemon(dir.path(), "bg");
+    assert!(out.status.success());
     assert!(umount_cmd(dir.path()).status.success());
 }
 
@@ -603,6 +637,23 @@ fn non_root_user() {
     assert!(!alive(pid));
     assert!(!is_mounted(&mnt));
 
+    // A killed user daemon leaves no mount behind (fusermount3 auto_unmount works without
+    // allow_other), so the user never needs root to clean up.
+    let out = run(as_user(&exe)
+        .env(DAEMON_ENV, "bg")
+        .env("IMGMOUNT_TEST_MNT", &mnt));
+    assert!(
+        out.status.success(),
+        "user mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = daemon_pid(&mnt, uid).expect("user's pid file");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_mounted(&mnt)),
+        "a SIGKILLed user daemon left its mount"
+    );
+
     // The real command on a root-owned 0644 image.
     let img_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures/mbr.img");
     if img_src.exists() {
@@ -753,6 +804,7 @@ fn main() {
             "sigkill_dead_mount_cleaned_by_umount",
             sigkill_dead_mount_cleaned_by_umount,
         ),
+        ("sigkill_own_watcher_unmounts", sigkill_own_watcher_unmounts),
         ("umount_errors", umount_errors),
         ("bad_input", bad_input),
         ("non_root_user", non_root_user),

@@ -1,6 +1,17 @@
 //! The life of a mount: check the mount point, go to the background (fork before any thread
 //! exists), attach to the kernel, tell the waiting parent only once the mount answers, then
 //! serve until unmounted or told to stop by SIGINT/SIGTERM/SIGHUP.
+//!
+//! A daemon killed outright (SIGKILL, the OOM killer) cannot unmount; two watchers do it:
+//! fusermount3's `auto_unmount` (always requested when fusermount3 is used, as it is whenever
+//! installed, also as root), and our own `imgmount-watch` process (see `watcher`), which also
+//! covers the cases fusermount3 3.14 misses (an ordinary user's mount without allow_other)
+//! and root mounts made with mount(2). Either way the mount point is an empty directory again
+//! within milliseconds. If both watchers are gone too (killed themselves), the dead mount
+//! answers every access with ENOTCONN, "Transport endpoint is not connected";
+//! `imgmount umount MNT` then sees that the daemon is gone and detaches the mount lazily
+//! (umount2 MNT_DETACH as root, `fusermount3 -u -z` otherwise), and a new mount on such a
+//! directory is refused with a message saying to run exactly that.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -15,7 +26,7 @@ use fuser::{Config, Session, SessionACL};
 
 use super::adapter::{Adapter, Ownership};
 use super::kernel::{self, MountRequest, UnmountError};
-use super::{log, mountinfo, pidfile};
+use super::{log, mountinfo, pidfile, watcher};
 
 /// How long the parent waits for the daemon to report the mount ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,6 +134,21 @@ pub fn serve(
         Ok(x) => x,
         Err(e) => return fail(ready, e),
     };
+    let uid = kernel::euid();
+    // Forked now, while this process still has a single thread.
+    let watcher = match mountinfo::find(&cfg.mount_point) {
+        Ok(Some(e)) => watcher::spawn(&cfg.mount_point, &e.dev, uid),
+        Ok(None) => Err(io::Error::other("the new mount is missing from mountinfo")),
+        Err(e) => Err(e),
+    };
+    let _watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = km.unmount(true);
+            km.finish();
+            return fail(ready, format!("cannot start the unmount watcher: {e}"));
+        }
+    };
     let adapter = Adapter::new(fs.clone(), cfg.writable, cfg.owner);
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
@@ -174,7 +200,6 @@ pub fn serve(
         }
     }
 
-    let uid = kernel::euid();
     let pid = std::process::id();
     if let Err(e) = pidfile::write(uid, &cfg.mount_point, pid) {
         log::error(&format!(
@@ -267,6 +292,9 @@ pub fn run_background(
         return Err(format!("fork: {}", io::Error::last_os_error()));
     }
     if pid > 0 {
+        // The child owns the filesystem now. Dropping our copy could flush write-back state
+        // (a dirty cache, a "volume dirty" flag) into the image behind the child's back.
+        std::mem::forget(fs);
         drop(wr);
         return wait_ready(File::from(rd), pid);
     }

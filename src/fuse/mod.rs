@@ -9,6 +9,7 @@ pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
 pub mod umount;
+pub mod watcher;
 
 pub use adapter::{Adapter, Ownership};
 pub use lifecycle::{check_mountpoint, run_background, run_foreground, serve, ServeConfig};

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// "major:minor" of the mounted filesystem; a FUSE connection gets a fresh one per mount.
+    pub dev: String,
     pub mount_point: PathBuf,
     /// e.g. "fuse.imgmount", "ext4".
     pub fs_type: String,
@@ -54,6 +56,7 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
         return None;
     }
     Some(MountEntry {
+        dev: l[2].to_string(),
         mount_point: PathBuf::from(std::ffi::OsString::from_vec(unescape(l[4]))),
         fs_type: r[0].to_string(),
         source: String::from_utf8_lossy(&unescape(r[1])).into_owned(),
@@ -86,6 +89,7 @@ mod tests {
         assert_eq!(e.fs_type, "fuse.imgmount");
         assert_eq!(e.source, "/img/disk.img");
         assert_eq!(e.fuse_user_id(), Some(1000));
+        assert_eq!(e.dev, "0:57");
         assert!(parse_line("garbage").is_none());
     }
 }
