@@ -580,7 +580,6 @@ fn non_root_user() {
     }
     let old_mode = fs::metadata("/dev/fuse").unwrap().mode() & 0o7777;
     let _c = Cleanup(user.clone(), old_mode);
-    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
     let uid: u32 = String::from_utf8_lossy(&run(Command::new("id").args(["-u", &user])).stdout)
         .trim()
         .parse()
@@ -605,6 +604,16 @@ fn non_root_user() {
             .env("HOME", "/tmp");
         c
     };
+    // With /dev/fuse closed to users the error says what to fix.
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(as_user(&exe)
+        .env(DAEMON_ENV, "bg")
+        .env("IMGMOUNT_TEST_MNT", &mnt));
+    one_error_line(&out, "cannot open /dev/fuse");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0666"));
+    assert!(!is_mounted(&mnt));
+
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
     let out = run(as_user(&exe)
         .env(DAEMON_ENV, "bg")
         .env("IMGMOUNT_TEST_MNT", &mnt));
@@ -637,8 +646,8 @@ fn non_root_user() {
     assert!(!alive(pid));
     assert!(!is_mounted(&mnt));
 
-    // A killed user daemon leaves no mount behind (fusermount3 auto_unmount works without
-    // allow_other), so the user never needs root to clean up.
+    // A killed user daemon leaves no mount behind (imgmount-watch; fusermount3 3.14's
+    // auto_unmount would not without allow_other), so the user never needs root to clean up.
     let out = run(as_user(&exe)
         .env(DAEMON_ENV, "bg")
         .env("IMGMOUNT_TEST_MNT", &mnt));
