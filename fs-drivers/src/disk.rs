@@ -129,8 +129,8 @@ pub struct Image {
 impl Image {
     /// Opens the image file O_RDONLY (or O_RDWR when `writable`), puts a block cache of
     /// `cache_bytes` over it (0: none), reads the partition table and probes every partition.
-    /// Fails when the file is empty, a directory, unreadable, or holds neither a partition table
-    /// nor a filesystem that `probe` recognises.
+    /// Fails when the file is empty, a directory or unreadable; see `check_recognised` for a
+    /// file that holds nothing imgmount knows.
     pub fn open(path: &Path, writable: bool, cache_bytes: u64) -> Result<Image> {
         // Checked first so the message does not repeat the path the caller prints anyway.
         if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
@@ -167,15 +167,6 @@ impl Image {
         };
         let table = partition::read_table(device.as_ref())?;
         let volumes = list_volumes(&device, &table)?;
-        if table.scheme == Scheme::None && volumes.iter().all(|v| v.probe.is_none()) {
-            if let Some(why) = volumes.iter().find_map(|v| v.probe_error.clone()) {
-                return Err(Error::Io(std::io::Error::other(why)));
-            }
-            return Err(Error::Invalid(format!(
-                "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
-                device.size()
-            )));
-        }
         Ok(Image {
             device,
             cache,
@@ -183,6 +174,22 @@ impl Image {
             volumes,
             mtime,
         })
+    }
+
+    /// Fails when the image holds neither a partition table nor a filesystem the probe knows
+    /// (random bytes, a file that is no disk image). `open_fs` then only works with a forced
+    /// `-t`, which lets that driver judge the superblock itself.
+    pub fn check_recognised(&self) -> Result<()> {
+        if self.table.scheme != Scheme::None || self.volumes.iter().any(|v| v.probe.is_some()) {
+            return Ok(());
+        }
+        if let Some(why) = self.volumes.iter().find_map(|v| v.probe_error.clone()) {
+            return Err(Error::Io(std::io::Error::other(why)));
+        }
+        Err(Error::Invalid(format!(
+            "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
+            self.device.size()
+        )))
     }
 
     /// The image as a device (behind the cache when there is one).
@@ -210,6 +217,12 @@ impl Image {
                 Ok(Some(format!("0x{:08x}", u32::from_le_bytes(sig))))
             }
         }
+    }
+
+    /// Writes back everything the cache holds and fsyncs the image (for a writable image; a
+    /// read-only one has nothing to write).
+    pub fn flush(&self) -> Result<()> {
+        self.device.flush()
     }
 
     pub fn cache_stats(&self) -> Option<CacheStats> {
@@ -295,6 +308,9 @@ impl Image {
         if self.table.scheme == Scheme::None {
             if let Some(Selection::Index(n)) = sel {
                 return Err(self.no_table_error(n));
+            }
+            if opts.fs_type == FsType::Auto {
+                self.check_recognised()?;
             }
             // A bare image always has exactly one volume (see list_volumes).
             return Ok((open_volume(&self.volumes[0], opts)?, Vec::new()));
@@ -676,6 +692,21 @@ mod tests {
         );
     }
 
+    fn unrecognised(data: Vec<u8>) -> String {
+        let img = image(data).unwrap();
+        let e = err_text(img.check_recognised());
+        let same = err_text(img.open_fs(None, &FsOptions::default()));
+        assert_eq!(e, same);
+        // A forced type reaches the driver, which judges the superblock itself.
+        let forced = FsOptions {
+            fs_type: FsType::Ext4,
+            ..FsOptions::default()
+        };
+        let driver = err_text(img.open_fs(None, &forced));
+        assert_ne!(driver, e);
+        e
+    }
+
     #[test]
     fn not_an_image() {
         let e = err_text(image(Vec::new()));
@@ -688,9 +719,9 @@ mod tests {
                 (x >> 16) as u8
             })
             .collect();
-        let e = err_text(image(noise));
+        let e = unrecognised(noise);
         assert!(e.contains("no partition table and no filesystem"), "{e}");
-        let e = err_text(image(vec![0u8; 100]));
+        let e = unrecognised(vec![0u8; 100]);
         assert!(e.contains("no partition table and no filesystem"), "{e}");
     }
 

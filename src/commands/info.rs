@@ -51,6 +51,9 @@ pub struct FsReport {
 pub fn run(args: &InfoArgs) -> CmdResult {
     let image = open_image(&args.image, false)?;
     let shown = args.image.display().to_string();
+    image
+        .check_recognised()
+        .map_err(|e| Failure::new(&shown, &e))?;
     let report = build(&image, &shown).map_err(|e| Failure::new(&shown, &e))?;
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&report)

@@ -60,6 +60,16 @@ pub fn disk(name: &str) -> Option<PathBuf> {
     fixtures("build-disks.sh").map(|d| d.join(name))
 }
 
+/// The source tree fixtures/build-disks.sh put into a filesystem: `fixture_tree("gpt", Some(2))`
+/// for partition 2 of gpt.img, `fixture_tree("bare-ext4", None)` for a bare image.
+pub fn fixture_tree(image_stem: &str, partition: Option<u32>) -> Option<PathBuf> {
+    let dir = fixtures("build-disks.sh")?.join("trees");
+    Some(match partition {
+        Some(n) => dir.join(format!("{image_stem}-p{n}")),
+        None => dir.join(image_stem),
+    })
+}
+
 pub fn have_tool(name: &str) -> bool {
     let paths = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&paths)

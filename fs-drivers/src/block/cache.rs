@@ -5,18 +5,21 @@
 //! bulk reads go through `read_direct_at`, which uses cached blocks but does not keep new ones.
 //!
 //! # Locking
-//! One mutex guards the LRU map, the byte accounting and an `epoch` counter.
+//! One mutex guards the LRU map, the byte accounting, an `epoch` counter and a short log of the
+//! latest device writes.
 //! - Hits, writes into the cache and the bookkeeping happen under the lock.
 //! - Read misses are fetched from the device *without* the lock: the reader notes which blocks
 //!   are missing and the current epoch, unlocks, reads each contiguous missing run with one
-//!   device read, relocks, and inserts the fetched blocks only if the epoch is unchanged and
-//!   the block has not appeared meanwhile (a present block is always at least as new as the
-//!   device, since it came from a write or a later fetch).
+//!   device read, relocks, and inserts the fetched blocks only if no device write touched them
+//!   meanwhile and the block has not appeared meanwhile (a present block is always at least as
+//!   new as the device, since it came from a write or a later fetch).
 //! - Every device *write* the cache makes (flush, eviction write-back, discard/write-zeroes)
-//!   happens under the lock and bumps the epoch. So an unchanged epoch proves the device did not
-//!   change under an unlocked reader, and its fetched bytes are current: no stale block can
-//!   enter the cache. A reader that raced with a device write still returns what it read (a read
-//!   concurrent with a write may see either side) but does not cache it.
+//!   happens under the lock, bumps the epoch and logs its block range. An unchanged epoch, or
+//!   a log that covers every write since the reader's epoch without touching its blocks, proves
+//!   those blocks did not change on the device under the unlocked reader, so its fetched bytes
+//!   are current: no stale block can enter the cache. A reader that raced with a device write
+//!   to its blocks (or fell off the log) still returns what it read (a read concurrent with a
+//!   write may see either side) but does not cache it.
 //! - A dirty block leaves the map only after its write-back succeeded, under the lock, so a
 //!   reader that finds a block missing knows the device holds its latest contents.
 //! - The read-modify-write of a partially written missing block reads the device under the lock:
@@ -33,12 +36,17 @@
 use super::{check_range, BlockDevice, DeviceRef};
 use crate::Result;
 use lru::LruCache;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 #[cfg(test)]
 mod tests;
+
+/// Device writes remembered for readers in flight; a reader that slept through more simply
+/// does not cache what it fetched.
+const RECENT_WRITES: usize = 64;
 
 /// Most blocks an eviction write-back gathers around its victim into one device write, so a
 /// stream of evicted dirty blocks reaches the device as large writes, not 4 KiB ones.
@@ -57,6 +65,36 @@ struct State {
     dirty: u64,
     /// Bumped by every device write the cache makes; see the locking notes above.
     epoch: u64,
+    /// `(epoch it set, first block, end block)` of the latest device writes, oldest first.
+    recent_writes: VecDeque<(u64, u64, u64)>,
+}
+
+impl State {
+    /// Records a device write of blocks `lo..hi`; called under the lock before the write.
+    fn note_device_write(&mut self, lo: u64, hi: u64) {
+        self.epoch += 1;
+        if self.recent_writes.len() == RECENT_WRITES {
+            self.recent_writes.pop_front();
+        }
+        self.recent_writes.push_back((self.epoch, lo, hi));
+    }
+
+    /// Whether blocks in `runs`, fetched from the device after epoch `since`, are still what
+    /// the device holds: no device write since then may have touched them.
+    fn fill_is_current(&self, since: u64, runs: &[(u64, u64)]) -> bool {
+        if self.epoch == since {
+            return true;
+        }
+        match self.recent_writes.front() {
+            Some(&(oldest, _, _)) if oldest <= since + 1 => {}
+            _ => return false,
+        }
+        !self
+            .recent_writes
+            .iter()
+            .filter(|w| w.0 > since)
+            .any(|&(_, lo, hi)| runs.iter().any(|&(s, e)| s < hi && lo < e))
+    }
 }
 
 #[derive(Default)]
@@ -127,6 +165,7 @@ impl BlockCache {
                 used: 0,
                 dirty: 0,
                 epoch: 0,
+                recent_writes: VecDeque::with_capacity(RECENT_WRITES),
             }),
             counters: Counters::default(),
         }
@@ -196,10 +235,11 @@ impl BlockCache {
     /// Writes blocks `lo..hi` (all present) with one vectored device write and marks them
     /// clean. On failure they stay dirty.
     fn write_run(&self, st: &mut State, lo: u64, hi: u64) -> Result<()> {
-        st.epoch += 1;
+        st.note_device_write(lo, hi);
         let bufs: Vec<&[u8]> = (lo..hi)
             .filter_map(|i| st.lru.peek(&i).map(|b| &b.data[..]))
             .collect();
+        debug_assert_eq!(bufs.len() as u64, hi - lo, "write_run over a gap");
         let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         bump(&self.counters.device_writes, 1);
         bump(&self.counters.device_write_bytes, bytes);
@@ -339,7 +379,7 @@ impl BlockCache {
             fetched.push((s, data));
         }
         let mut st = self.lock();
-        if st.epoch != epoch {
+        if !st.fill_is_current(epoch, &runs) {
             return Ok(());
         }
         for (s, data) in fetched {
@@ -397,7 +437,8 @@ impl BlockCache {
             return Ok(());
         }
         let mut st = self.lock();
-        st.epoch += 1;
+        let bs = self.block_size;
+        st.note_device_write(offset / bs, (offset + len).div_ceil(bs));
         bump(&self.counters.device_writes, 1);
         if discard {
             self.inner.discard(offset, len)?;

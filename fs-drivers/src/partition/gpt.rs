@@ -153,8 +153,11 @@ fn check_backup(
                 ));
             }
         }
-        _ => warnings.push(format!(
+        Some(last) if alt > last => warnings.push(format!(
             "backup GPT header LBA {alt} lies beyond the end of the image (truncated image?)"
+        )),
+        _ => warnings.push(format!(
+            "the primary GPT header names an invalid backup LBA {alt}"
         )),
     }
     Ok(())

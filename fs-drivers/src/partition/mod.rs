@@ -103,6 +103,11 @@ pub struct PartitionTable {
 }
 
 impl PartitionTable {
+    /// The partition with this (1-based, fdisk-style) number, as `-p N` names it.
+    pub fn partition(&self, index: u32) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.index == index)
+    }
+
     fn none(sector_size: u32) -> Self {
         PartitionTable {
             scheme: Scheme::None,
@@ -131,7 +136,20 @@ pub fn read_table_with_sector_size(
     read(dev, Some(sector_size))
 }
 
+/// A table with thousands of bad entries should not bury the first problems.
+const MAX_WARNINGS: usize = 32;
+
 fn read(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<PartitionTable> {
+    let mut table = read_any(dev, sector_size)?;
+    if table.warnings.len() > MAX_WARNINGS {
+        let more = table.warnings.len() - MAX_WARNINGS;
+        table.warnings.truncate(MAX_WARNINGS);
+        table.warnings.push(format!("... and {more} more warnings"));
+    }
+    Ok(table)
+}
+
+fn read_any(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<PartitionTable> {
     let mbr_sector_size = sector_size.unwrap_or(512);
     if dev.size() < 512 {
         return Ok(PartitionTable::none(mbr_sector_size));
@@ -155,15 +173,19 @@ fn read(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<PartitionTabl
         mbr::Sector0::NoTable => {
             // GPT without its protective MBR (wiped or never written): still a GPT disk, as
             // long as a primary header is where it belongs.
-            if gpt::primary_signature_at(dev, &gpt_sizes)?.is_some() {
-                if let Ok(mut table) = gpt::read(dev, &gpt_sizes) {
-                    table
-                        .warnings
-                        .insert(0, "GPT without a protective MBR".to_string());
-                    return Ok(table);
-                }
+            if gpt::primary_signature_at(dev, &gpt_sizes)?.is_none() {
+                return Ok(PartitionTable::none(mbr_sector_size));
             }
-            Ok(PartitionTable::none(mbr_sector_size))
+            match gpt::read(dev, &gpt_sizes) {
+                Ok(mut table) => {
+                    let w = "GPT without a protective MBR".to_string();
+                    table.warnings.insert(0, w);
+                    Ok(table)
+                }
+                // Without the protective MBR a broken header is just stray bytes.
+                Err(Error::Corrupt(_)) => Ok(PartitionTable::none(mbr_sector_size)),
+                Err(e) => Err(e),
+            }
         }
     }
 }
@@ -183,4 +205,44 @@ pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[off..off + 8]);
     u64::from_le_bytes(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_and_codes() {
+        assert_eq!(PartitionType::Mbr(0x83).name(), Some("Linux"));
+        assert_eq!(PartitionType::Mbr(0x0c).name(), Some("W95 FAT32 (LBA)"));
+        assert_eq!(PartitionType::Mbr(0x05).name(), Some("Extended"));
+        assert_eq!(PartitionType::Mbr(0x0c).code(), "0x0c");
+        assert!(PartitionType::Mbr(0x85).is_extended());
+        assert!(!PartitionType::Mbr(0x83).is_extended());
+        assert_eq!(PartitionType::Mbr(0x3b).name(), None);
+        let gpt = |s: &str| PartitionType::Gpt(Guid::parse(s).expect("guid"));
+        for (guid, name) in [
+            ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EFI System"),
+            ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem"),
+            ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "Linux swap"),
+            (
+                "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+                "Microsoft basic data",
+            ),
+            ("21686148-6449-6E6F-744E-656564454649", "BIOS boot"),
+            ("E6D6D379-F507-44C2-A23C-238F2A3DF928", "Linux LVM"),
+            ("A19D880F-05FC-4D3B-A006-743F0F84911E", "Linux RAID"),
+            (
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                "Linux root (x86-64)",
+            ),
+            ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "Linux home"),
+            ("773F91EF-66D4-49B5-BD83-D683BF40AD16", "Linux user's home"),
+        ] {
+            assert_eq!(gpt(guid).name(), Some(name), "{guid}");
+            assert_eq!(gpt(guid).code(), guid.to_ascii_lowercase());
+        }
+        assert_eq!(gpt("00000000-1111-2222-3333-444444444444").name(), None);
+        assert_eq!(Scheme::Gpt.name(), "gpt");
+    }
 }

@@ -1,6 +1,6 @@
 //! Partition type names as fdisk/sfdisk (util-linux 2.38) list them, so `imgmount info` shows
 //! the names users know from those tools. GPT GUIDs are stored as their canonical (printed)
-//! strings in uppercase and compared case-insensitively.
+//! strings and compared case-insensitively.
 
 /// MBR system-id byte → name.
 pub(crate) fn mbr_type_name(code: u8) -> Option<&'static str> {
@@ -110,447 +110,145 @@ pub(crate) fn mbr_type_name(code: u8) -> Option<&'static str> {
     })
 }
 
-/// GPT partition type GUID (canonical uppercase text) → name.
+/// GPT partition type GUID (canonical text, compared case-insensitively) → name.
+#[rustfmt::skip]
 pub(crate) const GPT_TYPE_NAMES: &[(&str, &str)] = &[
     ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "EFI System"),
-    (
-        "024DEE41-33E7-11D3-9D69-0008C781F39F",
-        "MBR partition scheme",
-    ),
+    ("024DEE41-33E7-11D3-9D69-0008C781F39F", "MBR partition scheme"),
     ("D3BFE2DE-3DAF-11DF-BA40-E3A556D89593", "Intel Fast Flash"),
     ("21686148-6449-6E6F-744E-656564454649", "BIOS boot"),
-    (
-        "F4019732-066E-4E12-8273-346C5641494F",
-        "Sony boot partition",
-    ),
-    (
-        "BFBFAFE7-A34F-448A-9A5B-6213EB736C22",
-        "Lenovo boot partition",
-    ),
+    ("F4019732-066E-4E12-8273-346C5641494F", "Sony boot partition"),
+    ("BFBFAFE7-A34F-448A-9A5B-6213EB736C22", "Lenovo boot partition"),
     ("9E1A2D38-C612-4316-AA26-8B49521E5A8B", "PowerPC PReP boot"),
     ("7412F7D5-A156-4B13-81DC-867174929325", "ONIE boot"),
     ("D4E6E2CD-4469-46F3-B5CB-1BFF57AFC149", "ONIE config"),
     ("E3C9E316-0B5C-4DB8-817D-F92DF00215AE", "Microsoft reserved"),
-    (
-        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
-        "Microsoft basic data",
-    ),
-    (
-        "5808C8AA-7E8F-42E0-85D2-E1E90434CFB3",
-        "Microsoft LDM metadata",
-    ),
+    ("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "Microsoft basic data"),
+    ("5808C8AA-7E8F-42E0-85D2-E1E90434CFB3", "Microsoft LDM metadata"),
     ("AF9B60A0-1431-4F62-BC68-3311714A69AD", "Microsoft LDM data"),
-    (
-        "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC",
-        "Windows recovery environment",
-    ),
-    (
-        "37AFFC90-EF7D-4E96-91C3-2D7AE055B174",
-        "IBM General Parallel Fs",
-    ),
-    (
-        "E75CAF8F-F680-4CEE-AFA3-B001E56EFC2D",
-        "Microsoft Storage Spaces",
-    ),
+    ("DE94BBA4-06D1-4D40-A16A-BFD50179D6AC", "Windows recovery environment"),
+    ("37AFFC90-EF7D-4E96-91C3-2D7AE055B174", "IBM General Parallel Fs"),
+    ("E75CAF8F-F680-4CEE-AFA3-B001E56EFC2D", "Microsoft Storage Spaces"),
     ("75894C1E-3AEB-11D3-B7C1-7B03A0000000", "HP-UX data"),
     ("E2A1E728-32E3-11D6-A682-7B03A0000000", "HP-UX service"),
     ("0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "Linux swap"),
     ("0FC63DAF-8483-4772-8E79-3D69D8477DE4", "Linux filesystem"),
     ("3B8F8425-20E0-4F3B-907F-1A25A76F98E8", "Linux server data"),
     ("44479540-F297-41B2-9AF7-D131D5F0458A", "Linux root (x86)"),
-    (
-        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-        "Linux root (x86-64)",
-    ),
+    ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "Linux root (x86-64)"),
     ("6523F8AE-3EB1-4E2A-A05A-18B695AE656F", "Linux root (Alpha)"),
     ("D27F46ED-2919-4CB8-BD25-9531F3C16534", "Linux root (ARC)"),
     ("69DAD710-2CE4-4E3C-B16C-21A1D49ABED3", "Linux root (ARM)"),
-    (
-        "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-        "Linux root (ARM-64)",
-    ),
+    ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "Linux root (ARM-64)"),
     ("993D8D3D-F80E-4225-855A-9DAF8ED7EA97", "Linux root (IA-64)"),
-    (
-        "77055800-792C-4F94-B39A-98C91B762BB6",
-        "Linux root (LoongArch-64)",
-    ),
-    (
-        "37C58C8A-D913-4156-A25F-48B1B64E07F0",
-        "Linux root (MIPS-32 LE)",
-    ),
-    (
-        "700BDA43-7A34-4507-B179-EEB93D7A7CA3",
-        "Linux root (MIPS-64 LE)",
-    ),
+    ("77055800-792C-4F94-B39A-98C91B762BB6", "Linux root (LoongArch-64)"),
+    ("37C58C8A-D913-4156-A25F-48B1B64E07F0", "Linux root (MIPS-32 LE)"),
+    ("700BDA43-7A34-4507-B179-EEB93D7A7CA3", "Linux root (MIPS-64 LE)"),
     ("1DE3F1EF-FA98-47B5-8DCD-4A860A654D78", "Linux root (PPC)"),
     ("912ADE1D-A839-4913-8964-A10EEE08FBD2", "Linux root (PPC64)"),
-    (
-        "C31C45E6-3F39-412E-80FB-4809C4980599",
-        "Linux root (PPC64LE)",
-    ),
-    (
-        "60D5A7FE-8E7D-435C-B714-3DD8162144E1",
-        "Linux root (RISC-V-32)",
-    ),
-    (
-        "72EC70A6-CF74-40E6-BD49-4BDA08E8F224",
-        "Linux root (RISC-V-64)",
-    ),
+    ("C31C45E6-3F39-412E-80FB-4809C4980599", "Linux root (PPC64LE)"),
+    ("60D5A7FE-8E7D-435C-B714-3DD8162144E1", "Linux root (RISC-V-32)"),
+    ("72EC70A6-CF74-40E6-BD49-4BDA08E8F224", "Linux root (RISC-V-64)"),
     ("08A7ACEA-624C-4A20-91E8-6E0FA67D23F9", "Linux root (S390)"),
     ("5EEAD9A9-FE09-4A1E-A1D7-520D00531306", "Linux root (S390X)"),
-    (
-        "C50CDD70-3862-4CC3-90E1-809A8C93EE2C",
-        "Linux root (TILE-Gx)",
-    ),
+    ("C50CDD70-3862-4CC3-90E1-809A8C93EE2C", "Linux root (TILE-Gx)"),
     ("8DA63339-0007-60C0-C436-083AC8230908", "Linux reserved"),
     ("933AC7E1-2EB4-4F13-B844-0E14E2AEF915", "Linux home"),
     ("A19D880F-05FC-4D3B-A006-743F0F84911E", "Linux RAID"),
     ("E6D6D379-F507-44C2-A23C-238F2A3DF928", "Linux LVM"),
-    (
-        "4D21B016-B534-45C2-A9FB-5C16E091FD2D",
-        "Linux variable data",
-    ),
-    (
-        "7EC6F557-3BC5-4ACA-B293-16EF5DF639D1",
-        "Linux temporary data",
-    ),
+    ("4D21B016-B534-45C2-A9FB-5C16E091FD2D", "Linux variable data"),
+    ("7EC6F557-3BC5-4ACA-B293-16EF5DF639D1", "Linux temporary data"),
     ("75250D76-8CC6-458E-BD66-BD47CC81A812", "Linux /usr (x86)"),
-    (
-        "8484680C-9521-48C6-9C11-B0720656F69E",
-        "Linux /usr (x86-64)",
-    ),
+    ("8484680C-9521-48C6-9C11-B0720656F69E", "Linux /usr (x86-64)"),
     ("E18CF08C-33EC-4C0D-8246-C6C6FB3DA024", "Linux /usr (Alpha)"),
     ("7978A683-6316-4922-BBEE-38BFF5A2FECC", "Linux /usr (ARC)"),
     ("7D0359A3-02B3-4F0A-865C-654403E70625", "Linux /usr (ARM)"),
-    (
-        "B0E01050-EE5F-4390-949A-9101B17104E9",
-        "Linux /usr (ARM-64)",
-    ),
+    ("B0E01050-EE5F-4390-949A-9101B17104E9", "Linux /usr (ARM-64)"),
     ("4301D2A6-4E3B-4B2A-BB94-9E0B2C4225EA", "Linux /usr (IA-64)"),
-    (
-        "E611C702-575C-4CBE-9A46-434FA0BF7E3F",
-        "Linux /usr (LoongArch-64)",
-    ),
-    (
-        "0F4868E9-9952-4706-979F-3ED3A473E947",
-        "Linux /usr (MIPS-32 LE)",
-    ),
-    (
-        "C97C1F32-BA06-40B4-9F22-236061B08AA8",
-        "Linux /usr (MIPS-64 LE)",
-    ),
+    ("E611C702-575C-4CBE-9A46-434FA0BF7E3F", "Linux /usr (LoongArch-64)"),
+    ("0F4868E9-9952-4706-979F-3ED3A473E947", "Linux /usr (MIPS-32 LE)"),
+    ("C97C1F32-BA06-40B4-9F22-236061B08AA8", "Linux /usr (MIPS-64 LE)"),
     ("7D14FEC5-CC71-415D-9D6C-06BF0B3C3EAF", "Linux /usr (PPC)"),
     ("2C9739E2-F068-46B3-9FD0-01C5A9AFBCCA", "Linux /usr (PPC64)"),
-    (
-        "15BB03AF-77E7-4D4A-B12B-C0D084F7491C",
-        "Linux /usr (PPC64LE)",
-    ),
-    (
-        "B933FB22-5C3F-4F91-AF90-E2BB0FA50702",
-        "Linux /usr (RISC-V-32)",
-    ),
-    (
-        "BEAEC34B-8442-439B-A40B-984381ED097D",
-        "Linux /usr (RISC-V-64)",
-    ),
+    ("15BB03AF-77E7-4D4A-B12B-C0D084F7491C", "Linux /usr (PPC64LE)"),
+    ("B933FB22-5C3F-4F91-AF90-E2BB0FA50702", "Linux /usr (RISC-V-32)"),
+    ("BEAEC34B-8442-439B-A40B-984381ED097D", "Linux /usr (RISC-V-64)"),
     ("CD0F869B-D0FB-4CA0-B141-9EA87CC78D66", "Linux /usr (S390)"),
     ("8A4F5770-50AA-4ED3-874A-99B710DB6FEA", "Linux /usr (S390X)"),
-    (
-        "55497029-C7C1-44CC-AA39-815ED1558630",
-        "Linux /usr (TILE-Gx)",
-    ),
-    (
-        "D13C5D3B-B5D1-422A-B29F-9454FDC89D76",
-        "Linux root verity (x86)",
-    ),
-    (
-        "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5",
-        "Linux root verity (x86-64)",
-    ),
-    (
-        "FC56D9E9-E6E5-4C06-BE32-E74407CE09A5",
-        "Linux root verity (Alpha)",
-    ),
-    (
-        "24B2D975-0F97-4521-AFA1-CD531E421B8D",
-        "Linux root verity (ARC)",
-    ),
-    (
-        "7386CDF2-203C-47A9-A498-F2ECCE45A2D6",
-        "Linux root verity (ARM)",
-    ),
-    (
-        "DF3300CE-D69F-4C92-978C-9BFB0F38D820",
-        "Linux root verity (ARM-64)",
-    ),
-    (
-        "86ED10D5-B607-45BB-8957-D350F23D0571",
-        "Linux root verity (IA-64)",
-    ),
-    (
-        "F3393B22-E9AF-4613-A948-9D3BFBD0C535",
-        "Linux root verity (LoongArch-64)",
-    ),
-    (
-        "D7D150D2-2A04-4A33-8F12-16651205FF7B",
-        "Linux root verity (MIPS-32 LE)",
-    ),
-    (
-        "16B417F8-3E06-4F57-8DD2-9B5232F41AA6",
-        "Linux root verity (MIPS-64 LE)",
-    ),
-    (
-        "98CFE649-1588-46DC-B2F0-ADD147424925",
-        "Linux root verity (PPC)",
-    ),
-    (
-        "9225A9A3-3C19-4D89-B4F6-EEFF88F17631",
-        "Linux root verity (PPC64)",
-    ),
-    (
-        "906BD944-4589-4AAE-A4E4-DD983917446A",
-        "Linux root verity (PPC64LE)",
-    ),
-    (
-        "AE0253BE-1167-4007-AC68-43926C14C5DE",
-        "Linux root verity (RISC-V-32)",
-    ),
-    (
-        "B6ED5582-440B-4209-B8DA-5FF7C419EA3D",
-        "Linux root verity (RISC-V-64)",
-    ),
-    (
-        "7AC63B47-B25C-463B-8DF8-B4A94E6C90E1",
-        "Linux root verity (S390)",
-    ),
-    (
-        "B325BFBE-C7BE-4AB8-8357-139E652D2F6B",
-        "Linux root verity (S390X)",
-    ),
-    (
-        "966061EC-28E4-4B2E-B4A5-1F0A825A1D84",
-        "Linux root verity (TILE-Gx)",
-    ),
-    (
-        "8F461B0D-14EE-4E81-9AA9-049B6FB97ABD",
-        "Linux /usr verity (x86)",
-    ),
-    (
-        "77FF5F63-E7B6-4633-ACF4-1565B864C0E6",
-        "Linux /usr verity (x86-64)",
-    ),
-    (
-        "8CCE0D25-C0D0-4A44-BD87-46331BF1DF67",
-        "Linux /usr verity (Alpha)",
-    ),
-    (
-        "FCA0598C-D880-4591-8C16-4EDA05C7347C",
-        "Linux /usr verity (ARC)",
-    ),
-    (
-        "C215D751-7BCD-4649-BE90-6627490A4C05",
-        "Linux /usr verity (ARM)",
-    ),
-    (
-        "6E11A4E7-FBCA-4DED-B9E9-E1A512BB664E",
-        "Linux /usr verity (ARM-64)",
-    ),
-    (
-        "6A491E03-3BE7-4545-8E38-83320E0EA880",
-        "Linux /usr verity (IA-64)",
-    ),
-    (
-        "F46B2C26-59AE-48F0-9106-C50ED47F673D",
-        "Linux /usr verity (LoongArch-64)",
-    ),
-    (
-        "46B98D8D-B55C-4E8F-AAB3-37FCA7F80752",
-        "Linux /usr verity (MIPS-32 LE)",
-    ),
-    (
-        "3C3D61FE-B5F3-414D-BB71-8739A694A4EF",
-        "Linux /usr verity (MIPS-64 LE)",
-    ),
-    (
-        "DF765D00-270E-49E5-BC75-F47BB2118B09",
-        "Linux /usr verity (PPC)",
-    ),
-    (
-        "BDB528A5-A259-475F-A87D-DA53FA736A07",
-        "Linux /usr verity (PPC64)",
-    ),
-    (
-        "EE2B9983-21E8-4153-86D9-B6901A54D1CE",
-        "Linux /usr verity (PPC64LE)",
-    ),
-    (
-        "CB1EE4E3-8CD0-4136-A0A4-AA61A32E8730",
-        "Linux /usr verity (RISC-V-32)",
-    ),
-    (
-        "8F1056BE-9B05-47C4-81D6-BE53128E5B54",
-        "Linux /usr verity (RISC-V-64)",
-    ),
-    (
-        "B663C618-E7BC-4D6D-90AA-11B756BB1797",
-        "Linux /usr verity (S390)",
-    ),
-    (
-        "31741CC4-1A2A-4111-A581-E00B447D2D06",
-        "Linux /usr verity (S390X)",
-    ),
-    (
-        "2FB4BF56-07FA-42DA-8132-6B139F2026AE",
-        "Linux /usr verity (TILE-Gx)",
-    ),
-    (
-        "5996FC05-109C-48DE-808B-23FA0830B676",
-        "Linux root verity sign. (x86)",
-    ),
-    (
-        "41092B05-9FC8-4523-994F-2DEF0408B176",
-        "Linux root verity sign. (x86-64)",
-    ),
-    (
-        "D46495B7-A053-414F-80F7-700C99921EF8",
-        "Linux root verity sign. (Alpha)",
-    ),
-    (
-        "143A70BA-CBD3-4F06-919F-6C05683A78BC",
-        "Linux root verity sign. (ARC)",
-    ),
-    (
-        "42B0455F-EB11-491D-98D3-56145BA9D037",
-        "Linux root verity sign. (ARM)",
-    ),
-    (
-        "6DB69DE6-29F4-4758-A7A5-962190F00CE3",
-        "Linux root verity sign. (ARM-64)",
-    ),
-    (
-        "E98B36EE-32BA-4882-9B12-0CE14655F46A",
-        "Linux root verity sign. (IA-64)",
-    ),
-    (
-        "5AFB67EB-ECC8-4F85-AE8E-AC1E7C50E7D0",
-        "Linux root verity sign. (LoongArch-64)",
-    ),
-    (
-        "C919CC1F-4456-4EFF-918C-F75E94525CA5",
-        "Linux root verity sign. (MIPS-32 LE)",
-    ),
-    (
-        "904E58EF-5C65-4A31-9C57-6AF5FC7C5DE7",
-        "Linux root verity sign. (MIPS-64 LE)",
-    ),
-    (
-        "1B31B5AA-ADD9-463A-B2ED-BD467FC857E7",
-        "Linux root verity sign. (PPC)",
-    ),
-    (
-        "F5E2C20C-45B2-4FFA-BCE9-2A60737E1AAF",
-        "Linux root verity sign. (PPC64)",
-    ),
-    (
-        "D4A236E7-E873-4C07-BF1D-BF6CF7F1C3C6",
-        "Linux root verity sign. (PPC64LE)",
-    ),
-    (
-        "3A112A75-8729-4380-B4CF-764D79934448",
-        "Linux root verity sign. (RISC-V-32)",
-    ),
-    (
-        "EFE0F087-EA8D-4469-821A-4C2A96A8386A",
-        "Linux root verity sign. (RISC-V-64)",
-    ),
-    (
-        "3482388E-4254-435A-A241-766A065F9960",
-        "Linux root verity sign. (S390)",
-    ),
-    (
-        "C80187A5-73A3-491A-901A-017C3FA953E9",
-        "Linux root verity sign. (S390X)",
-    ),
-    (
-        "B3671439-97B0-4A53-90F7-2D5A8F3AD47B",
-        "Linux root verity sign. (TILE-Gx)",
-    ),
-    (
-        "974A71C0-DE41-43C3-BE5D-5C5CCD1AD2C0",
-        "Linux /usr verity sign. (x86)",
-    ),
-    (
-        "E7BB33FB-06CF-4E81-8273-E543B413E2E2",
-        "Linux /usr verity sign. (x86-64)",
-    ),
-    (
-        "5C6E1C76-076A-457A-A0FE-F3B4CD21CE6E",
-        "Linux /usr verity sign. (Alpha)",
-    ),
-    (
-        "94F9A9A1-9971-427A-A400-50CB297F0F35",
-        "Linux /usr verity sign. (ARC)",
-    ),
-    (
-        "D7FF812F-37D1-4902-A810-D76BA57B975A",
-        "Linux /usr verity sign. (ARM)",
-    ),
-    (
-        "C23CE4FF-44BD-4B00-B2D4-B41B3419E02A",
-        "Linux /usr verity sign. (ARM-64)",
-    ),
-    (
-        "8DE58BC2-2A43-460D-B14E-A76E4A17B47F",
-        "Linux /usr verity sign. (IA-64)",
-    ),
-    (
-        "B024F315-D330-444C-8461-44BBDE524E99",
-        "Linux /usr verity sign. (LoongArch-64)",
-    ),
-    (
-        "3E23CA0B-A4BC-4B4E-8087-5AB6A26AA8A9",
-        "Linux /usr verity sign. (MIPS-32 LE)",
-    ),
-    (
-        "F2C2C7EE-ADCC-4351-B5C6-EE9816B66E16",
-        "Linux /usr verity sign. (MIPS-64 LE)",
-    ),
-    (
-        "7007891D-D371-4A80-86A4-5CB875B9302E",
-        "Linux /usr verity sign. (PPC)",
-    ),
-    (
-        "0B888863-D7F8-4D9E-9766-239FCE4D58AF",
-        "Linux /usr verity sign. (PPC64)",
-    ),
-    (
-        "C8BFBD1E-268E-4521-8BBA-BF314C399557",
-        "Linux /usr verity sign. (PPC64LE)",
-    ),
-    (
-        "C3836A13-3137-45BA-B583-B16C50FE5EB4",
-        "Linux /usr verity sign. (RISC-V-32)",
-    ),
-    (
-        "D2F9000A-7A18-453F-B5CD-4D32F77A7B32",
-        "Linux /usr verity sign. (RISC-V-64)",
-    ),
-    (
-        "17440E4F-A8D0-467F-A46E-3912AE6EF2C5",
-        "Linux /usr verity sign. (S390)",
-    ),
-    (
-        "3F324816-667B-46AE-86EE-9B0C0C6C11B4",
-        "Linux /usr verity sign. (S390X)",
-    ),
-    (
-        "4EDE75E2-6CCC-4CC8-B9C7-70334B087510",
-        "Linux /usr verity sign. (TILE-Gx)",
-    ),
-    (
-        "BC13C2FF-59E6-4262-A352-B275FD6F7172",
-        "Linux extended boot",
-    ),
+    ("55497029-C7C1-44CC-AA39-815ED1558630", "Linux /usr (TILE-Gx)"),
+    ("D13C5D3B-B5D1-422A-B29F-9454FDC89D76", "Linux root verity (x86)"),
+    ("2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5", "Linux root verity (x86-64)"),
+    ("FC56D9E9-E6E5-4C06-BE32-E74407CE09A5", "Linux root verity (Alpha)"),
+    ("24B2D975-0F97-4521-AFA1-CD531E421B8D", "Linux root verity (ARC)"),
+    ("7386CDF2-203C-47A9-A498-F2ECCE45A2D6", "Linux root verity (ARM)"),
+    ("DF3300CE-D69F-4C92-978C-9BFB0F38D820", "Linux root verity (ARM-64)"),
+    ("86ED10D5-B607-45BB-8957-D350F23D0571", "Linux root verity (IA-64)"),
+    ("F3393B22-E9AF-4613-A948-9D3BFBD0C535", "Linux root verity (LoongArch-64)"),
+    ("D7D150D2-2A04-4A33-8F12-16651205FF7B", "Linux root verity (MIPS-32 LE)"),
+    ("16B417F8-3E06-4F57-8DD2-9B5232F41AA6", "Linux root verity (MIPS-64 LE)"),
+    ("98CFE649-1588-46DC-B2F0-ADD147424925", "Linux root verity (PPC)"),
+    ("9225A9A3-3C19-4D89-B4F6-EEFF88F17631", "Linux root verity (PPC64)"),
+    ("906BD944-4589-4AAE-A4E4-DD983917446A", "Linux root verity (PPC64LE)"),
+    ("AE0253BE-1167-4007-AC68-43926C14C5DE", "Linux root verity (RISC-V-32)"),
+    ("B6ED5582-440B-4209-B8DA-5FF7C419EA3D", "Linux root verity (RISC-V-64)"),
+    ("7AC63B47-B25C-463B-8DF8-B4A94E6C90E1", "Linux root verity (S390)"),
+    ("B325BFBE-C7BE-4AB8-8357-139E652D2F6B", "Linux root verity (S390X)"),
+    ("966061EC-28E4-4B2E-B4A5-1F0A825A1D84", "Linux root verity (TILE-Gx)"),
+    ("8F461B0D-14EE-4E81-9AA9-049B6FB97ABD", "Linux /usr verity (x86)"),
+    ("77FF5F63-E7B6-4633-ACF4-1565B864C0E6", "Linux /usr verity (x86-64)"),
+    ("8CCE0D25-C0D0-4A44-BD87-46331BF1DF67", "Linux /usr verity (Alpha)"),
+    ("FCA0598C-D880-4591-8C16-4EDA05C7347C", "Linux /usr verity (ARC)"),
+    ("C215D751-7BCD-4649-BE90-6627490A4C05", "Linux /usr verity (ARM)"),
+    ("6E11A4E7-FBCA-4DED-B9E9-E1A512BB664E", "Linux /usr verity (ARM-64)"),
+    ("6A491E03-3BE7-4545-8E38-83320E0EA880", "Linux /usr verity (IA-64)"),
+    ("F46B2C26-59AE-48F0-9106-C50ED47F673D", "Linux /usr verity (LoongArch-64)"),
+    ("46B98D8D-B55C-4E8F-AAB3-37FCA7F80752", "Linux /usr verity (MIPS-32 LE)"),
+    ("3C3D61FE-B5F3-414D-BB71-8739A694A4EF", "Linux /usr verity (MIPS-64 LE)"),
+    ("DF765D00-270E-49E5-BC75-F47BB2118B09", "Linux /usr verity (PPC)"),
+    ("BDB528A5-A259-475F-A87D-DA53FA736A07", "Linux /usr verity (PPC64)"),
+    ("EE2B9983-21E8-4153-86D9-B6901A54D1CE", "Linux /usr verity (PPC64LE)"),
+    ("CB1EE4E3-8CD0-4136-A0A4-AA61A32E8730", "Linux /usr verity (RISC-V-32)"),
+    ("8F1056BE-9B05-47C4-81D6-BE53128E5B54", "Linux /usr verity (RISC-V-64)"),
+    ("B663C618-E7BC-4D6D-90AA-11B756BB1797", "Linux /usr verity (S390)"),
+    ("31741CC4-1A2A-4111-A581-E00B447D2D06", "Linux /usr verity (S390X)"),
+    ("2FB4BF56-07FA-42DA-8132-6B139F2026AE", "Linux /usr verity (TILE-Gx)"),
+    ("5996FC05-109C-48DE-808B-23FA0830B676", "Linux root verity sign. (x86)"),
+    ("41092B05-9FC8-4523-994F-2DEF0408B176", "Linux root verity sign. (x86-64)"),
+    ("D46495B7-A053-414F-80F7-700C99921EF8", "Linux root verity sign. (Alpha)"),
+    ("143A70BA-CBD3-4F06-919F-6C05683A78BC", "Linux root verity sign. (ARC)"),
+    ("42B0455F-EB11-491D-98D3-56145BA9D037", "Linux root verity sign. (ARM)"),
+    ("6DB69DE6-29F4-4758-A7A5-962190F00CE3", "Linux root verity sign. (ARM-64)"),
+    ("E98B36EE-32BA-4882-9B12-0CE14655F46A", "Linux root verity sign. (IA-64)"),
+    ("5AFB67EB-ECC8-4F85-AE8E-AC1E7C50E7D0", "Linux root verity sign. (LoongArch-64)"),
+    ("C919CC1F-4456-4EFF-918C-F75E94525CA5", "Linux root verity sign. (MIPS-32 LE)"),
+    ("904E58EF-5C65-4A31-9C57-6AF5FC7C5DE7", "Linux root verity sign. (MIPS-64 LE)"),
+    ("1B31B5AA-ADD9-463A-B2ED-BD467FC857E7", "Linux root verity sign. (PPC)"),
+    ("F5E2C20C-45B2-4FFA-BCE9-2A60737E1AAF", "Linux root verity sign. (PPC64)"),
+    ("D4A236E7-E873-4C07-BF1D-BF6CF7F1C3C6", "Linux root verity sign. (PPC64LE)"),
+    ("3A112A75-8729-4380-B4CF-764D79934448", "Linux root verity sign. (RISC-V-32)"),
+    ("EFE0F087-EA8D-4469-821A-4C2A96A8386A", "Linux root verity sign. (RISC-V-64)"),
+    ("3482388E-4254-435A-A241-766A065F9960", "Linux root verity sign. (S390)"),
+    ("C80187A5-73A3-491A-901A-017C3FA953E9", "Linux root verity sign. (S390X)"),
+    ("B3671439-97B0-4A53-90F7-2D5A8F3AD47B", "Linux root verity sign. (TILE-Gx)"),
+    ("974A71C0-DE41-43C3-BE5D-5C5CCD1AD2C0", "Linux /usr verity sign. (x86)"),
+    ("E7BB33FB-06CF-4E81-8273-E543B413E2E2", "Linux /usr verity sign. (x86-64)"),
+    ("5C6E1C76-076A-457A-A0FE-F3B4CD21CE6E", "Linux /usr verity sign. (Alpha)"),
+    ("94F9A9A1-9971-427A-A400-50CB297F0F35", "Linux /usr verity sign. (ARC)"),
+    ("D7FF812F-37D1-4902-A810-D76BA57B975A", "Linux /usr verity sign. (ARM)"),
+    ("C23CE4FF-44BD-4B00-B2D4-B41B3419E02A", "Linux /usr verity sign. (ARM-64)"),
+    ("8DE58BC2-2A43-460D-B14E-A76E4A17B47F", "Linux /usr verity sign. (IA-64)"),
+    ("B024F315-D330-444C-8461-44BBDE524E99", "Linux /usr verity sign. (LoongArch-64)"),
+    ("3E23CA0B-A4BC-4B4E-8087-5AB6A26AA8A9", "Linux /usr verity sign. (MIPS-32 LE)"),
+    ("F2C2C7EE-ADCC-4351-B5C6-EE9816B66E16", "Linux /usr verity sign. (MIPS-64 LE)"),
+    ("7007891D-D371-4A80-86A4-5CB875B9302E", "Linux /usr verity sign. (PPC)"),
+    ("0B888863-D7F8-4D9E-9766-239FCE4D58AF", "Linux /usr verity sign. (PPC64)"),
+    ("C8BFBD1E-268E-4521-8BBA-BF314C399557", "Linux /usr verity sign. (PPC64LE)"),
+    ("C3836A13-3137-45BA-B583-B16C50FE5EB4", "Linux /usr verity sign. (RISC-V-32)"),
+    ("D2F9000A-7A18-453F-B5CD-4D32F77A7B32", "Linux /usr verity sign. (RISC-V-64)"),
+    ("17440E4F-A8D0-467F-A46E-3912AE6EF2C5", "Linux /usr verity sign. (S390)"),
+    ("3F324816-667B-46AE-86EE-9B0C0C6C11B4", "Linux /usr verity sign. (S390X)"),
+    ("4EDE75E2-6CCC-4CC8-B9C7-70334B087510", "Linux /usr verity sign. (TILE-Gx)"),
+    ("BC13C2FF-59E6-4262-A352-B275FD6F7172", "Linux extended boot"),
     ("773f91ef-66d4-49b5-bd83-d683bf40ad16", "Linux user's home"),
     ("516E7CB4-6ECF-11D6-8FF8-00022D09712B", "FreeBSD data"),
     ("83BD6B9D-7F41-11DC-BE0B-001560B84F0F", "FreeBSD boot"),
@@ -568,24 +266,15 @@ pub(crate) const GPT_TYPE_NAMES: &[(&str, &str)] = &[
     ("5265636F-7665-11AA-AA11-00306543ECAC", "Apple TV recovery"),
     ("53746F72-6167-11AA-AA11-00306543ECAC", "Apple Core storage"),
     ("69646961-6700-11AA-AA11-00306543ECAC", "Apple Silicon boot"),
-    (
-        "52637672-7900-11AA-AA11-00306543ECAC",
-        "Apple Silicon recovery",
-    ),
+    ("52637672-7900-11AA-AA11-00306543ECAC", "Apple Silicon recovery"),
     ("6A82CB45-1DD2-11B2-99A6-080020736631", "Solaris boot"),
     ("6A85CF4D-1DD2-11B2-99A6-080020736631", "Solaris root"),
-    (
-        "6A898CC3-1DD2-11B2-99A6-080020736631",
-        "Solaris /usr & Apple ZFS",
-    ),
+    ("6A898CC3-1DD2-11B2-99A6-080020736631", "Solaris /usr & Apple ZFS"),
     ("6A87C46F-1DD2-11B2-99A6-080020736631", "Solaris swap"),
     ("6A8B642B-1DD2-11B2-99A6-080020736631", "Solaris backup"),
     ("6A8EF2E9-1DD2-11B2-99A6-080020736631", "Solaris /var"),
     ("6A90BA39-1DD2-11B2-99A6-080020736631", "Solaris /home"),
-    (
-        "6A9283A5-1DD2-11B2-99A6-080020736631",
-        "Solaris alternate sector",
-    ),
+    ("6A9283A5-1DD2-11B2-99A6-080020736631", "Solaris alternate sector"),
     ("6A945A3B-1DD2-11B2-99A6-080020736631", "Solaris reserved 1"),
     ("6A9630D1-1DD2-11B2-99A6-080020736631", "Solaris reserved 2"),
     ("6A980767-1DD2-11B2-99A6-080020736631", "Solaris reserved 3"),
@@ -594,10 +283,7 @@ pub(crate) const GPT_TYPE_NAMES: &[(&str, &str)] = &[
     ("49F48D32-B10E-11DC-B99B-0019D1879648", "NetBSD swap"),
     ("49F48D5A-B10E-11DC-B99B-0019D1879648", "NetBSD FFS"),
     ("49F48D82-B10E-11DC-B99B-0019D1879648", "NetBSD LFS"),
-    (
-        "2DB519C4-B10F-11DC-B99B-0019D1879648",
-        "NetBSD concatenated",
-    ),
+    ("2DB519C4-B10F-11DC-B99B-0019D1879648", "NetBSD concatenated"),
     ("2DB519EC-B10F-11DC-B99B-0019D1879648", "NetBSD encrypted"),
     ("49F48DAA-B10E-11DC-B99B-0019D1879648", "NetBSD RAID"),
     ("FE3A2A5D-4F32-41A7-B725-ACCC3285A309", "ChromeOS kernel"),
@@ -610,20 +296,11 @@ pub(crate) const GPT_TYPE_NAMES: &[(&str, &str)] = &[
     ("85D5E45D-237C-11E1-B4B3-E89A8F7FC3A7", "MidnightBSD ZFS"),
     ("85D5E45C-237C-11E1-B4B3-E89A8F7FC3A7", "MidnightBSD Vinum"),
     ("45B0969E-9B03-4F30-B4C6-B4B80CEFF106", "Ceph Journal"),
-    (
-        "45B0969E-9B03-4F30-B4C6-5EC00CEFF106",
-        "Ceph Encrypted Journal",
-    ),
+    ("45B0969E-9B03-4F30-B4C6-5EC00CEFF106", "Ceph Encrypted Journal"),
     ("4FBD7E29-9D25-41B8-AFD0-062C0CEFF05D", "Ceph OSD"),
     ("4FBD7E29-9D25-41B8-AFD0-5EC00CEFF05D", "Ceph crypt OSD"),
-    (
-        "89C57F98-2FE5-4DC0-89C1-F3AD0CEFF2BE",
-        "Ceph disk in creation",
-    ),
-    (
-        "89C57F98-2FE5-4DC0-89C1-5EC00CEFF2BE",
-        "Ceph crypt disk in creation",
-    ),
+    ("89C57F98-2FE5-4DC0-89C1-F3AD0CEFF2BE", "Ceph disk in creation"),
+    ("89C57F98-2FE5-4DC0-89C1-5EC00CEFF2BE", "Ceph crypt disk in creation"),
     ("AA31E02A-400F-11DB-9590-000C2911D1B8", "VMware VMFS"),
     ("9D275380-40AD-11DB-BF97-000C2911D1B8", "VMware Diagnostic"),
     ("381CFCCC-7288-11E0-92EE-000C2911D0B2", "VMware Virtual SAN"),
@@ -635,8 +312,5 @@ pub(crate) const GPT_TYPE_NAMES: &[(&str, &str)] = &[
     ("5B193300-FC78-40CD-8002-E86C45580B47", "HiFive FSBL"),
     ("2E54B353-1271-4842-806F-E436D6AF6985", "HiFive BBL"),
     ("42465331-3BA3-10F1-802A-4861696B7521", "Haiku BFS"),
-    (
-        "6828311A-BA55-42A4-BCDE-A89BB5EDECAE",
-        "Marvell Armada 3700 Boot partition",
-    ),
+    ("6828311A-BA55-42A4-BCDE-A89BB5EDECAE", "Marvell Armada 3700 Boot partition"),
 ];

@@ -545,9 +545,10 @@ impl BlockDevice for Gate {
     }
 }
 
-/// Starts a cached read of block `x` that fetches the old bytes and parks; runs `meanwhile`
-/// on the cache; lets the read finish; then checks the cache and device hold `new`.
-fn race_fill_against(meanwhile: impl FnOnce(&BlockCache, &[u8])) {
+/// Starts a cached read of block 2 that fetches the old bytes (0xAA) and parks; runs
+/// `meanwhile` on the cache; lets the read finish. Returns the cache, the device and what the
+/// read returned.
+fn race_fill_against(meanwhile: impl FnOnce(&BlockCache)) -> (Arc<BlockCache>, Arc<Gate>, Vec<u8>) {
     let x = 2 * BS;
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
@@ -563,32 +564,71 @@ fn race_fill_against(meanwhile: impl FnOnce(&BlockCache, &[u8])) {
         std::thread::spawn(move || read(&cache, x, BS))
     };
     entered_rx.recv().unwrap();
-    let new = vec![0x55; BS as usize];
-    meanwhile(&cache, &new);
+    meanwhile(&cache);
     release_tx.send(()).unwrap();
-    // Concurrent with the write, the read may return either side.
     let got = reader.join().unwrap();
+    (cache, gate, got)
+}
+
+/// After a write of 0x55 to block 2 raced with the parked fetch, the cache and the device
+/// must hold the new bytes.
+fn assert_new_bytes_won(cache: &BlockCache, gate: &Gate, got: &[u8]) {
+    let new = vec![0x55; BS as usize];
+    // Concurrent with the write, the read may return either side.
     assert!(got == new || got == vec![0xAA; BS as usize]);
-    assert_eq!(read(&cache, x, BS), new, "a stale fetch entered the cache");
+    assert_eq!(
+        read(cache, 2 * BS, BS),
+        new,
+        "a stale fetch entered the cache"
+    );
     cache.flush().unwrap();
     assert_eq!(
-        &gate.mem.contents()[x as usize..(x + BS) as usize],
+        &gate.mem.contents()[2 * BS as usize..3 * BS as usize],
         &new[..]
     );
 }
 
 #[test]
 fn stale_fetch_does_not_replace_a_newer_dirty_block() {
-    race_fill_against(|cache, new| cache.write_at(2 * BS, new).unwrap());
+    let (cache, gate, got) =
+        race_fill_against(|cache| cache.write_at(2 * BS, &[0x55; BS as usize]).unwrap());
+    assert_new_bytes_won(&cache, &gate, &got);
 }
 
 #[test]
 fn stale_fetch_is_not_cached_after_the_block_was_written_back_and_evicted() {
-    race_fill_against(|cache, new| {
-        cache.write_at(2 * BS, new).unwrap();
+    let (cache, gate, got) = race_fill_against(|cache| {
+        cache.write_at(2 * BS, &[0x55; BS as usize]).unwrap();
         cache.flush().unwrap();
         // Four other blocks push the now clean block 2 out of the 4-block cache.
         read(cache, 8 * BS, 4 * BS);
         assert_eq!(cache.cached_bytes(), 4 * BS);
     });
+    assert_new_bytes_won(&cache, &gate, &got);
+}
+
+#[test]
+fn fetch_is_cached_when_racing_device_writes_touch_other_blocks() {
+    let (cache, gate, got) = race_fill_against(|cache| {
+        cache.write_at(9 * BS, &[1; 10]).unwrap();
+        cache.flush().unwrap();
+        cache.discard(12 * BS, 2 * BS).unwrap();
+    });
+    assert_eq!(got, vec![0xAA; BS as usize]);
+    // Blocks 9 and 2 are cached; block 2's bytes come from the cache, not the device.
+    assert_eq!(cache.cached_bytes(), 2 * BS);
+    gate.mem.write_at(2 * BS, &[0; 8]).unwrap();
+    assert_eq!(read(&cache, 2 * BS, 8), vec![0xAA; 8]);
+}
+
+#[test]
+fn fetch_is_not_cached_when_more_writes_raced_than_the_log_remembers() {
+    let (cache, gate, _) = race_fill_against(|cache| {
+        for _ in 0..RECENT_WRITES + 1 {
+            cache.discard(12 * BS, BS).unwrap();
+        }
+    });
+    assert_eq!(cache.cached_bytes(), 0);
+    gate.mem.write_at(2 * BS, &[0; 8]).unwrap();
+    assert_eq!(read(&cache, 2 * BS, 8), vec![0; 8]);
 }
