@@ -52,6 +52,7 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         allow_other: opts.allow_other,
         owner: opts.owner,
         threads: THREADS,
+        direct_mount: false,
     };
     // Said only once the mount is certain, so a failure stays a single line.
     let warn = || {

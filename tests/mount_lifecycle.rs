@@ -245,6 +245,35 @@ fn view_through_mount() {
     assert_eq!(fs::read_dir(m).unwrap().count(), 0);
 }
 
+/// Root's mount(2) path (used when fusermount3 is missing): same type and source, served,
+/// and with no fusermount3 watcher our own removes a killed daemon's mount.
+fn direct_mount_syscall() {
+    let (dir, _g) = mounted_double("bg,direct", "direct");
+    let m = dir.path();
+    let e = mount_entry(m).unwrap();
+    assert_eq!(e.fs_type, "fuse.imgmount");
+    assert_eq!(e.source, "/test/memfs.img");
+    assert_eq!(fs::read(m.join("hello.txt")).unwrap(), b"hello, world\n");
+    let pid = daemon_pid(m, 0).unwrap();
+    let kids: Vec<String> = children_of(pid).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(kids, ["imgmount-watch"]);
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c(m).as_ptr(), &mut st) }, 0);
+    let want = libc::ST_RDONLY | libc::ST_NOSUID | libc::ST_NODEV;
+    assert_eq!(st.f_flag & want, want);
+    assert!(umount_cmd(m).status.success());
+    assert!(!alive(pid));
+
+    let out = start_daemon(m, "bg,direct");
+    assert!(out.status.success());
+    let pid = daemon_pid(m, 0).unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(5), || !is_mounted(m)),
+        "killed direct mount left behind"
+    );
+}
+
 fn owner_override() {
     let (dir, _g) = mounted_double("bg,owner", "owner");
     let md = fs::metadata(dir.path().join("hello.txt")).unwrap();
@@ -804,6 +833,7 @@ fn main() {
     let tests: &[(&str, fn())] = &[
         ("view_through_mount", view_through_mount),
         ("owner_override", owner_override),
+        ("direct_mount_syscall", direct_mount_syscall),
         ("writable_double", writable_double),
         ("readiness_50_times", readiness_50_times),
         ("sigterm_unmounts", sigterm_unmounts),

@@ -31,6 +31,9 @@ pub struct MountRequest<'a> {
     pub fsname: &'a str,
     pub writable: bool,
     pub allow_other: bool,
+    /// Use mount(2) even when fusermount3 is installed (root only). What a root mount falls
+    /// back to without fusermount3; selectable so that path can be exercised.
+    pub direct: bool,
 }
 
 pub fn euid() -> u32 {
@@ -52,6 +55,9 @@ fn option_safe(s: &str) -> String {
 }
 
 pub fn mount(req: &MountRequest<'_>) -> Result<(OwnedFd, KernelMount), String> {
+    if req.direct {
+        return mount_syscall(req);
+    }
     match fusermount_bin() {
         Some(bin) => mount_fusermount(&bin, req),
         None if euid() == 0 => mount_syscall(req),

@@ -42,6 +42,8 @@ pub struct ServeConfig {
     pub owner: Ownership,
     /// fuser worker threads; the drivers are `Sync`, so parallel requests are safe.
     pub threads: usize,
+    /// Mount with mount(2) rather than fusermount3 (root only; see `kernel::MountRequest`).
+    pub direct_mount: bool,
 }
 
 fn shown(p: &Path) -> String {
@@ -129,6 +131,7 @@ pub fn serve(
         fsname: &cfg.fsname,
         writable: cfg.writable,
         allow_other: cfg.allow_other,
+        direct: cfg.direct_mount,
     };
     let (fd, km) = match kernel::mount(&req) {
         Ok(x) => x,

@@ -147,6 +147,7 @@ pub fn daemon_main_if_requested() {
             allow_other: false,
             owner,
             threads: 4,
+            direct_mount: mode.contains("direct"),
         };
         let fs: Arc<dyn fs_drivers::vfs::FileSystem> = match mode.split_once("fat=") {
             // A real driver over a real image (the FAT fixture), opened as disk.rs does.
