@@ -733,6 +733,17 @@ fn non_root_user() {
         assert!(!alive(pid));
         assert!(!is_mounted(&mnt));
 
+        // allow_other as a user needs user_allow_other in /etc/fuse.conf.
+        let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+        if imgmount::fuse::options::check_allow_other(uid, &conf).is_err() {
+            let out = run(as_user(&bin)
+                .args(["-o", "allow_other"])
+                .arg(&img)
+                .arg(&mnt));
+            one_error_line(&out, "user_allow_other");
+            assert!(!is_mounted(&mnt));
+        }
+
         // Root's mount: private by default, shared with -o allow_other (default_permissions
         // then checks modes: the root-owned 0755 directories are listable by the user).
         let root_mnt = dir.path().join("rootmnt");
