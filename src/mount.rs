@@ -39,6 +39,7 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
             format!("{}: {ty} cannot be mounted read-write", image.display())
         });
     }
+    lock_image(image, opts.rw)?;
     let mount_point = lifecycle::check_mountpoint(mnt)?;
     let fsname = image
         .canonicalize()
@@ -124,4 +125,38 @@ fn only_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
         && kinds
             .iter()
             .all(|k| matches!(k, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4))
+}
+
+/// Takes an advisory lock on the image for the daemon's lifetime: exclusive for a read-write
+/// mount, shared for read-only ones, so a read-write mount never runs beside another mount of
+/// the same image (whose caches it would invalidate behind its back). The descriptor is
+/// close-on-exec and deliberately leaked: the forked daemon inherits it, and the lock goes
+/// away only when the daemon (and the parent, which exits at once) have closed it.
+fn lock_image(image: &Path, rw: bool) -> Result<(), String> {
+    use std::os::fd::IntoRawFd;
+    let f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let fd = f.into_raw_fd();
+    let op = if rw { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(fd, op | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing the descriptor we just opened.
+        unsafe { libc::close(fd) };
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if rw {
+                format!(
+                    "{}: the image is in use by another mount; unmount it first",
+                    image.display()
+                )
+            } else {
+                format!(
+                    "{}: the image is mounted read-write elsewhere; unmount it first",
+                    image.display()
+                )
+            }
+        } else {
+            format!("{}: cannot lock the image: {e}", image.display())
+        });
+    }
+    Ok(())
 }

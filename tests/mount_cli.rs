@@ -4,6 +4,7 @@
 mod common;
 mod mount_support;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -149,4 +150,41 @@ fn log_file_gets_the_daemon_messages() {
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("mounted "), "{text}");
     assert!(text.contains("unmounted "), "{text}");
+}
+
+#[test]
+fn image_locked_read_write_elsewhere_is_refused() {
+    if !fuse_ok() {
+        return;
+    }
+    let Some(src) = disk("mbr.img") else { return };
+    let t = TempDir::new("mount-lock");
+    // A private copy: the exclusive lock below must not disturb tests running in parallel.
+    let img = t.join("disk.img");
+    fs::copy(&src, &img).unwrap();
+    let (a, b) = (t.join("a"), t.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let _ga = MountGuard(a.clone());
+    let _gb = MountGuard(b.clone());
+    // Two read-only mounts of one image share it.
+    imgmount([img.as_os_str(), a.as_os_str()]).expect_ok();
+    imgmount([img.as_os_str(), b.as_os_str()]).expect_ok();
+    imgmount([OsStr::new("umount"), b.as_os_str()]).expect_ok();
+    imgmount([OsStr::new("umount"), a.as_os_str()]).expect_ok();
+    // A read-write user (here: this test holding the exclusive lock) keeps others out.
+    let f = fs::File::open(&img).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    one_error_line(
+        &imgmount([img.as_os_str(), a.as_os_str()]),
+        "mounted read-write elsewhere",
+    );
+    assert!(!is_mounted(&a));
+    drop(f);
+    imgmount([img.as_os_str(), a.as_os_str()]).expect_ok();
+    imgmount([OsStr::new("umount"), a.as_os_str()]).expect_ok();
 }
