@@ -1,0 +1,295 @@
+//! The kernel as oracle: every fixture is loop-mounted read-only and walked side by side with
+//! our reader; every attribute, symlink target, xattr and byte of content must agree.
+
+mod ext_common;
+
+use ext_common::{images, open, read_chunks, show, walk, Node};
+use fs_drivers::vfs::{FileSystem, FileType, Timespec};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn new(img: &Path) -> Option<Mount> {
+        let dir = std::env::temp_dir().join(format!(
+            "ext-oracle-{}-{}",
+            std::process::id(),
+            img.file_stem()?.to_string_lossy()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let st = Command::new("mount")
+            .arg("-o")
+            .arg("loop,ro")
+            .arg(img)
+            .arg(&dir)
+            .status()
+            .ok()?;
+        if !st.success() {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(Mount { dir })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn kind_of(ft: std::fs::FileType) -> FileType {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else if ft.is_fifo() {
+        FileType::Fifo
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::Regular
+    }
+}
+
+/// getfattr's path quoting: backslash-octal escapes.
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).expect("octal"));
+            i += 4;
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn kernel_xattrs(root: &Path) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> {
+    let out = Command::new("getfattr")
+        .args(["-R", "-h", "-d", "-m", "-", "--absolute-names", "-e", "hex"])
+        .arg(root)
+        .output()
+        .expect("getfattr");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prefix = root.as_os_str().as_bytes().to_vec();
+    let mut all = BTreeMap::new();
+    let mut cur: Option<Vec<u8>> = None;
+    for line in text.lines() {
+        if let Some(p) = line.strip_prefix("# file: ") {
+            let full = unescape(p);
+            let rel = full[prefix.len()..]
+                .strip_prefix(b"/")
+                .unwrap_or(&full[prefix.len()..])
+                .to_vec();
+            cur = Some(rel);
+        } else if let (Some(path), Some((name, val))) = (&cur, line.split_once('=')) {
+            let v = match val.strip_prefix("0x") {
+                Some(h) => (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                    .collect(),
+                None => Vec::new(),
+            };
+            all.entry(path.clone())
+                .or_insert_with(BTreeMap::new)
+                .insert(unescape(name), v);
+        }
+    }
+    all
+}
+
+fn ts(sec: i64, nsec: i64) -> Timespec {
+    Timespec::new(sec, nsec as u32)
+}
+
+fn kernel_walk(
+    root: &Path,
+    rel: &[u8],
+    out: &mut BTreeMap<Vec<u8>, (std::fs::Metadata, Option<Vec<u8>>)>,
+) {
+    let p = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    };
+    let m = std::fs::symlink_metadata(&p).expect("kernel stat");
+    let target = m.file_type().is_symlink().then(|| {
+        std::fs::read_link(&p)
+            .expect("readlink")
+            .into_os_string()
+            .into_vec()
+    });
+    let is_dir = m.is_dir();
+    out.insert(rel.to_vec(), (m, target));
+    if is_dir {
+        for e in std::fs::read_dir(&p).expect("kernel readdir") {
+            let name = e.expect("entry").file_name();
+            let child = if rel.is_empty() {
+                name.as_bytes().to_vec()
+            } else {
+                [rel, b"/", name.as_bytes()].concat()
+            };
+            kernel_walk(root, &child, out);
+        }
+    }
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+fn compare(img: &Path, kernel_img: &Path) {
+    let Some(mnt) = Mount::new(kernel_img) else {
+        eprintln!("SKIP {}: the kernel refuses to mount it", img.display());
+        return;
+    };
+    let fs = open(img);
+    let ours = walk(&fs);
+    let mut theirs = BTreeMap::new();
+    kernel_walk(&mnt.dir, b"", &mut theirs);
+    let kx = kernel_xattrs(&mnt.dir);
+    let our_paths: Vec<_> = ours.keys().collect();
+    let their_paths: Vec<_> = theirs.keys().collect();
+    assert_eq!(
+        our_paths,
+        their_paths,
+        "{}: path sets differ",
+        img.display()
+    );
+    let mut bytes = 0u64;
+    for (path, (m, target)) in &theirs {
+        let Node {
+            attr,
+            target: our_target,
+            xattrs,
+        } = &ours[path];
+        let what = format!("{}:/{}", img.display(), show(path));
+        assert_eq!(attr.kind, kind_of(m.file_type()), "{what} type");
+        assert_eq!(attr.mode(), m.mode(), "{what} mode");
+        assert_eq!(attr.ino, m.ino(), "{what} ino");
+        assert_eq!(attr.uid, m.uid(), "{what} uid");
+        assert_eq!(attr.gid, m.gid(), "{what} gid");
+        assert_eq!(u64::from(attr.nlink), m.nlink(), "{what} nlink");
+        assert_eq!(attr.size, m.size(), "{what} size");
+        assert_eq!(attr.blocks, m.blocks(), "{what} blocks");
+        assert_eq!(attr.rdev, m.rdev(), "{what} rdev");
+        assert_eq!(attr.atime, ts(m.atime(), m.atime_nsec()), "{what} atime");
+        assert_eq!(attr.mtime, ts(m.mtime(), m.mtime_nsec()), "{what} mtime");
+        assert_eq!(attr.ctime, ts(m.ctime(), m.ctime_nsec()), "{what} ctime");
+        assert_eq!(our_target, target, "{what} symlink target");
+        let empty = BTreeMap::new();
+        assert_eq!(xattrs, kx.get(path).unwrap_or(&empty), "{what} xattrs");
+        if attr.kind == FileType::Regular {
+            let p = mnt.dir.join(OsStr::from_bytes(path));
+            let mut f = std::fs::File::open(&p).expect("kernel open");
+            let mut kbuf = Vec::new();
+            read_chunks(&fs, attr.ino, attr.size, |off, chunk| {
+                kbuf.resize(chunk.len(), 0);
+                f.read_exact(&mut kbuf).expect("kernel read");
+                assert!(kbuf == chunk, "{what}: content differs in the MiB at {off}");
+                bytes += chunk.len() as u64;
+            });
+        }
+    }
+    let st = fs.statfs().expect("statfs");
+    assert!(st.blocks > 0 && st.block_size == fs.block_size());
+    eprintln!(
+        "{}: {} paths, {} bytes equal to the kernel's",
+        img.display(),
+        theirs.len(),
+        bytes
+    );
+}
+
+#[test]
+fn every_fixture_matches_the_kernel() {
+    if !nix_is_root() {
+        eprintln!("SKIP: kernel oracle needs root (mount -o loop)");
+        return;
+    }
+    let imgs = images();
+    if imgs.is_empty() {
+        eprintln!("SKIP: no fixtures");
+        return;
+    }
+    for img in &imgs {
+        let name = img
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.contains("journal") {
+            // The kernel replays the journal into the device on mount: give it a copy.
+            let copy = img.with_extension("kernel-copy");
+            let st = Command::new("cp")
+                .arg("--sparse=always")
+                .arg(img)
+                .arg(&copy)
+                .status()
+                .expect("cp");
+            assert!(st.success());
+            compare(img, &copy);
+            let _ = std::fs::remove_file(&copy);
+        } else {
+            compare(img, img);
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[test]
+fn info_reports_type_label_uuid() {
+    for img in images() {
+        let name = img
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let fs = open(&img);
+        let info = fs.info();
+        let blkid = |tag: &str| {
+            Command::new("blkid")
+                .args(["-o", "value", "-s", tag])
+                .arg(&img)
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        if let Some(t) = blkid("TYPE").filter(|t| !t.is_empty()) {
+            assert_eq!(info.fs_type, t, "{name} type");
+        }
+        assert_eq!(info.label.as_deref(), Some(name.as_str()));
+        if let Some(u) = blkid("UUID").filter(|u| !u.is_empty()) {
+            assert_eq!(info.uuid.as_deref(), Some(u.as_str()), "{name} uuid");
+        }
+    }
+}
