@@ -831,6 +831,110 @@ fn real_fat_driver() {
     assert!(umount_cmd(m).status.success());
 }
 
+fn m_size(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().len()
+}
+
+/// The adapter over the real ext reader: each fixture looks exactly as the kernel's own
+/// read-only loop mount shows it (every stat field, link targets, xattrs, contents), writes
+/// fail with EROFS, and the image is unchanged afterwards.
+fn real_ext_driver_matches_kernel() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new("bash")
+        .arg(root.join("fixtures/build-ext.sh"))
+        .output()
+        .unwrap();
+    if st.status.code() == Some(77) {
+        println!("    skipped: ext fixture tools missing");
+        return;
+    }
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let dir = root.join("target/fixtures/ext");
+    // Hashing a 1.2 GB sparse image costs ~15 s here: the small one gets a sha256, every one
+    // a check that no write touched it (size, mtime, ctime).
+    for name in [
+        "ext4.img",
+        "ext2-1k.img",
+        "ext4-inline.img",
+        "ext2-nofiletype.img",
+    ] {
+        let img = dir.join(name);
+        let stamp = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            )
+        };
+        let before_stamp = stamp(&img);
+        let before =
+            (m_size(&img) <= 64 << 20).then(|| run(Command::new("sha256sum").arg(&img)).stdout);
+        let t = TempDir::new("ext");
+        let kdir = t.path().join("kernel");
+        let odir = t.path().join("ours");
+        fs::create_dir(&kdir).unwrap();
+        fs::create_dir(&odir).unwrap();
+        let out = start_daemon(&odir, &format!("bg,ext={}", img.display()));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _g = MountGuard(odir.clone());
+        let k = run(Command::new("mount")
+            .arg("-o")
+            .arg("loop,ro")
+            .arg(&img)
+            .arg(&kdir));
+        if !k.status.success() {
+            println!(
+                "    skipped {name}: kernel loop mount failed: {}",
+                String::from_utf8_lossy(&k.stderr).trim()
+            );
+            assert!(umount_cmd(&odir).status.success());
+            continue;
+        }
+        let _k = MountGuard(kdir.clone());
+        let n = tree::assert_same_tree(&kdir, &odir);
+        let walked = tree::walk(&odir);
+        let file = walked
+            .iter()
+            .find(|p| fs::symlink_metadata(odir.join(p)).unwrap().is_file())
+            .unwrap();
+        let e = fs::OpenOptions::new()
+            .write(true)
+            .open(odir.join(file))
+            .unwrap_err();
+        assert_eq!(errno_of(&e), libc::EROFS);
+        assert_eq!(
+            errno_of(&fs::create_dir(odir.join("new")).unwrap_err()),
+            libc::EROFS
+        );
+        assert_eq!(
+            errno_of(&fs::remove_file(odir.join(file)).unwrap_err()),
+            libc::EROFS
+        );
+        println!("    {name}: {n} paths identical to the kernel's view");
+        assert!(run(Command::new("umount").arg(&kdir)).status.success());
+        assert!(umount_cmd(&odir).status.success());
+        assert_eq!(stamp(&img), before_stamp, "{name} was written to");
+        if let Some(b) = before {
+            assert_eq!(
+                run(Command::new("sha256sum").arg(&img)).stdout,
+                b,
+                "{name} changed"
+            );
+        }
+    }
+}
+
 fn main() {
     daemon_main_if_requested();
     let filter: Vec<String> = std::env::args()
@@ -859,6 +963,10 @@ fn main() {
         ("bad_input", bad_input),
         ("non_root_user", non_root_user),
         ("real_fat_driver", real_fat_driver),
+        (
+            "real_ext_driver_matches_kernel",
+            real_ext_driver_matches_kernel,
+        ),
     ];
     let mut failed = vec![];
     for (name, f) in tests {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod memfs;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -149,8 +150,19 @@ pub fn daemon_main_if_requested() {
             threads: 4,
             direct_mount: mode.contains("direct"),
         };
-        let fs: Arc<dyn fs_drivers::vfs::FileSystem> = match mode.split_once("fat=") {
+        let fs: Arc<dyn fs_drivers::vfs::FileSystem> = match mode
+            .split_once("fat=")
+            .or_else(|| mode.split_once("ext="))
+        {
             // A real driver over a real image (the FAT fixture), opened as disk.rs does.
+            Some((_, img)) if mode.contains(",ext=") || mode.starts_with("ext=") => {
+                use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
+                use fs_drivers::ext::{ExtFs, ExtOptions};
+                let file: DeviceRef =
+                    Arc::new(FileDevice::open(Path::new(img), false).map_err(|e| e.to_string())?);
+                let dev: DeviceRef = Arc::new(BlockCache::with_defaults(file));
+                Arc::new(ExtFs::open(dev, ExtOptions::default()).map_err(|e| e.to_string())?)
+            }
             Some((_, img)) => {
                 use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
                 use fs_drivers::fat::{FatFs, FatOptions};
