@@ -21,6 +21,9 @@ use fuser::{
 /// The FUSE root's inode number, fixed by the protocol.
 const FUSE_ROOT: u64 = 1;
 
+/// Entries gathered per READDIRPLUS request (see `readdirplus`).
+const READDIRPLUS_BATCH: usize = 256;
+
 /// Nothing but this daemon changes a read-only image, so the kernel may keep names and
 /// attributes as long as it likes; a day bounds memory held by dentries nobody uses.
 const RO_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -462,13 +465,26 @@ impl fuser::Filesystem for Adapter {
             }
         }
         let start = offset.saturating_sub(2);
+        // Collect first, look up attributes after: a driver may hold its own lock while it
+        // calls `emit`, so calling back into it from there could deadlock. One reply holds
+        // far fewer entries than this (a page of direntplus records); the kernel asks again
+        // from the last offset for the rest.
+        let mut entries = Vec::new();
         let res = self.fs.readdir(dir, start, &mut |e| {
+            entries.push(e);
+            entries.len() < READDIRPLUS_BATCH
+        });
+        if let Err(e) = res {
+            reply.error(errno(&e));
+            return;
+        }
+        for e in entries {
             let next = e.next_offset.saturating_add(2);
             let name = OsStr::from_bytes(&e.name);
-            match self.fs.getattr(e.ino) {
+            let full = match self.fs.getattr(e.ino) {
                 Ok(a) => {
                     self.remember_parent(dir, &a);
-                    !reply.add(
+                    reply.add(
                         self.to_fuse(e.ino),
                         next,
                         name,
@@ -485,7 +501,7 @@ impl fuser::Filesystem for Adapter {
                         kind: file_type(e.kind),
                         ..negative_attr()
                     };
-                    !reply.add(
+                    reply.add(
                         placeholder.ino,
                         next,
                         name,
@@ -494,12 +510,12 @@ impl fuser::Filesystem for Adapter {
                         Generation(0),
                     )
                 }
+            };
+            if full {
+                break;
             }
-        });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
         }
+        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -29,6 +29,9 @@ pub struct MemFs {
     inner: Mutex<Inner>,
     writable: bool,
     pub syncs: std::sync::atomic::AtomicUsize,
+    /// The thread inside readdir's `emit`, if any.
+    emitting: Mutex<Option<std::thread::ThreadId>>,
+    reentered: std::sync::atomic::AtomicBool,
 }
 
 fn attr(ino: Ino, kind: FileType, perm: u16, size: u64) -> Attr {
@@ -67,6 +70,8 @@ impl MemFs {
             }),
             writable,
             syncs: Default::default(),
+            emitting: Mutex::new(None),
+            reentered: Default::default(),
         };
         let inner = fs.inner.get_mut().unwrap();
         let mut add = |ino: Ino, parent: Option<(Ino, &[u8])>, a: Attr, data: Vec<u8>| {
@@ -150,6 +155,16 @@ impl MemFs {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
+        // Like a real driver (FAT) this one keeps its lock while readdir calls `emit`; a
+        // front end calling back from `emit` would deadlock there. Here it is caught instead
+        // and breaks the filesystem for good, so tests notice.
+        if *self.emitting.lock().unwrap() == Some(std::thread::current().id()) {
+            self.reentered
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if self.reentered.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io(std::io::Error::from_raw_os_error(libc::EDEADLK)));
+        }
         f(&mut self.inner.lock().unwrap())
     }
 
@@ -227,7 +242,6 @@ impl FileSystem for MemFs {
         self.with(|i| Ok(i.node(ino)?.attr.clone()))
     }
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        // Snapshot first: emit may call back into the filesystem (readdirplus getattr).
         let entries: Vec<DirEntry> = self.with(|i| {
             let d = i.dir(ino)?;
             Ok(d.children
@@ -241,11 +255,13 @@ impl FileSystem for MemFs {
                 })
                 .collect())
         })?;
+        *self.emitting.lock().unwrap() = Some(std::thread::current().id());
         for e in entries.into_iter().skip(offset as usize) {
             if !emit(e) {
                 break;
             }
         }
+        *self.emitting.lock().unwrap() = None;
         Ok(())
     }
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
