@@ -137,7 +137,7 @@ impl Adapter {
         }
     }
 
-    fn reply_entry(&self, parent: Ino, res: vfs_result::R<Attr>, reply: ReplyEntry) {
+    fn reply_entry(&self, parent: Ino, res: fs_drivers::Result<Attr>, reply: ReplyEntry) {
         match res {
             Ok(a) => {
                 self.remember_parent(parent, &a);
@@ -154,11 +154,6 @@ impl Adapter {
             Err(Errno::EROFS)
         }
     }
-}
-
-/// Local alias so signatures stay short.
-mod vfs_result {
-    pub type R<T> = fs_drivers::Result<T>;
 }
 
 pub(crate) fn errno(e: &Error) -> Errno {
@@ -282,44 +277,48 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let parent = self.to_fs(parent);
-        match self.fs.lookup(parent, name.as_bytes()) {
-            Err(Error::NotFound) if !self.writable => {
-                // A negative entry: ino 0 with a TTL lets the kernel cache the miss, so
-                // repeated probes (PATH searches, locale files) don't come back to us.
-                let attr = negative_attr();
-                reply.entry(&self.ttl, &attr, Generation(0));
+        guarded("lookup", || {
+            let parent = self.to_fs(parent);
+            match self.fs.lookup(parent, name.as_bytes()) {
+                Err(Error::NotFound) if !self.writable => {
+                    // A negative entry: ino 0 with a TTL lets the kernel cache the miss, so
+                    // repeated probes (PATH searches, locale files) don't come back to us.
+                    let attr = negative_attr();
+                    reply.entry(&self.ttl, &attr, Generation(0));
+                }
+                res => self.reply_entry(parent, res, reply),
             }
-            res => self.reply_entry(parent, res, reply),
-        }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(self.to_fs(ino)) {
+        guarded("getattr", || match self.fs.getattr(self.to_fs(ino)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(self.to_fs(ino)) {
+        guarded("readlink", || match self.fs.readlink(self.to_fs(ino)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if write && !self.writable {
-            reply.error(Errno::EROFS);
-            return;
-        }
-        match self.fs.open(self.to_fs(ino), write) {
-            // Page-cache contents stay valid across opens only when nobody writes.
-            Ok(()) if self.writable => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("open", || {
+            let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+            if write && !self.writable {
+                reply.error(Errno::EROFS);
+                return;
+            }
+            match self.fs.open(self.to_fs(ino), write) {
+                // Page-cache contents stay valid across opens only when nobody writes.
+                Ok(()) if self.writable => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn read(
@@ -333,12 +332,14 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        // The kernel bounds `size` by max_read/max_pages (at most a few MiB).
-        let mut buf = vec![0u8; size as usize];
-        match self.fs.read(self.to_fs(ino), offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n.min(buf.len())]),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("read", || {
+            // The kernel bounds `size` by max_read/max_pages (at most a few MiB).
+            let mut buf = vec![0u8; size as usize];
+            match self.fs.read(self.to_fs(ino), offset, &mut buf) {
+                Ok(n) => reply.data(&buf[..n.min(buf.len())]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn release(
@@ -351,31 +352,33 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(self.to_fs(ino)) {
+        guarded("release", || match self.fs.release(self.to_fs(ino)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let ino = self.to_fs(ino);
-        match self.fs.getattr(ino) {
-            Ok(a) if a.kind != vfs::FileType::Directory => reply.error(Errno::ENOTDIR),
-            Ok(_) => {
-                if let Err(e) = self.fs.open(ino, false) {
-                    reply.error(errno(&e));
-                } else if self.writable {
-                    reply.opened(FileHandle(0), FopenFlags::empty())
-                } else {
-                    // Directory listings can live in the page cache across opendir calls.
-                    reply.opened(
-                        FileHandle(0),
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                    )
+        guarded("opendir", || {
+            let ino = self.to_fs(ino);
+            match self.fs.getattr(ino) {
+                Ok(a) if a.kind != vfs::FileType::Directory => reply.error(Errno::ENOTDIR),
+                Ok(_) => {
+                    if let Err(e) = self.fs.open(ino, false) {
+                        reply.error(errno(&e));
+                    } else if self.writable {
+                        reply.opened(FileHandle(0), FopenFlags::empty())
+                    } else {
+                        // Directory listings can live in the page cache across opendir calls.
+                        reply.opened(
+                            FileHandle(0),
+                            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+                        )
+                    }
                 }
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn releasedir(
@@ -386,10 +389,10 @@ impl fuser::Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(self.to_fs(ino)) {
+        guarded("releasedir", || match self.fs.release(self.to_fs(ino)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn readdir(
@@ -400,32 +403,34 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = self.to_fs(ino);
-        // FUSE offsets: 1 after ".", 2 after "..", 2 + the driver's cookie after an entry.
-        if offset == 0 && reply.add(self.to_fuse(dir), 1, FileType::Directory, ".") {
-            reply.ok();
-            return;
-        }
-        if offset <= 1 {
-            let parent = self.parent_of(dir);
-            if reply.add(self.to_fuse(parent), 2, FileType::Directory, "..") {
+        guarded("readdir", || {
+            let dir = self.to_fs(ino);
+            // FUSE offsets: 1 after ".", 2 after "..", 2 + the driver's cookie after an entry.
+            if offset == 0 && reply.add(self.to_fuse(dir), 1, FileType::Directory, ".") {
                 reply.ok();
                 return;
             }
-        }
-        let start = offset.saturating_sub(2);
-        let res = self.fs.readdir(dir, start, &mut |e| {
-            !reply.add(
-                self.to_fuse(e.ino),
-                e.next_offset.saturating_add(2),
-                file_type(e.kind),
-                OsStr::from_bytes(&e.name),
-            )
+            if offset <= 1 {
+                let parent = self.parent_of(dir);
+                if reply.add(self.to_fuse(parent), 2, FileType::Directory, "..") {
+                    reply.ok();
+                    return;
+                }
+            }
+            let start = offset.saturating_sub(2);
+            let res = self.fs.readdir(dir, start, &mut |e| {
+                !reply.add(
+                    self.to_fuse(e.ino),
+                    e.next_offset.saturating_add(2),
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                )
+            });
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
     }
 
     fn readdirplus(
@@ -436,90 +441,92 @@ impl fuser::Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = self.to_fs(ino);
-        let dir_attr = match self.fs.getattr(dir) {
-            Ok(a) => a,
-            Err(e) => {
+        guarded("readdirplus", || {
+            let dir = self.to_fs(ino);
+            let dir_attr = match self.fs.getattr(dir) {
+                Ok(a) => a,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            // The kernel creates no dentries for "." and "..", but wants an attr for each.
+            if offset == 0 {
+                let fa = self.file_attr(&dir_attr);
+                if reply.add(fa.ino, 1, ".", &self.ttl, &fa, Generation(0)) {
+                    reply.ok();
+                    return;
+                }
+            }
+            if offset <= 1 {
+                let parent = self.parent_of(dir);
+                let pa = match self.fs.getattr(parent) {
+                    Ok(a) => a,
+                    Err(_) => dir_attr.clone(),
+                };
+                let fa = self.file_attr(&pa);
+                if reply.add(fa.ino, 2, "..", &self.ttl, &fa, Generation(0)) {
+                    reply.ok();
+                    return;
+                }
+            }
+            let start = offset.saturating_sub(2);
+            // Collect first, look up attributes after: a driver may hold its own lock while it
+            // calls `emit`, so calling back into it from there could deadlock. One reply holds
+            // far fewer entries than this (a page of direntplus records); the kernel asks again
+            // from the last offset for the rest.
+            let mut entries = Vec::new();
+            let res = self.fs.readdir(dir, start, &mut |e| {
+                entries.push(e);
+                entries.len() < READDIRPLUS_BATCH
+            });
+            if let Err(e) = res {
                 reply.error(errno(&e));
                 return;
             }
-        };
-        // The kernel creates no dentries for "." and "..", but wants an attr for each.
-        if offset == 0 {
-            let fa = self.file_attr(&dir_attr);
-            if reply.add(fa.ino, 1, ".", &self.ttl, &fa, Generation(0)) {
-                reply.ok();
-                return;
+            for e in entries {
+                let next = e.next_offset.saturating_add(2);
+                let name = OsStr::from_bytes(&e.name);
+                let full = match self.fs.getattr(e.ino) {
+                    Ok(a) => {
+                        self.remember_parent(dir, &a);
+                        reply.add(
+                            self.to_fuse(e.ino),
+                            next,
+                            name,
+                            &self.ttl,
+                            &self.file_attr(&a),
+                            Self::generation(&a),
+                        )
+                    }
+                    // A broken inode must not hide its siblings: list the name with placeholder
+                    // attributes valid for 0 s, so any stat of it asks again and gets the error.
+                    Err(_) => {
+                        let placeholder = FileAttr {
+                            ino: self.to_fuse(e.ino),
+                            kind: file_type(e.kind),
+                            ..negative_attr()
+                        };
+                        reply.add(
+                            placeholder.ino,
+                            next,
+                            name,
+                            &Duration::ZERO,
+                            &placeholder,
+                            Generation(0),
+                        )
+                    }
+                };
+                if full {
+                    break;
+                }
             }
-        }
-        if offset <= 1 {
-            let parent = self.parent_of(dir);
-            let pa = match self.fs.getattr(parent) {
-                Ok(a) => a,
-                Err(_) => dir_attr.clone(),
-            };
-            let fa = self.file_attr(&pa);
-            if reply.add(fa.ino, 2, "..", &self.ttl, &fa, Generation(0)) {
-                reply.ok();
-                return;
-            }
-        }
-        let start = offset.saturating_sub(2);
-        // Collect first, look up attributes after: a driver may hold its own lock while it
-        // calls `emit`, so calling back into it from there could deadlock. One reply holds
-        // far fewer entries than this (a page of direntplus records); the kernel asks again
-        // from the last offset for the rest.
-        let mut entries = Vec::new();
-        let res = self.fs.readdir(dir, start, &mut |e| {
-            entries.push(e);
-            entries.len() < READDIRPLUS_BATCH
+            reply.ok();
         });
-        if let Err(e) = res {
-            reply.error(errno(&e));
-            return;
-        }
-        for e in entries {
-            let next = e.next_offset.saturating_add(2);
-            let name = OsStr::from_bytes(&e.name);
-            let full = match self.fs.getattr(e.ino) {
-                Ok(a) => {
-                    self.remember_parent(dir, &a);
-                    reply.add(
-                        self.to_fuse(e.ino),
-                        next,
-                        name,
-                        &self.ttl,
-                        &self.file_attr(&a),
-                        Self::generation(&a),
-                    )
-                }
-                // A broken inode must not hide its siblings: list the name with placeholder
-                // attributes valid for 0 s, so any stat of it asks again and gets the error.
-                Err(_) => {
-                    let placeholder = FileAttr {
-                        ino: self.to_fuse(e.ino),
-                        kind: file_type(e.kind),
-                        ..negative_attr()
-                    };
-                    reply.add(
-                        placeholder.ino,
-                        next,
-                        name,
-                        &Duration::ZERO,
-                        &placeholder,
-                        Generation(0),
-                    )
-                }
-            };
-            if full {
-                break;
-            }
-        }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+        guarded("statfs", || match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks,
                 s.blocks_free,
@@ -531,18 +538,20 @@ impl fuser::Filesystem for Adapter {
                 s.block_size,
             ),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(self.to_fs(ino), name.as_bytes()) {
-            Ok(value) => reply_xattr(&value, size, reply),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("getxattr", || {
+            match self.fs.getxattr(self.to_fs(ino), name.as_bytes()) {
+                Ok(value) => reply_xattr(&value, size, reply),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(self.to_fs(ino)) {
+        guarded("listxattr", || match self.fs.listxattr(self.to_fs(ino)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -552,7 +561,7 @@ impl fuser::Filesystem for Adapter {
                 reply_xattr(&buf, size, reply)
             }
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn setxattr(
@@ -565,43 +574,49 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        // No driver writes xattrs (FAT has none, ext is read-only).
-        reply.error(if self.writable {
-            Errno::ENOTSUP
-        } else {
-            Errno::EROFS
+        guarded("setxattr", || {
+            // No driver writes xattrs (FAT has none, ext is read-only).
+            reply.error(if self.writable {
+                Errno::ENOTSUP
+            } else {
+                Errno::EROFS
+            });
         });
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(if self.writable {
-            Errno::ENOTSUP
-        } else {
-            Errno::EROFS
+        guarded("removexattr", || {
+            reply.error(if self.writable {
+                Errno::ENOTSUP
+            } else {
+                Errno::EROFS
+            });
         });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        // Only reached without default_permissions, i.e. a private mount where the owner
-        // may read everything; what can still be refused is writing and executing a file
-        // that has no x bit at all.
-        let a = match self.fs.getattr(self.to_fs(ino)) {
-            Ok(a) => a,
-            Err(e) => {
-                reply.error(errno(&e));
-                return;
+        guarded("access", || {
+            // Only reached without default_permissions, i.e. a private mount where the owner
+            // may read everything; what can still be refused is writing and executing a file
+            // that has no x bit at all.
+            let a = match self.fs.getattr(self.to_fs(ino)) {
+                Ok(a) => a,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            if mask.contains(AccessFlags::W_OK) && !self.writable {
+                reply.error(Errno::EROFS);
+            } else if mask.contains(AccessFlags::X_OK)
+                && a.kind != vfs::FileType::Directory
+                && a.perm & 0o111 == 0
+            {
+                reply.error(Errno::EACCES);
+            } else {
+                reply.ok();
             }
-        };
-        if mask.contains(AccessFlags::W_OK) && !self.writable {
-            reply.error(Errno::EROFS);
-        } else if mask.contains(AccessFlags::X_OK)
-            && a.kind != vfs::FileType::Directory
-            && a.perm & 0o111 == 0
-        {
-            reply.error(Errno::EACCES);
-        } else {
-            reply.ok();
-        }
+        });
     }
 
     fn mknod(
@@ -614,20 +629,22 @@ impl fuser::Filesystem for Adapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        // Only regular files: FAT cannot hold device nodes, fifos or sockets.
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::EPERM);
-            return;
-        }
-        let parent = self.to_fs(parent);
-        let res = self
-            .fs
-            .create(parent, name.as_bytes(), mode & !umask & 0o7777);
-        self.reply_entry(parent, res, reply);
+        guarded("mknod", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            // Only regular files: FAT cannot hold device nodes, fifos or sockets.
+            if mode & libc::S_IFMT != libc::S_IFREG {
+                reply.error(Errno::EPERM);
+                return;
+            }
+            let parent = self.to_fs(parent);
+            let res = self
+                .fs
+                .create(parent, name.as_bytes(), mode & !umask & 0o7777);
+            self.reply_entry(parent, res, reply);
+        });
     }
 
     fn mkdir(
@@ -639,37 +656,43 @@ impl fuser::Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        let parent = self.to_fs(parent);
-        let res = self
-            .fs
-            .mkdir(parent, name.as_bytes(), mode & !umask & 0o7777);
-        self.reply_entry(parent, res, reply);
+        guarded("mkdir", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            let parent = self.to_fs(parent);
+            let res = self
+                .fs
+                .mkdir(parent, name.as_bytes(), mode & !umask & 0o7777);
+            self.reply_entry(parent, res, reply);
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        match self.fs.unlink(self.to_fs(parent), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("unlink", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            match self.fs.unlink(self.to_fs(parent), name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        match self.fs.rmdir(self.to_fs(parent), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("rmdir", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            match self.fs.rmdir(self.to_fs(parent), name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn symlink(
@@ -680,10 +703,12 @@ impl fuser::Filesystem for Adapter {
         _target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        reply.error(if self.writable {
-            Errno::EPERM
-        } else {
-            Errno::EROFS
+        guarded("symlink", || {
+            reply.error(if self.writable {
+                Errno::EPERM
+            } else {
+                Errno::EROFS
+            });
         });
     }
 
@@ -695,10 +720,12 @@ impl fuser::Filesystem for Adapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(if self.writable {
-            Errno::EPERM
-        } else {
-            Errno::EROFS
+        guarded("link", || {
+            reply.error(if self.writable {
+                Errno::EPERM
+            } else {
+                Errno::EROFS
+            });
         });
     }
 
@@ -712,25 +739,27 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        // RENAME_NOREPLACE / RENAME_EXCHANGE need driver support we don't have.
-        if !flags.is_empty() {
-            reply.error(Errno::EINVAL);
-            return;
-        }
-        let (p, np) = (self.to_fs(parent), self.to_fs(newparent));
-        match self.fs.rename(p, name.as_bytes(), np, newname.as_bytes()) {
-            Ok(()) => {
-                if let Ok(a) = self.fs.lookup(np, newname.as_bytes()) {
-                    self.remember_parent(np, &a);
-                }
-                reply.ok()
+        guarded("rename", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+            // RENAME_NOREPLACE / RENAME_EXCHANGE need driver support we don't have.
+            if !flags.is_empty() {
+                reply.error(Errno::EINVAL);
+                return;
+            }
+            let (p, np) = (self.to_fs(parent), self.to_fs(newparent));
+            match self.fs.rename(p, name.as_bytes(), np, newname.as_bytes()) {
+                Ok(()) => {
+                    if let Ok(a) = self.fs.lookup(np, newname.as_bytes()) {
+                        self.remember_parent(np, &a);
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn create(
@@ -743,25 +772,27 @@ impl fuser::Filesystem for Adapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        let parent = self.to_fs(parent);
-        let res = self
-            .fs
-            .create(parent, name.as_bytes(), mode & !umask & 0o7777)
-            .and_then(|a| self.fs.open(a.ino, true).map(|()| a));
-        match res {
-            Ok(a) => reply.created(
-                &self.ttl,
-                &self.file_attr(&a),
-                Self::generation(&a),
-                FileHandle(0),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("create", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            let parent = self.to_fs(parent);
+            let res = self
+                .fs
+                .create(parent, name.as_bytes(), mode & !umask & 0o7777)
+                .and_then(|a| self.fs.open(a.ino, true).map(|()| a));
+            match res {
+                Ok(a) => reply.created(
+                    &self.ttl,
+                    &self.file_attr(&a),
+                    Self::generation(&a),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn write(
@@ -776,15 +807,17 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        match self.fs.write(self.to_fs(ino), offset, data) {
-            // max_write (1 MiB) keeps every count below u32::MAX.
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("write", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            match self.fs.write(self.to_fs(ino), offset, data) {
+                // max_write (1 MiB) keeps every count below u32::MAX.
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(
@@ -795,9 +828,11 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes go straight to the driver (no write-back cache in the kernel), so close()
-        // has nothing of ours to push; durability is fsync's and unmount's job.
-        reply.ok();
+        guarded("flush", || {
+            // Writes go straight to the driver (no write-back cache in the kernel), so close()
+            // has nothing of ours to push; durability is fsync's and unmount's job.
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -808,10 +843,10 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(self.to_fs(ino)) {
+        guarded("fsync", || match self.fs.fsync(self.to_fs(ino)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn fsyncdir(
@@ -822,10 +857,10 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(self.to_fs(ino)) {
+        guarded("fsyncdir", || match self.fs.fsync(self.to_fs(ino)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
-        }
+        });
     }
 
     fn setattr(
@@ -846,28 +881,39 @@ impl fuser::Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if let Err(e) = self.check_writable() {
-            reply.error(e);
-            return;
-        }
-        let changes = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_or_now),
-            mtime: mtime.map(time_or_now),
-        };
-        let ino = self.to_fs(ino);
-        let res = if changes == SetAttr::default() {
-            self.fs.getattr(ino)
-        } else {
-            self.fs.setattr(ino, &changes)
-        };
-        match res {
-            Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guarded("setattr", || {
+            if let Err(e) = self.check_writable() {
+                reply.error(e);
+                return;
+            }
+            let changes = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(time_or_now),
+                mtime: mtime.map(time_or_now),
+            };
+            let ino = self.to_fs(ino);
+            let res = if changes == SetAttr::default() {
+                self.fs.getattr(ino)
+            } else {
+                self.fs.setattr(ino, &changes)
+            };
+            match res {
+                Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+/// Runs one request's handler so that a panic (a driver bug) costs that request an EIO (the
+/// unsent reply answers it when dropped) instead of a worker thread: with every worker gone
+/// the mount would hang everyone who touches it.
+fn guarded(op: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log_error(&format!("internal error in {op}: answered EIO"));
     }
 }
 

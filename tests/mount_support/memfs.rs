@@ -12,6 +12,8 @@ use fs_drivers::{Error, Result};
 
 pub const ROOT: Ino = 2;
 pub const BROKEN: Ino = 66;
+/// Reading this file panics inside the driver (a driver bug the mount must survive).
+pub const PANICS: Ino = 67;
 
 struct Node {
     attr: Attr,
@@ -138,6 +140,12 @@ impl MemFs {
             vec![],
         );
         // Listed in its directory, but its inode is unreadable (as a corrupt one would be).
+        add(
+            PANICS,
+            Some((11, b"panics")),
+            attr(PANICS, FileType::Regular, 0o644, 10),
+            vec![0; 10],
+        );
         let broken = attr(BROKEN, FileType::Regular, 0o644, 0);
         add(BROKEN, Some((ROOT, b"broken")), broken, vec![]);
         let inner = fs.inner.get_mut().unwrap();
@@ -265,6 +273,7 @@ impl FileSystem for MemFs {
         Ok(())
     }
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        assert!(ino != PANICS, "test double: read of the panicking file");
         self.with(|i| {
             let n = i.node(ino)?;
             if n.attr.kind == FileType::Directory {
