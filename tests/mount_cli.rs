@@ -75,6 +75,7 @@ fn bad_input_fails_fast_with_one_line_and_no_mount() {
             "ext2/3/4 is read-only in imgmount; mount without -o rw",
         ),
         (vec!["-p", "9", mbr, m], "9"),
+        (vec!["-t", "fat", ext.to_str().unwrap(), m], "not fat"),
         (
             vec!["--log", "/proc/nonexistent/log", mbr, m],
             "--log /proc/nonexistent/log",
@@ -107,7 +108,14 @@ fn whole_disk_mounts_as_partition_dirs_and_image_is_untouched() {
         let mnt = t.join("mnt");
         fs::create_dir(&mnt).unwrap();
         let _g = MountGuard(mnt.clone());
-        let r = imgmount([img.as_os_str(), mnt.as_os_str()]).expect_ok();
+        // A small block cache (-o cache=) changes nothing visible.
+        let r = imgmount([
+            OsStr::new("-o"),
+            OsStr::new("cache=1M"),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ])
+        .expect_ok();
         assert!(r.stdout.is_empty());
         let e = mount_entry(&mnt).unwrap();
         assert_eq!(e.fs_type, "fuse.imgmount");
