@@ -22,6 +22,7 @@ use inode::{flags, Inode};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use superblock::{compat, incompat, Superblock, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 
@@ -62,6 +63,8 @@ pub struct ExtFs {
     /// the journal copy, and whether its first four bytes were escaped.
     overlay: HashMap<u64, (u64, bool)>,
     inodes: Mutex<LruCache<u32, Arc<Inode>>>,
+    /// Lookups whose htree was unusable and fell back to a linear scan.
+    dx_fallbacks: AtomicU64,
 }
 
 impl ExtFs {
@@ -126,6 +129,7 @@ impl ExtFs {
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
+            dx_fallbacks: AtomicU64::new(0),
         };
         fs.groups = fs.load_groups()?;
         Ok(fs)
@@ -549,7 +553,9 @@ impl ExtFs {
                 Err(Error::NotFound) => return Err(Error::NotFound),
                 // A broken index falls back to scanning, as the kernel does; checksum
                 // failures of leaves still surface from the scan.
-                Err(_) => {}
+                Err(_) => {
+                    self.dx_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         self.linear_lookup(&dir, name)
@@ -575,7 +581,7 @@ impl ExtFs {
             xattr::Value::Inline(v) => v,
             xattr::Value::InInode { ino, size } => {
                 let vi = self.inode(ino)?;
-                if !vi.has_flag(flags::EA_INODE) || vi.size != u64::from(size) || size > 1 << 26 {
+                if !vi.has_flag(flags::EA_INODE) || vi.size != u64::from(size) || size > 65536 {
                     return Err(Error::corrupt("xattr value inode is inconsistent"));
                 }
                 let mut v = vec![0; size as usize];
@@ -593,6 +599,11 @@ impl ExtFs {
     /// Superblock facts for tests and `info`.
     pub fn block_size(&self) -> u32 {
         self.sb.block_size
+    }
+
+    /// How many lookups found a broken htree index and scanned linearly instead.
+    pub fn dx_fallbacks(&self) -> u64 {
+        self.dx_fallbacks.load(Ordering::Relaxed)
     }
 
     /// Whether open() replayed journal transactions in memory.

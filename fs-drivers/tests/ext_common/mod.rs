@@ -82,11 +82,15 @@ pub fn walk(fs: &dyn FileSystem) -> BTreeMap<Vec<u8>, Node> {
         }
         if attr.kind == FileType::Directory && seen.insert(ino) {
             let mut entries = Vec::new();
-            fs.readdir(ino, 0, &mut |e| {
+            match fs.readdir(ino, 0, &mut |e| {
                 entries.push(e);
                 true
-            })
-            .unwrap_or_else(|e| panic!("readdir {}: {e}", show(&path)));
+            }) {
+                Ok(()) => {}
+                // Encrypted directories are refused on purpose.
+                Err(fs_drivers::Error::Access(_)) => {}
+                Err(e) => panic!("readdir {}: {e}", show(&path)),
+            }
             for e in entries {
                 let child = if path.is_empty() {
                     e.name.clone()
@@ -127,6 +131,14 @@ pub fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
+/// Whether the reader refuses this file's contents on purpose (encryption).
+pub fn refused(fs: &dyn FileSystem, ino: Ino) -> bool {
+    matches!(
+        fs.read(ino, 0, &mut [0; 1]),
+        Err(fs_drivers::Error::Access(_))
+    )
+}
+
 /// Reads a whole file in 1 MiB chunks, handing each to `f`.
 pub fn read_chunks(fs: &dyn FileSystem, ino: Ino, size: u64, mut f: impl FnMut(u64, &[u8])) {
     let mut buf = vec![0; 1 << 20];
@@ -137,4 +149,55 @@ pub fn read_chunks(fs: &dyn FileSystem, ino: Ino, size: u64, mut f: impl FnMut(u
         f(off, &buf[..n]);
         off += n as u64;
     }
+}
+
+/// Walks whatever a (possibly corrupt) filesystem offers, tolerating every error, with hard
+/// bounds on entries visited and bytes read so a hostile image cannot make it run long.
+/// Returns how many inodes it managed to stat.
+pub fn bounded_walk(fs: &dyn FileSystem, max_nodes: usize, max_read: usize) -> usize {
+    let mut stack = vec![(fs.root(), 0u32)];
+    let mut seen = HashSet::new();
+    let mut visited = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some((ino, depth)) = stack.pop() {
+        if visited >= max_nodes || !seen.insert(ino) {
+            continue;
+        }
+        visited += 1;
+        let Ok(attr) = fs.getattr(ino) else { continue };
+        if let Ok(names) = fs.listxattr(ino) {
+            for n in names.iter().take(64) {
+                let _ = fs.getxattr(ino, n);
+            }
+        }
+        match attr.kind {
+            FileType::Directory if depth < 64 => {
+                let mut names = Vec::new();
+                let _ = fs.readdir(ino, 0, &mut |e| {
+                    names.push((e.name, e.ino));
+                    names.len() < max_nodes
+                });
+                for (name, child) in names {
+                    let _ = fs.lookup(ino, &name);
+                    stack.push((child, depth + 1));
+                }
+            }
+            FileType::Regular => {
+                let mut off = 0u64;
+                while (off as usize) < max_read && off < attr.size {
+                    match fs.read(ino, off, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => off += n as u64,
+                    }
+                }
+                // And one read far into the file, where a corrupt map may point anywhere.
+                let _ = fs.read(ino, attr.size / 2, &mut buf[..4096]);
+            }
+            FileType::Symlink => {
+                let _ = fs.readlink(ino);
+            }
+            _ => {}
+        }
+    }
+    visited
 }
