@@ -28,6 +28,7 @@
 mod boot_sector;
 mod dir_entry;
 mod lfn;
+mod listing;
 mod short_name;
 mod table;
 mod time;
@@ -39,10 +40,11 @@ use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, Sta
 use crate::{Error, Result};
 use boot_sector::Geometry;
 use dir_entry::{
-    Dir, Entry, Item, Parsed, ATTR_ARCHIVE, ATTR_DIR, ATTR_HIDDEN, ATTR_RO, ATTR_SYSTEM, DELETED,
+    Dir, Entry, Item, ATTR_ARCHIVE, ATTR_DIR, ATTR_HIDDEN, ATTR_RO, ATTR_SYSTEM, DELETED,
 };
+use listing::Listing;
 use short_name::Plan;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use table::{FatReader, FreeMap, Runs};
 
@@ -50,6 +52,8 @@ use table::{FatReader, FreeMap, Runs};
 pub const ROOT_INO: Ino = 2;
 /// The FAT specification's limit: 65536 entries per directory.
 const MAX_DIR_BYTES: u64 = 65536 * 32;
+/// Parsed directories kept between operations (each up to 2 MiB of slots).
+const MAX_CACHED_DIRS: usize = 64;
 const XATTR_NAME: &[u8] = b"user.fat.attrs";
 
 #[derive(Clone, Debug)]
@@ -93,6 +97,7 @@ struct State {
     runs: HashMap<Ino, Arc<Runs>>,
     free: Option<FreeMap>,
     dirty_marked: bool,
+    dirs: HashMap<Ino, Listing>,
 }
 
 pub struct FatFs {
@@ -117,13 +122,6 @@ fn now() -> Timespec {
 fn lookup_name(name: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(name).ok()?.trim_end_matches(['.', ' ']);
     (!s.is_empty()).then(|| s.to_string())
-}
-
-fn find<'a>(p: &'a Parsed, name: &str) -> Option<&'a Item> {
-    let f = short_name::fold(name);
-    p.items
-        .iter()
-        .find(|i| short_name::fold(&i.name) == f || short_name::fold(&i.short_display) == f)
 }
 
 impl FatFs {
@@ -171,6 +169,7 @@ impl FatFs {
                 runs: HashMap::new(),
                 free: None,
                 dirty_marked: false,
+                dirs: HashMap::new(),
             }),
         };
         let root = fs.read_dir(&fs.lock(), ROOT_INO)?;
@@ -300,15 +299,13 @@ impl FatFs {
         })
     }
 
-    fn attr_of(&self, st: &State, ino: Ino) -> Result<Attr> {
+    fn attr_of(&self, st: &mut State, ino: Ino) -> Result<Attr> {
         let tz = self.opts.tz_offset_minutes;
         let um = self.opts.umask & 0o777;
         let e = self.entry(st, ino)?;
         let is_dir = e.is_none_or(|e| e.is_dir());
         let (size, nlink) = if is_dir {
-            let d = self.read_dir(st, ino)?;
-            let subdirs = d.parse().items.iter().filter(|i| i.entry.is_dir()).count();
-            (d.data.len() as u64, 2 + subdirs as u32)
+            self.with_listing(st, ino, |l| (l.dir.data.len() as u64, 2 + l.subdirs))?
         } else {
             (u64::from(e.map_or(0, |e| e.size())), 1)
         };
@@ -407,7 +404,9 @@ impl FatFs {
             st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
         }
         if !st.dirty_marked {
+            // Durable before the first real change, so a crash is always seen by fsck.
             self.set_dirty_flags(true)?;
+            self.dev.flush()?;
             st.dirty_marked = true;
         }
         Ok(())
@@ -572,16 +571,67 @@ impl FatFs {
         }
     }
 
+    fn take_listing(&self, st: &mut State, ino: Ino) -> Result<Listing> {
+        if let Some(l) = st.dirs.remove(&ino) {
+            return Ok(l);
+        }
+        Ok(Listing::new(self.read_dir(st, ino)?))
+    }
+
+    fn put_listing(&self, st: &mut State, ino: Ino, l: Listing) {
+        if st.dirs.len() >= MAX_CACHED_DIRS {
+            st.dirs.clear();
+        }
+        st.dirs.insert(ino, l);
+    }
+
+    fn with_listing<T>(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        f: impl FnOnce(&Listing) -> T,
+    ) -> Result<T> {
+        let l = self.take_listing(st, ino)?;
+        let r = f(&l);
+        self.put_listing(st, ino, l);
+        Ok(r)
+    }
+
+    /// The item called `name` in directory `dir` and the device offset of its 8.3 entry.
+    /// The entry is re-read from the device: the cached listing's copy of size, clusters and
+    /// times goes stale as the file is written.
+    fn find_item(&self, st: &mut State, dir: Ino, name: &str) -> Result<Option<(Item, u64)>> {
+        let found = self.with_listing(st, dir, |l| {
+            l.find(name).map(|i| (i.clone(), l.dir.slot_offset(i.idx)))
+        })?;
+        let Some((mut item, loc)) = found else {
+            return Ok(None);
+        };
+        self.dev.read_at(loc, &mut item.entry.0)?;
+        Ok(Some((item, loc)))
+    }
+
     /// Writes `name` (long-name slots as needed) with the body of `e` into directory `dir_ino`
     /// and returns the device offset of its 8.3 entry.
-    fn insert_entry(&self, st: &mut State, dir_ino: Ino, name: &str, mut e: Entry) -> Result<u64> {
-        let mut dir = self.read_dir(st, dir_ino)?;
+    fn insert_entry(&self, st: &mut State, dir_ino: Ino, name: &str, e: Entry) -> Result<u64> {
         if dir_ino != ROOT_INO && self.node(st, dir_ino)?.loc.is_none() {
             return Err(Error::NotFound);
         }
-        let parsed = dir.parse();
-        let used: HashSet<[u8; 11]> = parsed.items.iter().map(|i| i.entry.short()).collect();
-        let slots: Vec<[u8; 32]> = match short_name::plan(name, &used)? {
+        let mut l = self.take_listing(st, dir_ino)?;
+        // On error the listing is dropped: it is re-read from the device next time.
+        let loc = self.insert_into(st, &mut l, name, e)?;
+        self.put_listing(st, dir_ino, l);
+        Ok(loc)
+    }
+
+    fn insert_into(
+        &self,
+        st: &mut State,
+        l: &mut Listing,
+        name: &str,
+        mut e: Entry,
+    ) -> Result<u64> {
+        let slots: Vec<[u8; 32]> = match short_name::plan(name, &l.shorts)? {
             Plan::ShortOnly(s, flags) => {
                 e.0[..11].copy_from_slice(&s);
                 e.0[12] = flags;
@@ -598,9 +648,10 @@ impl FatFs {
         let need = slots.len();
         let mut start = 0;
         let mut run = 0;
-        for idx in 0..dir.slots() {
-            let b = dir.slot(idx)[0];
-            if idx >= parsed.end || b == DELETED {
+        // Without deleted slots the only free ones are past the end marker.
+        let scan_from = if l.has_deleted() { 0 } else { l.end };
+        for idx in scan_from..l.dir.slots() {
+            if idx >= l.end || l.dir.slot(idx)[0] == DELETED {
                 if run == 0 {
                     start = idx;
                 }
@@ -614,62 +665,74 @@ impl FatFs {
         }
         if run < need {
             if run == 0 {
-                start = dir.slots();
+                start = l.dir.slots();
             }
             let missing = ((need - run) * 32) as u64;
             let k = missing.div_ceil(self.cs()) as u32;
-            if !dir.complete || dir.data.len() as u64 + u64::from(k) * self.cs() > MAX_DIR_BYTES {
+            if !l.dir.complete || l.dir.data.len() as u64 + u64::from(k) * self.cs() > MAX_DIR_BYTES
+            {
                 return Err(Error::NoSpace);
             }
-            let first = self.dir_first_cluster(st, dir_ino)?;
-            let (chain, _) = Runs::build(
-                &mut FatReader::new(&*self.dev, &self.g),
-                first,
-                self.g.cluster_count,
-                false,
-            )?;
-            let last = chain
+            let last = l
+                .dir
+                .extents
                 .last()
+                .map(|&(off, len)| ((off + len - self.g.data_offset) / self.cs()) as u32 + 1)
                 .ok_or_else(|| Error::corrupt("directory without clusters"))?;
             let new = self.alloc_chain(st, k, last)?;
             let zeros = vec![0u8; self.g.cluster_size as usize];
             for &c in &new {
                 self.dev.write_at(self.g.cluster_offset(c), &zeros)?;
-                dir.extents.push((self.g.cluster_offset(c), self.cs()));
-                dir.data.extend_from_slice(&zeros);
+                l.dir.extents.push((self.g.cluster_offset(c), self.cs()));
+                l.dir.data.extend_from_slice(&zeros);
             }
             table::write_entry(&*self.dev, &self.g, last, new[0])?;
         }
         for (i, s) in slots.iter().enumerate() {
-            self.dev.write_at(dir.slot_offset(start + i), s)?;
+            self.dev.write_at(l.dir.slot_offset(start + i), s)?;
         }
         // Slots past the old end marker were free whatever they held; keep an end marker
         // right after what we wrote so stale bytes there stay invisible.
         let after = start + need;
-        if after > parsed.end && after < dir.slots() && dir.slot(after)[0] != 0 {
-            self.dev.write_at(dir.slot_offset(after), &[0])?;
+        if after > l.end && after < l.dir.slots() && l.dir.slot(after)[0] != 0 {
+            self.dev.write_at(l.dir.slot_offset(after), &[0])?;
         }
-        Ok(dir.slot_offset(start + need - 1))
+        let short = Entry(slots[need - 1]);
+        let item = Item {
+            name: name.to_string(),
+            short_display: short_name::display(&short.short(), short.ntres()),
+            entry: short,
+            idx: start + need - 1,
+            first_idx: start,
+        };
+        l.inserted(start, &slots, item);
+        Ok(l.dir.slot_offset(start + need - 1))
     }
 
-    fn delete_slots(&self, dir: &Dir, item: &Item) -> Result<()> {
-        for idx in item.first_idx..=item.idx {
-            self.dev.write_at(dir.slot_offset(idx), &[DELETED])?;
+    /// Marks an item's slots deleted (the 8.3 entry and its long-name slots).
+    fn remove_entry(&self, st: &mut State, dir_ino: Ino, idx: usize) -> Result<()> {
+        let mut l = self.take_listing(st, dir_ino)?;
+        if let Some(item) = l.items.get(&idx) {
+            for s in item.first_idx..=item.idx {
+                self.dev.write_at(l.dir.slot_offset(s), &[DELETED])?;
+            }
         }
+        l.removed(idx);
+        self.put_listing(st, dir_ino, l);
         Ok(())
     }
 
-    /// After an item's slots are deleted: frees its clusters, or parks them with the inode
+    /// After an entry's slots are deleted: frees its clusters, or parks them with the inode
     /// while the file is open.
-    fn forget_item(&self, st: &mut State, dir: &Dir, item: &Item) -> Result<()> {
-        let loc = dir.slot_offset(item.idx);
-        let first = item.entry.first_cluster(self.fat32());
+    fn forget_item(&self, st: &mut State, loc: u64, entry: Entry) -> Result<()> {
+        let first = entry.first_cluster(self.fat32());
         if let Some(ino) = st.by_loc.remove(&loc) {
+            st.dirs.remove(&ino);
             let open = st.open.get(&ino).copied().unwrap_or(0) > 0;
-            if open && !item.entry.is_dir() {
+            if open && !entry.is_dir() {
                 if let Some(n) = st.nodes.get_mut(&ino) {
                     n.loc = None;
-                    n.detached = Some(item.entry);
+                    n.detached = Some(entry);
                 }
                 return Ok(());
             }
@@ -767,29 +830,27 @@ impl FileSystem for FatFs {
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         let _g = self.read_guard();
         let mut st = self.lock();
-        let dir = self.read_dir(&st, parent)?;
         let name = lookup_name(name).ok_or(Error::NotFound)?;
-        let parsed = dir.parse();
-        let item = find(&parsed, &name).ok_or(Error::NotFound)?;
-        let ino = self.ino_for(&mut st, dir.slot_offset(item.idx), parent);
-        self.attr_of(&st, ino)
+        let (_, loc) = self
+            .find_item(&mut st, parent, &name)?
+            .ok_or(Error::NotFound)?;
+        let ino = self.ino_for(&mut st, loc, parent);
+        self.attr_of(&mut st, ino)
     }
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
         let _g = self.read_guard();
-        let st = self.lock();
-        self.attr_of(&st, ino)
+        let mut st = self.lock();
+        self.attr_of(&mut st, ino)
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
         let _g = self.read_guard();
         let mut st = self.lock();
-        let dir = self.read_dir(&st, ino)?;
-        for item in dir.parse().items {
-            if (item.idx as u64) < offset {
-                continue;
-            }
-            let child = self.ino_for(&mut st, dir.slot_offset(item.idx), ino);
+        let l = self.take_listing(&mut st, ino)?;
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        for item in l.items.range(from..).map(|(_, i)| i) {
+            let child = self.ino_for(&mut st, l.dir.slot_offset(item.idx), ino);
             let de = DirEntry {
                 ino: child,
                 kind: if item.entry.is_dir() {
@@ -797,13 +858,14 @@ impl FileSystem for FatFs {
                 } else {
                     FileType::Regular
                 },
-                name: item.name.into_bytes(),
+                name: item.name.clone().into_bytes(),
                 next_offset: item.idx as u64 + 1,
             };
             if !emit(de) {
                 break;
             }
         }
+        self.put_listing(&mut st, ino, l);
         Ok(())
     }
 
@@ -932,14 +994,14 @@ impl FileSystem for FatFs {
         let mut st = self.lock();
         self.begin_write(&mut st)?;
         let name = short_name::normalize(name)?;
-        if find(&self.read_dir(&st, parent)?.parse(), &name).is_some() {
+        if self.find_item(&mut st, parent, &name)?.is_some() {
             return Err(Error::Exists);
         }
         let ro = if mode & 0o222 == 0 { ATTR_RO } else { 0 };
         let e = self.new_entry(ATTR_ARCHIVE | ro);
         let loc = self.insert_entry(&mut st, parent, &name, e)?;
         let ino = self.ino_for(&mut st, loc, parent);
-        self.attr_of(&st, ino)
+        self.attr_of(&mut st, ino)
     }
 
     fn mkdir(&self, parent: Ino, name: &[u8], _mode: u32) -> Result<Attr> {
@@ -947,7 +1009,7 @@ impl FileSystem for FatFs {
         let mut st = self.lock();
         self.begin_write(&mut st)?;
         let name = short_name::normalize(name)?;
-        if find(&self.read_dir(&st, parent)?.parse(), &name).is_some() {
+        if self.find_item(&mut st, parent, &name)?.is_some() {
             return Err(Error::Exists);
         }
         let parent_cluster = if parent == ROOT_INO {
@@ -976,87 +1038,84 @@ impl FileSystem for FatFs {
             }
         };
         let ino = self.ino_for(&mut st, loc, parent);
-        self.attr_of(&st, ino)
+        self.attr_of(&mut st, ino)
     }
 
     fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let dir = self.read_dir(&st, parent)?;
-        let parsed = dir.parse();
-        let item = find(&parsed, &lookup_name(name).ok_or(Error::NotFound)?)
-            .ok_or(Error::NotFound)?
-            .clone();
+        let name = lookup_name(name).ok_or(Error::NotFound)?;
+        let (item, loc) = self
+            .find_item(&mut st, parent, &name)?
+            .ok_or(Error::NotFound)?;
         if item.entry.is_dir() {
             return Err(Error::IsDir);
         }
-        self.delete_slots(&dir, &item)?;
-        self.forget_item(&mut st, &dir, &item)
+        self.remove_entry(&mut st, parent, item.idx)?;
+        self.forget_item(&mut st, loc, item.entry)
     }
 
     fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let dir = self.read_dir(&st, parent)?;
-        let parsed = dir.parse();
-        let item = find(&parsed, &lookup_name(name).ok_or(Error::NotFound)?)
-            .ok_or(Error::NotFound)?
-            .clone();
+        let name = lookup_name(name).ok_or(Error::NotFound)?;
+        let (item, loc) = self
+            .find_item(&mut st, parent, &name)?
+            .ok_or(Error::NotFound)?;
         if !item.entry.is_dir() {
             return Err(Error::NotDir);
         }
-        let ino = self.ino_for(&mut st, dir.slot_offset(item.idx), parent);
-        if !self.read_dir(&st, ino)?.parse().items.is_empty() {
+        let ino = self.ino_for(&mut st, loc, parent);
+        if !self.with_listing(&mut st, ino, |l| l.items.is_empty())? {
             return Err(Error::NotEmpty);
         }
-        self.delete_slots(&dir, &item)?;
-        self.forget_item(&mut st, &dir, &item)
+        self.remove_entry(&mut st, parent, item.idx)?;
+        self.forget_item(&mut st, loc, item.entry)
     }
 
     fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8]) -> Result<()> {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let src_dir = self.read_dir(&st, parent)?;
-        let src_parsed = src_dir.parse();
-        let src = find(&src_parsed, &lookup_name(name).ok_or(Error::NotFound)?)
-            .ok_or(Error::NotFound)?
-            .clone();
+        let name = lookup_name(name).ok_or(Error::NotFound)?;
+        let (src, src_loc) = self
+            .find_item(&mut st, parent, &name)?
+            .ok_or(Error::NotFound)?;
         let new_name = short_name::normalize(new_name)?;
-        let src_loc = src_dir.slot_offset(src.idx);
         let src_ino = self.ino_for(&mut st, src_loc, parent);
         let is_dir = src.entry.is_dir();
+        // Directories must exist as such.
+        self.dir_first_cluster(&st, new_parent)?;
         if is_dir && self.is_ancestor(&st, src_ino, new_parent) {
             return Err(Error::Invalid("cannot move a directory into itself".into()));
         }
-        let dst_dir = self.read_dir(&st, new_parent)?;
-        let dst_parsed = dst_dir.parse();
-        if let Some(t) = find(&dst_parsed, &new_name) {
-            let same = dst_dir.slot_offset(t.idx) == src_loc;
-            if same && t.name == new_name {
-                return Ok(());
-            }
-            if !same {
-                let t = t.clone();
+        if let Some((t, t_loc)) = self.find_item(&mut st, new_parent, &new_name)? {
+            if t_loc == src_loc {
+                if t.name == new_name {
+                    return Ok(());
+                }
+            } else {
                 match (is_dir, t.entry.is_dir()) {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
                     (true, true) => {
-                        let tino = self.ino_for(&mut st, dst_dir.slot_offset(t.idx), new_parent);
-                        if !self.read_dir(&st, tino)?.parse().items.is_empty() {
+                        let tino = self.ino_for(&mut st, t_loc, new_parent);
+                        if !self.with_listing(&mut st, tino, |l| l.items.is_empty())? {
                             return Err(Error::NotEmpty);
                         }
                     }
                     (false, false) => {}
                 }
-                self.delete_slots(&dst_dir, &t)?;
-                self.forget_item(&mut st, &dst_dir, &t)?;
+                self.remove_entry(&mut st, new_parent, t.idx)?;
+                self.forget_item(&mut st, t_loc, t.entry)?;
             }
         }
+        // The new entry is complete before the old one goes, so a failure (ENOSPC while
+        // growing the target directory) leaves the file under its old name.
         let new_loc = self.insert_entry(&mut st, new_parent, &new_name, src.entry)?;
-        self.delete_slots(&src_dir, &src)?;
+        self.remove_entry(&mut st, parent, src.idx)?;
         st.by_loc.remove(&src_loc);
         st.by_loc.insert(new_loc, src_ino);
         if let Some(n) = st.nodes.get_mut(&src_ino) {
@@ -1064,6 +1123,7 @@ impl FileSystem for FatFs {
             n.parent = new_parent;
         }
         if is_dir && parent != new_parent {
+            st.dirs.remove(&src_ino);
             let c = src.entry.first_cluster(self.fat32());
             let pc = if new_parent == ROOT_INO {
                 0
@@ -1137,10 +1197,10 @@ impl FileSystem for FatFs {
             if ch.size.is_some() {
                 return Err(Error::IsDir);
             }
-            return self.attr_of(&st, ino);
+            return self.attr_of(&mut st, ino);
         };
         if ch.size.is_none() && ch.mode.is_none() && ch.atime.is_none() && ch.mtime.is_none() {
-            return self.attr_of(&st, ino);
+            return self.attr_of(&mut st, ino);
         }
         self.begin_write(&mut st)?;
         let tz = self.opts.tz_offset_minutes;
@@ -1176,7 +1236,7 @@ impl FileSystem for FatFs {
             e.set_mtime(d, tm);
         }
         self.put_entry(&mut st, ino, &e)?;
-        self.attr_of(&st, ino)
+        self.attr_of(&mut st, ino)
     }
 
     fn fsync(&self, ino: Ino) -> Result<()> {

@@ -181,10 +181,31 @@ pub fn plan(name: &str, used: &HashSet<[u8; 11]>) -> Result<Plan> {
             return Ok(Plan::WithLfn(short));
         }
     }
-    for n in 1u32..1_000_000 {
+    let with_tail = |base: &str, n: u32| {
         let tail = format!("~{n}");
-        let keep = bb.len().min(8 - tail.len());
-        let short = pad11(&format!("{}{}", &bb[..keep], tail), &ee);
+        let keep = base.len().min(8 - tail.len());
+        pad11(&format!("{}{}", &base[..keep], tail), &ee)
+    };
+    // Like Linux: a few sequential tails, then a hash of the long name in the base, so that
+    // thousands of similar names do not each try every tail before theirs.
+    for n in 1..=4 {
+        let short = with_tail(&bb, n);
+        if !used.contains(&short) {
+            return Ok(Plan::WithLfn(short));
+        }
+    }
+    let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let head: String = bb.chars().take(2).collect();
+    for k in 0..0x10000u32 {
+        let short = with_tail(&format!("{head}{:04X}", (hash.wrapping_add(k)) & 0xFFFF), 1);
+        if !used.contains(&short) {
+            return Ok(Plan::WithLfn(short));
+        }
+    }
+    for n in 5..1_000_000 {
+        let short = with_tail(&bb, n);
         if !used.contains(&short) {
             return Ok(Plan::WithLfn(short));
         }

@@ -2,7 +2,7 @@
 //! the `fatfs` crate and mtools, and a seeded RNG.
 #![allow(dead_code)]
 
-use fs_drivers::block::{DeviceRef, FileDevice, MemDevice};
+use fs_drivers::block::{BlockCache, DeviceRef, FileDevice, MemDevice};
 use fs_drivers::fat::{FatFs, FatOptions};
 use fs_drivers::vfs::{FileSystem, FileType, Ino};
 use std::collections::BTreeMap;
@@ -54,8 +54,10 @@ pub fn mem_copy(path: &Path) -> Arc<MemDevice> {
     Arc::new(MemDevice::from_vec(std::fs::read(path).unwrap()))
 }
 
+/// The image file behind the write-back BlockCache, as the front ends stack it.
 pub fn open_file(path: &Path, writable: bool) -> FatFs {
-    let dev: DeviceRef = Arc::new(FileDevice::open(path, writable).unwrap());
+    let file: DeviceRef = Arc::new(FileDevice::open(path, writable).unwrap());
+    let dev: DeviceRef = Arc::new(BlockCache::with_defaults(file));
     FatFs::open(
         dev,
         FatOptions {
@@ -249,7 +251,8 @@ pub fn fsck(image: &Path) -> Result<(), String> {
     }
 }
 
-/// Checks a tree in mtools' view against an expected one: every path, every file's bytes.
+/// Checks a tree in mtools' view against an expected one: `mdir` lists every path, and
+/// `mcopy -s` extracts every file's bytes (one process for the whole tree).
 pub fn check_with_mtools(image: &Path, expected: &BTreeMap<String, Node>) {
     let mut listed: Vec<String> = mdir_paths(image)
         .into_iter()
@@ -257,15 +260,44 @@ pub fn check_with_mtools(image: &Path, expected: &BTreeMap<String, Node>) {
         .collect();
     listed.sort();
     let want: Vec<String> = expected.keys().cloned().collect();
-    assert_eq!(listed, want, "mtools sees a different tree");
-    for (p, n) in expected {
-        if let Node::File(data) = n {
-            assert!(
-                mtype(image, p) == *data,
-                "mtools reads different bytes for {p}"
-            );
-        }
+    if listed != want {
+        let only_m: Vec<_> = listed
+            .iter()
+            .filter(|p| !want.contains(p))
+            .take(10)
+            .collect();
+        let only_w: Vec<_> = want
+            .iter()
+            .filter(|p| !listed.contains(p))
+            .take(10)
+            .collect();
+        panic!("mtools lists a different tree: only mtools {only_m:?}, only expected {only_w:?}");
     }
+    let out = image.with_extension("extract");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let o = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("MTOOLSRC", "/dev/null")
+        .env("LC_ALL", "C.UTF-8")
+        .args(["-s", "-n", "-i"])
+        .arg(image)
+        .arg("::/")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mcopy failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let got = walk_host(&out);
+    std::fs::remove_dir_all(&out).unwrap();
+    assert!(
+        &got == expected,
+        "mtools extracts a different tree:\n{}",
+        diff(&got, expected)
+    );
 }
 
 /// A small deterministic RNG (splitmix64), so failures reproduce from the seed.
@@ -285,4 +317,73 @@ impl Rng {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+}
+
+/// A freshly formatted image file under target/fat-tests, or None when mkfs.vfat is missing.
+pub fn fresh_image(name: &str, bits: u32, size_kib: u32, spc: u32) -> Option<PathBuf> {
+    if !have("mkfs.vfat") {
+        eprintln!("SKIP: mkfs.vfat missing");
+        return None;
+    }
+    let dir = workspace().join("target/fat-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&img);
+    let st = Command::new("mkfs.vfat")
+        .env(
+            "PATH",
+            format!(
+                "{}:/sbin:/usr/sbin",
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args([
+            "-C",
+            "-F",
+            &bits.to_string(),
+            "-s",
+            &spc.to_string(),
+            "-i",
+            "12345678",
+            "--invariant",
+            "-n",
+            "TESTVOL",
+        ])
+        .arg(&img)
+        .arg(size_kib.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "mkfs.vfat: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    Some(img)
+}
+
+/// Resolves a '/'-separated path to an inode.
+pub fn resolve(fs: &dyn FileSystem, path: &str) -> fs_drivers::Result<Ino> {
+    let mut ino = fs.root();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        ino = fs.lookup(ino, c.as_bytes())?.ino;
+    }
+    Ok(ino)
+}
+
+/// Lists the first differences between two trees (for readable failures).
+pub fn diff(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> String {
+    let mut out = String::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out += &format!("only left: {k}\n"),
+            Some(w) if w != v => out += &format!("differs: {k}\n"),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            out += &format!("only right: {k}\n");
+        }
+    }
+    out.chars().take(3000).collect()
 }
