@@ -74,6 +74,10 @@ fn bad_input_fails_fast_with_one_line_and_no_mount() {
             vec!["-o", "rw", ext.to_str().unwrap(), m],
             "ext2/3/4 is read-only in imgmount; mount without -o rw",
         ),
+        (
+            vec!["-o", "rw", "-p", "2", mbr, m],
+            "ext2/3/4 is read-only in imgmount; mount without -o rw",
+        ),
         (vec!["-p", "9", mbr, m], "9"),
         (vec!["-t", "fat", ext.to_str().unwrap(), m], "not fat"),
         (
