@@ -416,6 +416,13 @@ fn sigkill_dead_mount_cleaned_by_umount() {
     // A name never looked up reaches the (dead) connection; cached ones would not.
     let e = fs::metadata(dir.path().join("never-looked-up")).unwrap_err();
     assert_eq!(errno_of(&e), libc::ENOTCONN, "dead mount: {e}");
+    // Mounting there again is refused with the way out (the root is still cached, so the
+    // check may also see "already a mount point"; either names the problem).
+    let err = imgmount::fuse::check_mountpoint(dir.path()).unwrap_err();
+    assert!(
+        err.contains("imgmount umount") || err.contains("already a mount point"),
+        "{err}"
+    );
     let out = umount_cmd(dir.path());
     for w in &watchers {
         unsafe { libc::kill(*w as i32, libc::SIGCONT) };
