@@ -1,6 +1,8 @@
 mod cli;
 mod commands;
+mod mount;
 mod report;
+mod umount;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -23,11 +25,11 @@ fn main() {
     };
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
-        Some(Command::Umount(_)) => Err(Failure::msg("umount: not built yet")),
+        Some(Command::Umount(a)) => umount::run(&a).map_err(Failure::msg),
         Some(Command::Ls(a)) => std::process::exit(commands::ls::run(&a)),
         Some(Command::Cat(a)) => std::process::exit(commands::cat::run(&a)),
         Some(Command::Extract(a)) => std::process::exit(commands::extract::run(&a)),
-        None => Err(Failure::msg("mount: not built yet")),
+        None => mount::run(&cli.mount).map_err(Failure::msg),
     };
     if let Err(f) = result {
         exit_with(f);
