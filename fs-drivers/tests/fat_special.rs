@@ -20,9 +20,17 @@ fn le32(b: &[u8], o: usize) -> usize {
 
 #[test]
 fn fat32_root_cluster_not_2() {
-    let Some(img) = fresh_image("rootmoved", 32, 34000, 1) else { return };
+    let Some(img) = fresh_image("rootmoved", 32, 34000, 1) else {
+        return;
+    };
     let mut b = std::fs::read(&img).unwrap();
-    let (bps, spc, reserved, nfats, fatsz) = (le16(&b, 11), b[13] as usize, le16(&b, 14), b[16] as usize, le32(&b, 36));
+    let (bps, spc, reserved, nfats, fatsz) = (
+        le16(&b, 11),
+        b[13] as usize,
+        le16(&b, 14),
+        b[16] as usize,
+        le32(&b, 36),
+    );
     assert_eq!(le32(&b, 44), 2);
     let cs = bps * spc;
     let data = (reserved + nfats * fatsz) * bps;
@@ -31,7 +39,8 @@ fn fat32_root_cluster_not_2() {
     b[data + (new_root - 2) * cs..data + (new_root - 1) * cs].copy_from_slice(&old);
     for f in 0..nfats {
         let fat = reserved * bps + f * fatsz * bps;
-        b[fat + new_root * 4..fat + new_root * 4 + 4].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+        b[fat + new_root * 4..fat + new_root * 4 + 4]
+            .copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
         b[fat + 8..fat + 12].copy_from_slice(&0u32.to_le_bytes());
     }
     for bs in [0, 6 * bps] {
@@ -48,13 +57,21 @@ fn fat32_root_cluster_not_2() {
     let d = fs.mkdir(root, b"sub dir", 0o755).unwrap();
     exp.insert("/sub dir".to_string(), Node::Dir);
     for i in 0..40 {
-        let a = fs.create(root, format!("root file {i}.txt").as_bytes(), 0o644).unwrap();
+        let a = fs
+            .create(root, format!("root file {i}.txt").as_bytes(), 0o644)
+            .unwrap();
         fs.write(a.ino, 0, format!("{i}").as_bytes()).unwrap();
-        exp.insert(format!("/root file {i}.txt"), Node::File(format!("{i}").into_bytes()));
+        exp.insert(
+            format!("/root file {i}.txt"),
+            Node::File(format!("{i}").into_bytes()),
+        );
     }
     let a = fs.create(d.ino, b"inner.txt", 0o644).unwrap();
     fs.write(a.ino, 0, b"inner").unwrap();
-    exp.insert("/sub dir/inner.txt".to_string(), Node::File(b"inner".to_vec()));
+    exp.insert(
+        "/sub dir/inner.txt".to_string(),
+        Node::File(b"inner".to_vec()),
+    );
     fs.sync().unwrap();
     drop(fs);
     if have("fsck.fat") {
@@ -69,7 +86,9 @@ fn fat32_root_cluster_not_2() {
 
 #[test]
 fn broken_primary_boot_sector_uses_backup() {
-    let Some(img) = fresh_image("backupbs", 32, 34000, 1) else { return };
+    let Some(img) = fresh_image("backupbs", 32, 34000, 1) else {
+        return;
+    };
     {
         let fs = open_file(&img, true);
         let a = fs.create(fs.root(), b"kept.txt", 0o644).unwrap();
@@ -87,14 +106,19 @@ fn broken_primary_boot_sector_uses_backup() {
 
 #[test]
 fn orphaned_long_name_slots_are_ignored() {
-    let Some(img) = fresh_image("orphanlfn", 16, 8192, 1) else { return };
+    let Some(img) = fresh_image("orphanlfn", 16, 8192, 1) else {
+        return;
+    };
     {
         let fs = open_file(&img, true);
         fs.create(fs.root(), b"long name file.txt", 0o644).unwrap();
         fs.sync().unwrap();
     }
     let mut b = std::fs::read(&img).unwrap();
-    let pat: Vec<u8> = "long ".encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let pat: Vec<u8> = "long "
+        .encode_utf16()
+        .flat_map(|u| u.to_le_bytes())
+        .collect();
     let slot = b.windows(pat.len()).position(|w| w == pat).unwrap() - 1;
     assert_eq!(b[slot + 11], 0x0F);
     b[slot + 13] ^= 0x55; // checksum no longer matches the 8.3 entry
@@ -111,35 +135,61 @@ fn orphaned_long_name_slots_are_ignored() {
 
 #[test]
 fn discard_zeroes_freed_clusters() {
-    let Some(img) = fresh_image("discard", 16, 8192, 1) else { return };
+    let Some(img) = fresh_image("discard", 16, 8192, 1) else {
+        return;
+    };
     let bytes = std::fs::read(&img).unwrap();
     for discard in [false, true] {
         let mem = Arc::new(MemDevice::from_vec(bytes.clone()));
         let dev: DeviceRef = mem.clone();
-        let fs = FatFs::open(dev, FatOptions { writable: true, discard, ..Default::default() }).unwrap();
+        let fs = FatFs::open(
+            dev,
+            FatOptions {
+                writable: true,
+                discard,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let a = fs.create(fs.root(), b"f", 0o644).unwrap();
         let pattern = vec![0xA5u8; 20_000];
         fs.write(a.ino, 0, &pattern).unwrap();
         fs.unlink(fs.root(), b"f").unwrap();
         fs.sync().unwrap();
-        let left = mem.contents().windows(4096).any(|w| w.iter().all(|&x| x == 0xA5));
+        let left = mem
+            .contents()
+            .windows(4096)
+            .any(|w| w.iter().all(|&x| x == 0xA5));
         assert_eq!(left, !discard, "discard={discard}");
     }
 }
 
 #[test]
 fn inode_kept_while_open_across_rename_and_slot_reuse() {
-    let Some(img) = fresh_image("inodes", 16, 8192, 1) else { return };
+    let Some(img) = fresh_image("inodes", 16, 8192, 1) else {
+        return;
+    };
     let fs = open_file(&img, true);
     let root = fs.root();
     let a = fs.create(root, b"first.txt", 0o644).unwrap();
     fs.open(a.ino, true).unwrap();
     fs.write(a.ino, 0, b"first").unwrap();
-    fs.rename(root, b"first.txt", root, b"a much longer name than before.txt").unwrap();
+    fs.rename(
+        root,
+        b"first.txt",
+        root,
+        b"a much longer name than before.txt",
+    )
+    .unwrap();
     // The old slot is free now; a new file may land there and must get another number.
     let b = fs.create(root, b"second.txt", 0o644).unwrap();
     assert_ne!(a.ino, b.ino);
-    assert_eq!(fs.lookup(root, b"a much longer name than before.txt").unwrap().ino, a.ino);
+    assert_eq!(
+        fs.lookup(root, b"a much longer name than before.txt")
+            .unwrap()
+            .ino,
+        a.ino
+    );
     fs.write(a.ino, 5, b" still mine").unwrap();
     assert_eq!(read_all(&fs, a.ino, 16), b"first still mine");
     assert_eq!(fs.getattr(b.ino).unwrap().size, 0);
@@ -150,7 +200,9 @@ fn inode_kept_while_open_across_rename_and_slot_reuse() {
 #[test]
 fn concurrent_readers_and_writers() {
     let Some(dir) = fixtures() else { return };
-    let Some(img) = fresh_image("concurrent", 16, 16384, 4) else { return };
+    let Some(img) = fresh_image("concurrent", 16, 16384, 4) else {
+        return;
+    };
     let want = Arc::new(std::fs::read(dir.join("fat-tree/big/random.bin")).unwrap());
     let ro = Arc::new(open_file(&dir.join("fat32.img"), false));
     let rw = Arc::new(open_file(&img, true));
@@ -166,11 +218,17 @@ fn concurrent_readers_and_writers() {
                 let n = ro.read(big, off as u64, &mut buf).unwrap();
                 assert_eq!(&buf[..n], &want[off..off + n]);
             }
-            let d = rw.mkdir(rw.root(), format!("thread {t}").as_bytes(), 0o755).unwrap();
+            let d = rw
+                .mkdir(rw.root(), format!("thread {t}").as_bytes(), 0o755)
+                .unwrap();
             for i in 0..40 {
-                let a = rw.create(d.ino, format!("file {i}").as_bytes(), 0o644).unwrap();
+                let a = rw
+                    .create(d.ino, format!("file {i}").as_bytes(), 0o644)
+                    .unwrap();
                 rw.write(a.ino, 0, format!("{t}:{i}").as_bytes()).unwrap();
-                let a = rw.create(rw.root(), format!("shared {t} {i}").as_bytes(), 0o644).unwrap();
+                let a = rw
+                    .create(rw.root(), format!("shared {t} {i}").as_bytes(), 0o644)
+                    .unwrap();
                 rw.write(a.ino, 0, &vec![t as u8; 3000]).unwrap();
             }
         }));
@@ -182,7 +240,10 @@ fn concurrent_readers_and_writers() {
     for t in 0..4u8 {
         exp.insert(format!("/thread {t}"), Node::Dir);
         for i in 0..40 {
-            exp.insert(format!("/thread {t}/file {i}"), Node::File(format!("{t}:{i}").into_bytes()));
+            exp.insert(
+                format!("/thread {t}/file {i}"),
+                Node::File(format!("{t}:{i}").into_bytes()),
+            );
             exp.insert(format!("/shared {t} {i}"), Node::File(vec![t; 3000]));
         }
     }

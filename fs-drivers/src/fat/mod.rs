@@ -54,6 +54,7 @@ pub const ROOT_INO: Ino = 2;
 const MAX_DIR_BYTES: u64 = 65536 * 32;
 /// Parsed directories kept between operations (each up to 2 MiB of slots).
 const MAX_CACHED_DIRS: usize = 64;
+const MAX_CACHED_DIR_BYTES: usize = 16 << 20;
 const XATTR_NAME: &[u8] = b"user.fat.attrs";
 
 #[derive(Clone, Debug)]
@@ -579,7 +580,8 @@ impl FatFs {
     }
 
     fn put_listing(&self, st: &mut State, ino: Ino, l: Listing) {
-        if st.dirs.len() >= MAX_CACHED_DIRS {
+        let bytes: usize = st.dirs.values().map(|d| d.dir.data.len()).sum();
+        if st.dirs.len() >= MAX_CACHED_DIRS || bytes + l.dir.data.len() > MAX_CACHED_DIR_BYTES {
             st.dirs.clear();
         }
         st.dirs.insert(ino, l);
@@ -746,6 +748,20 @@ impl FatFs {
             }
         }
         self.free_chain(st, first)
+    }
+
+    /// FSInfo's free-cluster count when the sector is valid and the count plausible.
+    fn fsinfo_free(&self) -> Result<Option<u32>> {
+        let Some(off) = self.g.fsinfo_offset else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 512];
+        self.dev.read_at(off, &mut b)?;
+        if b[..4] != 0x4161_5252u32.to_le_bytes() || b[484..488] != 0x6141_7272u32.to_le_bytes() {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes([b[488], b[489], b[490], b[491]]);
+        Ok((n <= self.g.cluster_count).then_some(n))
     }
 
     fn write_fsinfo(&self, st: &State) -> Result<()> {
@@ -928,7 +944,12 @@ impl FileSystem for FatFs {
     fn statfs(&self) -> Result<StatFs> {
         let _g = self.read_guard();
         let mut st = self.lock();
-        let free = u64::from(self.free_map(&mut st)?.free);
+        let free = match (&st.free, self.fsinfo_free()?) {
+            // A read-only mount trusts a plausible FSInfo count, as Linux does, rather than
+            // reading a FAT that can be hundreds of megabytes.
+            (None, Some(n)) if !self.writable => u64::from(n),
+            _ => u64::from(self.free_map(&mut st)?.free),
+        };
         Ok(StatFs {
             block_size: self.g.cluster_size,
             blocks: u64::from(self.g.cluster_count),
