@@ -254,3 +254,24 @@ fn concurrent_readers_and_writers() {
         fsck(&img).unwrap_or_else(|e| panic!("fsck.fat:\n{e}"));
     }
 }
+
+#[test]
+fn fsync_makes_file_durable_through_the_cache() {
+    let Some(img) = fresh_image("fsync", 16, 8192, 1) else {
+        return;
+    };
+    let fs = open_file(&img, true);
+    let d = fs.mkdir(fs.root(), b"some dir", 0o755).unwrap();
+    let a = fs.create(d.ino, b"durable file.bin", 0o644).unwrap();
+    fs.open(a.ino, true).unwrap();
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    fs.write(a.ino, 0, &data).unwrap();
+    fs.fsync(a.ino).unwrap();
+    // A second reader straight on the file (no cache) sees the entry, FAT chain and data.
+    let raw = fs_drivers::block::FileDevice::open(&img, false).unwrap();
+    let other = FatFs::open(Arc::new(raw), FatOptions::default()).unwrap();
+    let f = resolve(&other, "some dir/durable file.bin").unwrap();
+    assert_eq!(read_all(&other, f, data.len() as u64), data);
+    fs.release(a.ino).unwrap();
+    fs.sync().unwrap();
+}
