@@ -275,3 +275,25 @@ fn fsync_makes_file_durable_through_the_cache() {
     fs.release(a.ino).unwrap();
     fs.sync().unwrap();
 }
+
+#[test]
+fn directory_mtime_follows_changes() {
+    let Some(img) = fresh_image("dirmtime", 16, 8192, 1) else {
+        return;
+    };
+    let fs = open_file(&img, true);
+    let d = fs.mkdir(fs.root(), b"d", 0o755).unwrap();
+    let old = fs_drivers::vfs::Timespec::new(1_000_000_000, 0);
+    fs.setattr(
+        d.ino,
+        &fs_drivers::vfs::SetAttr {
+            mtime: Some(old),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(d.ino).unwrap().mtime, old);
+    fs.create(d.ino, b"x", 0o644).unwrap();
+    assert!(fs.getattr(d.ino).unwrap().mtime.sec > 1_600_000_000);
+    fs.sync().unwrap();
+}

@@ -25,10 +25,12 @@
 //!   in FAT[1] on FAT16/32) before the first change and clear it in `sync` unless the volume
 //!   was already dirty when opened.
 
+mod alloc;
 mod boot_sector;
 mod dir_entry;
 mod lfn;
 mod listing;
+mod runs;
 mod short_name;
 mod table;
 mod time;
@@ -38,15 +40,17 @@ pub use boot_sector::FatType;
 use crate::block::DeviceRef;
 use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, StatFs, Timespec};
 use crate::{Error, Result};
+use alloc::FreeMap;
 use boot_sector::Geometry;
 use dir_entry::{
     Dir, Entry, Item, ATTR_ARCHIVE, ATTR_DIR, ATTR_HIDDEN, ATTR_RO, ATTR_SYSTEM, DELETED,
 };
 use listing::Listing;
+use runs::Runs;
 use short_name::Plan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use table::{FatReader, FreeMap, Runs};
+use table::FatReader;
 
 /// The root directory's inode number.
 pub const ROOT_INO: Ino = 2;
@@ -421,7 +425,8 @@ impl FatFs {
         st.free.as_mut().ok_or_else(|| Error::corrupt("free map"))
     }
 
-    /// Allocates `n` clusters as a terminated chain (not yet linked to anything).
+    /// Allocates `n` clusters as a terminated chain (not yet linked to anything); the result
+    /// holds exactly `n` clusters, so callers asking for n ≥ 1 may index `[0]`.
     fn alloc_chain(&self, st: &mut State, n: u32, near: u32) -> Result<Vec<u32>> {
         let fm = self.free_map(st)?;
         let picked = fm.pick(&self.g, n, near)?;
@@ -794,6 +799,20 @@ impl FatFs {
         false
     }
 
+    /// Linux updates a directory's mtime when names are added or removed; so do we (the root
+    /// has no entry to hold one, a removed directory has none left).
+    fn touch_dir(&self, st: &mut State, dir: Ino) -> Result<()> {
+        if dir == ROOT_INO || self.node(st, dir)?.loc.is_none() {
+            return Ok(());
+        }
+        if let Some(mut e) = self.entry(st, dir)? {
+            let (d, t, _) = time::from_unix(now(), self.opts.tz_offset_minutes);
+            e.set_mtime(d, t);
+            self.put_entry(st, dir, &e)?;
+        }
+        Ok(())
+    }
+
     fn new_entry(&self, attr: u8) -> Entry {
         let mut e = Entry([0u8; 32]);
         e.set_attr(attr);
@@ -1021,6 +1040,7 @@ impl FileSystem for FatFs {
         let ro = if mode & 0o222 == 0 { ATTR_RO } else { 0 };
         let e = self.new_entry(ATTR_ARCHIVE | ro);
         let loc = self.insert_entry(&mut st, parent, &name, e)?;
+        self.touch_dir(&mut st, parent)?;
         let ino = self.ino_for(&mut st, loc, parent);
         self.attr_of(&mut st, ino)
     }
@@ -1058,6 +1078,7 @@ impl FileSystem for FatFs {
                 return Err(err);
             }
         };
+        self.touch_dir(&mut st, parent)?;
         let ino = self.ino_for(&mut st, loc, parent);
         self.attr_of(&mut st, ino)
     }
@@ -1074,6 +1095,7 @@ impl FileSystem for FatFs {
             return Err(Error::IsDir);
         }
         self.remove_entry(&mut st, parent, item.idx)?;
+        self.touch_dir(&mut st, parent)?;
         self.forget_item(&mut st, loc, item.entry)
     }
 
@@ -1093,6 +1115,7 @@ impl FileSystem for FatFs {
             return Err(Error::NotEmpty);
         }
         self.remove_entry(&mut st, parent, item.idx)?;
+        self.touch_dir(&mut st, parent)?;
         self.forget_item(&mut st, loc, item.entry)
     }
 
@@ -1142,6 +1165,10 @@ impl FileSystem for FatFs {
         if let Some(n) = st.nodes.get_mut(&src_ino) {
             n.loc = Some(new_loc);
             n.parent = new_parent;
+        }
+        self.touch_dir(&mut st, parent)?;
+        if new_parent != parent {
+            self.touch_dir(&mut st, new_parent)?;
         }
         if is_dir && parent != new_parent {
             st.dirs.remove(&src_ino);
