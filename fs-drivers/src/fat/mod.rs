@@ -18,11 +18,22 @@
 //! - The xattr `user.fat.attrs` holds the DOS attributes as the subset of the letters "RHSA"
 //!   (read-only, hidden, system, archive) that are set, in that order; "" when none are.
 //! - Names: long names (UTF-16) when present and checksum-valid, otherwise the 8.3 name with
-//!   the NT lowercase flags applied. Lookups are case-insensitive and also match the 8.3
-//!   alias; trailing dots and spaces are ignored, as in Linux.
+//!   the NT lowercase flags applied; 8.3 bytes above 0x7F are code page 850 (mtools'
+//!   default). Lookups are case-insensitive and also match the 8.3 alias; trailing dots and
+//!   spaces are ignored, as in Linux.
+//! - New names: an 8.3 name whose base and extension are each in one case is stored without a
+//!   long name, with the NT lowercase flags (`fat.bin`, `README.md`), as Linux does; anything
+//!   else gets long-name slots and an alias (basis name, `~1`..`~4`, then a hash of the long
+//!   name in the base, like Linux and Windows). `" * / : < > ? \ |` and control characters
+//!   are refused with EINVAL, names over 255 UTF-16 units with ENAMETOOLONG.
+//! - Files are limited to 4 GiB - 1 (EINVAL beyond). A write or truncate allocates every
+//!   cluster it needs before linking any, so ENOSPC leaves the file as it was.
+//! - Caches: a run list per file (O(log n) offset lookup, dropped on the last release) and
+//!   parsed directories (bounded in count and bytes); every change goes to the device at
+//!   once, so `fsync`/`sync` only add FSInfo and the device flush.
 //! - Unlinking an open file keeps its clusters until the last `release`.
 //! - Writable mounts set the dirty flag (boot sector state byte, plus the clean-shutdown bit
-//!   in FAT[1] on FAT16/32) before the first change and clear it in `sync` unless the volume
+//!   in `FAT[1]` on FAT16/32) before the first change and clear it in `sync` unless the volume
 //!   was already dirty when opened.
 
 mod alloc;
