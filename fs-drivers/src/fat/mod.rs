@@ -416,9 +416,7 @@ impl FatFs {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
-        if st.free.is_none() {
-            st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
-        }
+        self.free_map(st)?;
         if !st.dirty_marked {
             // Durable before the first real change, so a crash is always seen by fsck.
             self.set_dirty_flags(true)?;
@@ -430,7 +428,12 @@ impl FatFs {
 
     fn free_map<'a>(&self, st: &'a mut State) -> Result<&'a mut FreeMap> {
         if st.free.is_none() {
-            st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
+            let mut fm = FreeMap::build(&*self.dev, &self.g)?;
+            // Start where the last writer left off, as Linux does with FSInfo's hint.
+            if let Some((_, Some(h))) = self.fsinfo()? {
+                fm.hint = h;
+            }
+            st.free = Some(fm);
         }
         // Just filled above.
         st.free.as_mut().ok_or_else(|| Error::corrupt("free map"))
@@ -766,8 +769,9 @@ impl FatFs {
         self.free_chain(st, first)
     }
 
-    /// FSInfo's free-cluster count when the sector is valid and the count plausible.
-    fn fsinfo_free(&self) -> Result<Option<u32>> {
+    /// FSInfo's (free-cluster count, next-free hint) when the sector is valid; each value
+    /// only when plausible.
+    fn fsinfo(&self) -> Result<Option<(Option<u32>, Option<u32>)>> {
         let Some(off) = self.g.fsinfo_offset else {
             return Ok(None);
         };
@@ -777,7 +781,15 @@ impl FatFs {
             return Ok(None);
         }
         let n = u32::from_le_bytes([b[488], b[489], b[490], b[491]]);
-        Ok((n <= self.g.cluster_count).then_some(n))
+        let h = u32::from_le_bytes([b[492], b[493], b[494], b[495]]);
+        Ok(Some((
+            (n <= self.g.cluster_count).then_some(n),
+            self.g.valid_cluster(h).then_some(h),
+        )))
+    }
+
+    fn fsinfo_free(&self) -> Result<Option<u32>> {
+        Ok(self.fsinfo()?.and_then(|f| f.0))
     }
 
     fn write_fsinfo(&self, st: &State) -> Result<()> {
