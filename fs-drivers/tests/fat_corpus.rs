@@ -344,14 +344,25 @@ fn seed_image(bits: u32) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// `FAT_FUZZ_SCALE=N` runs N times the iterations (with other seeds) for a longer local run.
 fn fuzz(bits: u32, iterations: usize) {
+    let scale: usize = std::env::var("FAT_FUZZ_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let iterations = iterations * scale;
     let Some(base) = seed_image(bits) else { return };
-    // Metadata lives before the first file data; mutate there (boot sector, FATs, root
-    // directory, first directory clusters).
-    let fs = open_dev(Arc::new(MemDevice::from_vec(base.clone())), false);
-    let meta_end = (base.len() / 8).min(256 << 10);
-    drop(fs);
-    let mut rng = Rng(0xFA7 + bits as u64);
+    // Mutate the boot sector, the FATs (and FAT12/16 root directory), and the start of the
+    // data region, where the directories this volume was populated with live.
+    let le16 = |o: usize| u16::from_le_bytes([base[o], base[o + 1]]) as usize;
+    let fat_sectors = if le16(22) != 0 {
+        le16(22)
+    } else {
+        u32::from_le_bytes(base[36..40].try_into().unwrap()) as usize
+    };
+    let data_off = (le16(14) + base[16] as usize * fat_sectors) * le16(11) + le16(17) * 32;
+    let data_len = (base.len() - data_off).min(64 << 10);
+    let mut rng = Rng(0xFA7 + bits as u64 + 1000 * (scale as u64 - 1));
     let (mut opened, mut refused) = (0, 0);
     let start = Instant::now();
     let base = Arc::new(base);
@@ -362,7 +373,8 @@ fn fuzz(bits: u32, iterations: usize) {
             let region = rng.below(10);
             let at = match region {
                 0..=2 => rng.below(512),
-                _ => rng.below(meta_end as u64),
+                3..=5 => rng.below(data_off as u64),
+                _ => (data_off as u64) + rng.below(data_len as u64),
             };
             let (kind, bit, val) = (rng.below(4), rng.below(8), rng.next() as u8);
             ov.set(at, |old| match kind {
