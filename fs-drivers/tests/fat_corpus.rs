@@ -5,7 +5,7 @@
 mod fat_util;
 
 use fat_util::*;
-use fs_drivers::block::{BlockDevice, DeviceRef, MemDevice};
+use fs_drivers::block::{BlockDevice, DeviceRef};
 use fs_drivers::fat::{FatFs, FatOptions};
 use fs_drivers::vfs::{FileSystem, FileType};
 use std::collections::HashMap;

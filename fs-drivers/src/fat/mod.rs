@@ -902,29 +902,44 @@ impl FileSystem for FatFs {
         self.attr_of(&mut st, ino)
     }
 
+    /// Entries are gathered in batches and handed to `emit` with no lock held, so a front end
+    /// may call back into the filesystem (readdirplus) from `emit`.
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        let _g = self.read_guard();
-        let mut st = self.lock();
-        let l = self.take_listing(&mut st, ino)?;
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        for item in l.items.range(from..).map(|(_, i)| i) {
-            let child = self.ino_for(&mut st, l.dir.slot_offset(item.idx), ino);
-            let de = DirEntry {
-                ino: child,
-                kind: if item.entry.is_dir() {
-                    FileType::Directory
-                } else {
-                    FileType::Regular
-                },
-                name: item.name.clone().into_bytes(),
-                next_offset: item.idx as u64 + 1,
+        const BATCH: usize = 128;
+        let mut from = usize::try_from(offset).unwrap_or(usize::MAX);
+        loop {
+            let batch: Vec<DirEntry> = {
+                let _g = self.read_guard();
+                let mut st = self.lock();
+                let l = self.take_listing(&mut st, ino)?;
+                let mut batch = Vec::with_capacity(BATCH);
+                for item in l.items.range(from..).map(|(_, i)| i).take(BATCH) {
+                    let child = self.ino_for(&mut st, l.dir.slot_offset(item.idx), ino);
+                    batch.push(DirEntry {
+                        ino: child,
+                        kind: if item.entry.is_dir() {
+                            FileType::Directory
+                        } else {
+                            FileType::Regular
+                        },
+                        name: item.name.clone().into_bytes(),
+                        next_offset: item.idx as u64 + 1,
+                    });
+                }
+                self.put_listing(&mut st, ino, l);
+                batch
             };
-            if !emit(de) {
-                break;
+            let full = batch.len() == BATCH;
+            for de in batch {
+                from = de.next_offset as usize;
+                if !emit(de) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
             }
         }
-        self.put_listing(&mut st, ino, l);
-        Ok(())
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
