@@ -297,3 +297,83 @@ fn directory_mtime_follows_changes() {
     assert!(fs.getattr(d.ino).unwrap().mtime.sec > 1_600_000_000);
     fs.sync().unwrap();
 }
+
+#[test]
+fn device_errors_surface_as_eio_without_panics() {
+    use fs_drivers::block::{FaultDevice, FaultOp};
+    let Some(img) = fresh_image("faults", 16, 8192, 1) else {
+        return;
+    };
+    let mem: DeviceRef = Arc::new(MemDevice::from_vec(std::fs::read(&img).unwrap()));
+    let fault = Arc::new(FaultDevice::new(mem));
+    let dev: DeviceRef = fault.clone();
+    let fs = FatFs::open(
+        dev,
+        FatOptions {
+            writable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let root = fs.root();
+    let mut rng = Rng(99);
+    let (mut failed, mut done) = (0, 0);
+    for i in 0..400 {
+        fault.reset_counts();
+        if i % 2 == 0 {
+            fault.fail_nth(FaultOp::Write, 1 + rng.below(6));
+        } else {
+            fault.fail_nth(FaultOp::Read, 1 + rng.below(6));
+        }
+        let name = format!("file number {}", rng.below(30));
+        let r = match rng.below(6) {
+            0 => fs.create(root, name.as_bytes(), 0o644).map(|_| ()),
+            1 => fs.mkdir(root, name.as_bytes(), 0o755).map(|_| ()),
+            2 => fs.unlink(root, name.as_bytes()),
+            3 => fs.rename(
+                root,
+                name.as_bytes(),
+                root,
+                format!("other {}", rng.below(30)).as_bytes(),
+            ),
+            4 => fs
+                .lookup(root, name.as_bytes())
+                .and_then(|a| fs.write(a.ino, rng.below(9000), &[7u8; 5000]).map(|_| ())),
+            _ => fs.lookup(root, name.as_bytes()).and_then(|a| {
+                let mut b = vec![0u8; 4096];
+                fs.read(a.ino, 0, &mut b).map(|_| ())
+            }),
+        };
+        fault.clear();
+        match r {
+            Ok(()) => done += 1,
+            Err(e) => {
+                assert!(
+                    [5, 2, 17, 20, 21, 39].contains(&e.errno()),
+                    "unexpected error {e}"
+                );
+                if e.errno() == 5 {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    assert!(failed > 50 && done > 50, "failed {failed}, done {done}");
+    fault.fail_from(FaultOp::Flush, 1);
+    assert_eq!(fs.sync().unwrap_err().errno(), 5);
+    fault.clear();
+    fs.sync().unwrap();
+    // Still usable: the root lists and a new file works.
+    let _ = walk_tolerant_names(&fs);
+    let a = fs.create(root, b"after faults", 0o644).unwrap();
+    fs.write(a.ino, 0, b"ok").unwrap();
+}
+
+fn walk_tolerant_names(fs: &dyn FileSystem) -> usize {
+    let mut n = 0;
+    let _ = fs.readdir(fs.root(), 0, &mut |_| {
+        n += 1;
+        true
+    });
+    n
+}
