@@ -309,3 +309,34 @@ fn read_only_mount_refuses_writes_and_leaves_image_untouched() {
     let _ = walk(&fs);
     assert!(dev.contents() == bytes);
 }
+
+#[test]
+fn volume_inside_a_partition_slice() {
+    let Some(dir) = fixtures() else { return };
+    let img = std::fs::read(dir.join("fat16.img")).unwrap();
+    let mut disk = vec![0u8; (1 << 20) + img.len() + 4096];
+    disk[1 << 20..(1 << 20) + img.len()].copy_from_slice(&img);
+    let whole: DeviceRef = Arc::new(fs_drivers::block::MemDevice::from_vec(disk));
+    let part: DeviceRef =
+        Arc::new(fs_drivers::block::Slice::new(whole, 1 << 20, img.len() as u64).unwrap());
+    let fs = open_dev(part, false);
+    assert_eq!(walk(&fs), walk_host(&dir.join("fat-tree")));
+}
+
+#[test]
+fn readdir_callback_may_call_back_into_the_filesystem() {
+    let Some(dir) = fixtures() else { return };
+    let fs = open_file(&dir.join("fat16.img"), false);
+    let many = fs.lookup(ROOT_INO, b"many").unwrap();
+    let mut seen = 0;
+    fs.readdir(many.ino, 0, &mut |e| {
+        // What a readdirplus front end does: attributes for each entry, from inside emit.
+        let a = fs.lookup(many.ino, &e.name).unwrap();
+        assert_eq!(a.ino, e.ino);
+        assert_eq!(fs.getattr(e.ino).unwrap().size, a.size);
+        seen += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, 300);
+}

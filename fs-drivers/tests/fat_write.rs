@@ -257,6 +257,21 @@ fn workload(bits: u32, size_kib: u32, spc: u32, many: usize, big_mib: usize) {
             fs.write(a.ino, (i * (128 << 10)) as u64, chunk).unwrap();
         }
         fs.fsync(a.ino).unwrap();
+        // Random 4 KiB reads: the run list makes each one O(log n) in the chain length
+        // (40960 clusters on the FAT32 volume), not a walk from the first cluster.
+        let t = std::time::Instant::now();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..2000 {
+            let off = rng.below(data.len() as u64 - 4096);
+            fs.read(a.ino, off, &mut buf).unwrap();
+            assert!(buf[..] == data[off as usize..off as usize + 4096]);
+        }
+        let per = t.elapsed() / 2000;
+        eprintln!("FAT{bits}: random 4 KiB read in a {big_mib} MiB file: {per:?} each");
+        assert!(
+            per < std::time::Duration::from_millis(2),
+            "random reads too slow: {per:?}"
+        );
         fs.release(a.ino).unwrap();
         exp.insert("/big.bin".into(), Node::File(data));
     }

@@ -18,17 +18,30 @@
 //! - The xattr `user.fat.attrs` holds the DOS attributes as the subset of the letters "RHSA"
 //!   (read-only, hidden, system, archive) that are set, in that order; "" when none are.
 //! - Names: long names (UTF-16) when present and checksum-valid, otherwise the 8.3 name with
-//!   the NT lowercase flags applied. Lookups are case-insensitive and also match the 8.3
-//!   alias; trailing dots and spaces are ignored, as in Linux.
+//!   the NT lowercase flags applied; 8.3 bytes above 0x7F are code page 850 (mtools'
+//!   default). Lookups are case-insensitive and also match the 8.3 alias; trailing dots and
+//!   spaces are ignored, as in Linux.
+//! - New names: an 8.3 name whose base and extension are each in one case is stored without a
+//!   long name, with the NT lowercase flags (`fat.bin`, `README.md`), as Linux does; anything
+//!   else gets long-name slots and an alias (basis name, `~1`..`~4`, then a hash of the long
+//!   name in the base, like Linux and Windows). `" * / : < > ? \ |` and control characters
+//!   are refused with EINVAL, names over 255 UTF-16 units with ENAMETOOLONG.
+//! - Files are limited to 4 GiB - 1 (EINVAL beyond). A write or truncate allocates every
+//!   cluster it needs before linking any, so ENOSPC leaves the file as it was.
+//! - Caches: a run list per file (O(log n) offset lookup, dropped on the last release) and
+//!   parsed directories (bounded in count and bytes); every change goes to the device at
+//!   once, so `fsync`/`sync` only add FSInfo and the device flush.
 //! - Unlinking an open file keeps its clusters until the last `release`.
 //! - Writable mounts set the dirty flag (boot sector state byte, plus the clean-shutdown bit
-//!   in FAT[1] on FAT16/32) before the first change and clear it in `sync` unless the volume
+//!   in `FAT[1]` on FAT16/32) before the first change and clear it in `sync` unless the volume
 //!   was already dirty when opened.
 
+mod alloc;
 mod boot_sector;
 mod dir_entry;
 mod lfn;
 mod listing;
+mod runs;
 mod short_name;
 mod table;
 mod time;
@@ -38,15 +51,17 @@ pub use boot_sector::FatType;
 use crate::block::DeviceRef;
 use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, StatFs, Timespec};
 use crate::{Error, Result};
+use alloc::FreeMap;
 use boot_sector::Geometry;
 use dir_entry::{
     Dir, Entry, Item, ATTR_ARCHIVE, ATTR_DIR, ATTR_HIDDEN, ATTR_RO, ATTR_SYSTEM, DELETED,
 };
 use listing::Listing;
+use runs::Runs;
 use short_name::Plan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use table::{FatReader, FreeMap, Runs};
+use table::FatReader;
 
 /// The root directory's inode number.
 pub const ROOT_INO: Ino = 2;
@@ -54,6 +69,7 @@ pub const ROOT_INO: Ino = 2;
 const MAX_DIR_BYTES: u64 = 65536 * 32;
 /// Parsed directories kept between operations (each up to 2 MiB of slots).
 const MAX_CACHED_DIRS: usize = 64;
+const MAX_CACHED_DIR_BYTES: usize = 16 << 20;
 const XATTR_NAME: &[u8] = b"user.fat.attrs";
 
 #[derive(Clone, Debug)]
@@ -400,9 +416,7 @@ impl FatFs {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
-        if st.free.is_none() {
-            st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
-        }
+        self.free_map(st)?;
         if !st.dirty_marked {
             // Durable before the first real change, so a crash is always seen by fsck.
             self.set_dirty_flags(true)?;
@@ -414,13 +428,19 @@ impl FatFs {
 
     fn free_map<'a>(&self, st: &'a mut State) -> Result<&'a mut FreeMap> {
         if st.free.is_none() {
-            st.free = Some(FreeMap::build(&*self.dev, &self.g)?);
+            let mut fm = FreeMap::build(&*self.dev, &self.g)?;
+            // Start where the last writer left off, as Linux does with FSInfo's hint.
+            if let Some((_, Some(h))) = self.fsinfo()? {
+                fm.hint = h;
+            }
+            st.free = Some(fm);
         }
         // Just filled above.
         st.free.as_mut().ok_or_else(|| Error::corrupt("free map"))
     }
 
-    /// Allocates `n` clusters as a terminated chain (not yet linked to anything).
+    /// Allocates `n` clusters as a terminated chain (not yet linked to anything); the result
+    /// holds exactly `n` clusters, so callers asking for n ≥ 1 may index `[0]`.
     fn alloc_chain(&self, st: &mut State, n: u32, near: u32) -> Result<Vec<u32>> {
         let fm = self.free_map(st)?;
         let picked = fm.pick(&self.g, n, near)?;
@@ -579,7 +599,8 @@ impl FatFs {
     }
 
     fn put_listing(&self, st: &mut State, ino: Ino, l: Listing) {
-        if st.dirs.len() >= MAX_CACHED_DIRS {
+        let bytes: usize = st.dirs.values().map(|d| d.dir.data.len()).sum();
+        if st.dirs.len() >= MAX_CACHED_DIRS || bytes + l.dir.data.len() > MAX_CACHED_DIR_BYTES {
             st.dirs.clear();
         }
         st.dirs.insert(ino, l);
@@ -748,6 +769,29 @@ impl FatFs {
         self.free_chain(st, first)
     }
 
+    /// FSInfo's (free-cluster count, next-free hint) when the sector is valid; each value
+    /// only when plausible.
+    fn fsinfo(&self) -> Result<Option<(Option<u32>, Option<u32>)>> {
+        let Some(off) = self.g.fsinfo_offset else {
+            return Ok(None);
+        };
+        let mut b = [0u8; 512];
+        self.dev.read_at(off, &mut b)?;
+        if b[..4] != 0x4161_5252u32.to_le_bytes() || b[484..488] != 0x6141_7272u32.to_le_bytes() {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes([b[488], b[489], b[490], b[491]]);
+        let h = u32::from_le_bytes([b[492], b[493], b[494], b[495]]);
+        Ok(Some((
+            (n <= self.g.cluster_count).then_some(n),
+            self.g.valid_cluster(h).then_some(h),
+        )))
+    }
+
+    fn fsinfo_free(&self) -> Result<Option<u32>> {
+        Ok(self.fsinfo()?.and_then(|f| f.0))
+    }
+
     fn write_fsinfo(&self, st: &State) -> Result<()> {
         let (Some(off), Some(fm)) = (self.g.fsinfo_offset, st.free.as_ref()) else {
             return Ok(());
@@ -776,6 +820,20 @@ impl FatFs {
             }
         }
         false
+    }
+
+    /// Linux updates a directory's mtime when names are added or removed; so do we (the root
+    /// has no entry to hold one, a removed directory has none left).
+    fn touch_dir(&self, st: &mut State, dir: Ino) -> Result<()> {
+        if dir == ROOT_INO || self.node(st, dir)?.loc.is_none() {
+            return Ok(());
+        }
+        if let Some(mut e) = self.entry(st, dir)? {
+            let (d, t, _) = time::from_unix(now(), self.opts.tz_offset_minutes);
+            e.set_mtime(d, t);
+            self.put_entry(st, dir, &e)?;
+        }
+        Ok(())
     }
 
     fn new_entry(&self, attr: u8) -> Entry {
@@ -844,29 +902,44 @@ impl FileSystem for FatFs {
         self.attr_of(&mut st, ino)
     }
 
+    /// Entries are gathered in batches and handed to `emit` with no lock held, so a front end
+    /// may call back into the filesystem (readdirplus) from `emit`.
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
-        let _g = self.read_guard();
-        let mut st = self.lock();
-        let l = self.take_listing(&mut st, ino)?;
-        let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        for item in l.items.range(from..).map(|(_, i)| i) {
-            let child = self.ino_for(&mut st, l.dir.slot_offset(item.idx), ino);
-            let de = DirEntry {
-                ino: child,
-                kind: if item.entry.is_dir() {
-                    FileType::Directory
-                } else {
-                    FileType::Regular
-                },
-                name: item.name.clone().into_bytes(),
-                next_offset: item.idx as u64 + 1,
+        const BATCH: usize = 128;
+        let mut from = usize::try_from(offset).unwrap_or(usize::MAX);
+        loop {
+            let batch: Vec<DirEntry> = {
+                let _g = self.read_guard();
+                let mut st = self.lock();
+                let l = self.take_listing(&mut st, ino)?;
+                let mut batch = Vec::with_capacity(BATCH);
+                for item in l.items.range(from..).map(|(_, i)| i).take(BATCH) {
+                    let child = self.ino_for(&mut st, l.dir.slot_offset(item.idx), ino);
+                    batch.push(DirEntry {
+                        ino: child,
+                        kind: if item.entry.is_dir() {
+                            FileType::Directory
+                        } else {
+                            FileType::Regular
+                        },
+                        name: item.name.clone().into_bytes(),
+                        next_offset: item.idx as u64 + 1,
+                    });
+                }
+                self.put_listing(&mut st, ino, l);
+                batch
             };
-            if !emit(de) {
-                break;
+            let full = batch.len() == BATCH;
+            for de in batch {
+                from = de.next_offset as usize;
+                if !emit(de) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
             }
         }
-        self.put_listing(&mut st, ino, l);
-        Ok(())
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -928,7 +1001,12 @@ impl FileSystem for FatFs {
     fn statfs(&self) -> Result<StatFs> {
         let _g = self.read_guard();
         let mut st = self.lock();
-        let free = u64::from(self.free_map(&mut st)?.free);
+        let free = match (&st.free, self.fsinfo_free()?) {
+            // A read-only mount trusts a plausible FSInfo count, as Linux does, rather than
+            // reading a FAT that can be hundreds of megabytes.
+            (None, Some(n)) if !self.writable => u64::from(n),
+            _ => u64::from(self.free_map(&mut st)?.free),
+        };
         Ok(StatFs {
             block_size: self.g.cluster_size,
             blocks: u64::from(self.g.cluster_count),
@@ -1000,6 +1078,7 @@ impl FileSystem for FatFs {
         let ro = if mode & 0o222 == 0 { ATTR_RO } else { 0 };
         let e = self.new_entry(ATTR_ARCHIVE | ro);
         let loc = self.insert_entry(&mut st, parent, &name, e)?;
+        self.touch_dir(&mut st, parent)?;
         let ino = self.ino_for(&mut st, loc, parent);
         self.attr_of(&mut st, ino)
     }
@@ -1037,6 +1116,7 @@ impl FileSystem for FatFs {
                 return Err(err);
             }
         };
+        self.touch_dir(&mut st, parent)?;
         let ino = self.ino_for(&mut st, loc, parent);
         self.attr_of(&mut st, ino)
     }
@@ -1053,6 +1133,7 @@ impl FileSystem for FatFs {
             return Err(Error::IsDir);
         }
         self.remove_entry(&mut st, parent, item.idx)?;
+        self.touch_dir(&mut st, parent)?;
         self.forget_item(&mut st, loc, item.entry)
     }
 
@@ -1072,6 +1153,7 @@ impl FileSystem for FatFs {
             return Err(Error::NotEmpty);
         }
         self.remove_entry(&mut st, parent, item.idx)?;
+        self.touch_dir(&mut st, parent)?;
         self.forget_item(&mut st, loc, item.entry)
     }
 
@@ -1121,6 +1203,10 @@ impl FileSystem for FatFs {
         if let Some(n) = st.nodes.get_mut(&src_ino) {
             n.loc = Some(new_loc);
             n.parent = new_parent;
+        }
+        self.touch_dir(&mut st, parent)?;
+        if new_parent != parent {
+            self.touch_dir(&mut st, new_parent)?;
         }
         if is_dir && parent != new_parent {
             st.dirs.remove(&src_ino);

@@ -1,5 +1,4 @@
-//! The file allocation table: reading and writing entries (all copies), walking chains into
-//! run lists, and the in-memory free-cluster map used for allocation.
+//! The file allocation table: reading and writing entries (all copies) and following chains.
 
 use super::boot_sector::{FatType, Geometry};
 use crate::block::BlockDevice;
@@ -114,6 +113,10 @@ pub struct FatReader<'a> {
 const WINDOW: u64 = 16 * 1024;
 
 impl<'a> FatReader<'a> {
+    pub fn geometry(&self) -> &Geometry {
+        self.g
+    }
+
     pub fn new(dev: &'a dyn BlockDevice, g: &'a Geometry) -> Self {
         FatReader {
             dev,
@@ -156,180 +159,5 @@ impl<'a> FatReader<'a> {
                 "FAT chain: bad link {v:#x} after {c}"
             ))),
         }
-    }
-}
-
-/// A cluster chain as runs of consecutive clusters, for O(log n) offset lookup.
-#[derive(Debug, Clone, Default)]
-pub struct Runs {
-    /// (index of the run's first cluster within the file, first cluster, length)
-    pub runs: Vec<(u32, u32, u32)>,
-    pub total: u32,
-    /// The first cluster this was built from; a cached list is only valid while the entry
-    /// still points there.
-    pub first: u32,
-}
-
-impl Runs {
-    pub fn push(&mut self, c: u32) {
-        if let Some(last) = self.runs.last_mut() {
-            if last.1 + last.2 == c {
-                last.2 += 1;
-                self.total += 1;
-                return;
-            }
-        }
-        self.runs.push((self.total, c, 1));
-        self.total += 1;
-    }
-
-    pub fn last(&self) -> Option<u32> {
-        self.runs.last().map(|r| r.1 + r.2 - 1)
-    }
-
-    /// The cluster at file-cluster index `i` and how many clusters follow it contiguously
-    /// (itself included).
-    pub fn map(&self, i: u32) -> Option<(u32, u32)> {
-        let k = self.runs.partition_point(|r| r.0 <= i).checked_sub(1)?;
-        let (fi, c, len) = self.runs[k];
-        (i < fi + len).then(|| (c + (i - fi), len - (i - fi)))
-    }
-
-    /// Keeps only the first `n` clusters.
-    pub fn truncate(&mut self, n: u32) {
-        if n == 0 {
-            self.runs.clear();
-            self.total = 0;
-            self.first = 0;
-            return;
-        }
-        while let Some(last) = self.runs.last_mut() {
-            if last.0 >= n {
-                self.runs.pop();
-            } else {
-                last.2 = last.2.min(n - last.0);
-                break;
-            }
-        }
-        self.total = self.total.min(n);
-    }
-
-    /// Walks the chain from `first`; at most `limit` clusters are accepted (a longer chain is
-    /// a cycle or a cross-link and is reported as Corrupt, unless `lenient` is set, when the
-    /// walk just stops there).
-    pub fn build(
-        rd: &mut FatReader<'_>,
-        first: u32,
-        limit: u32,
-        lenient: bool,
-    ) -> Result<(Runs, bool)> {
-        let mut runs = Runs {
-            first,
-            ..Runs::default()
-        };
-        if first == 0 {
-            return Ok((runs, true));
-        }
-        if !rd.g.valid_cluster(first) {
-            return Err(Error::corrupt(format!(
-                "first cluster {first:#x} out of range"
-            )));
-        }
-        let mut c = first;
-        loop {
-            if runs.total >= limit {
-                if lenient {
-                    return Ok((runs, false));
-                }
-                return Err(Error::corrupt("FAT chain longer than the volume (cycle?)"));
-            }
-            runs.push(c);
-            match rd.next(c)? {
-                Some(n) => c = n,
-                None => return Ok((runs, true)),
-            }
-        }
-    }
-}
-
-/// One bit per cluster (set = in use), built from the FAT on the first allocation or statfs.
-pub struct FreeMap {
-    bits: Vec<u64>,
-    pub free: u32,
-    /// Where the next search starts (FSInfo's next-free hint).
-    pub hint: u32,
-}
-
-impl FreeMap {
-    pub fn build(dev: &dyn BlockDevice, g: &Geometry) -> Result<FreeMap> {
-        let max = g.max_cluster();
-        let mut bits = vec![0u64; (max as usize + 64) / 64];
-        let mut free = 0u32;
-        let mut rd = FatReader::new(dev, g);
-        for c in 2..=max {
-            if rd.get(c)? == 0 {
-                free += 1;
-            } else {
-                bits[c as usize / 64] |= 1 << (c % 64);
-            }
-        }
-        Ok(FreeMap {
-            bits,
-            free,
-            hint: 2,
-        })
-    }
-
-    pub fn is_used(&self, c: u32) -> bool {
-        self.bits[c as usize / 64] & (1 << (c % 64)) != 0
-    }
-
-    pub fn set_used(&mut self, c: u32, used: bool) {
-        let was = self.is_used(c);
-        if used && !was {
-            self.bits[c as usize / 64] |= 1 << (c % 64);
-            self.free -= 1;
-        } else if !used && was {
-            self.bits[c as usize / 64] &= !(1 << (c % 64));
-            self.free += 1;
-        }
-    }
-
-    /// Picks `n` free clusters, starting the search just after `near` so that a growing file
-    /// stays contiguous where it can. Marks nothing; the caller marks what it links.
-    pub fn pick(&self, g: &Geometry, n: u32, near: u32) -> Result<Vec<u32>> {
-        if n > self.free {
-            return Err(Error::NoSpace);
-        }
-        let max = g.max_cluster();
-        let start = if g.valid_cluster(near) {
-            near
-        } else {
-            self.hint.clamp(2, max)
-        };
-        let mut out = Vec::with_capacity(n as usize);
-        let mut c = start;
-        let total = max - 1;
-        let mut seen = 0u32;
-        while out.len() < n as usize && seen < total {
-            let word = self.bits[c as usize / 64];
-            if word == u64::MAX && c % 64 == 0 && c + 63 <= max {
-                seen += 64;
-                c += 64;
-            } else {
-                if !self.is_used(c) {
-                    out.push(c);
-                }
-                seen += 1;
-                c += 1;
-            }
-            if c > max {
-                c = 2;
-            }
-        }
-        if out.len() < n as usize {
-            return Err(Error::NoSpace);
-        }
-        Ok(out)
     }
 }
