@@ -463,6 +463,16 @@ class Tools:
         pid = None if tool == "kernel" else find_daemon(mnt)
         return Mount(tool, image, mnt, rw, pid)
 
+    def umount_noting(self, m):
+        """Unmounts; on failure forces the mount away and returns the failure as a note."""
+        try:
+            self.umount(m)
+            return None
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            if is_mounted(m.mnt):
+                force_umount(m.mnt)
+            return f"failed: {e}"
+
     def umount(self, m):
         if m.tool == "imgmount":
             r = run([self.imgmount, "umount", m.mnt], check=False, capture_output=True, text=True, timeout=300)
@@ -479,7 +489,8 @@ class Tools:
             time.sleep(0.002)
 
 
-def wait_mounted(mnt, parent_dev, timeout):
+def wait_mounted(mnt, parent_dev, timeout, proc=None):
+    """Polls until mnt is a mount; gives up early when proc (the mount command) has failed."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -487,9 +498,17 @@ def wait_mounted(mnt, parent_dev, timeout):
                 return
         except OSError:
             pass
+        if proc is not None and proc.poll() not in (None, 0):
+            raise RuntimeError(f"mount command failed ({proc.returncode}): {proc.stderr.read().strip()[:400]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{mnt} did not become a mount within {timeout} s")
         time.sleep(0.0005)
+
+
+def force_umount(mp):
+    fuse_abort(mp)
+    run(["umount", "-l", mp] if is_root() else ["fusermount3", "-u", "-z", mp], check=False,
+        capture_output=True)
 
 
 def cleanup_mounts(root, imgmount_bin):
@@ -505,9 +524,7 @@ def cleanup_mounts(root, imgmount_bin):
             except (OSError, subprocess.TimeoutExpired):
                 pass
         if is_mounted(mp):
-            fuse_abort(mp)
-            run(["umount", "-l", mp] if is_root() else ["fusermount3", "-u", "-z", mp], check=False,
-                capture_output=True)
+            force_umount(mp)
 
 
 def drop_caches(images):
@@ -666,8 +683,8 @@ class Bench:
                         secs, note, rss = None, f"failed: {e}", None
                     finally:
                         if m:
-                            self.t.umount(m)
-                    self.record(row, t, secs, note, rss)
+                            note = self.t.umount_noting(m) or note
+                    self.record(row, t, secs if note is None else None, note, rss)
                     if note:
                         dead.add(t)
         else:
@@ -696,8 +713,10 @@ class Bench:
                     if m.pid:
                         self.record(row, t, None, None, vm_hwm_kib(m.pid))
             finally:
-                for m in mounts.values():
-                    self.t.umount(m)
+                for t, m in mounts.items():
+                    note = self.t.umount_noting(m)
+                    if note:
+                        self.record(row, t, None, note, None)
         self.print_progress(row)
 
     def write_row(self, name, fs):
@@ -728,10 +747,7 @@ class Bench:
                     secs, note = None, f"failed: {e}"
                 finally:
                     if m:
-                        try:
-                            self.t.umount(m)
-                        except RuntimeError as e:
-                            note = note or f"failed: {e}"
+                        note = self.t.umount_noting(m) or note
                 self.record(row, t, secs if note is None else None, note, rss)
                 if note:
                     dead.add(t)
@@ -758,20 +774,19 @@ class Bench:
                 p = subprocess.Popen(self.t.mount_cmd(t, img, mnt, False), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
                 try:
-                    wait_mounted(mnt, parent, self.sz["timeout"])
+                    wait_mounted(mnt, parent, self.sz["timeout"], p)
                     secs = time.perf_counter() - t0
                 except RuntimeError as e:
                     note = f"failed: {e}"
                 try:
-                    _, err = p.communicate(timeout=60)
-                    if p.returncode != 0:
-                        note = note or f"failed: {err.strip()[:200]}"
+                    if p.wait(timeout=60) != 0:
+                        note = note or f"failed: {p.stderr.read().strip()[:400]}"
                 except subprocess.TimeoutExpired:
                     p.kill()
                     note = note or "mount command did not return"
                 if is_mounted(mnt):
                     pid = None if t == "kernel" else find_daemon(mnt)
-                    self.t.umount(Mount(t, img, mnt, False, pid))
+                    note = self.t.umount_noting(Mount(t, img, mnt, False, pid)) or note
                 self.record(row, t, secs if note is None else None, note, None)
                 if note:
                     dead.add(t)
@@ -840,6 +855,17 @@ def fmt_secs(s):
 
 def render(results, sz, args, base_tool, notes):
     tools = [t for t in ALL_TOOLS if t in args.tools]
+    footnotes = []
+
+    def short(note, tool):
+        # Long failure messages go below the table, numbered, once per distinct message.
+        if note.startswith("failed") or note.startswith("wrong"):
+            key = f"{tool}: {note}"
+            if key not in footnotes:
+                footnotes.append(key)
+            return f"{note.split(':')[0]} [{footnotes.index(key) + 1}]"
+        return note
+
     cols = []
     for t in tools:
         cols.append(f"{t} s")
@@ -863,7 +889,7 @@ def render(results, sz, args, base_tool, notes):
                 if t != base_tool:
                     cells.append(f"{med / base_med:.2f}" if base_med else "–")
             else:
-                cells.append((c["notes"] or ["–"])[0])
+                cells.append(short((c["notes"] or ["–"])[0], t))
                 if t != base_tool:
                     cells.append("–")
         lines.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
@@ -884,6 +910,8 @@ def render(results, sz, args, base_tool, notes):
             else:
                 cells.append("n/a" if c["notes"] == ["n/a"] else "–")
         rss.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
+    if footnotes:
+        lines += [""] + [f"[{i + 1}] {f}" for i, f in enumerate(footnotes)]
     return "\n".join(notes + [""] + lines + rss)
 
 
