@@ -458,8 +458,8 @@ class Tools:
         parent = os.stat(os.path.dirname(mnt)).st_dev
         r = run(self.mount_cmd(tool, image, mnt, rw), check=False, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
-            raise RuntimeError(f"{tool} mount failed ({r.returncode}): {r.stderr.strip()[:400]}")
-        wait_mounted(mnt, parent, 30)
+            raise RuntimeError(f"{tool} mount failed ({r.returncode}): {tail(r.stderr)}")
+        wait_mounted(mnt, parent, 3)  # the command has returned: the mount must be there
         pid = None if tool == "kernel" else find_daemon(mnt)
         return Mount(tool, image, mnt, rw, pid)
 
@@ -480,7 +480,7 @@ class Tools:
             r = run(["umount", m.mnt] if is_root() else ["fusermount3", "-u", m.mnt], check=False,
                     capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
-            raise RuntimeError(f"{m.tool} unmount failed: {r.stderr.strip()[:400]}")
+            raise RuntimeError(f"{m.tool} unmount failed: {tail(r.stderr)}")
         # The daemon writes back and closes the image after the unmount returns.
         deadline = time.monotonic() + 300
         while m.pid and pid_alive(m.pid):
@@ -490,7 +490,9 @@ class Tools:
 
 
 def wait_mounted(mnt, parent_dev, timeout, proc=None):
-    """Polls until mnt is a mount; gives up early when proc (the mount command) has failed."""
+    """Polls until mnt is a mount. Gives up early when proc (the mount command) has failed, or
+    a few seconds after it has exited: every tool here has mounted by the time its command
+    returns (fuse2fs exits 0 even when it could not mount)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -498,11 +500,23 @@ def wait_mounted(mnt, parent_dev, timeout, proc=None):
                 return
         except OSError:
             pass
-        if proc is not None and proc.poll() not in (None, 0):
-            raise RuntimeError(f"mount command failed ({proc.returncode}): {proc.stderr.read().strip()[:400]}")
+        if proc is not None and proc.poll() is not None:
+            if proc.returncode != 0:
+                raise RuntimeError(f"mount command failed ({proc.returncode}): {tail(proc.stderr.read())}")
+            if deadline > time.monotonic() + 3:
+                deadline = time.monotonic() + 3
+                timeout = "3 s after the mount command returned"
         if time.monotonic() > deadline:
+            if isinstance(timeout, str):
+                raise RuntimeError(f"{mnt} did not become a mount {timeout}")
             raise RuntimeError(f"{mnt} did not become a mount within {timeout} s")
         time.sleep(0.0005)
+
+
+def tail(text, lines=2, width=300):
+    """The last lines of a tool's error output on one line (fusefat prints debug chatter first)."""
+    kept = [x.strip() for x in text.strip().splitlines() if x.strip()][-lines:]
+    return " / ".join(kept)[-width:]
 
 
 def force_umount(mp):
@@ -608,7 +622,7 @@ class Bench:
                 p.communicate()
             return None, self.gave_up(name)
         if p.returncode != 0:
-            return None, "failed: " + (err.strip().splitlines() or ["?"])[-1][:120]
+            return None, "failed: " + (tail(err, 1) or f"exit status {p.returncode}")
         res = json.loads(out.strip().splitlines()[-1])
         exp = self.expected_count(name, fs)
         if name == "tar":
@@ -780,7 +794,7 @@ class Bench:
                     note = f"failed: {e}"
                 try:
                     if p.wait(timeout=60) != 0:
-                        note = note or f"failed: {p.stderr.read().strip()[:400]}"
+                        note = note or f"failed: {tail(p.stderr.read())}"
                 except subprocess.TimeoutExpired:
                     p.kill()
                     note = note or "mount command did not return"
@@ -796,7 +810,7 @@ class Bench:
         parts = []
         for t, c in row["tools"].items():
             med = f"{statistics.median(c['times']):.4g}s" if c["times"] else (c["notes"] or ["-"])[0]
-            parts.append(f"{t}={med}")
+            parts.append(f"{t}={med[:150]}")
         log(f"  {row_label(row, self.sz)}: " + ", ".join(parts))
 
     def run_all(self):
