@@ -67,6 +67,11 @@ WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
 
+# The workload process running now: an interrupt kills it first so that it holds no files
+# open on the mounts that the cleanup is about to unmount.
+CHILD = None
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -608,7 +613,8 @@ class Bench:
         except OSError:
             pass
         cmd = [sys.executable, os.path.abspath(__file__)] + self.worker_args(name, fs, tool, root)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        global CHILD
+        p = CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             out, err = p.communicate(timeout=self.sz["timeout"])
         except subprocess.TimeoutExpired:
@@ -1020,8 +1026,11 @@ def main(argv):
     cleanup_mounts(mnt_root, imgmount_bin)  # leftovers of a killed earlier run
 
     def on_signal(signum, frame):
+        if CHILD and CHILD.poll() is None:
+            CHILD.kill()
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     started = time.time()
