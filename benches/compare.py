@@ -932,7 +932,37 @@ def render(results, sz, args, base_tool, notes):
         rss.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
     if footnotes:
         lines += [""] + [f"[{i + 1}] {f}" for i, f in enumerate(footnotes)]
+    if len(rss) == 5 or not serving:
+        rss = []  # only latency rows, or no serving process asked for
     return "\n".join(notes + [""] + lines + rss)
+
+
+def row_key(row):
+    return f"{row['workload']}/{row['fs']}/{row['cache']}/{row['label']}"
+
+
+def median_of(cell):
+    return statistics.median(cell["times"]) if cell and cell["times"] and not cell["notes"] else None
+
+
+def render_comparison(old_path, old, new, sz, size_name):
+    """new median / old median for every row and tool measured in both runs."""
+    old_rows = {row_key(r): r for r in old["results"]}
+    lines = ["", f"Compared with {old_path} (new / old median; below 1.00 is faster now):", "",
+             "| workload | " + " | ".join(ALL_TOOLS) + " |", "|---|" + "---|" * len(ALL_TOOLS)]
+    for row in new:
+        o = old_rows.get(row_key(row))
+        if not o:
+            continue
+        cells = []
+        for t in ALL_TOOLS:
+            a, b = median_of(o["tools"].get(t)), median_of(row["tools"].get(t))
+            cells.append(f"{b / a:.2f}" if a and b else "–")
+        lines.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
+    if old.get("size") != size_name:
+        lines.append("")
+        lines.append(f"(the earlier run used the {old.get('size')} size)")
+    return "\n".join(lines)
 
 
 def build_imgmount(args):
@@ -961,6 +991,7 @@ def parse_args(argv):
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
+    p.add_argument("--compare", help="an earlier results JSON: also print new/old median per row and tool")
     p.add_argument("--timeout", type=int, help="seconds before a run gives up (default 15 quick, 600 full)")
     # Internal: the workload child process.
     for opt in ("--worker", "--root", "--sub", "--image", "--progress"):
@@ -1060,6 +1091,13 @@ def main(argv):
                       "not the whole host cache.")
     host_note = f"- host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end."
     text = render(bench.results, sz, a, base_tool, header + notes + [host_note])
+    for row in bench.results:
+        row["title"] = row_label(row, sz)
+        for cell in row["tools"].values():
+            cell["median"] = median_of(cell)
+    if a.compare:
+        with open(a.compare) as f:
+            text += "\n" + render_comparison(a.compare, json.load(f), bench.results, sz, size_name)
     print(text)
     out = a.json or os.path.join(a.workdir, f"results-{size_name}-{time.strftime('%Y%m%dT%H%M%S')}.json")
     with open(out, "w") as f:
