@@ -153,6 +153,12 @@ def mkfs_ext4(img, size, src=None, inodes=None, lazy=False):
         cmd += ["-d", src]
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME)
     run(cmd + [img], env=env, stdout=subprocess.DEVNULL)
+    if src:
+        # mkfs -d leaves every directory linear; a directory the kernel filled would be
+        # hash-indexed, so index them (-D) as it would. Exit status 1 means "fixed things".
+        r = run(["e2fsck", "-fyD", img], env=env, check=False, capture_output=True, text=True)
+        if r.returncode not in (0, 1):
+            raise RuntimeError(f"e2fsck -fyD {img} exited with {r.returncode}: {tail(r.stdout + r.stderr)}")
 
 
 def mkfs_fat32(img, size):
