@@ -1,0 +1,1118 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: imgmount against the kernel's loop mount, fuse2fs, fusefat and mtools.
+
+Builds its images once (cached in the work directory), runs every workload interleaved across
+the tools (A/B/A/B), and prints a markdown table of medians, ratios to the kernel and the peak
+RSS of each serving process. Also writes the results as JSON. See benches/README.md.
+
+This is a benchmark, not a test: it exits 0 whatever the numbers are.
+"""
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1 << 20
+GiB = 1 << 30
+
+SIZES = {
+    "full": dict(
+        big=GiB, ext_files=100_000, ext_dirs=1000, fat_files=20_000, fat_dirs=200,
+        bigdir=100_000, stats=1000, preads=20_000, write=GiB, create=5000,
+        lat_small=GiB, lat_big=64 * GiB, timeout=600,
+    ),
+    "quick": dict(
+        big=64 * MiB, ext_files=5000, ext_dirs=50, fat_files=1000, fat_dirs=10,
+        bigdir=5000, stats=500, preads=5000, write=64 * MiB, create=1000,
+        lat_small=GiB, lat_big=64 * GiB, timeout=15,
+    ),
+}
+
+SEED = 20261122
+FAKE_TIME = "1700000000"
+EXT_UUID = "6b1f6f1e-5d0e-4b43-9a55-0c1d2e3f4a5b"
+FAT_SERIAL = "1234ABCD"
+
+# Workload rows, in the order printed. kind: "read" rows run cold and warm; "write" rows time
+# the writes plus unmount plus fsync of the image; "latency" rows time the mount itself.
+WORKLOADS = [
+    ("seqread", "read", "sequential read of big.bin"),
+    ("pread", "read", "random 4 KiB preads in big.bin"),
+    ("find", "read", "find -type f over the tree"),
+    ("walk", "read", "os.walk + lstat of every entry"),
+    ("tar", "read", "tar cf - . | wc -c over the tree"),
+    ("bigdir", "read", "stat() of random names in one big directory"),
+    ("write", "write", "write big file, unmount, fsync image"),
+    ("create", "write", "create small files, unmount, fsync image"),
+    ("latency", "latency", "mount latency (command start to mounted root)"),
+]
+ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
+SERVING = ["imgmount", "fuse2fs", "fusefat"]
+
+# Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
+# the same content: this kernel has no vfat module.
+TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
+MTOOLS_WORKLOADS = {"seqread", "find"}
+
+
+# The workload process running now: an interrupt kills it first so that it holds no files
+# open on the mounts that the cleanup is about to unmount.
+CHILD = None
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, **kw)
+
+
+def is_root():
+    return os.geteuid() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Content generation (deterministic from SEED, shared by the builder and the workers)
+# --------------------------------------------------------------------------------------------
+
+
+def tree_layout(n_files, n_dirs):
+    """(dir name, file name, size) of every small file, spread evenly over the directories."""
+    rng = random.Random(SEED + n_files)
+    out = []
+    for i in range(n_files):
+        d = f"d{i % n_dirs:04d}"
+        out.append((d, f"f{i:06d}.dat", rng.randint(64, 4096)))
+    return out
+
+
+def bigdir_name(i):
+    return f"entry-{i:06d}"
+
+
+def write_big_file(path, size):
+    rng = random.Random(SEED)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 * MiB)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def write_tree(root, n_files, n_dirs):
+    rng = random.Random(SEED + 1)
+    made = set()
+    for d, name, size in tree_layout(n_files, n_dirs):
+        if d not in made:
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+            made.add(d)
+        with open(os.path.join(root, d, name), "wb") as f:
+            f.write(rng.randbytes(size))
+
+
+def write_bigdir(root, n):
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        # Empty files: the workload is about name lookup, not data.
+        os.close(os.open(os.path.join(root, bigdir_name(i)), os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+# --------------------------------------------------------------------------------------------
+# Image building (cached: the key covers the sizes and the code that builds them)
+# --------------------------------------------------------------------------------------------
+
+
+def mkfs_ext4(img, size, src=None, inodes=None, lazy=False):
+    if os.path.exists(img):
+        os.unlink(img)
+    with open(img, "wb") as f:
+        f.truncate(size)
+    ext_opts = f"hash_seed={EXT_UUID},root_owner=0:0"
+    if not lazy:
+        # Zeroed inode tables now, so a rw kernel mount starts no ext4lazyinit thread that
+        # would write in the background of the measurements.
+        ext_opts += ",lazy_itable_init=0,lazy_journal_init=0"
+    cmd = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-U", EXT_UUID, "-E", ext_opts]
+    if inodes:
+        cmd += ["-N", str(inodes)]
+    if src:
+        cmd += ["-d", src]
+    env = dict(os.environ, E2FSPROGS_FAKE_TIME=FAKE_TIME)
+    run(cmd + [img], env=env, stdout=subprocess.DEVNULL)
+    if src:
+        # mkfs -d leaves every directory linear; a directory the kernel filled would be
+        # hash-indexed, so index them (-D) as it would. Exit status 1 means "fixed things".
+        r = run(["e2fsck", "-fyD", img], env=env, check=False, capture_output=True, text=True)
+        if r.returncode not in (0, 1):
+            raise RuntimeError(f"e2fsck -fyD {img} exited with {r.returncode}: {tail(r.stdout + r.stderr)}")
+
+
+def mkfs_fat32(img, size):
+    if os.path.exists(img):
+        os.unlink(img)
+    with open(img, "wb") as f:
+        f.truncate(size)
+    run(["mkfs.vfat", "-F", "32", "-S", "512", "-s", "8", "-i", FAT_SERIAL, "-n", "BENCH",
+         "--invariant", img], stdout=subprocess.DEVNULL)
+
+
+def round_up(n, to):
+    return (n + to - 1) // to * to
+
+
+def build_images(wd, sz):
+    """ext.img: big.bin, tree/ (ext tree), treefat/ (the FAT tree's ext4 twin), bigdir/.
+    fat.img: big.bin, treefat/. Plus empty images for the write and latency rows."""
+    img_dir = os.path.join(wd, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    src = os.path.join(wd, "src")
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    t0 = time.perf_counter()
+    write_big_file(os.path.join(src, "big.bin"), sz["big"])
+    write_tree(os.path.join(src, "tree"), sz["ext_files"], sz["ext_dirs"])
+    write_tree(os.path.join(src, "treefat"), sz["fat_files"], sz["fat_dirs"])
+    write_bigdir(os.path.join(src, "bigdir"), sz["bigdir"])
+    log(f"  generated the source tree in {time.perf_counter() - t0:.1f} s")
+
+    n_small = sz["ext_files"] + sz["fat_files"]
+    data = sz["big"] + n_small * 4096 + sz["bigdir"] * 64
+    inodes = round_up(int((n_small + sz["bigdir"] + sz["ext_dirs"] + sz["fat_dirs"]) * 1.2) + 4096, 4096)
+    ext_size = round_up(int(data * 1.25) + inodes * 256 + 256 * MiB, MiB)
+    t0 = time.perf_counter()
+    mkfs_ext4(os.path.join(img_dir, "ext.img"), ext_size, src=src, inodes=inodes)
+    log(f"  mkfs.ext4 -d: {time.perf_counter() - t0:.1f} s")
+
+    fat_data = sz["big"] + sz["fat_files"] * 4096
+    fat_size = max(512 * MiB, round_up(int(fat_data * 1.25) + 64 * MiB, MiB))
+    fat = os.path.join(img_dir, "fat.img")
+    t0 = time.perf_counter()
+    mkfs_fat32(fat, fat_size)
+    run(["mcopy", "-s", "-i", fat, os.path.join(src, "big.bin"), os.path.join(src, "treefat"), "::/"],
+        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    log(f"  mkfs.vfat + mcopy -s: {time.perf_counter() - t0:.1f} s")
+    shutil.rmtree(src)
+
+    wr_size = max(512 * MiB, round_up(sz["write"] * 2, MiB))
+    mkfs_ext4(os.path.join(img_dir, "wr-ext.img"), wr_size)
+    mkfs_fat32(os.path.join(img_dir, "wr-fat.img"), wr_size)
+    for label, size in (("small", sz["lat_small"]), ("big", sz["lat_big"])):
+        # Latency images are only mounted read-only, so lazy init is fine and keeps them sparse.
+        mkfs_ext4(os.path.join(img_dir, f"lat-ext-{label}.img"), size, lazy=True)
+        mkfs_fat32(os.path.join(img_dir, f"lat-fat-{label}.img"), size)
+    return img_dir
+
+
+def ensure_images(wd, sz, size_name):
+    src_code = "".join(inspect.getsource(f) for f in (
+        tree_layout, bigdir_name, write_big_file, write_tree, write_bigdir, mkfs_ext4, mkfs_fat32,
+        build_images))
+    key = hashlib.sha256((json.dumps(sz, sort_keys=True) + src_code).encode()).hexdigest()[:16]
+    wd_size = os.path.join(wd, size_name)
+    stamp = os.path.join(wd_size, "images", "stamp")
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == key:
+                return os.path.join(wd_size, "images")
+    except OSError:
+        pass
+    log(f"building {size_name} images in {wd_size} (cached for later runs)")
+    t0 = time.perf_counter()
+    img_dir = build_images(wd_size, sz)
+    with open(stamp, "w") as f:
+        f.write(key + "\n")
+    log(f"images built in {time.perf_counter() - t0:.1f} s")
+    return img_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Workers: run in a child process that times itself (so interpreter start-up is not counted)
+# and leaves a progress file behind, from which a timeout reports the rate it had reached.
+# --------------------------------------------------------------------------------------------
+
+
+class Progress:
+    def __init__(self, path):
+        self.path = path
+        self.t0 = time.perf_counter()
+        self.ops = 0
+        self.last = self.t0
+
+    def add(self, n=1):
+        self.ops += n
+        now = time.perf_counter()
+        if now - self.last > 0.2:
+            self.last = now
+            self.dump(now)
+
+    def dump(self, now=None):
+        now = now or time.perf_counter()
+        with open(self.path + ".tmp", "w") as f:
+            f.write(f"{self.ops} {now - self.t0}\n")
+        os.replace(self.path + ".tmp", self.path)
+
+
+def count_stream(cmd, cwd, prog, unit):
+    """Runs cmd, counting its output in bytes or lines; returns the count."""
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+    total = 0
+    prev = b""
+    while True:
+        chunk = p.stdout.read1(1 << 16)
+        if not chunk:
+            break
+        if unit == "bytes":
+            n = len(chunk)
+        elif unit == "lines":
+            n = chunk.count(b"\n")
+        else:
+            # "files": lines not ending in "/" (mdir -b marks directories so); the byte before
+            # the chunk is carried over for a "/\n" split across two reads.
+            both = prev + chunk
+            n = both.count(b"\n") - both.count(b"/\n") - (prev == b"\n")
+            prev = chunk[-1:]
+        total += n
+        prog.add(n)
+    if p.wait() != 0:
+        raise RuntimeError(f"{cmd[0]} exited with {p.returncode}")
+    return total
+
+
+def worker(a):
+    prog = Progress(a.progress)
+    w, root = a.worker, a.root
+    result = {}
+    if w == "seqread":
+        fd = os.open(os.path.join(root, "big.bin"), os.O_RDONLY)
+        buf = bytearray(MiB)
+        total = 0
+        while True:
+            n = os.readv(fd, [buf])
+            if n == 0:
+                break
+            total += n
+            prog.add(n)
+        os.close(fd)
+        result["count"] = total
+    elif w == "pread":
+        fd = os.open(os.path.join(root, "big.bin"), os.O_RDONLY)
+        blocks = os.fstat(fd).st_size // 4096
+        rng = random.Random(SEED + 7)
+        for _ in range(a.n):
+            if len(os.pread(fd, 4096, rng.randrange(blocks) * 4096)) != 4096:
+                raise RuntimeError("short pread")
+            prog.add()
+        os.close(fd)
+        result["count"] = a.n
+    elif w == "find":
+        result["count"] = count_stream(["find", ".", "-type", "f"], os.path.join(root, a.sub), prog, "lines")
+    elif w == "walk":
+        n = 0
+        for d, dirs, files in os.walk(os.path.join(root, a.sub)):
+            for name in dirs + files:
+                os.lstat(os.path.join(d, name))
+                n += 1
+                prog.add()
+        result["count"] = n
+    elif w == "tar":
+        result["count"] = count_stream(["tar", "cf", "-", "."], os.path.join(root, a.sub), prog, "bytes")
+    elif w == "bigdir":
+        rng = random.Random(SEED + 11)
+        d = os.path.join(root, "bigdir")
+        for i in rng.sample(range(a.total), a.n):
+            os.stat(os.path.join(d, bigdir_name(i)))
+            prog.add()
+        result["count"] = a.n
+    elif w == "write":
+        buf = random.Random(SEED + 3).randbytes(MiB)
+        fd = os.open(os.path.join(root, "written.bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        left = a.n
+        while left:
+            n = os.write(fd, buf[:min(left, MiB)])
+            left -= n
+            prog.add(n)
+        os.close(fd)
+        result["count"] = a.n
+    elif w == "create":
+        buf = random.Random(SEED + 5).randbytes(1024)
+        made = set()
+        for i in range(a.n):
+            d = os.path.join(root, "new", f"c{i % max(1, a.n // 100):03d}")
+            if d not in made:
+                os.makedirs(d, exist_ok=True)
+                made.add(d)
+            fd = os.open(os.path.join(d, f"n{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, buf)
+            os.close(fd)
+            prog.add()
+        result["count"] = a.n
+    elif w == "mtools-seqread":
+        result["count"] = count_stream(["mcopy", "-n", "-i", a.image, "::big.bin", "-"], None, prog, "bytes")
+    elif w == "mtools-find":
+        result["count"] = count_stream(["mdir", "-/", "-b", "-i", a.image, "::" + a.sub], None, prog, "files")
+    else:
+        raise SystemExit(f"unknown worker {w}")
+    result["seconds"] = time.perf_counter() - prog.t0
+    prog.dump()
+    print(json.dumps(result))
+
+
+# --------------------------------------------------------------------------------------------
+# Mounting
+# --------------------------------------------------------------------------------------------
+
+
+def mountpoints_under(root):
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == root or mp.startswith(root + "/"):
+                out.append(mp)
+    return out
+
+
+def is_mounted(mnt):
+    return mnt in mountpoints_under(mnt)
+
+
+def fuse_abort(mnt):
+    """Aborts the FUSE connection of mnt so that processes stuck on it wake up with ENOTCONN."""
+    try:
+        dev = os.stat(mnt).st_dev
+    except OSError:
+        return
+    path = f"/sys/fs/fuse/connections/{os.minor(dev)}/abort"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+
+def find_daemon(mnt):
+    """The process serving mnt: its command line names the mount point and it holds /dev/fuse
+    (which the forked imgmount watcher does not)."""
+    best = None
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                args = [x.decode(errors="replace").rstrip("/") for x in f.read().split(b"\0")]
+            if mnt not in args:
+                continue
+            holds = any(os.readlink(f"/proc/{p}/fd/{fd}") == "/dev/fuse" for fd in os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            continue
+        if holds:
+            best = int(p) if best is None else min(best, int(p))
+    return best
+
+
+def vm_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # A zombie has exited and closed its files.
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Mount:
+    def __init__(self, tool, image, mnt, rw, pid):
+        self.tool, self.image, self.mnt, self.rw, self.pid = tool, image, mnt, rw, pid
+
+
+class Tools:
+    def __init__(self, imgmount_bin):
+        self.imgmount = imgmount_bin
+
+    def mount_cmd(self, tool, image, mnt, rw):
+        if tool == "kernel":
+            return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+        if tool == "imgmount":
+            return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
+        if tool == "fuse2fs":
+            return ["fuse2fs", image, mnt, "-o", ("rw,fakeroot" if rw else "ro,fakeroot")]
+        if tool == "fusefat":
+            return ["fusefat", "-o", ("rw+" if rw else "ro"), image, mnt]
+        raise ValueError(tool)
+
+    def mount(self, tool, image, mnt, rw=False):
+        os.makedirs(mnt, exist_ok=True)
+        parent = os.stat(os.path.dirname(mnt)).st_dev
+        r = run(self.mount_cmd(tool, image, mnt, rw), check=False, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"{tool} mount failed ({r.returncode}): {tail(r.stderr)}")
+        wait_mounted(mnt, parent, 3)  # the command has returned: the mount must be there
+        pid = None if tool == "kernel" else find_daemon(mnt)
+        return Mount(tool, image, mnt, rw, pid)
+
+    def umount_noting(self, m):
+        """Unmounts; on failure forces the mount away and returns the failure as a note."""
+        try:
+            self.umount(m)
+            return None
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            if is_mounted(m.mnt):
+                force_umount(m.mnt)
+            return f"failed: {e}"
+
+    def umount(self, m):
+        if m.tool == "imgmount":
+            r = run([self.imgmount, "umount", m.mnt], check=False, capture_output=True, text=True, timeout=300)
+        else:
+            r = run(["umount", m.mnt] if is_root() else ["fusermount3", "-u", m.mnt], check=False,
+                    capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{m.tool} unmount failed: {tail(r.stderr)}")
+        # The daemon writes back and closes the image after the unmount returns.
+        deadline = time.monotonic() + 300
+        while m.pid and pid_alive(m.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{m.tool} daemon {m.pid} did not exit after unmount")
+            time.sleep(0.002)
+
+
+def wait_mounted(mnt, parent_dev, timeout, proc=None):
+    """Polls until mnt is a mount. Gives up early when proc (the mount command) has failed, or
+    a few seconds after it has exited: every tool here has mounted by the time its command
+    returns (fuse2fs exits 0 even when it could not mount)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.stat(mnt).st_dev != parent_dev:
+                return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            if proc.returncode != 0:
+                raise RuntimeError(f"mount command failed ({proc.returncode}): {tail(proc.stderr.read())}")
+            if deadline > time.monotonic() + 3:
+                deadline = time.monotonic() + 3
+                timeout = "3 s after the mount command returned"
+        if time.monotonic() > deadline:
+            if isinstance(timeout, str):
+                raise RuntimeError(f"{mnt} did not become a mount {timeout}")
+            raise RuntimeError(f"{mnt} did not become a mount within {timeout} s")
+        time.sleep(0.0005)
+
+
+def tail(text, lines=2, width=300):
+    """The last lines of a tool's error output on one line (fusefat prints debug chatter first)."""
+    kept = [x.strip() for x in text.strip().splitlines() if x.strip()][-lines:]
+    return " / ".join(kept)[-width:]
+
+
+def force_umount(mp):
+    fuse_abort(mp)
+    run(["umount", "-l", mp] if is_root() else ["fusermount3", "-u", "-z", mp], check=False,
+        capture_output=True)
+
+
+def cleanup_mounts(root, imgmount_bin):
+    for mp in reversed(mountpoints_under(root)):
+        if mp == root:
+            continue
+        log(f"cleanup: unmounting {mp}")
+        cmds = [["umount", mp]] if is_root() else [[imgmount_bin or "true", "umount", mp], ["fusermount3", "-u", mp]]
+        for cmd in cmds:
+            try:
+                if run(cmd, check=False, capture_output=True, timeout=30).returncode == 0:
+                    break
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if is_mounted(mp):
+            force_umount(mp)
+
+
+def drop_caches(images):
+    """Cold start: the host page cache (and with it the kernel mount's cache) is emptied."""
+    run(["sync"])
+    if is_root():
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    else:
+        # Without root only the image files' own cached pages can be dropped.
+        for img in images:
+            fd = os.open(img, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def fsync_file(path):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args, sz, img_dir, tools, available):
+        self.a, self.sz, self.img, self.t, self.available = args, sz, img_dir, tools, available
+        self.mnt_root = os.path.join(args.workdir, "mnt")
+        self.results = []
+        self.progress = os.path.join(args.workdir, "progress")
+
+    def image(self, tool, fs):
+        if tool == "kernel" or fs == "ext":
+            return os.path.join(self.img, "ext.img")
+        return os.path.join(self.img, "fat.img")
+
+    def mnt(self, tool):
+        return os.path.join(self.mnt_root, tool)
+
+    def worker_args(self, name, fs, tool, root):
+        sub = "tree" if fs == "ext" else "treefat"
+        n = {"pread": self.sz["preads"], "bigdir": self.sz["stats"], "write": self.sz["write"],
+             "create": self.sz["create"]}.get(name, 0)
+        w = name
+        if tool == "mtools":
+            w = "mtools-" + name
+            sub = "/treefat"
+        return ["--worker", w, "--root", root or "", "--sub", sub, "--n", str(n),
+                "--total", str(self.sz["bigdir"]), "--image", self.image(tool, fs), "--progress", self.progress]
+
+    def expected_count(self, name, fs):
+        files = self.sz["ext_files"] if fs == "ext" else self.sz["fat_files"]
+        dirs = self.sz["ext_dirs"] if fs == "ext" else self.sz["fat_dirs"]
+        return {"seqread": self.sz["big"], "pread": self.sz["preads"], "find": files,
+                "walk": files + dirs, "bigdir": self.sz["stats"], "write": self.sz["write"],
+                "create": self.sz["create"]}.get(name)
+
+    def run_worker(self, name, fs, tool, root):
+        """Returns (seconds, None) or (None, note) for a timeout or failure."""
+        try:
+            os.unlink(self.progress)
+        except OSError:
+            pass
+        cmd = [sys.executable, os.path.abspath(__file__)] + self.worker_args(name, fs, tool, root)
+        global CHILD
+        p = CHILD = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = p.communicate(timeout=self.sz["timeout"])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            try:
+                p.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                # Stuck in a FUSE request: aborting the connection wakes it.
+                if root:
+                    fuse_abort(self.mnt(tool))
+                p.communicate()
+            return None, self.gave_up(name)
+        if p.returncode != 0:
+            return None, "failed: " + (tail(err, 1) or f"exit status {p.returncode}")
+        res = json.loads(out.strip().splitlines()[-1])
+        exp = self.expected_count(name, fs)
+        if name == "tar":
+            exp = None  # the archive size differs by tool only in header details; counted anyway
+        if exp is not None and res["count"] != exp:
+            return None, f"wrong result: {res['count']} instead of {exp}"
+        return res["seconds"], None
+
+    def gave_up(self, name):
+        unit = {"seqread": ("MB/s", 1e-6), "tar": ("MB/s", 1e-6), "write": ("MB/s", 1e-6),
+                "pread": ("reads/s", 1), "find": ("files/s", 1), "walk": ("entries/s", 1),
+                "bigdir": ("stats/s", 1), "create": ("files/s", 1)}[name]
+        try:
+            with open(self.progress) as f:
+                ops, secs = f.read().split()
+            rate = float(ops) * unit[1] / max(float(secs), 1e-9)
+            return f"gave up after {self.sz['timeout']} s at ~{rate:.3g} {unit[0]}"
+        except (OSError, ValueError):
+            return f"gave up after {self.sz['timeout']} s (no progress)"
+
+    def row_tools(self, kind, name, fs):
+        base = WRITE_TOOLS_FOR[fs] if kind == "write" else TOOLS_FOR[fs]
+        if kind == "latency":
+            base = [t for t in base if t != "mtools"]
+        if name not in MTOOLS_WORKLOADS:
+            base = [t for t in base if t != "mtools"]
+        return [t for t in base if t in self.a.tools]
+
+    def record(self, row, tool, secs, note, rss):
+        cell = row["tools"].setdefault(tool, {"times": [], "notes": [], "rss_kib": None})
+        if secs is not None:
+            cell["times"].append(secs)
+        if note:
+            cell["notes"].append(note)
+        if rss is not None:
+            cell["rss_kib"] = max(cell["rss_kib"] or 0, rss)
+
+    def new_row(self, name, fs, cache, label):
+        row = {"workload": name, "fs": fs, "cache": cache, "label": label, "tools": {}}
+        self.results.append(row)
+        return row
+
+    def skip_unavailable(self, row, tools):
+        ok = []
+        for t in tools:
+            if t in self.available:
+                ok.append(t)
+            else:
+                row["tools"][t] = {"times": [], "notes": ["n/a"], "rss_kib": None}
+        return ok
+
+    def read_row(self, name, fs, cache):
+        row = self.new_row(name, fs, cache, None)
+        tools = self.skip_unavailable(row, self.row_tools("read", name, fs))
+        if not tools:
+            return
+        dead = set()
+        images = sorted({self.image(t, fs) for t in tools})
+        if cache == "cold":
+            for r in range(self.a.runs):
+                for t in tools:
+                    if t in dead:
+                        continue
+                    m = None
+                    try:
+                        if t != "mtools":
+                            m = self.t.mount(t, self.image(t, fs), self.mnt(t))
+                        drop_caches(images)
+                        secs, note = self.run_worker(name, fs, t, m and m.mnt)
+                        rss = vm_hwm_kib(m.pid) if m and m.pid else None
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        secs, note, rss = None, f"failed: {e}", None
+                    finally:
+                        if m:
+                            note = self.t.umount_noting(m) or note
+                    self.record(row, t, secs if note is None else None, note, rss)
+                    if note:
+                        dead.add(t)
+        else:
+            mounts = {}
+            try:
+                for t in tools:
+                    try:
+                        if t != "mtools":
+                            mounts[t] = self.t.mount(t, self.image(t, fs), self.mnt(t))
+                        # An untimed pass fills every cache first.
+                        secs, note = self.run_worker(name, fs, t, mounts.get(t) and mounts[t].mnt)
+                    except RuntimeError as e:
+                        note = f"failed: {e}"
+                    if note:
+                        self.record(row, t, None, note, None)
+                        dead.add(t)
+                for r in range(self.a.runs):
+                    for t in tools:
+                        if t in dead:
+                            continue
+                        secs, note = self.run_worker(name, fs, t, mounts.get(t) and mounts[t].mnt)
+                        self.record(row, t, secs, note, None)
+                        if note:
+                            dead.add(t)
+                for t, m in mounts.items():
+                    if m.pid:
+                        self.record(row, t, None, None, vm_hwm_kib(m.pid))
+            finally:
+                for t, m in mounts.items():
+                    note = self.t.umount_noting(m)
+                    if note:
+                        self.record(row, t, None, note, None)
+        self.print_progress(row)
+
+    def write_row(self, name, fs):
+        row = self.new_row(name, fs, "-", None)
+        tools = self.skip_unavailable(row, self.row_tools("write", name, fs))
+        dead = set()
+        work = os.path.join(self.a.workdir, "wr-run.img")
+        for r in range(self.a.runs):
+            for t in tools:
+                if t in dead:
+                    continue
+                template = os.path.join(self.img, "wr-ext.img" if t in ("kernel", "fuse2fs") else "wr-fat.img")
+                run(["cp", "--sparse=always", template, work])
+                m = None
+                rss = None
+                try:
+                    m = self.t.mount(t, work, self.mnt(t), rw=True)
+                    drop_caches([work])
+                    secs, note = self.run_worker(name, fs, t, m.mnt)
+                    if note is None:
+                        rss = vm_hwm_kib(m.pid) if m.pid else None
+                        t0 = time.perf_counter()
+                        self.t.umount(m)
+                        m = None
+                        fsync_file(work)
+                        secs += time.perf_counter() - t0
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    secs, note = None, f"failed: {e}"
+                finally:
+                    if m:
+                        note = self.t.umount_noting(m) or note
+                self.record(row, t, secs if note is None else None, note, rss)
+                if note:
+                    dead.add(t)
+        os.path.exists(work) and os.unlink(work)
+        self.print_progress(row)
+
+    def latency_row(self, fs, label):
+        row = self.new_row("latency", fs, "cold", label)
+        tools = self.skip_unavailable(row, self.row_tools("latency", "latency", fs))
+        dead = set()
+        for r in range(self.a.runs):
+            for t in tools:
+                if t in dead:
+                    continue
+                kind = "ext" if (fs == "ext" or t == "kernel") else "fat"
+                img = os.path.join(self.img, f"lat-{kind}-{label}.img")
+                mnt = self.mnt(t)
+                os.makedirs(mnt, exist_ok=True)
+                parent = os.stat(self.mnt_root).st_dev
+                drop_caches([img])
+                note = None
+                secs = None
+                t0 = time.perf_counter()
+                p = subprocess.Popen(self.t.mount_cmd(t, img, mnt, False), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+                try:
+                    wait_mounted(mnt, parent, self.sz["timeout"], p)
+                    secs = time.perf_counter() - t0
+                except RuntimeError as e:
+                    note = f"failed: {e}"
+                try:
+                    if p.wait(timeout=60) != 0:
+                        note = note or f"failed: {tail(p.stderr.read())}"
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    note = note or "mount command did not return"
+                if is_mounted(mnt):
+                    pid = None if t == "kernel" else find_daemon(mnt)
+                    note = self.t.umount_noting(Mount(t, img, mnt, False, pid)) or note
+                self.record(row, t, secs if note is None else None, note, None)
+                if note:
+                    dead.add(t)
+        self.print_progress(row)
+
+    def print_progress(self, row):
+        parts = []
+        for t, c in row["tools"].items():
+            med = f"{statistics.median(c['times']):.4g}s" if c["times"] else (c["notes"] or ["-"])[0]
+            parts.append(f"{t}={med[:150]}")
+        log(f"  {row_label(row, self.sz)}: " + ", ".join(parts))
+
+    def run_all(self):
+        for name, kind, _ in WORKLOADS:
+            if self.a.only and name not in self.a.only:
+                continue
+            for fs in ("ext", "fat"):
+                if name == "bigdir" and fs == "fat":
+                    continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
+                if kind == "read":
+                    for cache in ("cold", "warm"):
+                        self.read_row(name, fs, cache)
+                elif kind == "write":
+                    self.write_row(name, fs)
+                else:
+                    for label in ("small", "big"):
+                        self.latency_row(fs, label)
+
+
+def human_bytes(n):
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} B"
+
+
+def row_label(row, sz):
+    name, fs = row["workload"], row["fs"]
+    fsname = "ext4" if fs == "ext" else "FAT32"
+    files = sz["ext_files"] if fs == "ext" else sz["fat_files"]
+    dirs = sz["ext_dirs"] if fs == "ext" else sz["fat_dirs"]
+    desc = {
+        "seqread": f"seq read {human_bytes(sz['big'])}",
+        "pread": f"{sz['preads']:,} random 4 KiB preads",
+        "find": f"find -type f, {files:,} files / {dirs:,} dirs",
+        "walk": f"os.walk + lstat, {files:,} files / {dirs:,} dirs",
+        "tar": f"tar cf - . \\| wc -c, {files:,} files",
+        "bigdir": f"{sz['stats']:,} stat() in a {sz['bigdir']:,}-entry dir",
+        "write": f"write {human_bytes(sz['write'])}, unmount, fsync",
+        "create": f"create {sz['create']:,} files, unmount, fsync",
+        "latency": "mount latency, {} image".format(
+            human_bytes(sz["lat_small"] if row["label"] == "small" else sz["lat_big"])),
+    }[name]
+    cache = f", {row['cache']}" if row["cache"] in ("cold", "warm") and name != "latency" else ""
+    return f"{desc} ({fsname}){cache}"
+
+
+def fmt_secs(s):
+    if s >= 100:
+        return f"{s:.0f}"
+    if s >= 0.01:
+        return f"{s:.3f}"
+    return f"{s:.2g}"
+
+
+def render(results, sz, args, base_tool, notes):
+    tools = [t for t in ALL_TOOLS if t in args.tools]
+    footnotes = []
+
+    def short(note, tool):
+        # Long failure messages go below the table, numbered, once per distinct message.
+        if note.startswith("failed") or note.startswith("wrong"):
+            key = f"{tool}: {note}"
+            if key not in footnotes:
+                footnotes.append(key)
+            return f"{note.split(':')[0]} [{footnotes.index(key) + 1}]"
+        return note
+
+    cols = []
+    for t in tools:
+        cols.append(f"{t} s")
+        if t != base_tool:
+            cols.append(f"{t} ×{base_tool}")
+    lines = ["| workload | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row in results:
+        base = row["tools"].get(base_tool, {}).get("times")
+        base_med = statistics.median(base) if base else None
+        cells = []
+        for t in tools:
+            c = row["tools"].get(t)
+            if c is None:
+                cells.append("–")
+                if t != base_tool:
+                    cells.append("–")
+                continue
+            if c["times"] and not c["notes"]:
+                med = statistics.median(c["times"])
+                cells.append(fmt_secs(med))
+                if t != base_tool:
+                    cells.append(f"{med / base_med:.2f}" if base_med else "–")
+            else:
+                cells.append(short((c["notes"] or ["–"])[0], t))
+                if t != base_tool:
+                    cells.append("–")
+        lines.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
+
+    serving = [t for t in SERVING if t in args.tools]
+    rss = ["", "Peak RSS of each serving process (VmHWM at the end of the workload, MiB):", "",
+           "| workload | " + " | ".join(serving) + " |", "|---|" + "---|" * len(serving)]
+    for row in results:
+        if row["workload"] == "latency":
+            continue
+        cells = []
+        for t in serving:
+            c = row["tools"].get(t)
+            if c is None:
+                cells.append("–")
+            elif c["rss_kib"]:
+                cells.append(f"{c['rss_kib'] / 1024:.1f}")
+            else:
+                cells.append("n/a" if c["notes"] == ["n/a"] else "–")
+        rss.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
+    if footnotes:
+        lines += [""] + [f"[{i + 1}] {f}" for i, f in enumerate(footnotes)]
+    if len(rss) == 5 or not serving:
+        rss = []  # only latency rows, or no serving process asked for
+    return "\n".join(notes + [""] + lines + rss)
+
+
+def row_key(row):
+    return f"{row['workload']}/{row['fs']}/{row['cache']}/{row['label']}"
+
+
+def median_of(cell):
+    return statistics.median(cell["times"]) if cell and cell["times"] and not cell["notes"] else None
+
+
+def render_comparison(old_path, old, new, sz, size_name):
+    """new median / old median for every row and tool measured in both runs."""
+    old_rows = {row_key(r): r for r in old["results"]}
+    lines = ["", f"Compared with {old_path} (new / old median; below 1.00 is faster now):", "",
+             "| workload | " + " | ".join(ALL_TOOLS) + " |", "|---|" + "---|" * len(ALL_TOOLS)]
+    for row in new:
+        o = old_rows.get(row_key(row))
+        if not o:
+            continue
+        cells = []
+        for t in ALL_TOOLS:
+            a, b = median_of(o["tools"].get(t)), median_of(row["tools"].get(t))
+            cells.append(f"{b / a:.2f}" if a and b else "–")
+        lines.append(f"| {row_label(row, sz)} | " + " | ".join(cells) + " |")
+    if old.get("size") != size_name:
+        lines.append("")
+        lines.append(f"(the earlier run used the {old.get('size')} size)")
+    return "\n".join(lines)
+
+
+def build_imgmount(args):
+    if args.imgmount:
+        return os.path.abspath(args.imgmount)
+    log("building imgmount: cargo build --release")
+    r = run(["cargo", "build", "--release", "--bin", "imgmount"], cwd=REPO, check=False)
+    if r.returncode != 0:
+        log("cargo build failed: imgmount columns will show n/a")
+        return None
+    return os.path.join(REPO, "target", "release", "imgmount")
+
+
+def default_workdir():
+    if os.access(os.path.join(REPO, "target"), os.W_OK) or os.access(REPO, os.W_OK):
+        return os.path.join(REPO, "target", "bench")
+    return "/var/tmp/imgmount-bench"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small images and short timeouts (a few minutes)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per tool and workload (default 3)")
+    p.add_argument("--only", help="comma-separated workloads: " + ",".join(w[0] for w in WORKLOADS))
+    p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated, default: all")
+    p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
+    p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
+    p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
+    p.add_argument("--compare", help="an earlier results JSON: also print new/old median per row and tool")
+    p.add_argument("--timeout", type=int, help="seconds before a run gives up (default 15 quick, 600 full)")
+    # Internal: the workload child process.
+    for opt in ("--worker", "--root", "--sub", "--image", "--progress"):
+        p.add_argument(opt, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        return a
+    a.tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    bad = [t for t in a.tools if t not in ALL_TOOLS]
+    if bad:
+        p.error(f"unknown tools {bad}; known: {ALL_TOOLS}")
+    if a.only:
+        a.only = [w.strip() for w in a.only.split(",")]
+        bad = [w for w in a.only if w not in [x[0] for x in WORKLOADS]]
+        if bad:
+            p.error(f"unknown workloads {bad}")
+    if a.runs < 1:
+        p.error("--runs must be at least 1")
+    a.workdir = os.path.abspath(a.workdir or default_workdir())
+    return a
+
+
+def available_tools(a, imgmount_bin):
+    avail, notes = set(), []
+    for t in a.tools:
+        if t == "kernel":
+            if is_root():
+                avail.add(t)
+            else:
+                notes.append("- kernel: not root, so no loop mount; ratios are to imgmount instead.")
+        elif t == "imgmount":
+            if imgmount_bin and os.access(imgmount_bin, os.X_OK):
+                avail.add(t)
+            else:
+                notes.append("- imgmount: no binary (build failed or --imgmount path missing).")
+        else:
+            exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy"}[t]
+            if shutil.which(exe):
+                avail.add(t)
+            else:
+                notes.append(f"- {t}: not installed ({exe} not on PATH).")
+    return avail, notes
+
+
+def main(argv):
+    a = parse_args(argv)
+    if a.worker:
+        worker(a)
+        return 0
+    size_name = "quick" if a.quick else "full"
+    sz = dict(SIZES[size_name])
+    if a.timeout:
+        sz["timeout"] = a.timeout
+    os.makedirs(a.workdir, exist_ok=True)
+    imgmount_bin = build_imgmount(a) if "imgmount" in a.tools else None
+    avail, notes = available_tools(a, imgmount_bin)
+    base_tool = "kernel" if "kernel" in avail else "imgmount"
+
+    mnt_root = os.path.join(a.workdir, "mnt")
+    os.makedirs(mnt_root, exist_ok=True)
+    cleanup_mounts(mnt_root, imgmount_bin)  # leftovers of a killed earlier run
+
+    def on_signal(signum, frame):
+        if CHILD and CHILD.poll() is None:
+            CHILD.kill()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    started = time.time()
+    bench = None
+    try:
+        img_dir = ensure_images(a.workdir, sz, size_name)
+        bench = Bench(a, sz, img_dir, Tools(imgmount_bin), avail)
+        bench.run_all()
+    except KeyboardInterrupt:
+        log("interrupted: unmounting everything")
+        return 130
+    finally:
+        cleanup_mounts(mnt_root, imgmount_bin)
+
+    header = [
+        f"imgmount benchmark, {size_name} size, {a.runs} run(s) per tool, interleaved; "
+        f"median seconds; ratio = tool / {base_tool} in the same interleaved run.",
+        "- cold: host page cache dropped (sync; echo 3 > drop_caches) before each run, FUSE tools "
+        "remounted; warm: one untimed pass first, all tools mounted.",
+        "- FAT32 rows: the kernel column reads an ext4 twin of the same content (no vfat module here).",
+        "- write rows: time from first write to unmounted and image fsynced; ext4 rw for kernel and "
+        "fuse2fs, FAT32 rw for imgmount and fusefat; kernel on an ext4 twin in FAT rows.",
+        "- – means not applicable to that tool; n/a means not installed/available.",
+    ]
+    if not is_root():
+        header.append("- not root: cold runs drop only the image files' cached pages (fadvise), "
+                      "not the whole host cache.")
+    host_note = f"- host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end."
+    text = render(bench.results, sz, a, base_tool, header + notes + [host_note])
+    for row in bench.results:
+        row["title"] = row_label(row, sz)
+        for cell in row["tools"].values():
+            cell["median"] = median_of(cell)
+    if a.compare:
+        with open(a.compare) as f:
+            text += "\n" + render_comparison(a.compare, json.load(f), bench.results, sz, size_name)
+    print(text)
+    out = a.json or os.path.join(a.workdir, f"results-{size_name}-{time.strftime('%Y%m%dT%H%M%S')}.json")
+    with open(out, "w") as f:
+        json.dump({"size": size_name, "sizes": sz, "runs": a.runs, "base": base_tool,
+                   "started": started, "seconds": time.time() - started, "notes": notes,
+                   "imgmount": imgmount_bin, "results": bench.results}, f, indent=1)
+    log(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
