@@ -415,7 +415,12 @@ fn sigkill_dead_mount_cleaned_by_umount() {
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     // A name never looked up reaches the (dead) connection; cached ones would not.
     let e = fs::metadata(dir.path().join("never-looked-up")).unwrap_err();
-    assert_eq!(errno_of(&e), libc::ENOTCONN, "dead mount: {e}");
+    // ENOTCONN normally; ECONNABORTED when the kernel saw the connection aborted while the
+    // request was queued. Both are the dead connection.
+    assert!(
+        [libc::ENOTCONN, libc::ECONNABORTED].contains(&errno_of(&e)),
+        "dead mount: {e}"
+    );
     // Mounting there again is refused with the way out (the root is still cached, so the
     // check may also see "already a mount point"; either names the problem).
     let err = imgmount::fuse::check_mountpoint(dir.path()).unwrap_err();
@@ -463,7 +468,8 @@ fn sigkill_own_watcher_unmounts() {
         unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
     }
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let gone = wait_until(Duration::from_secs(5), || !is_mounted(dir.path()));
+    // Generous: on a loaded machine the watcher may be scheduled late.
+    let gone = wait_until(Duration::from_secs(15), || !is_mounted(dir.path()));
     for w in &fm {
         unsafe { libc::kill(*w as i32, libc::SIGCONT) };
     }

@@ -10,9 +10,12 @@ pub struct MountOpts {
     pub owner: Ownership,
     /// Block cache size for the image, bytes.
     pub cache_bytes: Option<u64>,
+    /// FAT timestamps' offset from UTC in minutes (`utc`, `tz=`); `None` = the host's zone.
+    pub tz_minutes: Option<i32>,
 }
 
-const KNOWN: &str = "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, nosuid, nodev";
+const KNOWN: &str =
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -41,7 +44,13 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
                 )
             }
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
-            ("uid" | "gid" | "umask" | "cache", None) => {
+            ("utc", None) => o.tz_minutes = Some(0),
+            ("tz", Some(v)) => {
+                o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {
+                    format!("tz={v}: expected UTC or an offset like +0100 or -05:30")
+                })?)
+            }
+            ("uid" | "gid" | "umask" | "cache" | "tz", None) => {
                 return Err(format!("mount option '{key}' needs a value ({key}=...)"))
             }
             _ => return Err(format!("unknown mount option '{opt}' (known: {KNOWN})")),
