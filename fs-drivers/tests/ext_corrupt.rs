@@ -94,7 +94,7 @@ fn random_metadata_corruption_never_panics() {
         std::env::var("EXT_FUZZ_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(30),
+            .unwrap_or(20),
     );
     let start = Instant::now();
     let mut images = Vec::new();

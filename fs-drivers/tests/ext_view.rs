@@ -80,6 +80,9 @@ fn every_fixture_matches_ext4_view() {
                     let t = view.read_link(vp).expect("ext4-view readlink");
                     assert_eq!(node.target.as_deref(), Some(t.as_ref()), "{what} target");
                 }
+                // The kernel oracle already compares the 1 GiB sparse file; ext4-view reading
+                // it in a debug build takes most of this test's time.
+                FileType::Regular if node.attr.size > 64 << 20 => {}
                 FileType::Regular if !refused(&fs, node.attr.ino) => {
                     let mut f = view.open(vp).expect("ext4-view open");
                     let mut theirs = Vec::new();
