@@ -1,5 +1,26 @@
 //! ext2/ext3/ext4 reader, one module per on-disk structure. `ExtFs` ties them together
 //! behind `vfs::FileSystem`; it never writes to the device.
+//!
+//! Metadata (superblock, descriptors, inodes, extent/indirect/dir/xattr blocks) is read
+//! with `read_at`, so a `BlockCache` below keeps it; file contents use `read_direct_at` so
+//! they are not cached twice. Group descriptors are loaded once at open; inodes sit in a
+//! small LRU. A read maps each run with one root-to-leaf walk (binary search per extent
+//! level, index arithmetic for block maps): its cost does not grow with file size or offset.
+//!
+//! Read: revision 0 and dynamic superblocks, 32/64-byte descriptors, meta_bg, flex_bg,
+//! bigalloc, 64bit, any inode size with the extra time fields, huge_file, extents of any
+//! depth (unwritten = zeros), block maps up to triple indirect, holes, linear and htree
+//! directories (all six hash variants, large_dir's three levels), inline_data files, dirs
+//! and symlinks, fast/slow symlinks, device numbers in both encodings, xattrs in the inode,
+//! in a block and in ea_inode inodes, POSIX ACLs converted to the kernel's xattr form,
+//! metadata_csum (+ csum_seed) checks per object, in-memory replay of the internal jbd2
+//! journal (revoke, 64-bit and v2/v3 checksummed tags, checksum checks), casefold lookups
+//! (approximate folding: see `casefold`), and refusal (EACCES) of encrypted contents.
+//!
+//! Not done: gdt_csum (crc16) descriptor checks, zeroing of INODE_UNINIT groups' unused
+//! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
+//! orphan processing, statfs overhead accounting as the kernel does (we report the
+//! superblock's counts).
 
 mod block_map;
 mod casefold;
