@@ -215,7 +215,30 @@ fn compare(img: &Path, kernel_img: &Path) {
         }
     }
     let st = fs.statfs().expect("statfs");
-    assert!(st.blocks > 0 && st.block_size == fs.block_size());
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%S %b %f %a %c %d %l"])
+        .arg(&mnt.dir)
+        .output()
+        .expect("stat -f");
+    let k: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().expect("number"))
+        .collect();
+    let o = [
+        u64::from(st.block_size),
+        st.blocks,
+        st.blocks_free,
+        st.blocks_avail,
+        st.files,
+        st.files_free,
+        u64::from(st.name_max),
+    ];
+    assert_eq!(
+        o.to_vec(),
+        k,
+        "{}: statfs (bsize blocks bfree bavail files ffree namelen)",
+        img.display()
+    );
     eprintln!(
         "{}: {} paths, {} bytes equal to the kernel's",
         img.display(),

@@ -19,8 +19,7 @@
 //!
 //! Not done: gdt_csum (crc16) descriptor checks, zeroing of INODE_UNINIT groups' unused
 //! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
-//! orphan processing, statfs overhead accounting as the kernel does (we report the
-//! superblock's counts).
+//! orphan processing, computing the overhead when the superblock does not record it.
 
 mod block_map;
 mod casefold;
@@ -761,15 +760,30 @@ impl FileSystem for ExtFs {
         Err(Error::NoData)
     }
 
+    /// As the kernel's ext4_statfs: totals less the metadata overhead, free counts summed
+    /// from the group descriptors, and the reserve (root's blocks plus ext4's 2%/4096-cluster
+    /// allocation reserve on extent filesystems) taken from what is available.
     fn statfs(&self) -> Result<StatFs> {
         let sb = &self.sb;
+        let ratio = u64::from(sb.cluster_size / sb.block_size);
+        let clusters = sb.blocks_count / ratio;
+        let free: u64 = self.groups.iter().map(|g| g.free_clusters).sum();
+        let free_inodes: u64 = self.groups.iter().map(|g| g.free_inodes).sum();
+        let resv = if sb.has_incompat(incompat::EXTENTS) {
+            (clusters / 50).min(4096) * ratio
+        } else {
+            0
+        };
+        let bfree = (free * ratio).min(sb.blocks_count);
         Ok(StatFs {
             block_size: sb.block_size,
-            blocks: sb.blocks_count,
-            blocks_free: sb.free_blocks_count,
-            blocks_avail: sb.free_blocks_count.saturating_sub(sb.r_blocks_count),
+            blocks: sb
+                .blocks_count
+                .saturating_sub(u64::from(sb.overhead_clusters) * ratio),
+            blocks_free: bfree,
+            blocks_avail: bfree.saturating_sub(sb.r_blocks_count + resv),
             files: u64::from(sb.inodes_count),
-            files_free: u64::from(sb.free_inodes_count),
+            files_free: free_inodes.min(u64::from(sb.inodes_count)),
             name_max: 255,
         })
     }
