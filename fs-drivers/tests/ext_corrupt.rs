@@ -94,7 +94,7 @@ fn random_metadata_corruption_never_panics() {
         std::env::var("EXT_FUZZ_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(20),
+            .unwrap_or(30),
     );
     let start = Instant::now();
     let mut images = Vec::new();
@@ -153,7 +153,7 @@ fn random_metadata_corruption_never_panics() {
                     },
                 ) {
                     Ok(fs) => {
-                        bounded_walk(&fs, 5000, 64 * 1024);
+                        bounded_walk(&fs, 2000, 16 * 1024);
                         true
                     }
                     Err(_) => false,

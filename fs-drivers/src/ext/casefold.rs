@@ -24,6 +24,10 @@ pub fn matches(name: &[u8], folded_name: Option<&[u8]>, entry: &[u8]) -> bool {
     if name == entry {
         return true;
     }
+    // ASCII folds to ASCII lowercase; skip the allocating path for the common case.
+    if name.is_ascii() && entry.is_ascii() {
+        return name.eq_ignore_ascii_case(entry);
+    }
     match (folded_name, fold(entry)) {
         (Some(a), Some(b)) => a == b.as_slice(),
         _ => false,

@@ -441,24 +441,12 @@ impl ExtFs {
         let cf = self.is_casefold(dir);
         let folded = if cf { casefold::fold(name) } else { None };
         let mut found = None;
-        let mut err = None;
         self.dir_pieces(dir, 0, &mut |_, area| {
-            match self.find_in_area(area, name, folded.as_deref(), cf) {
-                Ok(Some(i)) => {
-                    found = Some(i);
-                    return Ok(false);
-                }
-                Ok(None) => {}
-                // A broken block hides only its own entries, as in the kernel's scan.
-                Err(e) => err = Some(e),
-            }
-            Ok(true)
+            // As the kernel's scan: the first broken block ends the lookup with its error.
+            found = self.find_in_area(area, name, folded.as_deref(), cf)?;
+            Ok(found.is_none())
         })?;
-        match (found, err) {
-            (Some(i), _) => Ok(i),
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(Error::NotFound),
-        }
+        found.ok_or(Error::NotFound)
     }
 
     /// Hashed lookup: descend the index to the leaf whose hash range holds the name's hash,
