@@ -389,11 +389,14 @@ impl ExtFs {
     ) -> Result<Option<usize>> {
         let csum = self.sb.metadata_csum();
         if indexed && htree::is_dx_block(block, lblk) && dir::tail_start(block).is_none() {
-            if lblk != 0 && csum {
-                htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
-            }
             if lblk != 0 {
+                if csum {
+                    htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
+                }
                 return Ok(None);
+            }
+            if self.verify_csum() {
+                htree::parse_root(block, true, inode.csum_seed, true, self.htree_levels())?;
             }
             return Ok(Some(block.len()));
         }
@@ -406,6 +409,15 @@ impl ExtFs {
             })?;
         }
         Ok(Some(dir::tail_start(block).unwrap_or(block.len())))
+    }
+
+    /// Most index levels (root included) a directory may have.
+    fn htree_levels(&self) -> u8 {
+        if self.sb.has_incompat(incompat::LARGEDIR) {
+            3
+        } else {
+            2
+        }
     }
 
     fn filetype(&self) -> bool {
