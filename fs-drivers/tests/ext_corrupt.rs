@@ -89,7 +89,16 @@ fn metadata_ranges(base: &Arc<Vec<u8>>) -> Vec<u64> {
 #[test]
 fn random_metadata_corruption_never_panics() {
     let Some(dir) = fixture_dir() else { return };
-    let names = ["ext2-nofiletype", "ext4-casefold", "ext4-journal"];
+    let names = [
+        "ext2-nofiletype",
+        "ext2-rev0",
+        "ext3-inode128",
+        "ext4-casefold",
+        "ext4-tea-unsigned",
+        "ext4-legacy",
+        "ext4-journal",
+        "ext4-kjournal",
+    ];
     let budget = Duration::from_secs(
         std::env::var("EXT_FUZZ_SECS")
             .ok()
