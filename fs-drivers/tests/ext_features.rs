@@ -424,3 +424,46 @@ fn random_reads_cost_a_bounded_number_of_metadata_reads() {
         }
     }
 }
+
+#[test]
+fn bad_extent_block_checksum_fails_only_that_file() {
+    let Some(img) = fixture("ext4-tea-unsigned") else {
+        return;
+    };
+    let out = Command::new("debugfs")
+        .args(["-R", "ex /fragmented"])
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Second line: the root's index entry; its physical block is an extent index block.
+    let line = text.lines().nth(1).expect("extent dump");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let blk: usize = fields[fields.len() - 2].parse().expect("physical block");
+    let bs = open(&img).block_size() as usize;
+    let mut data = std::fs::read(&img).expect("image");
+    data[blk * bs + 12] ^= 0x01; // first index entry's start block 0 -> 1: still well-formed
+    let mk = |verify| {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data.clone()));
+        ExtFs::open(
+            dev,
+            ExtOptions {
+                verify_checksums: verify,
+            },
+        )
+        .expect("open")
+    };
+    let fs = mk(true);
+    let f = resolve(&fs, "fragmented").expect("inode itself is fine");
+    let err = fs
+        .read(f.ino, 0, &mut [0; 4096])
+        .expect_err("bad extent block accepted");
+    assert_eq!(err.errno(), libc::EIO);
+    let other = resolve(&fs, "size-4097").expect("other file");
+    assert_eq!(read_all(&fs, other.ino, other.size).len(), 4097);
+    let fs = mk(false);
+    // Unchecked, block 0 now looks like a hole: an answer (zeros), no error.
+    let mut buf = [1u8; 4096];
+    fs.read(f.ino, 0, &mut buf).expect("verification off");
+    assert!(buf.iter().all(|&b| b == 0));
+}
