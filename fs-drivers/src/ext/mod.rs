@@ -67,7 +67,7 @@ impl Default for ExtOptions {
 
 /// Where a logical file block lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Run {
+pub(crate) enum Run {
     /// `len` blocks that read as zeros (a hole or an unwritten extent).
     Hole(u64),
     /// `len` blocks stored contiguously from `pblk`.
@@ -245,7 +245,7 @@ impl ExtFs {
         let bs = u64::from(sb.block_size);
         let isz = u64::from(sb.inode_size);
         let byte = index * isz;
-        let blk = gd.inode_table + byte / bs;
+        let blk = gd.inode_table.saturating_add(byte / bs);
         let block = self.read_block(blk)?;
         let off = (byte % bs) as usize;
         let raw = &block[off..off + isz as usize];
@@ -781,7 +781,7 @@ impl FileSystem for ExtFs {
                 .blocks_count
                 .saturating_sub(u64::from(sb.overhead_clusters) * ratio),
             blocks_free: bfree,
-            blocks_avail: bfree.saturating_sub(sb.r_blocks_count + resv),
+            blocks_avail: bfree.saturating_sub(sb.r_blocks_count.saturating_add(resv)),
             files: u64::from(sb.inodes_count),
             files_free: free_inodes.min(u64::from(sb.inodes_count)),
             name_max: 255,
