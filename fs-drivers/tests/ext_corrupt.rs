@@ -135,7 +135,7 @@ fn random_metadata_corruption_never_panics() {
         let mut patches = Vec::new();
         for _ in 0..1 + r.below(4) {
             // Mostly blocks the walk reads; sometimes the superblock and descriptor table.
-            let region = if r.below(8) == 0 {
+            let region = if r.below(4) == 0 {
                 r.below(3) * bs_hint
             } else {
                 meta[r.below(meta.len() as u64) as usize] / bs_hint * bs_hint
