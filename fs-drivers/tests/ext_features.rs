@@ -88,6 +88,19 @@ fn casefold_directories_ignore_case() {
             .expect("exact");
         assert_eq!(a.ino, b.ino);
     }
+    // Full folding and normalization, through the htree (hashes from e2fsck -D).
+    for (asked, stored) in [
+        ("STRASSE-5", "Stra\u{df}e-5"),
+        ("strasse-150", "Stra\u{df}e-150"),
+        ("\u{3c9}MEGA-7", "\u{3a9}mega-7"),
+        ("CAFE\u{301}-3", "Caf\u{e9}-3"),
+    ] {
+        let a = fs
+            .lookup(big.ino, asked.as_bytes())
+            .unwrap_or_else(|e| panic!("{asked}: {e}"));
+        let b = fs.lookup(big.ino, stored.as_bytes()).expect("exact");
+        assert_eq!(a.ino, b.ino, "{asked}");
+    }
     assert_eq!(fs.dx_fallbacks(), 0, "casefold htree lookups fell back");
     // Outside casefold directories case still matters.
     assert!(resolve(&fs, "ONE").is_err());
