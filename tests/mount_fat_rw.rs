@@ -399,19 +399,22 @@ fn scripted(bits: u32) {
     mount(&img, &mnt, true);
     let mut model = Tree::new();
     workload(bits, &mnt, &mut model);
-    assert_same_tree(
-        &format!("fat{bits} mount before umount"),
-        &walk(&mnt),
-        &model,
-    );
+    let phase = |name: &str, since: &mut Instant| {
+        eprintln!("fat{bits}: {name} took {:?}", since.elapsed());
+        *since = Instant::now();
+    };
+    let mut since = Instant::now();
+    let seen = walk(&mnt);
+    assert_same_tree(&format!("fat{bits} mount before umount"), &seen, &model);
+    phase("walk through rw mount", &mut since);
     umount(&mnt);
+    phase("umount", &mut since);
 
     assert_fsck_clean(&img);
-    assert_same_tree(
-        &format!("fat{bits} mtools"),
-        &mtools_tree(&img, t.path()),
-        &model,
-    );
+    phase("fsck.fat", &mut since);
+    let seen = mtools_tree(&img, t.path());
+    assert_same_tree(&format!("fat{bits} mtools"), &seen, &model);
+    phase("mtools", &mut since);
 
     // Read-only remount: same tree, and a full walk with reads never writes the image.
     let before = common::tool_stdout("sha256sum", [&img]);
@@ -424,6 +427,7 @@ fn scripted(bits: u32) {
     assert_same_tree(&format!("fat{bits} ro remount"), &walk(&mnt), &model);
     umount(&mnt);
     assert_eq!(common::tool_stdout("sha256sum", [&img]), before);
+    phase("ro remount, walk, sha256", &mut since);
     eprintln!(
         "fat{bits}: scripted workload, {} paths, {:?}",
         model.len(),
@@ -535,5 +539,306 @@ fn fsynced_data_survives_sigkill() {
         let tree = mtools_tree(&img, t.path());
         assert_eq!(tree.get("keep/synced.bin"), Some(&Node::File(data)));
         assert_eq!(tree.get("grown.txt"), Some(&Node::File(grown)));
+    }
+}
+
+/// splitmix64: failures reproduce from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Distinct even after FAT's case folding, so the model can compare names exactly.
+const POOL: [&str; 6] = ["a", "b", "dir", "ünï", "x.txt", "a rather long name.data"];
+
+/// Mostly a name inside an existing directory (so most operations can succeed), sometimes a
+/// path through missing or non-directory components (for the error paths).
+fn random_path(rng: &mut Rng, model: &Tree) -> String {
+    if rng.below(100) < 80 {
+        let dirs: Vec<&String> = model
+            .iter()
+            .filter(|(_, n)| **n == Node::Dir)
+            .map(|(k, _)| k)
+            .collect();
+        let name = POOL[rng.below(POOL.len())];
+        let pick = rng.below(dirs.len() + 1);
+        return match dirs.get(pick) {
+            Some(d) if d.matches('/').count() < 5 => format!("{d}/{name}"),
+            _ => name.to_string(),
+        };
+    }
+    let depth = 1 + rng.below(3);
+    (0..depth)
+        .map(|_| POOL[rng.below(POOL.len())])
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The errno resolving `rel`'s parent directories gives, if any.
+fn parent_errno(model: &Tree, rel: &str) -> Option<i32> {
+    let mut prefix = String::new();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(c);
+        match model.get(&prefix) {
+            None => return Some(libc::ENOENT),
+            Some(Node::File(_)) => return Some(libc::ENOTDIR),
+            Some(Node::Dir) => {}
+        }
+    }
+    None
+}
+
+fn children<'a>(model: &'a Tree, dir: &str) -> impl Iterator<Item = &'a String> + 'a {
+    let prefix = format!("{dir}/");
+    model
+        .range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k)
+}
+
+/// What the model expects from rename(a, b): the errno, or 0 after applying it.
+fn model_rename(model: &mut Tree, a: &str, b: &str) -> i32 {
+    if let Some(e) = parent_errno(model, a).or_else(|| parent_errno(model, b)) {
+        return e;
+    }
+    let Some(src) = model.get(a).cloned() else {
+        return libc::ENOENT;
+    };
+    if a == b {
+        return 0;
+    }
+    let src_dir = src == Node::Dir;
+    if src_dir && b.starts_with(&format!("{a}/")) {
+        return libc::EINVAL;
+    }
+    if a.starts_with(&format!("{b}/")) {
+        // b is an ancestor of a, hence a non-empty directory.
+        return libc::ENOTEMPTY;
+    }
+    match (src_dir, model.get(b)) {
+        (true, Some(Node::File(_))) => return libc::ENOTDIR,
+        (false, Some(Node::Dir)) => return libc::EISDIR,
+        (true, Some(Node::Dir)) if children(model, b).next().is_some() => return libc::ENOTEMPTY,
+        _ => {}
+    }
+    model.remove(b);
+    let moved: Vec<String> = children(model, a).cloned().collect();
+    let node = model.remove(a).unwrap_or(Node::Dir);
+    model.insert(b.to_string(), node);
+    for k in moved {
+        let v = model.remove(&k).unwrap_or(Node::Dir);
+        model.insert(format!("{b}{}", &k[a.len()..]), v);
+    }
+    0
+}
+
+/// ENOTEMPTY and EEXIST are the same POSIX class for rename onto a non-empty directory.
+fn same_class(got: i32, want: i32) -> bool {
+    got == want || (want == libc::ENOTEMPTY && got == libc::EEXIST)
+}
+
+fn random_ops(bits: u32, seed: u64, ops: usize) {
+    let t0 = Instant::now();
+    let t = TempDir::new(&format!("fatrand{bits}"));
+    let img = make_image(t.path(), bits);
+    let mnt = t.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    mount(&img, &mnt, true);
+    let mut model = Tree::new();
+    let mut rng = Rng(seed);
+    let mut counts = [0usize; 9];
+    let mut errors = [0usize; 9];
+    for i in 0..ops {
+        let op = rng.below(counts.len());
+        // Operations on existing entries mostly get one, so most of them succeed.
+        let fits: Vec<&String> = model
+            .iter()
+            .filter(|(_, n)| match op {
+                1 | 2 | 4 | 7 => matches!(n, Node::File(_)),
+                6 | 8 => **n == Node::Dir,
+                _ => true,
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let rel = match fits.get(rng.below(fits.len())) {
+            Some(k) if op != 0 && op != 5 && rng.below(100) < 65 => k.to_string(),
+            _ => random_path(&mut rng, &model),
+        };
+        let p = mnt.join(&rel);
+        counts[op] += 1;
+        let pe = parent_errno(&model, &rel);
+        let cur = model.get(&rel).cloned();
+        let (what, got, want) = match op {
+            0 => {
+                let data = pattern(rng.next(), rng.below(20_000));
+                let want = pe.unwrap_or(match cur {
+                    Some(Node::Dir) => libc::EISDIR,
+                    _ => 0,
+                });
+                let got = errno(fs::write(&p, &data));
+                if want == 0 {
+                    model.insert(rel.clone(), Node::File(data));
+                }
+                ("write", got, want)
+            }
+            1 | 2 => {
+                let off = rng.below(60_000);
+                let data = pattern(rng.next(), rng.below(10_000));
+                let want = pe.unwrap_or(match cur {
+                    None => libc::ENOENT,
+                    Some(Node::Dir) => libc::EISDIR,
+                    Some(Node::File(_)) => 0,
+                });
+                let got = errno(OpenOptions::new().write(true).open(&p).and_then(|f| {
+                    if op == 1 {
+                        f.write_all_at(&data, off as u64)
+                    } else {
+                        f.set_len(off as u64)
+                    }
+                }));
+                if let (0, Some(Node::File(mut d))) = (want, cur) {
+                    if op == 1 {
+                        if d.len() < off + data.len() {
+                            d.resize(off + data.len(), 0);
+                        }
+                        d[off..off + data.len()].copy_from_slice(&data);
+                    } else {
+                        d.resize(off, 0);
+                    }
+                    model.insert(rel.clone(), Node::File(d));
+                }
+                (if op == 1 { "pwrite" } else { "truncate" }, got, want)
+            }
+            3 => {
+                let to = random_path(&mut rng, &model);
+                let got = errno(fs::rename(&p, mnt.join(&to)));
+                let want = model_rename(&mut model, &rel, &to);
+                ("rename", got, want)
+            }
+            4 => {
+                let want = pe.unwrap_or(match cur {
+                    None => libc::ENOENT,
+                    Some(Node::Dir) => libc::EISDIR,
+                    Some(Node::File(_)) => 0,
+                });
+                let got = errno(fs::remove_file(&p));
+                if want == 0 {
+                    model.remove(&rel);
+                }
+                ("unlink", got, want)
+            }
+            5 => {
+                let want = pe.unwrap_or(if cur.is_some() { libc::EEXIST } else { 0 });
+                let got = errno(fs::create_dir(&p));
+                if want == 0 {
+                    model.insert(rel.clone(), Node::Dir);
+                }
+                ("mkdir", got, want)
+            }
+            6 => {
+                let want = pe.unwrap_or(match cur {
+                    None => libc::ENOENT,
+                    Some(Node::File(_)) => libc::ENOTDIR,
+                    Some(Node::Dir) if children(&model, &rel).next().is_some() => libc::ENOTEMPTY,
+                    Some(Node::Dir) => 0,
+                });
+                let got = errno(fs::remove_dir(&p));
+                if want == 0 {
+                    model.remove(&rel);
+                }
+                ("rmdir", got, want)
+            }
+            7 => {
+                let want = pe.unwrap_or(match cur {
+                    None => libc::ENOENT,
+                    Some(Node::Dir) => libc::EISDIR,
+                    Some(Node::File(_)) => 0,
+                });
+                let got = match fs::read(&p) {
+                    Ok(d) => {
+                        assert!(
+                            Some(Node::File(d)) == cur,
+                            "fat{bits} op {i}: read {rel} returned other bytes"
+                        );
+                        0
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                };
+                ("read", got, want)
+            }
+            _ => {
+                let want = pe.unwrap_or(match cur {
+                    None => libc::ENOENT,
+                    Some(Node::File(_)) => libc::ENOTDIR,
+                    Some(Node::Dir) => 0,
+                });
+                let got = match fs::read_dir(&p) {
+                    Ok(rd) => {
+                        let mut names: Vec<String> = rd
+                            .map(|e| e.unwrap().file_name().into_string().unwrap())
+                            .collect();
+                        names.sort();
+                        let depth = rel.matches('/').count() + 1;
+                        let want_names: Vec<String> = children(&model, &rel)
+                            .filter(|k| k.matches('/').count() == depth)
+                            .map(|k| k.rsplit('/').next().unwrap_or("").to_string())
+                            .collect();
+                        assert_eq!(names, want_names, "fat{bits} op {i}: readdir {rel}");
+                        0
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1),
+                };
+                ("readdir", got, want)
+            }
+        };
+        assert!(
+            same_class(got, want),
+            "fat{bits} seed {seed} op {i}: {what} {rel}: errno {got}, model says {want}"
+        );
+        if want != 0 {
+            errors[op] += 1;
+        }
+        if i % 500 == 499 {
+            assert_same_tree(&format!("fat{bits} op {i}"), &walk(&mnt), &model);
+        }
+    }
+    assert_same_tree(&format!("fat{bits} end"), &walk(&mnt), &model);
+    umount(&mnt);
+    assert_fsck_clean(&img);
+    assert_same_tree(
+        &format!("fat{bits} random, mtools"),
+        &mtools_tree(&img, t.path()),
+        &model,
+    );
+    eprintln!(
+        "fat{bits}: {ops} random ops (seed {seed}; ops per kind {counts:?}, expected errors per kind {errors:?}; \
+         {} paths at the end) in {:?}",
+        model.len(),
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn random_ops_match_model() {
+    if !ready() {
+        return;
+    }
+    for (bits, seed) in [(12, 0x5eed_0012), (16, 0x5eed_0016), (32, 0x5eed_0032)] {
+        random_ops(bits, seed, 3000);
     }
 }
