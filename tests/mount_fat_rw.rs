@@ -825,6 +825,13 @@ fn random_ops(bits: u32, seed: u64, ops: usize) {
         if i % 500 == 499 {
             assert_same_tree(&format!("fat{bits} op {i}"), &walk(&mnt), &model);
         }
+        // Half way: the intermediate state must also be clean on disk and survive a remount.
+        if i == ops / 2 {
+            umount(&mnt);
+            assert_fsck_clean(&img);
+            mount(&img, &mnt, true);
+            assert_same_tree(&format!("fat{bits} remount at {i}"), &walk(&mnt), &model);
+        }
     }
     assert_same_tree(&format!("fat{bits} end"), &walk(&mnt), &model);
     umount(&mnt);
