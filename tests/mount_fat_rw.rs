@@ -296,6 +296,21 @@ fn workload(bits: u32, m: &Path, model: &mut Tree) {
     model.insert("target".into(), Node::Dir);
     put(model, "target/inner.txt", b"inner".to_vec());
     assert_eq!(fs::read(p("target/inner.txt")).unwrap(), b"inner");
+    // Across directories: a moved directory's ".." must follow it (fsck.fat checks it).
+    fs::create_dir(p("emptydir/sub")).unwrap();
+    fs::rename(p("target"), p("emptydir/sub/moved")).unwrap();
+    fs::rename(p("victim.txt"), p("emptydir/sub/moved/victim.txt")).unwrap();
+    model.remove("target");
+    model.remove("target/inner.txt");
+    model.remove("victim.txt");
+    model.insert("emptydir/sub".into(), Node::Dir);
+    model.insert("emptydir/sub/moved".into(), Node::Dir);
+    put(model, "emptydir/sub/moved/inner.txt", b"inner".to_vec());
+    put(
+        model,
+        "emptydir/sub/moved/victim.txt",
+        b"old contents".to_vec(),
+    );
     fs::write(p("unlinked.txt"), b"bye").unwrap();
     fs::remove_file(p("unlinked.txt")).unwrap();
     assert_eq!(errno(fs::metadata(p("unlinked.txt"))), libc::ENOENT);
@@ -857,4 +872,43 @@ fn random_ops_match_model() {
     for (bits, seed) in [(12, 0x5eed_0012), (16, 0x5eed_0016), (32, 0x5eed_0032)] {
         random_ops(bits, seed, 3000);
     }
+}
+
+/// FAT12/16 roots are a fixed table of 512 entries: filling it fails with ENOSPC, leaves the
+/// volume clean, and keeps every entry made before the failure.
+#[test]
+fn fixed_root_directory_fills_with_enospc() {
+    if !ready() {
+        return;
+    }
+    let t = TempDir::new("fatroot");
+    let img = make_image(t.path(), 16);
+    let mnt = t.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    mount(&img, &mnt, true);
+    let mut model = Tree::new();
+    let mut err = 0;
+    for i in 0..600 {
+        // 8.3 upper-case names take one entry each.
+        let name = format!("F{i:05}.TXT");
+        match fs::write(mnt.join(&name), b"x") {
+            Ok(()) => {
+                model.insert(name, Node::File(b"x".to_vec()));
+            }
+            Err(e) => {
+                err = e.raw_os_error().unwrap_or(-1);
+                break;
+            }
+        }
+    }
+    assert_eq!(err, libc::ENOSPC, "after {} files", model.len());
+    eprintln!("fat16: root took {} files before ENOSPC", model.len());
+    // mkfs.vfat without -n writes no volume label entry, so all 512 slots are ours.
+    assert_eq!(model.len(), 512);
+    assert_eq!(errno(fs::create_dir(mnt.join("NEWDIR"))), libc::ENOSPC);
+    assert_same_tree("full root", &walk(&mnt), &model);
+    umount(&mnt);
+    assert_fsck_clean(&img);
+    assert_same_tree("full root, mtools", &mtools_tree(&img, t.path()), &model);
 }
