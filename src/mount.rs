@@ -106,6 +106,7 @@ fn open_filesystem(
         },
         fat_utc_offset_minutes: Some(opts.tz_minutes.unwrap_or_else(host::utc_offset_minutes)),
         fat_owner: host::caller_ids(),
+        discard: opts.discard,
         ..FsOptions::default()
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;

@@ -912,3 +912,55 @@ fn fixed_root_directory_fills_with_enospc() {
     assert_fsck_clean(&img);
     assert_same_tree("full root, mtools", &mtools_tree(&img, t.path()), &model);
 }
+
+/// Allocated bytes of a host file (st_blocks), to see holes punched.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// `-o rw,discard` punches the clusters a deleted file held out of the image, so it stays
+/// sparse; without `discard` they stay allocated. fsck is clean either way.
+#[test]
+fn discard_punches_freed_clusters() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("fat-discard");
+    let mut after = Vec::new();
+    for discard in [false, true] {
+        let img = make_image(dir.path(), 32);
+        let mnt = dir.path().join(format!("mnt-{discard}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let opts = if discard { "rw,discard" } else { "rw" };
+        imgmount([
+            OsStr::new("-o"),
+            OsStr::new(opts),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ])
+        .expect_ok();
+        let _g = MountGuard(mnt.clone());
+        let mut f = fs::File::create(mnt.join("big")).unwrap();
+        f.write_all(&pattern(7, 24 << 20)).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let written = allocated(&img);
+        assert!(written >= 24 << 20, "data reached the image: {written}");
+        fs::remove_file(mnt.join("big")).unwrap();
+        umount(&mnt);
+        assert_fsck_clean(&img);
+        after.push((written, allocated(&img)));
+        fs::remove_file(&img).unwrap();
+    }
+    let (kept_w, kept) = after[0];
+    let (punched_w, punched) = after[1];
+    assert!(
+        kept + (1 << 20) >= kept_w,
+        "without discard: {kept} of {kept_w}"
+    );
+    assert!(
+        punched + (20 << 20) <= punched_w,
+        "with discard the image should shrink: {punched} of {punched_w}"
+    );
+}

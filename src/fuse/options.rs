@@ -12,10 +12,12 @@ pub struct MountOpts {
     pub cache_bytes: Option<u64>,
     /// FAT timestamps' offset from UTC in minutes (`utc`, `tz=`); `None` = the host's zone.
     pub tz_minutes: Option<i32>,
+    /// Punch holes in the image for clusters a read-write mount frees.
+    pub discard: bool,
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -45,6 +47,7 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             }
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
             ("utc", None) => o.tz_minutes = Some(0),
+            ("discard", None) => o.discard = true,
             ("tz", Some(v)) => {
                 o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {
                     format!("tz={v}: expected UTC or an offset like +0100 or -05:30")
@@ -110,6 +113,11 @@ mod tests {
         assert_eq!(o.owner.uid, Some(1000));
         assert_eq!(o.owner.gid, Some(100));
         assert_eq!(o.owner.umask, Some(0o027));
+        assert!(!o.discard);
+        assert!(p("rw,discard").unwrap().discard);
+        assert_eq!(p("utc").unwrap().tz_minutes, Some(0));
+        assert_eq!(p("tz=-0530").unwrap().tz_minutes, Some(-330));
+        assert!(p("tz=nowhere").is_err());
         assert_eq!(o.cache_bytes, Some(64 << 20));
         assert!(!p("rw,ro").unwrap().rw);
         assert_eq!(parse(&[]).unwrap(), MountOpts::default());
