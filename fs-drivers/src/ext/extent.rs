@@ -50,7 +50,7 @@ fn search(node: &[u8], entries: usize, lblk: u32) -> Option<usize> {
     lo.checked_sub(1)
 }
 
-fn verify_block(fs: &ExtFs, inode: &Inode, node: &[u8], blk: u64) -> Result<()> {
+pub(super) fn verify_block(fs: &ExtFs, inode: &Inode, node: &[u8], blk: u64) -> Result<()> {
     if !fs.verify_csum() {
         return Ok(());
     }
@@ -76,7 +76,7 @@ pub fn map(fs: &ExtFs, inode: &Inode, lblk: u64) -> Result<Run> {
         return Ok(Run::Hole(u64::MAX));
     };
     let ino = inode.ino;
-    let mut node: Vec<u8> = inode.block.to_vec();
+    let mut node: std::sync::Arc<[u8]> = inode.block[..].into();
     let mut h = header(&node, ino)?;
     // Logical end of the subtree we are in: a hole stops at the next sibling's start.
     let mut limit: u64 = 1 << 32;
@@ -142,8 +142,7 @@ pub fn map(fs: &ExtFs, inode: &Inode, lblk: u64) -> Result<Run> {
         }
         let child = u64::from(u32_at(&node, e + 4)) | u64::from(u16_at(&node, e + 8)) << 32;
         let want_depth = h.depth - 1;
-        node = fs.read_block(child)?;
-        verify_block(fs, inode, &node, child)?;
+        node = fs.extent_node(inode, child)?;
         h = header(&node, ino)?;
         if h.depth != want_depth {
             return Err(Error::corrupt(format!(

@@ -50,6 +50,10 @@ pub const ROOT_INO: u32 = 2;
 /// Longest symlink target we read (the kernel's PATH_MAX-ish page limit).
 const MAX_SYMLINK: u64 = 65536;
 const INODE_CACHE: usize = 4096;
+/// Verified extent-tree blocks by (inode, block).
+type ExtentNodeCache = LruCache<(u32, u64), Arc<[u8]>>;
+/// Bytes of verified extent-tree blocks kept (at least 16 blocks whatever the block size).
+const EXTENT_CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ExtOptions {
@@ -83,6 +87,10 @@ pub struct ExtFs {
     /// the journal copy, and whether its first four bytes were escaped.
     overlay: HashMap<u64, (u64, bool)>,
     inodes: Mutex<LruCache<u32, Arc<Inode>>>,
+    /// Extent index and leaf blocks already read and checksum-verified, keyed by (inode,
+    /// block) because the checksum seed is the inode's: a read deep in a big file then costs
+    /// what one in a small file does (no block copy, no crc per level).
+    extent_nodes: Mutex<ExtentNodeCache>,
     /// Lookups whose htree was unusable and fell back to a linear scan.
     dx_fallbacks: AtomicU64,
 }
@@ -140,6 +148,7 @@ impl ExtFs {
                 dev.size()
             )));
         }
+        let sb_block_size = sb.block_size as usize;
         let mut fs = ExtFs {
             dev,
             sb,
@@ -148,6 +157,10 @@ impl ExtFs {
             overlay,
             inodes: Mutex::new(LruCache::new(
                 NonZeroUsize::new(INODE_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+            extent_nodes: Mutex::new(LruCache::new(
+                NonZeroUsize::new((EXTENT_CACHE_BYTES / sb_block_size).max(16))
+                    .unwrap_or(NonZeroUsize::MIN),
             )),
             dx_fallbacks: AtomicU64::new(0),
         };
@@ -178,6 +191,24 @@ impl ExtFs {
     }
 
     /// One metadata block, the journal's newer copy when it has one.
+    /// A verified extent-tree block of `inode`, from the extent cache when it is there.
+    fn extent_node(&self, inode: &Inode, blk: u64) -> Result<Arc<[u8]>> {
+        let key = (inode.ino, blk);
+        let mut cache = self.extent_nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = cache.get(&key) {
+            return Ok(node.clone());
+        }
+        drop(cache);
+        let node = self.read_block(blk)?;
+        extent::verify_block(self, inode, &node, blk)?;
+        let node: Arc<[u8]> = node.into();
+        self.extent_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, node.clone());
+        Ok(node)
+    }
+
     fn read_block(&self, blk: u64) -> Result<Vec<u8>> {
         if blk >= self.sb.blocks_count {
             return Err(Error::corrupt(format!(
