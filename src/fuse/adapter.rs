@@ -854,8 +854,10 @@ impl fuser::Filesystem for Adapter {
     ) {
         guarded("flush", || {
             // Writes go straight to the driver (no write-back cache in the kernel), so close()
-            // has nothing of ours to push; durability is fsync's and unmount's job.
-            reply.ok();
+            // has nothing of ours to push; durability is fsync's and unmount's job. ENOSYS
+            // says so once for the whole mount: the kernel then stops sending FLUSH on every
+            // close (fc->no_flush) and close() returns 0, as it would after our reply.ok().
+            reply.error(Errno::ENOSYS);
         });
     }
 
