@@ -2,3 +2,4 @@
 //! in main.rs): the FUSE adapter and the mount life cycle.
 
 pub mod fuse;
+pub mod host;

@@ -10,6 +10,7 @@ use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
 use imgmount::fuse::options::{self, MountOpts};
 use imgmount::fuse::{kernel, lifecycle, ServeConfig};
+use imgmount::host;
 
 use crate::report::Failure;
 use crate::{cli, commands};
@@ -103,6 +104,9 @@ fn open_filesystem(
             cli::FsTypeArg::Ext4 => FsType::Ext4,
             cli::FsTypeArg::Fat => FsType::Fat,
         },
+        fat_utc_offset_minutes: Some(opts.tz_minutes.unwrap_or_else(host::utc_offset_minutes)),
+        fat_owner: host::caller_ids(),
+        discard: opts.discard,
         ..FsOptions::default()
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;

@@ -415,7 +415,12 @@ fn sigkill_dead_mount_cleaned_by_umount() {
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     // A name never looked up reaches the (dead) connection; cached ones would not.
     let e = fs::metadata(dir.path().join("never-looked-up")).unwrap_err();
-    assert_eq!(errno_of(&e), libc::ENOTCONN, "dead mount: {e}");
+    // ENOTCONN normally; ECONNABORTED when the kernel saw the connection aborted while the
+    // request was queued. Both are the dead connection.
+    assert!(
+        [libc::ENOTCONN, libc::ECONNABORTED].contains(&errno_of(&e)),
+        "dead mount: {e}"
+    );
     // Mounting there again is refused with the way out (the root is still cached, so the
     // check may also see "already a mount point"; either names the problem).
     let err = imgmount::fuse::check_mountpoint(dir.path()).unwrap_err();
@@ -463,7 +468,8 @@ fn sigkill_own_watcher_unmounts() {
         unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
     }
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let gone = wait_until(Duration::from_secs(5), || !is_mounted(dir.path()));
+    // Generous: on a loaded machine the watcher may be scheduled late.
+    let gone = wait_until(Duration::from_secs(15), || !is_mounted(dir.path()));
     for w in &fm {
         unsafe { libc::kill(*w as i32, libc::SIGCONT) };
     }
@@ -876,9 +882,12 @@ fn m_size(p: &Path) -> u64 {
     fs::metadata(p).unwrap().len()
 }
 
-/// The adapter over the real ext reader: each fixture looks exactly as the kernel's own
-/// read-only loop mount shows it (every stat field, link targets, xattrs, contents), writes
-/// fail with EROFS, and the image is unchanged afterwards.
+/// The adapter over the real ext reader: every ext fixture looks exactly as the kernel's own
+/// loop mount shows it (every stat field, st_ino shared by exactly the same hard links, link
+/// targets, xattrs, contents, directory names), writes fail with EROFS, and the image is
+/// unchanged afterwards. Journal fixtures are compared with the kernel's recovered view of a
+/// writable copy (the kernel replays into the device, which a read-only loop refuses). Files
+/// over 16 MiB (the 1 GiB sparse file) are compared by size and six 1 MiB windows.
 fn real_ext_driver_matches_kernel() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let st = Command::new("bash")
@@ -895,14 +904,18 @@ fn real_ext_driver_matches_kernel() {
         String::from_utf8_lossy(&st.stderr)
     );
     let dir = root.join("target/fixtures/ext");
-    // Hashing a 1.2 GB sparse image costs ~15 s here: the small one gets a sha256, every one
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".img"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "only {} ext fixtures", names.len());
+    let (mut compared, mut skipped, mut linked) = (0, vec![], 0);
+    // Hashing a 1.2 GB sparse image costs ~15 s here: the small ones get a sha256, every one
     // a check that no write touched it (size, mtime, ctime).
-    for name in [
-        "ext4.img",
-        "ext2-1k.img",
-        "ext4-inline.img",
-        "ext2-nofiletype.img",
-    ] {
+    for name in &names {
+        let started = Instant::now();
         let img = dir.join(name);
         let stamp = |p: &Path| {
             let m = fs::metadata(p).unwrap();
@@ -922,6 +935,38 @@ fn real_ext_driver_matches_kernel() {
         let odir = t.path().join("ours");
         fs::create_dir(&kdir).unwrap();
         fs::create_dir(&odir).unwrap();
+        let journal = name.contains("journal");
+        let (kimg, opts) = if journal {
+            let copy = t.path().join("kernel-copy.img");
+            assert!(run(Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&img)
+                .arg(&copy))
+            .status
+            .success());
+            // noatime: the walk must not change what it compares.
+            (copy, "loop,noatime")
+        } else {
+            (img.clone(), "loop,ro")
+        };
+        let k = run(Command::new("mount")
+            .arg("-o")
+            .arg(opts)
+            .arg(&kimg)
+            .arg(&kdir));
+        if !k.status.success() {
+            // Blocks larger than the page size and casefold (CONFIG_UNICODE) depend on the
+            // kernel build; every other fixture must mount.
+            let why = String::from_utf8_lossy(&k.stderr).trim().to_string();
+            assert!(
+                name == "ext4-64k.img" || name == "ext4-casefold.img",
+                "the kernel refuses to mount {name}: {why}"
+            );
+            println!("    skipped {name}: the kernel refuses to mount it ({why})");
+            skipped.push(name.clone());
+            continue;
+        }
+        let _k = MountGuard(kdir.clone());
         let out = start_daemon(&odir, &format!("bg,ext={}", img.display()));
         assert!(
             out.status.success(),
@@ -929,21 +974,8 @@ fn real_ext_driver_matches_kernel() {
             String::from_utf8_lossy(&out.stderr)
         );
         let _g = MountGuard(odir.clone());
-        let k = run(Command::new("mount")
-            .arg("-o")
-            .arg("loop,ro")
-            .arg(&img)
-            .arg(&kdir));
-        if !k.status.success() {
-            println!(
-                "    skipped {name}: kernel loop mount failed: {}",
-                String::from_utf8_lossy(&k.stderr).trim()
-            );
-            assert!(umount_cmd(&odir).status.success());
-            continue;
-        }
-        let _k = MountGuard(kdir.clone());
-        let n = tree::assert_same_tree(&kdir, &odir);
+        let (n, links, sampled) = tree::assert_same_tree_sampled(&kdir, &odir);
+        linked += links;
         let walked = tree::walk(&odir);
         let file = walked
             .iter()
@@ -954,15 +986,24 @@ fn real_ext_driver_matches_kernel() {
             .open(odir.join(file))
             .unwrap_err();
         assert_eq!(errno_of(&e), libc::EROFS);
-        assert_eq!(
-            errno_of(&fs::create_dir(odir.join("new")).unwrap_err()),
-            libc::EROFS
-        );
+        // A name no fixture holds: an existing one gives EEXIST before EROFS.
+        let fresh = odir.join("imgmount-absent-name");
+        assert!(fs::symlink_metadata(&fresh).is_err());
+        assert_eq!(errno_of(&fs::create_dir(&fresh).unwrap_err()), libc::EROFS);
         assert_eq!(
             errno_of(&fs::remove_file(odir.join(file)).unwrap_err()),
             libc::EROFS
         );
-        println!("    {name}: {n} paths identical to the kernel's view");
+        println!(
+            "    {name}: {n} paths identical to the kernel's view{} ({links} in hard-link \
+             groups, {sampled} big files by windows; {:.1} s)",
+            if journal {
+                " after its journal replay"
+            } else {
+                ""
+            },
+            started.elapsed().as_secs_f64()
+        );
         assert!(run(Command::new("umount").arg(&kdir)).status.success());
         assert!(umount_cmd(&odir).status.success());
         assert_eq!(stamp(&img), before_stamp, "{name} was written to");
@@ -973,7 +1014,16 @@ fn real_ext_driver_matches_kernel() {
                 "{name} changed"
             );
         }
+        compared += 1;
     }
+    assert!(
+        linked > 0,
+        "no hard links among the fixtures: st_ino untested"
+    );
+    println!(
+        "    {compared} of {} ext fixtures compared, skipped: {skipped:?}",
+        names.len()
+    );
 }
 
 fn main() {

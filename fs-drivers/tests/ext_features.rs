@@ -88,6 +88,19 @@ fn casefold_directories_ignore_case() {
             .expect("exact");
         assert_eq!(a.ino, b.ino);
     }
+    // Full folding and normalization, through the htree (hashes from e2fsck -D).
+    for (asked, stored) in [
+        ("STRASSE-5", "Stra\u{df}e-5"),
+        ("strasse-150", "Stra\u{df}e-150"),
+        ("\u{3c9}MEGA-7", "\u{3a9}mega-7"),
+        ("CAFE\u{301}-3", "Caf\u{e9}-3"),
+    ] {
+        let a = fs
+            .lookup(big.ino, asked.as_bytes())
+            .unwrap_or_else(|e| panic!("{asked}: {e}"));
+        let b = fs.lookup(big.ino, stored.as_bytes()).expect("exact");
+        assert_eq!(a.ino, b.ino, "{asked}");
+    }
     assert_eq!(fs.dx_fallbacks(), 0, "casefold htree lookups fell back");
     // Outside casefold directories case still matters.
     assert!(resolve(&fs, "ONE").is_err());
@@ -423,4 +436,74 @@ fn random_reads_cost_a_bounded_number_of_metadata_reads() {
             );
         }
     }
+}
+
+#[test]
+fn bad_extent_block_checksum_fails_only_that_file() {
+    let Some(img) = fixture("ext4-tea-unsigned") else {
+        return;
+    };
+    let out = Command::new("debugfs")
+        .args(["-R", "ex /fragmented"])
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Second line: the root's index entry; its physical block is an extent index block.
+    let line = text.lines().nth(1).expect("extent dump");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let blk: usize = fields[fields.len() - 2].parse().expect("physical block");
+    let bs = open(&img).block_size() as usize;
+    let mut data = std::fs::read(&img).expect("image");
+    data[blk * bs + 12] ^= 0x01; // first index entry's start block 0 -> 1: still well-formed
+    let mk = |verify| {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(data.clone()));
+        ExtFs::open(
+            dev,
+            ExtOptions {
+                verify_checksums: verify,
+            },
+        )
+        .expect("open")
+    };
+    let fs = mk(true);
+    let f = resolve(&fs, "fragmented").expect("inode itself is fine");
+    let err = fs
+        .read(f.ino, 0, &mut [0; 4096])
+        .expect_err("bad extent block accepted");
+    assert_eq!(err.errno(), libc::EIO);
+    let other = resolve(&fs, "size-4097").expect("other file");
+    assert_eq!(read_all(&fs, other.ino, other.size).len(), 4097);
+    let fs = mk(false);
+    // Unchecked, block 0 now looks like a hole: an answer (zeros), no error.
+    let mut buf = [1u8; 4096];
+    fs.read(f.ino, 0, &mut buf).expect("verification off");
+    assert!(buf.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn bad_group_descriptor_checksum_fails_only_that_group() {
+    // 100,000 files spread over many groups, 1 KiB blocks: descriptors at block 2.
+    let Some(img) = fixture("ext4-largedir") else {
+        return;
+    };
+    let data = std::fs::read(&img).expect("image");
+    let le32 = |off: usize| u32::from_le_bytes(data[off..off + 4].try_into().expect("4 bytes"));
+    let ipg = u64::from(le32(1024 + 0x28));
+    let desc_size = u16::from_le_bytes([data[1024 + 0xFE], data[1024 + 0xFF]]) as usize;
+    assert_eq!(le32(1024 + 0x18), 0, "fixture has 1 KiB blocks");
+    let fs = open(&img);
+    let name = format!("big/{}{:06}", "long-entry-name-".repeat(8), 99_999);
+    let ino = resolve(&fs, &name).expect("last file").ino;
+    assert!((ino - 1) / ipg > 0, "inode {ino} is in group 0");
+    let group = ((ino - 1) / ipg) as usize;
+    let mut bad = data.clone();
+    bad[2048 + group * desc_size + 0xC] ^= 0x01; // free blocks count: only the checksum notices
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::read_only(bad));
+    let fs = ExtFs::open(dev, ExtOptions::default()).expect("open");
+    assert_eq!(
+        fs.getattr(ino).expect_err("bad group accepted").errno(),
+        libc::EIO
+    );
+    fs.getattr(fs.root()).expect("group 0 still readable");
 }

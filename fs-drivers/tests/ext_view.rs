@@ -80,6 +80,9 @@ fn every_fixture_matches_ext4_view() {
                     let t = view.read_link(vp).expect("ext4-view readlink");
                     assert_eq!(node.target.as_deref(), Some(t.as_ref()), "{what} target");
                 }
+                // The kernel oracle already compares the 1 GiB sparse file; ext4-view reading
+                // it in a debug build takes most of this test's time.
+                FileType::Regular if node.attr.size > 64 << 20 => {}
                 FileType::Regular if !refused(&fs, node.attr.ino) => {
                     let mut f = view.open(vp).expect("ext4-view open");
                     let mut theirs = Vec::new();
@@ -106,4 +109,10 @@ fn every_fixture_matches_ext4_view() {
         }
     }
     eprintln!("compared {compared} fixtures with ext4-view");
+    // ext4-view reads plain ext2/3/4 with or without checksums, 64bit, bigalloc, 64 KiB
+    // blocks: most fixtures must have been compared, not skipped.
+    assert!(
+        compared >= 8 || images().len() < 12,
+        "ext4-view compared only {compared} fixtures"
+    );
 }

@@ -10,9 +10,14 @@ pub struct MountOpts {
     pub owner: Ownership,
     /// Block cache size for the image, bytes.
     pub cache_bytes: Option<u64>,
+    /// FAT timestamps' offset from UTC in minutes (`utc`, `tz=`); `None` = the host's zone.
+    pub tz_minutes: Option<i32>,
+    /// Punch holes in the image for clusters a read-write mount frees.
+    pub discard: bool,
 }
 
-const KNOWN: &str = "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, nosuid, nodev";
+const KNOWN: &str =
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -41,7 +46,14 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
                 )
             }
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
-            ("uid" | "gid" | "umask" | "cache", None) => {
+            ("utc", None) => o.tz_minutes = Some(0),
+            ("discard", None) => o.discard = true,
+            ("tz", Some(v)) => {
+                o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {
+                    format!("tz={v}: expected UTC or an offset like +0100 or -05:30")
+                })?)
+            }
+            ("uid" | "gid" | "umask" | "cache" | "tz", None) => {
                 return Err(format!("mount option '{key}' needs a value ({key}=...)"))
             }
             _ => return Err(format!("unknown mount option '{opt}' (known: {KNOWN})")),
@@ -101,6 +113,11 @@ mod tests {
         assert_eq!(o.owner.uid, Some(1000));
         assert_eq!(o.owner.gid, Some(100));
         assert_eq!(o.owner.umask, Some(0o027));
+        assert!(!o.discard);
+        assert!(p("rw,discard").unwrap().discard);
+        assert_eq!(p("utc").unwrap().tz_minutes, Some(0));
+        assert_eq!(p("tz=-0530").unwrap().tz_minutes, Some(-330));
+        assert!(p("tz=nowhere").is_err());
         assert_eq!(o.cache_bytes, Some(64 << 20));
         assert!(!p("rw,ro").unwrap().rw);
         assert_eq!(parse(&[]).unwrap(), MountOpts::default());

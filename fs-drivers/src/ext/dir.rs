@@ -87,3 +87,32 @@ pub fn file_type(code: u8) -> Option<FileType> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rec_len_of_64k_blocks() {
+        assert_eq!(rec_len(12, 4096), 12);
+        assert_eq!(rec_len(65535, 65536), 65536);
+        assert_eq!(rec_len(0, 65536), 65536);
+        assert_eq!(rec_len(0xfffc | 1, 65536), 65532 | 1 << 16);
+    }
+
+    #[test]
+    fn bad_records_are_errors() {
+        let mut b = vec![0u8; 64];
+        b[0] = 5; // inode
+        b[4] = 7; // rec_len not a multiple of 4
+        assert!(entries(&b, true, 64).is_err());
+        b[4] = 8;
+        b[6] = 10; // name longer than the record
+        assert!(entries(&b, true, 64).is_err());
+        b[4] = 64;
+        b[6] = 3;
+        b[8..11].copy_from_slice(b"abc");
+        let e = entries(&b, true, 64).unwrap();
+        assert_eq!(e[0].name, b"abc");
+    }
+}

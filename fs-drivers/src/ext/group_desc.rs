@@ -8,6 +8,9 @@ use super::superblock::{incompat, Superblock};
 #[derive(Debug, Clone)]
 pub struct GroupDesc {
     pub inode_table: u64,
+    /// Free clusters and free inodes, as statfs sums them.
+    pub free_clusters: u64,
+    pub free_inodes: u64,
     /// False when metadata_csum is on and the stored checksum does not match: inodes of
     /// this group then read as EIO while other groups stay readable.
     pub csum_ok: bool,
@@ -16,8 +19,12 @@ pub struct GroupDesc {
 impl GroupDesc {
     pub fn parse(sb: &Superblock, group: u32, raw: &[u8]) -> GroupDesc {
         let mut inode_table = u64::from(u32_at(raw, 0x8));
+        let mut free_clusters = u64::from(u16_at(raw, 0xC));
+        let mut free_inodes = u64::from(u16_at(raw, 0xE));
         if sb.desc_size >= 64 {
             inode_table |= u64::from(u32_at(raw, 0x28)) << 32;
+            free_clusters |= u64::from(u16_at(raw, 0x2C)) << 16;
+            free_inodes |= u64::from(u16_at(raw, 0x2E)) << 16;
         }
         let csum_ok = !sb.metadata_csum() || {
             let stored = u16_at(raw, 0x1E);
@@ -30,6 +37,8 @@ impl GroupDesc {
         };
         GroupDesc {
             inode_table,
+            free_clusters,
+            free_inodes,
             csum_ok,
         }
     }

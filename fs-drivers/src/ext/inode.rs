@@ -204,3 +204,19 @@ fn verify_csum(raw: &[u8], extra_isize: usize, seed: u32, ino: u32) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_time_bits() {
+        // Epoch bits extend the signed 32-bit seconds past 2038.
+        assert_eq!(
+            decode_time(0x8000_0000, Some(1)),
+            Timespec::new(0x8000_0000, 0)
+        );
+        assert_eq!(decode_time(5, Some(123 << 2)), Timespec::new(5, 123));
+        assert_eq!(decode_time(0xffff_ffff, None), Timespec::new(-1, 0));
+    }
+}

@@ -2,7 +2,8 @@
 //! transactions in memory: the result is an overlay (fs block -> journal copy) that metadata
 //! reads consult. The image itself is never written.
 
-use super::le::be32_at;
+use super::checksum::crc32c_raw;
+use super::le::{be16_at, be32_at};
 use super::{ExtFs, Run};
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -111,7 +112,23 @@ pub fn replay(fs: &ExtFs) -> Result<Overlay> {
     } else {
         8 + if csum2 { 2 } else { 0 } + if bit64 { 4 } else { 0 }
     };
-    let tags_end = bs as usize - if csum2 || csum3 { 4 } else { 0 };
+    let csum = csum2 || csum3;
+    let tags_end = bs as usize - if csum { 4 } else { 0 };
+    let verify = csum && fs.opts.verify_checksums;
+    let seed = crc32c_raw(!0, jsb.get(0x30..0x40).unwrap_or(&[]));
+    if verify {
+        let mut copy = jsb[..1024].to_vec();
+        copy[0xFC..0x100].fill(0);
+        if crc32c_raw(!0, &copy) != be32_at(&jsb, 0xFC) {
+            return Err(Error::corrupt("journal superblock checksum mismatch"));
+        }
+    }
+    // Whole-block checksum with the checksum field (at `at`) taken as zero.
+    let block_csum_ok = |b: &[u8], at: usize| {
+        let mut copy = b.to_vec();
+        copy[at..at + 4].fill(0);
+        crc32c_raw(seed, &copy) == be32_at(b, at)
+    };
 
     // Committed transactions in order: (sequence, [(fs block, journal block, escaped)]).
     let mut committed: Vec<(u32, Vec<Tag>)> = Vec::new();
@@ -128,7 +145,18 @@ pub fn replay(fs: &ExtFs) -> Result<Overlay> {
             break;
         }
         steps += 1;
-        match be32_at(&b, 4) {
+        let btype = be32_at(&b, 4);
+        // A descriptor or revoke block whose checksum fails ends the log, as does a commit
+        // block: its transaction counts as never committed (jbd2's scan pass).
+        let csum_at = match btype {
+            DESCRIPTOR | REVOKE => Some(bs as usize - 4),
+            COMMIT => Some(16),
+            _ => None,
+        };
+        if verify && csum_at.is_some_and(|at| !block_csum_ok(&b, at)) {
+            break;
+        }
+        match btype {
             DESCRIPTOR => {
                 let mut off = 12;
                 pos = j.next(pos);
@@ -137,13 +165,22 @@ pub fn replay(fs: &ExtFs) -> Result<Overlay> {
                     let (flags, hi) = if csum3 {
                         (be32_at(&b, off + 4), be32_at(&b, off + 8))
                     } else {
-                        (
-                            u32::from(super::le::be16_at(&b, off + 6)),
-                            be32_at(&b, off + 8),
-                        )
+                        (u32::from(be16_at(&b, off + 6)), be32_at(&b, off + 8))
                     };
                     let blk = if bit64 { lo | u64::from(hi) << 32 } else { lo };
-                    pending.push((blk, pos, flags & FLAG_ESCAPE != 0));
+                    // jbd2 skips a logged block whose data checksum fails and replays the rest.
+                    let data_ok = !verify || {
+                        let data = j.read(pos)?;
+                        let c = crc32c_raw(crc32c_raw(seed, &seq.to_be_bytes()), &data);
+                        if csum3 {
+                            c == be32_at(&b, off + 12)
+                        } else {
+                            (c & 0xFFFF) as u16 == be16_at(&b, off + 4)
+                        }
+                    };
+                    if data_ok {
+                        pending.push((blk, pos, flags & FLAG_ESCAPE != 0));
+                    }
                     pos = j.next(pos);
                     steps += 1;
                     off += tag_size;

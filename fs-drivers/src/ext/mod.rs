@@ -1,5 +1,25 @@
 //! ext2/ext3/ext4 reader, one module per on-disk structure. `ExtFs` ties them together
 //! behind `vfs::FileSystem`; it never writes to the device.
+//!
+//! Metadata (superblock, descriptors, inodes, extent/indirect/dir/xattr blocks) is read
+//! with `read_at`, so a `BlockCache` below keeps it; file contents use `read_direct_at` so
+//! they are not cached twice. Group descriptors are loaded once at open; inodes sit in a
+//! small LRU. A read maps each run with one root-to-leaf walk (binary search per extent
+//! level, index arithmetic for block maps): its cost does not grow with file size or offset.
+//!
+//! Read: revision 0 and dynamic superblocks, 32/64-byte descriptors, meta_bg, flex_bg,
+//! bigalloc, 64bit, any inode size with the extra time fields, huge_file, extents of any
+//! depth (unwritten = zeros), block maps up to triple indirect, holes, linear and htree
+//! directories (all six hash variants, large_dir's three levels), inline_data files, dirs
+//! and symlinks, fast/slow symlinks, device numbers in both encodings, xattrs in the inode,
+//! in a block and in ea_inode inodes, POSIX ACLs converted to the kernel's xattr form,
+//! metadata_csum (+ csum_seed) checks per object, in-memory replay of the internal jbd2
+//! journal (revoke, 64-bit and v2/v3 checksummed tags, checksum checks), casefold lookups
+//! (approximate folding: see `casefold`), and refusal (EACCES) of encrypted contents.
+//!
+//! Not done: gdt_csum (crc16) descriptor checks, zeroing of INODE_UNINIT groups' unused
+//! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
+//! orphan processing, computing the overhead when the superblock does not record it.
 
 mod block_map;
 mod casefold;
@@ -47,7 +67,7 @@ impl Default for ExtOptions {
 
 /// Where a logical file block lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Run {
+pub(crate) enum Run {
     /// `len` blocks that read as zeros (a hole or an unwritten extent).
     Hole(u64),
     /// `len` blocks stored contiguously from `pblk`.
@@ -225,7 +245,7 @@ impl ExtFs {
         let bs = u64::from(sb.block_size);
         let isz = u64::from(sb.inode_size);
         let byte = index * isz;
-        let blk = gd.inode_table + byte / bs;
+        let blk = gd.inode_table.saturating_add(byte / bs);
         let block = self.read_block(blk)?;
         let off = (byte % bs) as usize;
         let raw = &block[off..off + isz as usize];
@@ -369,11 +389,14 @@ impl ExtFs {
     ) -> Result<Option<usize>> {
         let csum = self.sb.metadata_csum();
         if indexed && htree::is_dx_block(block, lblk) && dir::tail_start(block).is_none() {
-            if lblk != 0 && csum {
-                htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
-            }
             if lblk != 0 {
+                if csum {
+                    htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
+                }
                 return Ok(None);
+            }
+            if self.verify_csum() {
+                htree::parse_root(block, true, inode.csum_seed, true, self.htree_levels())?;
             }
             return Ok(Some(block.len()));
         }
@@ -386,6 +409,15 @@ impl ExtFs {
             })?;
         }
         Ok(Some(dir::tail_start(block).unwrap_or(block.len())))
+    }
+
+    /// Most index levels (root included) a directory may have.
+    fn htree_levels(&self) -> u8 {
+        if self.sb.has_incompat(incompat::LARGEDIR) {
+            3
+        } else {
+            2
+        }
     }
 
     fn filetype(&self) -> bool {
@@ -421,24 +453,12 @@ impl ExtFs {
         let cf = self.is_casefold(dir);
         let folded = if cf { casefold::fold(name) } else { None };
         let mut found = None;
-        let mut err = None;
         self.dir_pieces(dir, 0, &mut |_, area| {
-            match self.find_in_area(area, name, folded.as_deref(), cf) {
-                Ok(Some(i)) => {
-                    found = Some(i);
-                    return Ok(false);
-                }
-                Ok(None) => {}
-                // A broken block hides only its own entries, as in the kernel's scan.
-                Err(e) => err = Some(e),
-            }
-            Ok(true)
+            // As the kernel's scan: the first broken block ends the lookup with its error.
+            found = self.find_in_area(area, name, folded.as_deref(), cf)?;
+            Ok(found.is_none())
         })?;
-        match (found, err) {
-            (Some(i), _) => Ok(i),
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(Error::NotFound),
-        }
+        found.ok_or(Error::NotFound)
     }
 
     /// Hashed lookup: descend the index to the leaf whose hash range holds the name's hash,
@@ -740,15 +760,30 @@ impl FileSystem for ExtFs {
         Err(Error::NoData)
     }
 
+    /// As the kernel's ext4_statfs: totals less the metadata overhead, free counts summed
+    /// from the group descriptors, and the reserve (root's blocks plus ext4's 2%/4096-cluster
+    /// allocation reserve on extent filesystems) taken from what is available.
     fn statfs(&self) -> Result<StatFs> {
         let sb = &self.sb;
+        let ratio = u64::from(sb.cluster_size / sb.block_size);
+        let clusters = sb.blocks_count / ratio;
+        let free: u64 = self.groups.iter().map(|g| g.free_clusters).sum();
+        let free_inodes: u64 = self.groups.iter().map(|g| g.free_inodes).sum();
+        let resv = if sb.has_incompat(incompat::EXTENTS) {
+            (clusters / 50).min(4096) * ratio
+        } else {
+            0
+        };
+        let bfree = (free * ratio).min(sb.blocks_count);
         Ok(StatFs {
             block_size: sb.block_size,
-            blocks: sb.blocks_count,
-            blocks_free: sb.free_blocks_count,
-            blocks_avail: sb.free_blocks_count.saturating_sub(sb.r_blocks_count),
+            blocks: sb
+                .blocks_count
+                .saturating_sub(u64::from(sb.overhead_clusters) * ratio),
+            blocks_free: bfree,
+            blocks_avail: bfree.saturating_sub(sb.r_blocks_count.saturating_add(resv)),
             files: u64::from(sb.inodes_count),
-            files_free: u64::from(sb.free_inodes_count),
+            files_free: free_inodes.min(u64::from(sb.inodes_count)),
             name_max: 255,
         })
     }

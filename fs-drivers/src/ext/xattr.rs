@@ -137,3 +137,34 @@ pub fn acl_to_xattr(disk: &[u8]) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_gets_version_2_and_full_entries() {
+        // user::rw-, user:1000:rw-, group::r--, mask::rw-, other::---
+        let mut disk = 1u32.to_le_bytes().to_vec();
+        disk.extend([1, 0, 6, 0]);
+        disk.extend([2, 0, 6, 0, 0xe8, 3, 0, 0]);
+        disk.extend([4, 0, 4, 0]);
+        disk.extend([0x10, 0, 6, 0]);
+        disk.extend([0x20, 0, 0, 0]);
+        let x = acl_to_xattr(&disk).unwrap();
+        assert_eq!(x.len(), 4 + 5 * 8);
+        assert_eq!(&x[..4], &2u32.to_le_bytes());
+        assert_eq!(&x[4..12], &[1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(&x[12..20], &[2, 0, 6, 0, 0xe8, 3, 0, 0]);
+        assert!(acl_to_xattr(&disk[..disk.len() - 2]).is_err());
+        assert!(acl_to_xattr(&2u32.to_le_bytes()).is_err());
+    }
+
+    #[test]
+    fn names_by_index() {
+        assert_eq!(full_name(1, b"a").unwrap(), b"user.a");
+        assert_eq!(full_name(2, b"").unwrap(), b"system.posix_acl_access");
+        assert_eq!(full_name(6, b"selinux").unwrap(), b"security.selinux");
+        assert!(full_name(7, b"data").is_none());
+    }
+}
