@@ -50,6 +50,10 @@ pub struct Adapter {
     owner: Ownership,
     /// Directory -> parent, learned from lookups, so readdir can give ".." its real number.
     parents: Mutex<HashMap<Ino, Ino>>,
+    /// Read-only mount on a kernel that takes ENOSYS from OPEN / OPENDIR as "never send it
+    /// again" (FUSE_NO_OPEN_SUPPORT, FUSE_NO_OPENDIR_SUPPORT; set in `init`).
+    skip_open: bool,
+    skip_opendir: bool,
 }
 
 impl Adapter {
@@ -65,6 +69,8 @@ impl Adapter {
             ttl: if writable { RW_TTL } else { RO_TTL },
             owner,
             parents: Mutex::new(HashMap::new()),
+            skip_open: false,
+            skip_opendir: false,
         }
     }
 
@@ -259,6 +265,10 @@ impl fuser::Filesystem for Adapter {
         // Ask for what this kernel offers; an old kernel just gets fewer optimizations.
         let offered = config.capabilities();
         let _ = config.add_capabilities(wanted & offered);
+        // Older kernels treat ENOSYS from OPEN / OPENDIR as a plain error, so only answer
+        // that way where the kernel says it understands it.
+        self.skip_open = !self.writable && offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.skip_opendir = !self.writable && offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // Large readahead turns sequential reads into few big requests; the kernel clamps it
         // to what it allows and reports the maximum on error.
         if let Err(max) = config.set_max_readahead(4 << 20) {
@@ -312,6 +322,14 @@ impl fuser::Filesystem for Adapter {
                 reply.error(Errno::EROFS);
                 return;
             }
+            if self.skip_open {
+                // ENOSYS makes the kernel stop sending OPEN (and RELEASE) for the rest of the
+                // mount and treat every file as FOPEN_KEEP_CACHE (fs/fuse/file.c,
+                // fuse_file_open): two round trips fewer per file read. Nothing here needs
+                // them on an immutable image; the drivers' open/release only count handles.
+                reply.error(Errno::ENOSYS);
+                return;
+            }
             match self.fs.open(self.to_fs(ino), write) {
                 // Page-cache contents stay valid across opens only when nobody writes.
                 Ok(()) if self.writable => reply.opened(FileHandle(0), FopenFlags::empty()),
@@ -360,6 +378,12 @@ impl fuser::Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guarded("opendir", || {
+            if self.skip_opendir {
+                // As in `open`: the kernel then skips OPENDIR/RELEASEDIR and caches listings
+                // as with FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE.
+                reply.error(Errno::ENOSYS);
+                return;
+            }
             let ino = self.to_fs(ino);
             match self.fs.getattr(ino) {
                 Ok(a) if a.kind != vfs::FileType::Directory => reply.error(Errno::ENOTDIR),
@@ -830,8 +854,10 @@ impl fuser::Filesystem for Adapter {
     ) {
         guarded("flush", || {
             // Writes go straight to the driver (no write-back cache in the kernel), so close()
-            // has nothing of ours to push; durability is fsync's and unmount's job.
-            reply.ok();
+            // has nothing of ours to push; durability is fsync's and unmount's job. ENOSYS
+            // says so once for the whole mount: the kernel then stops sending FLUSH on every
+            // close (fc->no_flush) and close() returns 0, as it would after our reply.ok().
+            reply.error(Errno::ENOSYS);
         });
     }
 

@@ -517,6 +517,47 @@ impl BlockDevice for BlockCache {
         Ok(())
     }
 
+    /// Whole blocks go to the device under the lock (so no reader caches a stale fetch, see
+    /// `note_device_write`) and any cached copy of them is dropped, dirty or not: the new
+    /// bytes supersede it. Partial edges take the cached path, which merges them with the
+    /// rest of their block. File data thus never fills the cache (DESIGN.md §2).
+    fn write_direct_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        if !self.inner.is_writable() {
+            return Err(crate::Error::ReadOnly);
+        }
+        check_range(offset, data.len() as u64, self.size)?;
+        let bs = self.block_size;
+        let end = offset + data.len() as u64;
+        let first = offset.div_ceil(bs);
+        // Whole blocks end at the last block boundary, or at the device end (short last block).
+        let last = if end == self.size {
+            end.div_ceil(bs)
+        } else {
+            end / bs
+        };
+        if first >= last {
+            return self.write_at(offset, data);
+        }
+        let (lo, hi) = (first * bs, (last * bs).min(self.size));
+        let head = (lo - offset) as usize;
+        let mid = (hi - offset) as usize;
+        if head > 0 {
+            self.write_at(offset, &data[..head])?;
+        }
+        {
+            let mut st = self.lock();
+            st.note_device_write(first, last);
+            bump(&self.counters.device_writes, 1);
+            bump(&self.counters.device_write_bytes, hi - lo);
+            self.inner.write_at(lo, &data[head..mid])?;
+            self.drop_or_zero_cached(&mut st, lo, hi - lo);
+        }
+        if mid < data.len() {
+            self.write_at(hi, &data[mid..])?;
+        }
+        Ok(())
+    }
+
     /// Every dirty block, sorted by offset, contiguous runs merged into one vectored write,
     /// then one device flush. Runs that fail stay dirty; the other runs are still written and
     /// the first error is returned (without the device flush, which would claim durability).

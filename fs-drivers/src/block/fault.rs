@@ -132,6 +132,10 @@ impl BlockDevice for FaultDevice {
         self.enter(FaultOp::Write, None)?;
         self.inner.write_at(offset, buf)
     }
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.enter(FaultOp::Write, None)?;
+        self.inner.write_direct_at(offset, buf)
+    }
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
         self.enter(FaultOp::Write, None)?;
         self.inner.write_vectored_at(offset, bufs)

@@ -34,6 +34,12 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Write all of `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
+    /// A write of bulk data (file contents) that need not stay cached: a cache sends the
+    /// blocks the range covers whole straight to the device, dropping its copies of them, and
+    /// keeps only partial edge blocks. Durable, like `write_at`, only after `flush`.
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_at(offset, buf)
+    }
     /// Write several buffers back to back from `offset` (one pwritev where the device can).
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
         let mut pos = offset;
@@ -81,6 +87,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         (**self).write_at(offset, buf)
+    }
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        (**self).write_direct_at(offset, buf)
     }
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
         (**self).write_vectored_at(offset, bufs)

@@ -42,6 +42,10 @@ impl BlockDevice for Slice {
         check_range(offset, buf.len() as u64, self.len)?;
         self.inner.write_at(self.start + offset, buf)
     }
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        check_range(offset, buf.len() as u64, self.len)?;
+        self.inner.write_direct_at(self.start + offset, buf)
+    }
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         check_range(offset, total, self.len)?;

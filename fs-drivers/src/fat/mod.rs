@@ -575,7 +575,7 @@ impl FatFs {
         while pos < to {
             let n = (to - pos).min(zeros.len() as u64) as usize;
             self.data_io(runs, pos, n, |dev_off, i, len| {
-                self.dev.write_at(dev_off, &zeros[i..i + len])
+                self.dev.write_direct_at(dev_off, &zeros[i..i + len])
             })?;
             pos += n as u64;
         }
@@ -1256,7 +1256,7 @@ impl FileSystem for FatFs {
         let runs = self.resize_chain(&mut st, ino, &mut e, want)?;
         self.zero_fill(&runs, size, offset)?;
         self.data_io(&runs, offset, data.len(), |dev_off, i, n| {
-            self.dev.write_at(dev_off, &data[i..i + n])
+            self.dev.write_direct_at(dev_off, &data[i..i + n])
         })?;
         e.set_size(end.max(size) as u32);
         self.stamp(&mut e, false);

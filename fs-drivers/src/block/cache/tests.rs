@@ -197,6 +197,39 @@ fn read_direct_sees_dirty_data_and_does_not_grow_the_cache() {
 }
 
 #[test]
+fn write_direct_sends_whole_blocks_to_the_device_and_drops_stale_copies() {
+    let init = pattern(16 * BS as usize, 13);
+    let dev = Counting::new(init.clone());
+    let cache = BlockCache::new(dev.clone(), 16 * BS, BS as u32);
+    // Dirty and clean cached copies inside the range, which the direct write supersedes.
+    cache.write_at(3 * BS, &[0xAA; 10]).unwrap();
+    read(&cache, 4 * BS, BS);
+    dev.reset();
+    let data = pattern(5 * BS as usize, 99);
+    cache.write_direct_at(2 * BS - 100, &data).unwrap();
+    let mut model = init;
+    model[(2 * BS - 100) as usize..(7 * BS - 100) as usize].copy_from_slice(&data);
+    // Only blocks 2..6 went through; the edges (blocks 1 and 6) stay cached and dirty.
+    assert_eq!(dev.log().writes, vec![(2 * BS, 4 * BS)]);
+    assert_eq!(cache.dirty_bytes(), 2 * BS);
+    assert_eq!(cache.cached_bytes(), 2 * BS);
+    assert_eq!(read(&cache, 0, 16 * BS), model);
+    let mut direct = vec![0u8; 16 * BS as usize];
+    cache.read_direct_at(0, &mut direct).unwrap();
+    assert_eq!(direct, model);
+    // The flush writes the edges only, never the dropped dirty copy of block 3.
+    dev.reset();
+    cache.flush().unwrap();
+    assert_eq!(dev.log().writes, vec![(BS, BS), (6 * BS, BS)]);
+    assert_eq!(dev.mem.contents(), model);
+    // Within one block there is nothing whole to send: it takes the cached path.
+    dev.reset();
+    cache.write_direct_at(9 * BS + 1, &[1, 2, 3]).unwrap();
+    assert!(dev.log().writes.is_empty());
+    assert_eq!(cache.dirty_bytes(), BS);
+}
+
+#[test]
 fn short_last_block_is_cached_and_counted_by_its_length() {
     let size = 3 * BS + 100;
     let dev = Counting::new(pattern(size as usize, 5));
@@ -361,7 +394,11 @@ fn random_ops_match_the_model_and_respect_the_capacity() {
         match rng.below(10) {
             0..=3 => {
                 let data = pattern(len as usize, rng.next());
-                cache.write_at(off, &data).unwrap();
+                if rng.below(3) == 0 {
+                    cache.write_direct_at(off, &data).unwrap();
+                } else {
+                    cache.write_at(off, &data).unwrap();
+                }
                 model[range].copy_from_slice(&data);
             }
             4..=6 => assert_eq!(read(&cache, off, len), &model[range], "step {step}"),
@@ -433,7 +470,12 @@ fn concurrent_threads_end_with_the_serial_models_bytes() {
                         match op {
                             0..=5 => {
                                 let data = pattern(len as usize, rng.next());
-                                cache.write_at(base + off, &data).unwrap();
+                                if op == 5 {
+                                    // Races other threads' fetches of the blocks it sends.
+                                    cache.write_direct_at(base + off, &data).unwrap();
+                                } else {
+                                    cache.write_at(base + off, &data).unwrap();
+                                }
                                 own[r].copy_from_slice(&data);
                             }
                             6..=10 => assert_eq!(read(&cache, base + off, len), &own[r]),
