@@ -474,7 +474,12 @@ fn sigkill_own_watcher_unmounts() {
         unsafe { libc::kill(*w as i32, libc::SIGCONT) };
     }
     assert!(gone, "imgmount-watch did not remove the dead mount");
-    assert!(daemon_pid(dir.path(), 0).is_none(), "stale pid file");
+    // The watcher unmounts first and removes the pid file right after: give it that moment.
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon_pid(dir.path(), 0)
+            .is_none()),
+        "stale pid file"
+    );
     let out = start_daemon(dir.path(), "bg");
     assert!(out.status.success());
     assert!(umount_cmd(dir.path()).status.success());
