@@ -5,15 +5,11 @@
 //! (ext_corpus.rs walks the e2fsprogs images through `ExtFs::open` directly; this is the
 //! probe + driver path, and the FAT images.)
 
-use flate2::read::GzDecoder;
-use fs_drivers::block::{DeviceRef, MemDevice};
 use fs_drivers::disk::{FsOptions, Image};
 use fs_drivers::vfs::{FileSystem, FileType};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Generous for a debug build on a loaded 2-core machine; a loop over on-disk links that is
@@ -120,9 +116,8 @@ enum Outcome {
     Refused(String),
 }
 
-fn open_and_walk(data: Vec<u8>) -> Outcome {
-    let dev: DeviceRef = Arc::new(MemDevice::read_only(data));
-    let img = match Image::from_device(dev, 4 << 20, Default::default()) {
+fn open_and_walk(path: &Path) -> Outcome {
+    let img = match Image::open(path, false, 4 << 20) {
         Ok(i) => i,
         Err(e) => return Outcome::Refused(e.to_string()),
     };
@@ -134,21 +129,18 @@ fn open_and_walk(data: Vec<u8>) -> Outcome {
 
 fn run_corpus(sub: &str) -> Option<(usize, usize, usize)> {
     let paths = corpus(sub)?;
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/corpus-cache");
     let (mut opened, mut refused, mut files) = (0, 0, 0);
     let mut reasons = BTreeMap::new();
     let mut slowest = (Duration::ZERO, String::new());
     for p in &paths {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        GzDecoder::new(std::fs::File::open(p).expect("open"))
-            .take(256 << 20)
-            .read_to_end(&mut data)
-            .expect("gunzip");
+        let path = inflated(p, &cache);
         let (tx, rx) = mpsc::channel();
         let t = Instant::now();
         // A thread per image so a hang is reported by name instead of stalling the suite.
         std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(move || open_and_walk(data));
+            let r = std::panic::catch_unwind(move || open_and_walk(&path));
             let _ = tx.send(r.map_err(|_| ()));
         });
         match rx.recv_timeout(MAX_PER_IMAGE) {
@@ -197,4 +189,32 @@ fn e2fsprogs_images_open_or_refuse_cleanly() {
         return;
     };
     assert!(opened * 2 > n, "only {opened} of {n} opened");
+}
+
+/// The image inflated once into target/corpus-cache (sparse: some of these are 1 GiB of
+/// mostly zeros), shared by the tests that walk the corpus; keyed by the archive's size and
+/// mtime so a changed corpus is inflated again.
+fn inflated(gz: &Path, cache: &Path) -> PathBuf {
+    let m = std::fs::metadata(gz).expect("stat corpus file");
+    let stamp = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let stem = gz.file_name().unwrap().to_string_lossy().replace(".gz", "");
+    let out = cache.join(format!("{stem}-{}-{stamp}", m.len()));
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(cache).unwrap();
+    let tmp = cache.join(format!(".{stem}.{}", std::process::id()));
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"gzip -dc "$1" | cp --sparse=always /dev/stdin "$2""#)
+        .args(["sh".as_ref(), gz.as_os_str(), tmp.as_os_str()])
+        .status()
+        .expect("run gzip");
+    assert!(st.success(), "gzip -dc {}", gz.display());
+    std::fs::rename(&tmp, &out).unwrap();
+    out
 }
