@@ -1253,11 +1253,24 @@ impl FileSystem for FatFs {
             return Ok(0);
         }
         let want = end.max(size).div_ceil(self.cs()) as u32;
+        let before = self
+            .runs_for(&mut st, ino, e.first_cluster(self.fat32()))?
+            .total;
         let runs = self.resize_chain(&mut st, ino, &mut e, want)?;
-        self.zero_fill(&runs, size, offset)?;
-        self.data_io(&runs, offset, data.len(), |dev_off, i, n| {
-            self.dev.write_direct_at(dev_off, &data[i..i + n])
-        })?;
+        let io = self.zero_fill(&runs, size, offset).and_then(|()| {
+            self.data_io(&runs, offset, data.len(), |dev_off, i, n| {
+                self.dev.write_direct_at(dev_off, &data[i..i + n])
+            })
+        });
+        if let Err(err) = io {
+            // The data never reached the image: give back the clusters this write took, so
+            // a failed device write leaks nothing (the entry on disk still names the old
+            // chain). A failure of this rollback would only leak; the write's error wins.
+            if want > before {
+                let _ = self.resize_chain(&mut st, ino, &mut e, before);
+            }
+            return Err(err);
+        }
         e.set_size(end.max(size) as u32);
         self.stamp(&mut e, false);
         e.set_attr(e.attr() | ATTR_ARCHIVE);
