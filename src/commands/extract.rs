@@ -162,6 +162,23 @@ fn is_zero(b: &[u8]) -> bool {
 }
 
 impl Extractor<'_> {
+    /// Opens a directory the user named on the host (it may be a symlink to one); a failure
+    /// is reported and gives None.
+    fn open_host_dir(&mut self, path: &Path) -> Option<OwnedFd> {
+        match openat(
+            AT_FDCWD,
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                self.problem(format!("{}: {}", path.display(), e.desc()));
+                None
+            }
+        }
+    }
+
     fn problem(&mut self, msg: String) {
         self.progress.clear();
         (self.warn)(msg);
@@ -184,14 +201,8 @@ impl Extractor<'_> {
                 return self.problem(format!("{}: exists and is not a directory", dest.display()));
             }
             // DEST itself is the user's own path and may be a symlink to a directory.
-            let fd = match openat(
-                AT_FDCWD,
-                dest,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(e) => return self.problem(format!("{}: {}", dest.display(), e.desc())),
+            let Some(fd) = self.open_host_dir(dest) else {
+                return;
             };
             let mut rel = Vec::new();
             let mut stack = vec![start.ino];
@@ -225,14 +236,8 @@ impl Extractor<'_> {
                 }
             }
         };
-        let fd = match openat(
-            AT_FDCWD,
-            dir,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(e) => return self.problem(format!("{}: {}", dir.display(), e.desc())),
+        let Some(fd) = self.open_host_dir(dir) else {
+            return;
         };
         let mut stack = Vec::new();
         self.entry(

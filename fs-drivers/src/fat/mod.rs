@@ -621,6 +621,12 @@ impl FatFs {
     /// The item called `name` in directory `dir` and the device offset of its 8.3 entry.
     /// The entry is re-read from the device: the cached listing's copy of size, clusters and
     /// times goes stale as the file is written.
+    /// The entry `name` names in `dir` (ENOENT when there is none or the name cannot exist).
+    fn existing_item(&self, st: &mut State, dir: Ino, name: &[u8]) -> Result<(Item, u64)> {
+        let name = lookup_name(name).ok_or(Error::NotFound)?;
+        self.find_item(st, dir, &name)?.ok_or(Error::NotFound)
+    }
+
     fn find_item(&self, st: &mut State, dir: Ino, name: &str) -> Result<Option<(Item, u64)>> {
         let found = self.with_listing(st, dir, |l| {
             l.find(name).map(|i| (i.clone(), l.dir.slot_offset(i.idx)))
@@ -888,10 +894,7 @@ impl FileSystem for FatFs {
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         let _g = self.read_guard();
         let mut st = self.lock();
-        let name = lookup_name(name).ok_or(Error::NotFound)?;
-        let (_, loc) = self
-            .find_item(&mut st, parent, &name)?
-            .ok_or(Error::NotFound)?;
+        let (_, loc) = self.existing_item(&mut st, parent, name)?;
         let ino = self.ino_for(&mut st, loc, parent);
         self.attr_of(&mut st, ino)
     }
@@ -1125,10 +1128,7 @@ impl FileSystem for FatFs {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let name = lookup_name(name).ok_or(Error::NotFound)?;
-        let (item, loc) = self
-            .find_item(&mut st, parent, &name)?
-            .ok_or(Error::NotFound)?;
+        let (item, loc) = self.existing_item(&mut st, parent, name)?;
         if item.entry.is_dir() {
             return Err(Error::IsDir);
         }
@@ -1141,10 +1141,7 @@ impl FileSystem for FatFs {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let name = lookup_name(name).ok_or(Error::NotFound)?;
-        let (item, loc) = self
-            .find_item(&mut st, parent, &name)?
-            .ok_or(Error::NotFound)?;
+        let (item, loc) = self.existing_item(&mut st, parent, name)?;
         if !item.entry.is_dir() {
             return Err(Error::NotDir);
         }
@@ -1161,10 +1158,7 @@ impl FileSystem for FatFs {
         let _g = self.write_guard();
         let mut st = self.lock();
         self.begin_write(&mut st)?;
-        let name = lookup_name(name).ok_or(Error::NotFound)?;
-        let (src, src_loc) = self
-            .find_item(&mut st, parent, &name)?
-            .ok_or(Error::NotFound)?;
+        let (src, src_loc) = self.existing_item(&mut st, parent, name)?;
         let new_name = short_name::normalize(new_name)?;
         let src_ino = self.ino_for(&mut st, src_loc, parent);
         let is_dir = src.entry.is_dir();
