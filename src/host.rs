@@ -26,6 +26,16 @@ pub fn caller_ids() -> (u32, u32) {
     )
 }
 
+/// Filesystem options with what an ownerless filesystem (FAT) shows filled in from the host:
+/// the caller as owner, times in the host's zone. Every front end starts from these.
+pub fn fs_options() -> fs_drivers::disk::FsOptions {
+    fs_drivers::disk::FsOptions {
+        fat_utc_offset_minutes: Some(utc_offset_minutes()),
+        fat_owner: caller_ids(),
+        ..Default::default()
+    }
+}
+
 /// Parses `tz=` values: `UTC`, `+0100`, `-05:30`, `+2`.
 pub fn parse_tz(v: &str) -> Option<i32> {
     if v.eq_ignore_ascii_case("utc") || v == "Z" {

@@ -95,6 +95,7 @@ fn open_filesystem(
         }
     }
     let img = Image::open(image, opts.rw, cache).map_err(|e| fail(&e))?;
+    let base = host::fs_options();
     let fs_opts = FsOptions {
         writable: opts.rw,
         fs_type: match args.fs_type {
@@ -104,10 +105,9 @@ fn open_filesystem(
             cli::FsTypeArg::Ext4 => FsType::Ext4,
             cli::FsTypeArg::Fat => FsType::Fat,
         },
-        fat_utc_offset_minutes: Some(opts.tz_minutes.unwrap_or_else(host::utc_offset_minutes)),
-        fat_owner: host::caller_ids(),
         discard: opts.discard,
-        ..FsOptions::default()
+        fat_utc_offset_minutes: opts.tz_minutes.or(base.fat_utc_offset_minutes),
+        ..base
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
     Ok((fs, warnings))

@@ -2,19 +2,9 @@
 //! partition selection the mount uses (no `-p` on a partitioned disk: p1/, p2/, ...).
 
 use crate::cli::PartitionSel;
-use fs_drivers::disk::FsOptions;
 use fs_drivers::vfs::FileSystem;
 use std::path::Path;
 use std::sync::Arc;
-
-/// What an ownerless filesystem (FAT) shows: the caller as owner, times in the host's zone.
-fn options() -> FsOptions {
-    FsOptions {
-        fat_utc_offset_minutes: Some(imgmount::host::utc_offset_minutes()),
-        fat_owner: imgmount::host::caller_ids(),
-        ..FsOptions::default()
-    }
-}
 
 /// The filesystem to read, or the one-line reason it cannot be had (starting with the image
 /// path). Partitions that could not be opened are reported on stderr and shown empty.
@@ -25,7 +15,7 @@ pub fn open(
 ) -> Result<Arc<dyn FileSystem>, String> {
     let img = super::open_image(image, false).map_err(|f| f.message)?;
     let (fs, warnings) = img
-        .open_fs_warned(super::selection(partition), &options())
+        .open_fs_warned(super::selection(partition), &imgmount::host::fs_options())
         .map_err(|e| crate::report::Failure::new(image.display(), &e).message)?;
     for w in warnings {
         eprintln!("imgmount: {cmd}: {}: {w}", image.display());
