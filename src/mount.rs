@@ -54,7 +54,9 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         allow_other: opts.allow_other,
         owner: opts.owner,
         threads: THREADS,
-        direct_mount: false,
+        // Root needs no setuid helper: mount(2) saves fusermount3's fork, exec and resident
+        // auto_unmount process, and our own watcher removes the mount if the daemon dies.
+        direct_mount: kernel::euid() == 0,
     };
     // Said only once the mount is certain, so a failure stays a single line.
     let warn = || {

@@ -87,28 +87,49 @@ fn ready() -> bool {
     true
 }
 
-#[test]
-fn bare_ext4_equals_kernel_view_and_is_read_only() {
+/// The bare ext4 fixture mounted by us at `ours` and by the kernel at `kernel`; None (with a
+/// SKIP line) where that cannot be done here.
+struct BothMounts {
+    img: PathBuf,
+    kernel: PathBuf,
+    ours: PathBuf,
+    // Dropped in this order: the kernel's loop mount, our mount, then the directories.
+    _loop: LoopMount,
+    _ours: MountGuard,
+    _dir: TempDir,
+}
+
+fn mount_bare_ext4_twice(tag: &str) -> Option<BothMounts> {
     if !ready() {
-        return;
+        return None;
     }
-    let Some(img) = disk("bare-ext4.img") else {
-        return;
-    };
-    let before = sha(&img);
-    let t = TempDir::new("mnt-ext");
+    let img = disk("bare-ext4.img")?;
+    let t = TempDir::new(tag);
     let (k, o) = (t.join("kernel"), t.join("ours"));
     fs::create_dir(&k).unwrap();
     fs::create_dir(&o).unwrap();
-    let Some(_g) = our_mount(&[img.as_os_str()], &o) else {
+    let g = our_mount(&[img.as_os_str()], &o)?;
+    let l = kernel_mount(&img, 0, &k)?;
+    Some(BothMounts {
+        img,
+        kernel: k,
+        ours: o,
+        _loop: l,
+        _ours: g,
+        _dir: t,
+    })
+}
+
+#[test]
+fn bare_ext4_equals_kernel_view_and_is_read_only() {
+    let Some(m) = mount_bare_ext4_twice("mnt-ext") else {
         return;
     };
-    let Some(_l) = kernel_mount(&img, 0, &k) else {
-        return;
-    };
-    let n = assert_same_tree(&k, &o);
+    let (img, k, o) = (&m.img, &m.kernel, &m.ours);
+    let before = sha(img);
+    let n = assert_same_tree(k, o);
     assert!(n > 3);
-    let file = walk(&o)
+    let file = walk(o)
         .into_iter()
         .find(|p| fs::symlink_metadata(o.join(p)).unwrap().is_file())
         .unwrap();
@@ -125,9 +146,8 @@ fn bare_ext4_equals_kernel_view_and_is_read_only() {
         fs::remove_file(o.join(&file)).unwrap_err().raw_os_error(),
         Some(libc::EROFS)
     );
-    drop(_l);
-    umount(&o);
-    assert_eq!(sha(&img), before, "the image changed");
+    umount(o);
+    assert_eq!(sha(img), before, "the image changed");
 }
 
 #[test]
@@ -177,4 +197,44 @@ fn partition_selection_matches_kernel_view_of_that_partition() {
     umount(&o);
     umount(&whole);
     assert_eq!(sha(&img), before, "the image changed");
+}
+
+/// `find`'s output in `dir`, sorted, from a process of its own.
+fn find_output(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(".")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "find {args:?} in {}", dir.display());
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A process that only lists (find -type f: names and d_type, no stat) gets names-only
+/// listings, one that stats gets attributes with them (src/fuse/listing.rs); both, in either
+/// order on a fresh mount, must see what the kernel shows.
+#[test]
+fn name_only_and_stating_listings_match_the_kernel() {
+    let Some(m) = mount_bare_ext4_twice("mnt-listing") else {
+        return;
+    };
+    let (k, o) = (&m.kernel, &m.ours);
+    let names = ["-type", "f"];
+    let stats = ["-printf", "%y %m %s %n %U %G %T@ %l %p\n"];
+    let kernel_names = find_output(k, &names);
+    assert!(kernel_names.len() > 3);
+    // Names first on the fresh mount, then a stat-ing walk, then names again.
+    assert_eq!(find_output(o, &names), kernel_names);
+    assert_eq!(find_output(o, &stats), find_output(k, &stats));
+    assert_eq!(find_output(o, &names), kernel_names);
+    assert_eq!(
+        find_output(o, &["-type", "d"]),
+        find_output(k, &["-type", "d"])
+    );
 }

@@ -204,6 +204,12 @@ impl FileSystem for MultiFs {
         }
     }
 
+    fn prefetch_dir(&self, dir: Ino) {
+        if let Ok(Target::Inner(_, fs, inner)) = self.target(dir) {
+            fs.prefetch_dir(inner);
+        }
+    }
+
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
         match self.target(ino)? {
             Target::Root => {

@@ -213,4 +213,8 @@ pub trait FileSystem: Send + Sync {
     fn sync(&self) -> Result<()> {
         Ok(())
     }
+    /// A hint that directory `dir` will probably be listed soon (a walk lists the
+    /// subdirectories it has just seen): start fetching its first blocks in the background.
+    /// Best effort, no result: errors are the later listing's to report.
+    fn prefetch_dir(&self, _dir: Ino) {}
 }

@@ -196,3 +196,62 @@ fn cache_over_a_file_writes_back_on_flush() {
     assert!(std::fs::read(&path).unwrap() == expect);
     println!("{}", cache.stats());
 }
+
+/// Bytes of `path` in the host page cache, by util-linux's fincore; None without it.
+fn resident_bytes(path: &Path) -> Option<u64> {
+    let out = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn readahead_starts_reading_the_range_into_the_host_cache() {
+    const MIB: u64 = 1 << 20;
+    let dir = TempDir::new("readahead");
+    let path = dir.file(&data(8 * MIB as usize));
+    let drop_cached = || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::fcntl::posix_fadvise(
+            &f,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+    };
+    drop_cached();
+    let Some(before) = resident_bytes(&path) else {
+        eprintln!("skipped: fincore (util-linux) is not installed");
+        return;
+    };
+    if before > MIB {
+        eprintln!("skipped: this filesystem keeps the file cached after DONTNEED ({before} bytes)");
+        return;
+    }
+    let dev = FileDevice::open(&path, false).unwrap();
+    dev.readahead(2 * MIB, 4 * MIB);
+    // Past the end: clipped or ignored, never an error or a panic.
+    dev.readahead(7 * MIB, 4 * MIB);
+    dev.readahead(u64::MAX - 10, 100);
+    // The reads run in the background; give them a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut now = resident_bytes(&path).unwrap();
+    while now < 4 * MIB && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        now = resident_bytes(&path).unwrap();
+    }
+    assert!(
+        now >= 4 * MIB,
+        "{now} bytes resident after readahead of 4 MiB"
+    );
+    let mut buf = vec![0; 4096];
+    dev.read_at(3 * MIB, &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        data(8 * MIB as usize)[3 * MIB as usize..3 * MIB as usize + 4096]
+    );
+    drop_cached();
+}

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fs_drivers::vfs::{self, Attr, FileSystem, Ino, SetAttr, Timespec};
 use fs_drivers::Error;
+
+use super::listing::ListingModes;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -54,6 +56,10 @@ pub struct Adapter {
     /// again" (FUSE_NO_OPEN_SUPPORT, FUSE_NO_OPENDIR_SUPPORT; set in `init`).
     skip_open: bool,
     skip_opendir: bool,
+    /// The kernel sends READDIRPLUS only to start a listing (FUSE_READDIRPLUS_AUTO), so the
+    /// reply may leave the rest to plain READDIR (see `listing`).
+    readdirplus_auto: bool,
+    listing: ListingModes,
 }
 
 impl Adapter {
@@ -71,6 +77,8 @@ impl Adapter {
             parents: Mutex::new(HashMap::new()),
             skip_open: false,
             skip_opendir: false,
+            readdirplus_auto: false,
+            listing: ListingModes::default(),
         }
     }
 
@@ -269,6 +277,7 @@ impl fuser::Filesystem for Adapter {
         // that way where the kernel says it understands it.
         self.skip_open = !self.writable && offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.skip_opendir = !self.writable && offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.readdirplus_auto = offered.contains(InitFlags::FUSE_READDIRPLUS_AUTO);
         // Large readahead turns sequential reads into few big requests; the kernel clamps it
         // to what it allows and reports the maximum on error.
         if let Err(max) = config.set_max_readahead(4 << 20) {
@@ -286,10 +295,14 @@ impl fuser::Filesystem for Adapter {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let parent = self.to_fs(parent);
             match self.fs.lookup(parent, name.as_bytes()) {
+                Ok(a) if a.kind != vfs::FileType::Directory => {
+                    self.listing.saw_file_lookup(req.pid());
+                    self.reply_entry(parent, Ok(a), reply);
+                }
                 Err(Error::NotFound) if !self.writable => {
                     // A negative entry: ino 0 with a TTL lets the kernel cache the miss, so
                     // repeated probes (PATH searches, locale files) don't come back to us.
@@ -442,14 +455,23 @@ impl fuser::Filesystem for Adapter {
                 }
             }
             let start = offset.saturating_sub(2);
+            let mut subdirs = Vec::new();
             let res = self.fs.readdir(dir, start, &mut |e| {
-                !reply.add(
+                let full = reply.add(
                     self.to_fuse(e.ino),
                     e.next_offset.saturating_add(2),
                     file_type(e.kind),
                     OsStr::from_bytes(&e.name),
-                )
+                );
+                if !full && e.kind == vfs::FileType::Directory {
+                    subdirs.push(e.ino);
+                }
+                !full
             });
+            // After the listing: the driver may hold a lock while it calls `emit`.
+            for d in subdirs {
+                self.fs.prefetch_dir(d);
+            }
             match res {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -459,7 +481,7 @@ impl fuser::Filesystem for Adapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -494,6 +516,12 @@ impl fuser::Filesystem for Adapter {
                     return;
                 }
             }
+            if offset < 2 && self.readdirplus_auto && !self.listing.wants_attributes(req.pid()) {
+                // Names only: "." and ".." (never an empty reply, which would end the listing);
+                // the kernel asks for the entries with plain READDIR next.
+                reply.ok();
+                return;
+            }
             let start = offset.saturating_sub(2);
             // Collect first, look up attributes after: a driver may hold its own lock while it
             // calls `emit`, so calling back into it from there could deadlock. One reply holds
@@ -514,6 +542,10 @@ impl fuser::Filesystem for Adapter {
                 let full = match self.fs.getattr(e.ino) {
                     Ok(a) => {
                         self.remember_parent(dir, &a);
+                        if a.kind == vfs::FileType::Directory {
+                            // A walk lists this one next or soon: get the disk started.
+                            self.fs.prefetch_dir(e.ino);
+                        }
                         reply.add(
                             self.to_fuse(e.ino),
                             next,

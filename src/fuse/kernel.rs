@@ -1,6 +1,6 @@
 //! Attaching to and detaching from the kernel: via `fusermount3` (works for ordinary users and
 //! gives auto_unmount, so a SIGKILLed daemon leaves no dead mount), or via mount(2) directly
-//! when running as root without fusermount3.
+//! when running as root (the caller's choice: `MountRequest::direct`).
 //!
 //! fuser's own mount code is not used: it returns EACCES instead of falling back to
 //! fusermount3 when /dev/fuse is not readable, it cannot set the "fuse.imgmount" type on the
@@ -31,8 +31,8 @@ pub struct MountRequest<'a> {
     pub fsname: &'a str,
     pub writable: bool,
     pub allow_other: bool,
-    /// Use mount(2) even when fusermount3 is installed (root only). What a root mount falls
-    /// back to without fusermount3; selectable so that path can be exercised.
+    /// Use mount(2) even when fusermount3 is installed (root only; the mount command asks for
+    /// it whenever it runs as root). Without fusermount3 root falls back to it anyway.
     pub direct: bool,
 }
 
@@ -264,6 +264,28 @@ impl std::fmt::Display for UnmountError {
             UnmountError::Busy(s) | UnmountError::Other(s) => f.write_str(s),
         }
     }
+}
+
+/// Readahead the kernel uses on a FUSE mount when it may (see `raise_readahead`), in KiB:
+/// the largest read request the kernel sends (FUSE's default max_pages limit, 1 MiB).
+pub const READAHEAD_KB: u32 = 1024;
+
+/// Raises the kernel's readahead for the FUSE mount whose mountinfo device is `dev`. A new
+/// FUSE mount gets the default 128 KiB, so a sequential read reaches us as 128 KiB requests,
+/// while a loop-mounted filesystem reads ahead megabytes at a time; the knob,
+/// /sys/class/bdi/DEV/read_ahead_kb, is writable only by root.
+pub fn raise_readahead(dev: &str) -> io::Result<()> {
+    if dev.is_empty() || !dev.bytes().all(|b| b.is_ascii_digit() || b == b':') {
+        return Err(io::Error::other(format!(
+            "unexpected device number {dev:?}"
+        )));
+    }
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    let current: u32 = std::fs::read_to_string(&knob)?.trim().parse().unwrap_or(0);
+    if current >= READAHEAD_KB {
+        return Ok(());
+    }
+    std::fs::write(&knob, READAHEAD_KB.to_string())
 }
 
 /// Unmounts `path` (root: umount2; others: fusermount3 -u). `lazy` detaches even when busy

@@ -140,7 +140,14 @@ pub fn serve(
     let uid = kernel::euid();
     // Forked now, while this process still has a single thread.
     let watcher = match mountinfo::find(&cfg.mount_point) {
-        Ok(Some(e)) => watcher::spawn(&cfg.mount_point, &e.dev, uid),
+        Ok(Some(e)) => {
+            if uid == 0 {
+                if let Err(err) = kernel::raise_readahead(&e.dev) {
+                    log::info(&format!("readahead stays at the kernel's default: {err}"));
+                }
+            }
+            watcher::spawn(&cfg.mount_point, &e.dev, uid)
+        }
         Ok(None) => Err(io::Error::other("the new mount is missing from mountinfo")),
         Err(e) => Err(e),
     };

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod kernel;
 pub mod lifecycle;
+pub mod listing;
 pub mod log;
 pub mod mountinfo;
 pub mod options;

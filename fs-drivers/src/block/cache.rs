@@ -474,6 +474,19 @@ impl BlockDevice for BlockCache {
         self.read_impl(offset, buf, false)
     }
 
+    fn readahead(&self, offset: u64, len: u64) {
+        let len = len.min(self.size.saturating_sub(offset));
+        if len == 0 {
+            return;
+        }
+        // A present first block means this window was read (ahead) already: one lookup, so
+        // callers may hint on every miss of theirs.
+        if self.lock().lru.contains(&(offset / self.block_size)) {
+            return;
+        }
+        self.inner.readahead(offset, len);
+    }
+
     /// Into the cache, block by block. Like a disk's, a failed write may have been applied in
     /// part (whole blocks before the failing one).
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {

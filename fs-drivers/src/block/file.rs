@@ -6,7 +6,7 @@
 use super::{check_range, BlockDevice};
 use crate::{Error, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -106,6 +106,23 @@ impl BlockDevice for FileDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         self.file.read_exact_at(buf, offset).map_err(Error::from)
+    }
+
+    fn readahead(&self, offset: u64, len: u64) {
+        let len = len.min(self.size.saturating_sub(offset));
+        if len == 0 {
+            return;
+        }
+        // The host starts the reads and returns; a failure shows up on the real read.
+        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        let _ = posix_fadvise(
+            &self.file,
+            off,
+            len,
+            PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {

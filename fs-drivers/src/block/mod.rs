@@ -32,6 +32,12 @@ pub trait BlockDevice: Send + Sync {
     fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.read_at(offset, buf)
     }
+    /// A hint that `offset..offset+len` will be read soon (the kernel's readahead of inode
+    /// tables and directory blocks). An image file starts reading it in the background
+    /// (posix_fadvise WILLNEED), so the disk works while we wait on the FUSE round trip; a
+    /// cache passes the hint on unless it already holds the range's first block. Best effort:
+    /// nothing waits for it and a failure is the later read's to report. Others ignore it.
+    fn readahead(&self, _offset: u64, _len: u64) {}
     /// Write all of `buf` at `offset`.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
     /// A write of bulk data (file contents) that need not stay cached: a cache sends the
@@ -84,6 +90,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_direct_at(offset, buf)
+    }
+    fn readahead(&self, offset: u64, len: u64) {
+        (**self).readahead(offset, len)
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         (**self).write_at(offset, buf)

@@ -38,6 +38,12 @@ impl BlockDevice for Slice {
         check_range(offset, buf.len() as u64, self.len)?;
         self.inner.read_direct_at(self.start + offset, buf)
     }
+    fn readahead(&self, offset: u64, len: u64) {
+        if offset < self.len {
+            self.inner
+                .readahead(self.start + offset, len.min(self.len - offset));
+        }
+    }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.len)?;
         self.inner.write_at(self.start + offset, buf)

@@ -50,6 +50,10 @@ pub const ROOT_INO: u32 = 2;
 /// Longest symlink target we read (the kernel's PATH_MAX-ish page limit).
 const MAX_SYMLINK: u64 = 65536;
 const INODE_CACHE: usize = 4096;
+/// Inode-table blocks fetched per miss: ext4's default inode_readahead_blks.
+const INODE_READAHEAD: u64 = 32;
+/// Directory blocks a listing (or a prefetch of one) asks for ahead of its reads.
+const DIR_READAHEAD: u64 = 16;
 /// Verified extent-tree blocks by (inode, block).
 type ExtentNodeCache = LruCache<(u32, u64), Arc<[u8]>>;
 /// Bytes of verified extent-tree blocks kept (at least 16 blocks whatever the block size).
@@ -175,6 +179,12 @@ impl ExtFs {
         let ds = sb.desc_size as usize;
         // Bounded: group_count <= blocks_count / blocks_per_group, which the device size caps.
         let mut groups = Vec::with_capacity(count as usize);
+        if !sb.has_incompat(incompat::META_BG) {
+            // One device read for the whole table rather than one per block: at mount time
+            // every read is a cold disk access.
+            let first = group_desc::descriptor_block(sb, 0);
+            self.readahead_blocks(first, count.div_ceil(per_block));
+        }
         let mut block = Vec::new();
         for g in 0..count {
             if g % per_block == 0 {
@@ -277,6 +287,10 @@ impl ExtFs {
         let isz = u64::from(sb.inode_size);
         let byte = index * isz;
         let blk = gd.inode_table.saturating_add(byte / bs);
+        // Neighbouring inodes are usually wanted next (a directory's entries, a walk), so
+        // fetch up to INODE_READAHEAD blocks of this group's table in one device read.
+        let table_end = (u64::from(sb.inodes_per_group) * isz).div_ceil(bs) - byte / bs;
+        self.readahead_blocks(blk, INODE_READAHEAD.min(table_end));
         let block = self.read_block(blk)?;
         let off = (byte % bs) as usize;
         let raw = &block[off..off + isz as usize];
@@ -366,6 +380,14 @@ impl ExtFs {
         Ok(inode)
     }
 
+    /// Hints that blocks `pblk..pblk+n` will be read soon (see BlockDevice::readahead).
+    fn readahead_blocks(&self, pblk: u64, n: u64) {
+        if n > 0 && pblk.saturating_add(n) <= self.sb.blocks_count {
+            let bs = u64::from(self.sb.block_size);
+            self.dev.readahead(pblk * bs, n * bs);
+        }
+    }
+
     /// Calls `f(base, area, lblk)` for each piece of a directory from byte position `from`:
     /// the blocks of a normal directory, or the two inline areas. `f` returns false to stop.
     fn dir_pieces(
@@ -396,7 +418,10 @@ impl ExtFs {
                     lblk = lblk.saturating_add(len.max(1));
                     continue;
                 }
-                Run::Mapped { pblk, .. } => {
+                Run::Mapped { pblk, len } => {
+                    if lblk == from / bs || lblk % DIR_READAHEAD == 0 {
+                        self.readahead_blocks(pblk, len.min(DIR_READAHEAD));
+                    }
                     let block = self.read_block(pblk)?;
                     let area = self.check_dir_block(inode, &block, lblk, indexed)?;
                     if !f(lblk * bs, area.map_or(&[][..], |end| &block[..end]))? {
@@ -690,6 +715,18 @@ impl FileSystem for ExtFs {
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
         self.attr_of(&*self.inode(Self::ino32(ino)?)?)
+    }
+
+    fn prefetch_dir(&self, dir: Ino) {
+        let Ok(inode) = Self::ino32(dir).and_then(|i| self.inode(i)) else {
+            return;
+        };
+        if inode.has_flag(flags::INLINE_DATA) || !matches!(inode.kind(), Ok(FileType::Directory)) {
+            return;
+        }
+        if let Ok(Run::Mapped { pblk, len }) = self.map(&inode, 0) {
+            self.readahead_blocks(pblk, len.min(DIR_READAHEAD));
+        }
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {

@@ -19,6 +19,7 @@ struct Log {
     reads: Vec<(u64, u64)>,
     writes: Vec<(u64, u64)>,
     discards: Vec<(u64, u64)>,
+    readaheads: Vec<(u64, u64)>,
     flushes: u64,
 }
 
@@ -40,6 +41,9 @@ impl Counting {
 impl BlockDevice for Counting {
     fn size(&self) -> u64 {
         self.mem.size()
+    }
+    fn readahead(&self, offset: u64, len: u64) {
+        self.log.lock().unwrap().readaheads.push((offset, len));
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.log
@@ -673,4 +677,28 @@ fn fetch_is_not_cached_when_more_writes_raced_than_the_log_remembers() {
     assert_eq!(cache.cached_bytes(), 0);
     gate.mem.write_at(2 * BS, &[0; 8]).unwrap();
     assert_eq!(read(&cache, 2 * BS, 8), vec![0; 8]);
+}
+
+#[test]
+fn readahead_is_passed_on_only_for_a_range_whose_first_block_is_missing() {
+    let dev = Counting::new(vec![7; 16 * BS as usize]);
+    let cache = BlockCache::new(dev.clone(), 8 * BS, BS as u32);
+    cache.readahead(2 * BS, 4 * BS);
+    assert_eq!(dev.log().readaheads, vec![(2 * BS, 4 * BS)]);
+    // A hint reads nothing itself and caches nothing.
+    assert!(dev.log().reads.is_empty());
+    assert_eq!(cache.cached_bytes(), 0);
+    let mut buf = vec![0; BS as usize];
+    cache.read_at(2 * BS, &mut buf).unwrap();
+    dev.reset();
+    cache.readahead(2 * BS, 4 * BS);
+    assert!(
+        dev.log().readaheads.is_empty(),
+        "first block cached: no hint"
+    );
+    // Clipped at the end of the device; nothing at or past it.
+    cache.readahead(14 * BS, 10 * BS);
+    cache.readahead(16 * BS, BS);
+    cache.readahead(u64::MAX - 1, BS);
+    assert_eq!(dev.log().readaheads, vec![(14 * BS, 2 * BS)]);
 }
