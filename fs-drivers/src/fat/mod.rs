@@ -907,6 +907,23 @@ impl FileSystem for FatFs {
 
     /// Entries are gathered in batches and handed to `emit` with no lock held, so a front end
     /// may call back into the filesystem (readdirplus) from `emit`.
+    fn prefetch_dir(&self, dir: Ino) {
+        let first = {
+            let _g = self.read_guard();
+            let st = self.lock();
+            match self.dir_first_cluster(&st, dir) {
+                Ok(c) if self.g.valid_cluster(c) => c,
+                _ => return,
+            }
+        };
+        // The first cluster, and the FAT window that chains it (read when the listing starts).
+        self.dev.readahead(self.g.cluster_offset(first), self.cs());
+        let (entry, _) = table::entry_pos(self.g.fat_type, first);
+        let window = table::WINDOW;
+        self.dev
+            .readahead(self.g.fat_offset + entry / window * window, window);
+    }
+
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
         const BATCH: usize = 128;
         let mut from = usize::try_from(offset).unwrap_or(usize::MAX);

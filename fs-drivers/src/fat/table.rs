@@ -40,7 +40,7 @@ pub fn classify(g: &Geometry, v: u32) -> Next {
 }
 
 /// Byte offset of entry `n` inside one FAT copy and the number of bytes it spans.
-fn entry_pos(t: FatType, n: u32) -> (u64, usize) {
+pub fn entry_pos(t: FatType, n: u32) -> (u64, usize) {
     match t {
         FatType::Fat12 => (u64::from(n) * 3 / 2, 2),
         FatType::Fat16 => (u64::from(n) * 2, 2),
@@ -110,7 +110,7 @@ pub struct FatReader<'a> {
     win: Vec<u8>,
 }
 
-const WINDOW: u64 = 16 * 1024;
+pub const WINDOW: u64 = 16 * 1024;
 
 impl<'a> FatReader<'a> {
     pub fn geometry(&self) -> &Geometry {
