@@ -21,6 +21,8 @@ pub enum Error {
     NotEmpty,
     ReadOnly,
     NoSpace,
+    /// Past the largest file the filesystem can hold (EFBIG, as the kernel's s_maxbytes).
+    FileTooBig,
     InvalidName,
     NameTooLong,
     /// Access refused on purpose (e.g. encrypted content is never returned as ciphertext).
@@ -49,6 +51,7 @@ impl Error {
             Error::NotEmpty => libc::ENOTEMPTY,
             Error::ReadOnly => libc::EROFS,
             Error::NoSpace => libc::ENOSPC,
+            Error::FileTooBig => libc::EFBIG,
             Error::InvalidName => libc::EINVAL,
             Error::NameTooLong => libc::ENAMETOOLONG,
             Error::Access(_) => libc::EACCES,
@@ -72,6 +75,7 @@ impl fmt::Display for Error {
             Error::NotEmpty => f.write_str("directory not empty"),
             Error::ReadOnly => f.write_str("read-only filesystem"),
             Error::NoSpace => f.write_str("no space left on device"),
+            Error::FileTooBig => f.write_str("file too large"),
             Error::InvalidName => f.write_str("invalid file name"),
             Error::NameTooLong => f.write_str("file name too long"),
             Error::Access(s) => write!(f, "permission denied: {s}"),

@@ -460,3 +460,38 @@ fn unlinked_open_file_stays_readable_until_release() {
         fsck(&img).unwrap_or_else(|e| panic!("fsck.fat:\n{e}"));
     }
 }
+
+#[test]
+fn past_four_gib_is_efbig_and_leaves_the_file_alone() {
+    let Some(img) = fresh_image("efbig", 32, 65536, 1) else {
+        return;
+    };
+    let fs = open_file(&img, true);
+    let a = fs.create(fs.root(), b"big", 0o644).unwrap();
+    fs.open(a.ino, true).unwrap();
+    assert_eq!(fs.write(a.ino, 0, b"hello").unwrap(), 5);
+    let limit = u64::from(u32::MAX);
+    for offset in [limit, limit + 1, u64::MAX - 1] {
+        let e = fs.write(a.ino, offset, b"x").unwrap_err();
+        assert!(matches!(e, Error::FileTooBig), "write at {offset}: {e}");
+        assert_eq!(e.errno(), libc::EFBIG);
+    }
+    let grow = SetAttr {
+        size: Some(limit + 1),
+        ..Default::default()
+    };
+    assert!(matches!(
+        fs.setattr(a.ino, &grow).unwrap_err(),
+        Error::FileTooBig
+    ));
+    assert_eq!(fs.getattr(a.ino).unwrap().size, 5);
+    let mut buf = [0u8; 8];
+    assert_eq!(fs.read(a.ino, 0, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    fs.release(a.ino).unwrap();
+    fs.sync().unwrap();
+    drop(fs);
+    if have("fsck.fat") {
+        fsck(&img).unwrap_or_else(|e| panic!("fsck.fat:\n{e}"));
+    }
+}

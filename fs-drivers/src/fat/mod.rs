@@ -26,8 +26,9 @@
 //!   else gets long-name slots and an alias (basis name, `~1`..`~4`, then a hash of the long
 //!   name in the base, like Linux and Windows). `" * / : < > ? \ |` and control characters
 //!   are refused with EINVAL, names over 255 UTF-16 units with ENAMETOOLONG.
-//! - Files are limited to 4 GiB - 1 (EINVAL beyond). A write or truncate allocates every
-//!   cluster it needs before linking any, so ENOSPC leaves the file as it was.
+//! - Files are limited to 4 GiB - 1 (EFBIG beyond; a write crossing it is cut short). A write
+//!   or truncate allocates every cluster it needs before linking any, so ENOSPC leaves the
+//!   file as it was.
 //! - Caches: a run list per file (O(log n) offset lookup, dropped on the last release) and
 //!   parsed directories (bounded in count and bytes); every change goes to the device at
 //!   once, so `fsync`/`sync` only add FSInfo and the device flush.
@@ -1254,12 +1255,14 @@ impl FileSystem for FatFs {
             return Err(Error::IsDir);
         }
         let size = u64::from(e.size());
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or(Error::OutOfRange)?;
-        if end > u64::from(u32::MAX) {
-            return Err(Error::Invalid("FAT files are limited to 4 GiB - 1".into()));
+        // Like the kernel's s_maxbytes check: nothing at or past the limit (EFBIG), a write
+        // that crosses it is cut short there.
+        let max = u64::from(u32::MAX);
+        if offset >= max && !data.is_empty() {
+            return Err(Error::FileTooBig);
         }
+        let data = &data[..data.len().min((max - offset.min(max)) as usize)];
+        let end = offset + data.len() as u64;
         if data.is_empty() {
             return Ok(0);
         }
@@ -1319,7 +1322,7 @@ impl FileSystem for FatFs {
                 return Err(Error::IsDir);
             }
             if size > u64::from(u32::MAX) {
-                return Err(Error::Invalid("FAT files are limited to 4 GiB - 1".into()));
+                return Err(Error::FileTooBig);
             }
             let old = u64::from(e.size());
             let runs = self.resize_chain(&mut st, ino, &mut e, size.div_ceil(self.cs()) as u32)?;
