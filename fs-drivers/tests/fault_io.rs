@@ -6,7 +6,7 @@
 use fs_drivers::block::{BlockCache, DeviceRef, FaultDevice, FaultOp, MemDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::fat::{FatFs, FatOptions};
-use fs_drivers::vfs::{FileSystem, FileType, Ino};
+use fs_drivers::vfs::{FileSystem, FileType, Ino, SetAttr};
 use fs_drivers::Error;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -553,5 +553,42 @@ fn read_faults_through_a_small_cache() {
             Box::new(FatFs::open(cache, FatOptions::default()).expect("open fat"))
         };
         read_faults(name, &fault, fs.as_ref());
+    }
+}
+
+/// Growing a file with truncate zero-fills the new clusters; when that device write fails,
+/// the clusters go back to the free pool (as a failed write's do), so nothing leaks once the
+/// device recovers.
+#[test]
+fn failed_truncate_grow_gives_back_its_clusters() {
+    let tmp = Tmp::new("fatgrow");
+    let Some(img) = fat_image(&tmp, 4096) else {
+        return;
+    };
+    let s = open_writable(std::fs::read(&img).unwrap());
+    let f = s.fs.create(s.fs.root(), b"grow.bin", 0o644).unwrap();
+    s.fs.write(f.ino, 0, b"start").unwrap();
+    s.fs.sync().unwrap();
+    // Dirty again (marking the volume dirty is a device write of its own), so the next
+    // device write is the grow's zero-fill.
+    s.fs.write(f.ino, 5, b"!").unwrap();
+    let free_before = s.fs.statfs().unwrap().blocks_free;
+    s.fault.fail_from(FaultOp::Write, 1);
+    let grow = SetAttr {
+        size: Some(256 * 1024),
+        ..Default::default()
+    };
+    let e = s.fs.setattr(f.ino, &grow).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e:?}");
+    s.fault.clear();
+    assert_eq!(s.fs.getattr(f.ino).unwrap().size, 6);
+    assert_eq!(
+        s.fs.statfs().unwrap().blocks_free,
+        free_before,
+        "clusters leaked"
+    );
+    s.fs.sync().unwrap();
+    if have("fsck.fat") {
+        assert_eq!(fsck_problems(&tmp, &s.mem.contents()), Vec::<String>::new());
     }
 }

@@ -1325,8 +1325,19 @@ impl FileSystem for FatFs {
                 return Err(Error::FileTooBig);
             }
             let old = u64::from(e.size());
-            let runs = self.resize_chain(&mut st, ino, &mut e, size.div_ceil(self.cs()) as u32)?;
-            self.zero_fill(&runs, old, size)?;
+            let before = self
+                .runs_for(&mut st, ino, e.first_cluster(self.fat32()))?
+                .total;
+            let want = size.div_ceil(self.cs()) as u32;
+            let runs = self.resize_chain(&mut st, ino, &mut e, want)?;
+            if let Err(err) = self.zero_fill(&runs, old, size) {
+                // As in `write`: the grown file never reached the image; give the clusters
+                // back so a failed device write leaks nothing.
+                if want > before {
+                    let _ = self.resize_chain(&mut st, ino, &mut e, before);
+                }
+                return Err(err);
+            }
             e.set_size(size as u32);
             self.stamp(&mut e, false);
             e.set_attr(e.attr() | ATTR_ARCHIVE);
