@@ -42,6 +42,21 @@ fn umount(mnt: &Path) {
     imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
 }
 
+/// Runs `prog arg` as nobody (uid/gid 65534, no groups) through setpriv; None (with a SKIP
+/// line) without setpriv.
+fn run_as_nobody(prog: &Path, arg: &str) -> Option<std::process::Output> {
+    if !require_tool("setpriv") {
+        return None;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(prog)
+        .arg(arg)
+        .output()
+        .unwrap();
+    Some(out)
+}
+
 #[test]
 fn mounts_are_nosuid_nodev_and_show_the_images_owners() {
     if let Some(why) = skip_reason() {
@@ -105,13 +120,7 @@ fn mounts_are_nosuid_nodev_and_show_the_images_owners() {
     let e = std::fs::File::open(mnt.join("null")).expect_err("device opened through nodev");
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
     // nosuid: run as an ordinary user, the setuid-root program does not become root.
-    if require_tool("setpriv") {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(mnt.join("suid-id"))
-            .arg("-u")
-            .output()
-            .unwrap();
+    if let Some(out) = run_as_nobody(&mnt.join("suid-id"), "-u") {
         // nobody may or may not reach the private mount at all; if it runs, it is not root.
         if out.status.success() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
@@ -137,13 +146,7 @@ fn mounts_are_nosuid_nodev_and_show_the_images_owners() {
         assert_eq!((m.uid(), m.gid()), (4321, 5432), "{name}");
     }
     // The setuid program now "belongs" to 4321: with nosuid nobody gains 4321 by running it.
-    if require_tool("setpriv") {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(mnt.join("suid-id"))
-            .arg("-u")
-            .output()
-            .unwrap();
+    if let Some(out) = run_as_nobody(&mnt.join("suid-id"), "-u") {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
     }

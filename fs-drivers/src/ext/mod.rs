@@ -200,7 +200,6 @@ impl ExtFs {
         self.opts.verify_checksums && self.sb.metadata_csum()
     }
 
-    /// One metadata block, the journal's newer copy when it has one.
     /// A verified extent-tree block of `inode`, from the extent cache when it is there.
     fn extent_node(&self, inode: &Inode, blk: u64) -> Result<Arc<[u8]>> {
         let key = (inode.ino, blk);
@@ -219,6 +218,7 @@ impl ExtFs {
         Ok(node)
     }
 
+    /// One metadata block, the journal's newer copy when it has one.
     fn read_block(&self, blk: u64) -> Result<Vec<u8>> {
         if blk >= self.sb.blocks_count {
             return Err(Error::corrupt(format!(

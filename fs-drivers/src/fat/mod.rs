@@ -567,6 +567,29 @@ impl FatFs {
         Ok(())
     }
 
+    /// Resizes the file's chain to `want` clusters, then writes through `fill`. If `fill`
+    /// fails, the data never reached the image: clusters the resize added go back to the free
+    /// pool, so a failed device write leaks nothing (the entry on disk still names the old
+    /// chain). A failure of that rollback would only leak; `fill`'s error wins.
+    fn resize_then(
+        &self,
+        st: &mut State,
+        ino: Ino,
+        e: &mut Entry,
+        want: u32,
+        fill: impl FnOnce(&Runs) -> Result<()>,
+    ) -> Result<()> {
+        let before = self.runs_for(st, ino, e.first_cluster(self.fat32()))?.total;
+        let runs = self.resize_chain(st, ino, e, want)?;
+        if let Err(err) = fill(&runs) {
+            if want > before {
+                let _ = self.resize_chain(st, ino, e, before);
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
     fn zero_fill(&self, runs: &Runs, from: u64, to: u64) -> Result<()> {
         if to <= from {
             return Ok(());
@@ -619,15 +642,15 @@ impl FatFs {
         Ok(r)
     }
 
-    /// The item called `name` in directory `dir` and the device offset of its 8.3 entry.
-    /// The entry is re-read from the device: the cached listing's copy of size, clusters and
-    /// times goes stale as the file is written.
     /// The entry `name` names in `dir` (ENOENT when there is none or the name cannot exist).
     fn existing_item(&self, st: &mut State, dir: Ino, name: &[u8]) -> Result<(Item, u64)> {
         let name = lookup_name(name).ok_or(Error::NotFound)?;
         self.find_item(st, dir, &name)?.ok_or(Error::NotFound)
     }
 
+    /// The item called `name` in directory `dir` and the device offset of its 8.3 entry.
+    /// The entry is re-read from the device: the cached listing's copy of size, clusters and
+    /// times goes stale as the file is written.
     fn find_item(&self, st: &mut State, dir: Ino, name: &str) -> Result<Option<(Item, u64)>> {
         let found = self.with_listing(st, dir, |l| {
             l.find(name).map(|i| (i.clone(), l.dir.slot_offset(i.idx)))
@@ -906,8 +929,6 @@ impl FileSystem for FatFs {
         self.attr_of(&mut st, ino)
     }
 
-    /// Entries are gathered in batches and handed to `emit` with no lock held, so a front end
-    /// may call back into the filesystem (readdirplus) from `emit`.
     fn prefetch_dir(&self, dir: Ino) {
         let first = {
             let _g = self.read_guard();
@@ -925,6 +946,8 @@ impl FileSystem for FatFs {
             .readahead(self.g.fat_offset + entry / window * window, window);
     }
 
+    /// Entries are gathered in batches and handed to `emit` with no lock held, so a front end
+    /// may call back into the filesystem (readdirplus) from `emit`.
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
         const BATCH: usize = 128;
         let mut from = usize::try_from(offset).unwrap_or(usize::MAX);
@@ -1267,24 +1290,12 @@ impl FileSystem for FatFs {
             return Ok(0);
         }
         let want = end.max(size).div_ceil(self.cs()) as u32;
-        let before = self
-            .runs_for(&mut st, ino, e.first_cluster(self.fat32()))?
-            .total;
-        let runs = self.resize_chain(&mut st, ino, &mut e, want)?;
-        let io = self.zero_fill(&runs, size, offset).and_then(|()| {
-            self.data_io(&runs, offset, data.len(), |dev_off, i, n| {
+        self.resize_then(&mut st, ino, &mut e, want, |runs| {
+            self.zero_fill(runs, size, offset)?;
+            self.data_io(runs, offset, data.len(), |dev_off, i, n| {
                 self.dev.write_direct_at(dev_off, &data[i..i + n])
             })
-        });
-        if let Err(err) = io {
-            // The data never reached the image: give back the clusters this write took, so
-            // a failed device write leaks nothing (the entry on disk still names the old
-            // chain). A failure of this rollback would only leak; the write's error wins.
-            if want > before {
-                let _ = self.resize_chain(&mut st, ino, &mut e, before);
-            }
-            return Err(err);
-        }
+        })?;
         e.set_size(end.max(size) as u32);
         self.stamp(&mut e, false);
         e.set_attr(e.attr() | ATTR_ARCHIVE);
@@ -1325,19 +1336,10 @@ impl FileSystem for FatFs {
                 return Err(Error::FileTooBig);
             }
             let old = u64::from(e.size());
-            let before = self
-                .runs_for(&mut st, ino, e.first_cluster(self.fat32()))?
-                .total;
             let want = size.div_ceil(self.cs()) as u32;
-            let runs = self.resize_chain(&mut st, ino, &mut e, want)?;
-            if let Err(err) = self.zero_fill(&runs, old, size) {
-                // As in `write`: the grown file never reached the image; give the clusters
-                // back so a failed device write leaks nothing.
-                if want > before {
-                    let _ = self.resize_chain(&mut st, ino, &mut e, before);
-                }
-                return Err(err);
-            }
+            self.resize_then(&mut st, ino, &mut e, want, |runs| {
+                self.zero_fill(runs, old, size)
+            })?;
             e.set_size(size as u32);
             self.stamp(&mut e, false);
             e.set_attr(e.attr() | ATTR_ARCHIVE);
