@@ -387,6 +387,7 @@ fn json_schema_is_stable() {
         [
             "disk_id",
             "image",
+            "layers",
             "scheme",
             "sector_size",
             "size",
@@ -419,6 +420,7 @@ fn json_schema_is_stable() {
     );
     assert_eq!(v["type_name"], "EFI System");
     assert_eq!(j["warnings"], Value::Array(vec![]));
+    assert_eq!(j["layers"], Value::Array(vec![]));
 }
 
 #[test]

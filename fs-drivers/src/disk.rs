@@ -6,6 +6,7 @@
 //! holds one directory per partition.
 
 use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
+use crate::container::{self, Layer, PeelContext};
 use crate::ext::{ExtFs, ExtOptions};
 use crate::fat::{FatFs, FatOptions};
 use crate::multi::{MultiFs, Slot};
@@ -131,8 +132,33 @@ impl Volume {
     }
 }
 
+/// How to open an image file: the choices every layer below the filesystem takes. Each wave-2
+/// layer (containers, overlays, decryption) adds its own field here, so callers keep one call.
+#[derive(Clone, Default)]
+pub struct ImageOptions {
+    /// Open the image O_RDWR (else O_RDONLY).
+    pub writable: bool,
+    /// Bytes of block cache over the image (0: none).
+    pub cache_bytes: u64,
+    /// What container detectors get: the index cache and whom to tell progress. Its `path` is
+    /// filled in by `Image::open`.
+    pub peel: PeelContext,
+}
+
+impl ImageOptions {
+    pub fn new(writable: bool, cache_bytes: u64) -> Self {
+        ImageOptions {
+            writable,
+            cache_bytes,
+            ..ImageOptions::default()
+        }
+    }
+}
+
 pub struct Image {
     device: DeviceRef,
+    /// Container layers peeled off the file, outermost first (empty for a raw image).
+    layers: Vec<Layer>,
     cache: Option<Arc<BlockCache>>,
     table: PartitionTable,
     volumes: Vec<Volume>,
@@ -145,11 +171,17 @@ impl Image {
     /// Fails when the file is empty, a directory or unreadable; see `check_recognised` for a
     /// file that holds nothing imgmount knows.
     pub fn open(path: &Path, writable: bool, cache_bytes: u64) -> Result<Image> {
+        Self::open_with(path, &ImageOptions::new(writable, cache_bytes))
+    }
+
+    /// As `open`, with every layer's options; container formats are peeled off the file
+    /// before the cache and the partition table.
+    pub fn open_with(path: &Path, opts: &ImageOptions) -> Result<Image> {
         // Checked first so the message does not repeat the path the caller prints anyway.
         if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
             return Err(Error::Invalid("is a directory, not a disk image".into()));
         }
-        let file = FileDevice::open(path, writable)?;
+        let file = FileDevice::open(path, opts.writable)?;
         let mtime = file
             .file()
             .metadata()
@@ -164,11 +196,38 @@ impl Image {
             })
             .unwrap_or_default();
         let raw: DeviceRef = Arc::new(file);
-        Self::from_device(raw, cache_bytes, mtime)
+        let ctx = PeelContext {
+            path: Some(path.to_path_buf()),
+            ..opts.peel.clone()
+        };
+        Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)
     }
 
-    /// As `open`, over any device (tests use an in-memory disk).
+    /// As `open`, over any device (tests use an in-memory disk); no container is peeled.
     pub fn from_device(raw: DeviceRef, cache_bytes: u64, mtime: Timespec) -> Result<Image> {
+        Self::from_layers(raw, Vec::new(), cache_bytes, mtime)
+    }
+
+    /// As `from_device`, peeling container layers first.
+    pub fn from_device_peeled(
+        raw: DeviceRef,
+        ctx: &PeelContext,
+        cache_bytes: u64,
+        mtime: Timespec,
+    ) -> Result<Image> {
+        if raw.size() == 0 {
+            return Err(Error::Invalid("the file is empty, not a disk image".into()));
+        }
+        let (raw, layers) = container::peel(raw, ctx)?;
+        Self::from_layers(raw, layers, cache_bytes, mtime)
+    }
+
+    fn from_layers(
+        raw: DeviceRef,
+        layers: Vec<Layer>,
+        cache_bytes: u64,
+        mtime: Timespec,
+    ) -> Result<Image> {
         if raw.size() == 0 {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
         }
@@ -182,6 +241,7 @@ impl Image {
         let volumes = list_volumes(&device, &table)?;
         Ok(Image {
             device,
+            layers,
             cache,
             table,
             volumes,
@@ -203,6 +263,11 @@ impl Image {
             "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
             self.device.size()
         )))
+    }
+
+    /// Container layers peeled off the file, outermost first (empty for a raw image).
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
     /// The image as a device (behind the cache when there is one).

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+pub mod container;
 pub mod disk;
 pub mod error;
 pub mod ext;

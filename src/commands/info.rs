@@ -13,12 +13,20 @@ use serde::Serialize;
 pub struct Report {
     pub image: String,
     pub size: u64,
+    /// Container layers peeled off the file, outermost first.
+    pub layers: Vec<LayerReport>,
     pub scheme: &'static str,
     pub sector_size: u32,
     pub disk_id: Option<String>,
     pub truncated: bool,
     pub volumes: Vec<VolumeReport>,
     pub warnings: Vec<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct LayerReport {
+    pub format: String,
+    pub detail: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -77,6 +85,14 @@ pub fn build(image: &Image, shown: &str) -> fs_drivers::Result<Report> {
     Ok(Report {
         image: shown.to_string(),
         size: image.size(),
+        layers: image
+            .layers()
+            .iter()
+            .map(|l| LayerReport {
+                format: l.format.clone(),
+                detail: (!l.detail.is_empty()).then(|| l.detail.clone()),
+            })
+            .collect(),
         scheme: table.scheme.name(),
         sector_size: table.sector_size,
         disk_id: image.disk_id()?,
@@ -164,6 +180,17 @@ pub fn human(r: &Report) -> String {
         r.size,
         human_size(r.size)
     ));
+    if !r.layers.is_empty() {
+        let chain: Vec<String> = r
+            .layers
+            .iter()
+            .map(|l| match &l.detail {
+                Some(d) => format!("{} ({d})", l.format),
+                None => l.format.clone(),
+            })
+            .collect();
+        out.push_str(&format!("Layers: {} → raw disk\n", chain.join(" → ")));
+    }
     if r.scheme == "none" {
         out.push_str("Table:  none (a bare filesystem)\n");
     } else {

@@ -1,0 +1,140 @@
+//! Container layers: formats that wrap a disk (VM disk formats, sparse and compressed images)
+//! peeled by magic before the partition table is read, each a read-only `BlockDevice` over the
+//! device below it — device-mapper's stacking, where every target maps onto the one under it.
+//!
+//! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
+//! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
+
+use crate::block::DeviceRef;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One peeled layer, for `info`: `format` names it ("qcow2 v3"), `detail` says what matters
+/// about this instance ("64 KiB clusters, zstd, backing: base.qcow2"), empty when nothing does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub format: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}", self.format)
+        } else {
+            write!(f, "{} ({})", self.format, self.detail)
+        }
+    }
+}
+
+/// Told to a long job (building a seek index, decoding a whole stream): `done` of `total`
+/// bytes. The front end draws a bar; the library only reports.
+pub trait Progress: Send + Sync {
+    fn start(&self, what: &str, total: u64);
+    fn advance(&self, done: u64);
+    fn finish(&self);
+}
+
+/// What a detector may need besides the device: where the image lives (backing files and
+/// descriptor extents are named relative to it), the index cache, and whom to tell progress.
+#[derive(Clone, Default)]
+pub struct PeelContext {
+    /// The image file's path; `None` for an in-memory device (then relative references fail).
+    pub path: Option<PathBuf>,
+    /// Where seek indexes are cached; `None`: do not cache.
+    pub index_cache_dir: Option<PathBuf>,
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl PeelContext {
+    /// The directory that relative references in the image at `path` are resolved against.
+    pub fn base_dir(&self) -> Option<&Path> {
+        self.path.as_deref().and_then(Path::parent)
+    }
+}
+
+/// A format's entry point: `Ok(None)` when `dev` does not start with this format's magic,
+/// `Ok(Some(..))` with the unwrapped device, or an error that names the problem in one line.
+pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
+
+/// Every container format, tried in order on each layer.
+const DETECTORS: &[Detector] = &[];
+
+/// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
+/// into itself, or a hostile stack of wrappers).
+pub const MAX_DEPTH: usize = 8;
+
+/// Peels container layers off `dev` until raw bytes remain. Returns the innermost device and
+/// the layers from the outermost in.
+pub fn peel(mut dev: DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Vec<Layer>)> {
+    peel_with(&mut dev, ctx, DETECTORS).map(|layers| (dev, layers))
+}
+
+fn peel_with(dev: &mut DeviceRef, ctx: &PeelContext, detectors: &[Detector]) -> Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    'outer: loop {
+        for detect in detectors {
+            if let Some((inner, layer)) = detect(dev, ctx)? {
+                if layers.len() == MAX_DEPTH {
+                    return Err(Error::Unsupported(format!(
+                        "more than {MAX_DEPTH} container layers (a file that unwraps into itself?)"
+                    )));
+                }
+                layers.push(layer);
+                *dev = inner;
+                continue 'outer;
+            }
+        }
+        return Ok(layers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockDevice, MemDevice};
+
+    /// A toy format: "WRAP" then the payload.
+    fn wrap(dev: &DeviceRef, _: &PeelContext) -> Result<Option<(DeviceRef, Layer)>> {
+        let mut magic = [0u8; 4];
+        if dev.size() < 4 || dev.read_at(0, &mut magic).is_err() || &magic != b"WRAP" {
+            return Ok(None);
+        }
+        let inner = crate::block::Slice::new(dev.clone(), 4, dev.size() - 4)?;
+        let layer = Layer {
+            format: "wrap".into(),
+            detail: String::new(),
+        };
+        Ok(Some((Arc::new(inner), layer)))
+    }
+
+    fn mem(data: &[u8]) -> DeviceRef {
+        Arc::new(MemDevice::read_only(data.to_vec()))
+    }
+
+    #[test]
+    fn peels_nested_layers_in_order() {
+        let mut dev = mem(b"WRAPWRAPraw");
+        let layers = peel_with(&mut dev, &PeelContext::default(), &[wrap]).unwrap();
+        assert_eq!(layers.len(), 2);
+        let mut rest = vec![0u8; dev.size() as usize];
+        dev.read_at(0, &mut rest).unwrap();
+        assert_eq!(rest, b"raw");
+    }
+
+    #[test]
+    fn refuses_too_deep_a_chain() {
+        let mut dev = mem(&b"WRAP".repeat(MAX_DEPTH + 2));
+        let e = peel_with(&mut dev, &PeelContext::default(), &[wrap]).unwrap_err();
+        assert!(e.to_string().contains("container layers"), "{e}");
+    }
+
+    #[test]
+    fn raw_bytes_peel_to_themselves() {
+        let mut dev = mem(b"raw");
+        assert!(peel_with(&mut dev, &PeelContext::default(), &[wrap])
+            .unwrap()
+            .is_empty());
+    }
+}
