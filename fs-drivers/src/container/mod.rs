@@ -5,8 +5,9 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
-use crate::block::DeviceRef;
+use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,12 +46,61 @@ pub struct PeelContext {
     /// Where seek indexes are cached; `None`: do not cache.
     pub index_cache_dir: Option<PathBuf>,
     pub progress: Option<Arc<dyn Progress>>,
+    /// (device, inode) of every file opened on the way here (the image, then each backing
+    /// file it named): a reference back to one of them is a loop.
+    pub opened: Vec<(u64, u64)>,
 }
+
+/// How many files a chain of backing/parent references may span (qemu's limit is similar).
+pub const MAX_BACKING_DEPTH: usize = 16;
 
 impl PeelContext {
     /// The directory that relative references in the image at `path` are resolved against.
     pub fn base_dir(&self) -> Option<&Path> {
         self.path.as_deref().and_then(Path::parent)
+    }
+
+    /// Opens a file the image refers to (a backing file, a parent disk, a descriptor's
+    /// extent) read-only: `name` relative to the image's directory unless absolute. Refuses a
+    /// loop back to a file already in the chain and chains deeper than `MAX_BACKING_DEPTH`.
+    /// Returns the file and the context to peel or open its own references with.
+    pub fn open_referenced(&self, name: &str) -> Result<(DeviceRef, PeelContext)> {
+        let given = Path::new(name);
+        let path = if given.is_absolute() {
+            given.to_path_buf()
+        } else {
+            match self.base_dir() {
+                Some(dir) => dir.join(given),
+                None => given.to_path_buf(),
+            }
+        };
+        let not_usable = |why: String| Error::Invalid(format!("{}: {why}", path.display()));
+        if self.opened.len() >= MAX_BACKING_DEPTH {
+            return Err(not_usable(format!(
+                "a chain of more than {MAX_BACKING_DEPTH} backing files"
+            )));
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| not_usable(e.to_string()))?;
+        let id = (meta.dev(), meta.ino());
+        if self.opened.contains(&id) || self.self_id() == Some(id) {
+            return Err(not_usable(
+                "the backing chain loops back to a file already in it".into(),
+            ));
+        }
+        let dev = FileDevice::open(&path, false).map_err(|e| not_usable(e.to_string()))?;
+        let mut opened = self.opened.clone();
+        opened.extend(self.self_id());
+        let child = PeelContext {
+            path: Some(path),
+            opened,
+            ..self.clone()
+        };
+        Ok((Arc::new(dev), child))
+    }
+
+    fn self_id(&self) -> Option<(u64, u64)> {
+        let meta = std::fs::metadata(self.path.as_deref()?).ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 }
 
@@ -128,6 +178,27 @@ mod tests {
         let mut dev = mem(&b"WRAP".repeat(MAX_DEPTH + 2));
         let e = peel_with(&mut dev, &PeelContext::default(), &[wrap]).unwrap_err();
         assert!(e.to_string().contains("container layers"), "{e}");
+    }
+
+    #[test]
+    fn referenced_files_resolve_relative_and_refuse_loops() {
+        let dir = std::env::temp_dir().join(format!("imgmount-peel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"aaaa").unwrap();
+        std::fs::write(dir.join("b"), b"bb").unwrap();
+        let ctx = PeelContext {
+            path: Some(dir.join("a")),
+            ..PeelContext::default()
+        };
+        let (b, bctx) = ctx.open_referenced("b").unwrap();
+        assert_eq!(b.size(), 2);
+        let e = bctx.open_referenced("a").err().unwrap().to_string();
+        assert!(e.contains("loops"), "{e}");
+        let e = ctx.open_referenced("a").err().unwrap().to_string();
+        assert!(e.contains("loops"), "{e}");
+        let e = ctx.open_referenced("missing").err().unwrap().to_string();
+        assert!(e.contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
