@@ -1,6 +1,7 @@
 //! Command-line definitions (clap derive). `main` dispatches on these.
 
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -91,6 +92,7 @@ pub struct MountArgs {
 
 #[derive(Args, Debug)]
 pub struct UmountArgs {
+    /// Where the image is mounted.
     pub mountpoint: PathBuf,
 }
 
@@ -99,6 +101,7 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
 
@@ -119,23 +122,33 @@ pub struct LsArgs {
     /// Include extended attributes in --json output.
     #[arg(long)]
     pub xattrs: bool,
+    /// Partition to read (1-based, logical MBR partitions from 5); without it a partitioned
+    /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
-    pub path: Option<String>,
+    /// File or directory in the image to list (default: /).
+    pub path: Option<OsString>,
 }
 
 #[derive(Args, Debug)]
 pub struct CatArgs {
+    /// Partition to read (1-based, logical MBR partitions from 5); without it a partitioned
+    /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
-    #[arg(required = true)]
-    pub paths: Vec<String>,
+    /// Files in the image to write out, in order.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
+    /// Partition to read (1-based, logical MBR partitions from 5); without it a partitioned
+    /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
     /// Do not restore owners even as root.
@@ -147,8 +160,12 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
-    /// PATH in the image (default /) followed by DEST.
-    #[arg(required = true, num_args = 1..=2, value_names = ["PATH", "DEST"])]
-    pub paths: Vec<String>,
+    /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).
+    #[arg(value_name = "PATH")]
+    pub path: OsString,
+    /// The host directory to copy into.
+    #[arg(value_name = "DEST")]
+    pub dest: Option<OsString>,
 }

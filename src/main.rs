@@ -36,8 +36,9 @@ fn main() {
     }
 }
 
-/// clap's own errors, reworded to start with `imgmount:` like every other failure; help and
-/// version output go to stdout unchanged.
+/// clap's own errors as one line that starts with `imgmount:` like every other failure (a
+/// script reading stderr gets one line per failure); help and version output go to stdout
+/// unchanged.
 fn usage_error(e: clap::Error) -> ! {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
@@ -45,11 +46,44 @@ fn usage_error(e: clap::Error) -> ! {
     {
         e.exit();
     }
-    let text = e.render().to_string();
-    let text = text.strip_prefix("error: ").unwrap_or(&text);
-    eprint!("imgmount: {text}");
-    if !text.ends_with('\n') {
-        eprintln!();
-    }
+    eprintln!("imgmount: {}", one_line(&e.render().to_string()));
     std::process::exit(e.exit_code());
+}
+
+/// clap's several-line message folded into one: the first line, with an indented list that
+/// follows a colon joined onto it, then the usage line; tips and "For more information" go.
+fn one_line(text: &str) -> String {
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    let mut lines = text.lines().map(str::trim_end).peekable();
+    let mut out = lines.next().unwrap_or("invalid command line").to_string();
+    if out.ends_with(':') {
+        let mut items = Vec::new();
+        while let Some(l) = lines.next_if(|l| l.starts_with("  ")) {
+            items.push(l.trim());
+        }
+        out = format!("{} {}", out, items.join(", "));
+    }
+    if let Some(usage) = lines.find_map(|l| l.strip_prefix("Usage: ")) {
+        out = format!("{out} (usage: {usage})");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn clap_messages_fold_into_one_line() {
+        let missing = "error: the following required arguments were not provided:\n  <IMAGE>\n  <PATHS>...\n\nUsage: imgmount cat <IMAGE> <PATHS>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(missing),
+            "the following required arguments were not provided: <IMAGE>, <PATHS>... (usage: imgmount cat <IMAGE> <PATHS>...)"
+        );
+        let tip = "error: unexpected argument '--frob' found\n\n  tip: to pass '--frob' as a value, use '-- --frob'\n\nUsage: imgmount [OPTIONS] <IMAGE> <MOUNTPOINT>\n       imgmount <COMMAND>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(tip),
+            "unexpected argument '--frob' found (usage: imgmount [OPTIONS] <IMAGE> <MOUNTPOINT>)"
+        );
+    }
 }

@@ -29,6 +29,15 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         options::check_allow_other(kernel::euid(), &conf)?;
     }
     let (fs, warnings) = open_filesystem(image, args, &opts)?;
+    // The kernel's first request is a stat of the root; answered with EIO it would only say
+    // "Input/output error", so ask the driver first and give its reason.
+    if let Err(e) = fs.getattr(fs.root()) {
+        let why = crate::report::describe(&e);
+        return Err(format!(
+            "{}: the root directory cannot be read: {why}",
+            image.display()
+        ));
+    }
     if opts.rw && !fs.is_writable() {
         let ty = fs.info().fs_type;
         return Err(if ty.starts_with("ext") {

@@ -200,3 +200,34 @@ fn image_locked_read_write_elsewhere_is_refused() {
     imgmount([img.as_os_str(), a.as_os_str()]).expect_ok();
     imgmount([OsStr::new("umount"), a.as_os_str()]).expect_ok();
 }
+
+/// A mount whose root directory the driver cannot read fails before mounting, with the
+/// driver's reason (the kernel's stat of the root would only say "Input/output error").
+#[test]
+fn unreadable_root_gives_the_drivers_reason() {
+    let corpus = common::repo_root().join("../shared/corpus/e2fsprogs");
+    if !corpus.is_dir() || !common::require_tool("gzip") {
+        eprintln!("SKIP: {} or gzip missing", corpus.display());
+        return;
+    }
+    let t = TempDir::new("mount-bad-root");
+    let mnt = t.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    for (name, expect) in [
+        ("f_bad_gdt_csum", "group descriptor 0: checksum mismatch"),
+        ("f_illitable", "lies beyond the filesystem"),
+    ] {
+        let img = t.join(name);
+        let out = common::tool("gzip")
+            .arg("-dc")
+            .arg(corpus.join(format!("{name}.img.gz")))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        fs::write(&img, out.stdout).unwrap();
+        let r = imgmount([img.as_os_str(), mnt.as_os_str()]);
+        one_error_line(&r, "the root directory cannot be read");
+        assert!(r.stderr.contains(expect), "{name}: {:?}", r.stderr);
+        assert!(!is_mounted(&mnt), "{name} left a mount");
+    }
+}

@@ -5,6 +5,7 @@ use super::walk::{self, show, why};
 use crate::cli::CatArgs;
 use fs_drivers::vfs::{FileSystem, FileType};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 
 /// Bytes asked of the filesystem per read: large, so drivers can read whole extents at once.
 const CHUNK: usize = 1 << 20;

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -52,13 +53,9 @@ pub fn run(args: &ExtractArgs) -> i32 {
             return 1;
         }
     };
-    let (path, dest) = match args.paths.as_slice() {
-        [dest] => ("/", dest),
-        [path, dest] => (path.as_str(), dest),
-        _ => {
-            eprintln!("imgmount: extract: expected [PATH] DEST");
-            return 1;
-        }
+    let (path, dest) = match &args.dest {
+        None => (&b"/"[..], &args.path),
+        Some(dest) => (args.path.as_bytes(), dest),
     };
     let root = nix::unistd::geteuid().is_root();
     let opts = ExtractOpts {
@@ -69,7 +66,7 @@ pub fn run(args: &ExtractArgs) -> i32 {
         progress: std::io::stderr().is_terminal(),
     };
     let mut warn = |msg: String| eprintln!("imgmount: extract: {msg}");
-    if extract(&*fs, path.as_bytes(), Path::new(dest), &opts, &mut warn) {
+    if extract(&*fs, path, Path::new(dest), &opts, &mut warn) {
         0
     } else {
         1

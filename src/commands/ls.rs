@@ -6,6 +6,7 @@ use super::{json, source};
 use crate::cli::LsArgs;
 use fs_drivers::vfs::{major, minor, Attr, FileSystem, FileType, Ino};
 use std::io::{self, IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 
 pub struct LsOpts {
     pub long: bool,
@@ -33,10 +34,10 @@ pub fn run(args: &LsArgs) -> i32 {
         xattrs: args.xattrs,
         escape: io::stdout().is_terminal(),
     };
-    let path = args.path.as_deref().unwrap_or("/");
+    let path = args.path.as_deref().map_or(&b"/"[..], OsStrExt::as_bytes);
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut warn = |msg: String| eprintln!("imgmount: ls: {msg}");
-    let res = list(&*fs, path.as_bytes(), &opts, &mut out, &mut warn).and_then(|ok| {
+    let res = list(&*fs, path, &opts, &mut out, &mut warn).and_then(|ok| {
         out.flush()?;
         Ok(ok)
     });

@@ -18,22 +18,16 @@ pub fn fixture_dir() -> Option<PathBuf> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
         let out = workspace().join("target/fixtures/ext");
-        for tool in ["mke2fs", "e2fsck", "debugfs", "python3"] {
-            if Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}"))
-                .output()
-                .map_or(true, |o| !o.status.success())
-            {
-                eprintln!("SKIP: {tool} not installed; ext fixtures not built");
-                return None;
-            }
-        }
         let st = Command::new("bash")
             .arg(workspace().join("fixtures/build-ext.sh"))
             .arg(&out)
             .status()
             .expect("run build-ext.sh");
+        // 77: a tool is missing (the script said which on stderr).
+        if st.code() == Some(77) {
+            eprintln!("SKIP: ext fixtures cannot be built here");
+            return None;
+        }
         assert!(st.success(), "fixtures/build-ext.sh failed");
         Some(out)
     })
