@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod block;
+mod bpb;
+mod bytes;
 pub mod container;
 pub mod disk;
 pub mod error;

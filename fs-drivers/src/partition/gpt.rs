@@ -2,8 +2,9 @@
 //! backup copy of both at the end of the disk. A damaged primary falls back to the backup
 //! (as the kernel and fdisk do), with a warning; both damaged is an error.
 
-use super::{le32, le64, Guid, Partition, PartitionTable, PartitionType, Scheme};
+use super::{Guid, Partition, PartitionTable, PartitionType, Scheme};
 use crate::block::BlockDevice;
+use crate::bytes::{le32, le64};
 use crate::{Error, Result};
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";

@@ -1,8 +1,9 @@
 //! The MBR: four primary entries in sector 0, and the extended partition's chain of EBRs,
 //! each holding one logical partition and a link to the next EBR.
 
-use super::{le32, Partition, PartitionTable, PartitionType, Scheme};
+use super::{Partition, PartitionTable, PartitionType, Scheme};
 use crate::block::BlockDevice;
+use crate::bytes::le32;
 use crate::Result;
 use std::collections::HashSet;
 
@@ -63,7 +64,7 @@ pub(crate) fn classify(sector: &[u8; 512], disk_sectors: u64) -> Sector0 {
     if entries.iter().any(|e| e.kind == TYPE_GPT) {
         return Sector0::Protective;
     }
-    if crate::probe::fat_boot_sector_valid(sector) {
+    if crate::bpb::is_fat_boot_sector(sector) {
         return Sector0::NoTable;
     }
     if entries.iter().any(|e| e.boot != 0 && e.boot != 0x80) {

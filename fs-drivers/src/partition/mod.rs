@@ -164,7 +164,7 @@ fn read_any(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<Partition
         mbr::Sector0::Protective => match gpt::read(dev, &gpt_sizes) {
             Ok(table) => Ok(table),
             // A FAT boot sector whose boot code happens to hold 0xEE where an MBR has a type.
-            Err(_) if crate::probe::fat_boot_sector_valid(&sector0) => {
+            Err(_) if crate::bpb::is_fat_boot_sector(&sector0) => {
                 Ok(PartitionTable::none(mbr_sector_size))
             }
             Err(e) => Err(e),
@@ -188,23 +188,6 @@ fn read_any(dev: &dyn BlockDevice, sector_size: Option<u32>) -> Result<Partition
             }
         }
     }
-}
-
-/// Reads a little-endian u16/u32/u64 at `off` of a buffer the caller sized.
-pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[off..off + 4]);
-    u32::from_le_bytes(x)
-}
-
-pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(x)
 }
 
 #[cfg(test)]

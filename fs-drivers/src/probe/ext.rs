@@ -3,7 +3,7 @@
 
 use super::{label, read_opt, uuid, FsKind, Probe};
 use crate::block::BlockDevice;
-use crate::partition::{le16, le32};
+use crate::bytes::{le16, le32};
 use crate::Result;
 
 const SB_OFFSET: u64 = 1024;

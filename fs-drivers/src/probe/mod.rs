@@ -6,8 +6,6 @@ mod ext;
 mod fat;
 mod other;
 
-pub(crate) use fat::boot_sector_valid as fat_boot_sector_valid;
-
 use crate::block::BlockDevice;
 use crate::Result;
 

@@ -3,7 +3,7 @@
 
 use super::{label, read_opt, uuid, FsKind, Probe};
 use crate::block::BlockDevice;
-use crate::partition::le32;
+use crate::bytes::le32;
 use crate::Result;
 
 type Found = Result<Option<Probe>>;
