@@ -177,8 +177,8 @@ impl Extractor<'_> {
     }
 
     fn problem(&mut self, msg: String) {
-        self.progress.clear();
-        (self.warn)(msg);
+        let warn = &mut self.warn;
+        self.progress.suspend(|| warn(msg));
         self.ok = false;
     }
 

@@ -1,60 +1,64 @@
 //! Where the daemon's messages go: stderr in the foreground, a file (`--log FILE`) or syslog
-//! (ident "imgmount") in the background, where nobody reads stderr.
+//! (ident "imgmount") in the background, where nobody reads stderr. Messages travel through the
+//! `log` facade, so the library and every module log the same way; fern sends them to the one
+//! sink chosen at start-up. The first sink chosen stays (a later call changes nothing).
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io::Write;
-use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-enum Sink {
-    Stderr,
-    File(Mutex<File>),
-    Syslog,
+fn dispatch() -> fern::Dispatch {
+    fern::Dispatch::new().level(::log::LevelFilter::Info)
 }
 
-static SINK: OnceLock<Sink> = OnceLock::new();
-/// openlog keeps the pointer it is given, so the ident must live forever.
-static IDENT: &std::ffi::CStr = c"imgmount";
+fn install(d: fern::Dispatch) {
+    // Fails only when a logger is already set, which keeps the first sink (as documented).
+    let _ = d.apply();
+}
 
 pub fn to_stderr() {
-    let _ = SINK.set(Sink::Stderr);
+    install(
+        dispatch()
+            .format(|out, msg, _| out.finish(format_args!("imgmount: {msg}")))
+            .chain(std::io::stderr()),
+    );
 }
 
 pub fn to_file(f: File) {
-    let _ = SINK.set(Sink::File(Mutex::new(f)));
+    install(
+        dispatch()
+            .format(|out, msg, record| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let level = record.level().as_str().to_ascii_lowercase();
+                out.finish(format_args!(
+                    "{now} imgmount[{}] {level}: {msg}",
+                    std::process::id()
+                ))
+            })
+            .chain(f),
+    );
 }
 
 pub fn to_syslog() {
-    // SAFETY: IDENT is a 'static NUL-terminated string, as openlog requires.
-    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
-    let _ = SINK.set(Sink::Syslog);
-}
-
-fn write(priority: libc::c_int, level: &str, msg: &str) {
-    match SINK.get().unwrap_or(&Sink::Stderr) {
-        Sink::Stderr => eprintln!("imgmount: {msg}"),
-        Sink::File(f) => {
-            if let Ok(mut f) = f.lock() {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                let _ = writeln!(f, "{now} imgmount[{}] {level}: {msg}", std::process::id());
-            }
-        }
-        Sink::Syslog => {
-            // Interior NULs cannot travel through syslog; replace them rather than drop the line.
-            let text = CString::new(msg.replace('\0', "?")).unwrap_or_default();
-            // SAFETY: "%s" with one valid C string argument.
-            unsafe { libc::syslog(priority, c"%s".as_ptr(), text.as_ptr()) };
-        }
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: "imgmount".into(),
+        pid: std::process::id(),
+    };
+    match syslog::unix(formatter) {
+        Ok(logger) => install(dispatch().chain(logger)),
+        // No syslog socket (a minimal container): stderr is all there is.
+        Err(_) => to_stderr(),
     }
 }
 
 pub fn info(msg: &str) {
-    write(libc::LOG_INFO, "info", msg);
+    ::log::info!("{msg}");
 }
 
 pub fn error(msg: &str) {
-    write(libc::LOG_ERR, "error", msg);
+    ::log::error!("{msg}");
 }
