@@ -263,6 +263,13 @@ impl FileSystem for MultiFs {
         }
     }
 
+    fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::IsDir),
+            Target::Inner(_, fs, inner) => fs.seek_data(inner, offset, data),
+        }
+    }
+
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
         match self.target(ino)? {
             Target::Root | Target::Empty(_) => Ok(Vec::new()),

@@ -161,6 +161,13 @@ pub trait FileSystem: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (short only at EOF).
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize>;
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>>;
+    /// lseek's SEEK_DATA (`data`) or SEEK_HOLE: the first offset at or after `offset` that is
+    /// in data, or in a hole (end of file counts as one); `None` past the end, or when
+    /// seeking data and only holes follow (the caller's ENXIO). The default knows no holes.
+    fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let size = self.getattr(ino)?.size;
+        Ok((offset < size).then_some(if data { offset } else { size }))
+    }
     fn listxattr(&self, _ino: Ino) -> Result<Vec<Vec<u8>>> {
         Ok(Vec::new())
     }

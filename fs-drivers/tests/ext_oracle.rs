@@ -216,6 +216,13 @@ fn compare(img: &Path, kernel_img: &Path, opts: &str) {
         if attr.kind == FileType::Regular && !ext_common::refused(&fs, attr.ino) {
             let p = mnt.dir.join(OsStr::from_bytes(path));
             let mut f = std::fs::File::open(&p).expect("kernel open");
+            // Before the content is read: the kernel counts cached pages of unwritten
+            // extents as data.
+            assert_eq!(
+                data_segments(|off, data| fs.seek_data(attr.ino, off, data).expect("seek_data")),
+                data_segments(|off, data| kernel_seek(&p, off, data)),
+                "{what} SEEK_DATA/SEEK_HOLE"
+            );
             let mut kbuf = Vec::new();
             read_chunks(&fs, attr.ino, attr.size, |off, chunk| {
                 kbuf.resize(chunk.len(), 0);
@@ -256,6 +263,39 @@ fn compare(img: &Path, kernel_img: &Path, opts: &str) {
         theirs.len(),
         bytes
     );
+}
+
+/// The file's data as (start, end) ranges, found by alternating SEEK_DATA and SEEK_HOLE from
+/// offset 0 as `cp --sparse` and `tar --sparse` do.
+fn data_segments(mut seek: impl FnMut(u64, bool) -> Option<u64>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(start) = seek(pos, true) {
+        let end = seek(start, false).expect("data is followed by a hole or the end");
+        assert!(end > start, "SEEK_HOLE at {start} did not move");
+        out.push((start, end));
+        pos = end;
+    }
+    out
+}
+
+/// lseek on a descriptor of its own, so the caller's read position stays where it is.
+fn kernel_seek(path: &Path, offset: u64, data: bool) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("kernel open");
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    // SAFETY: lseek on an open descriptor with a valid whence; no memory is involved.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "kernel lseek: {e}");
+        return None;
+    }
+    Some(r as u64)
 }
 
 #[test]

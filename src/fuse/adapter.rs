@@ -16,8 +16,8 @@ use super::listing::ListingModes;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 /// The FUSE root's inode number, fixed by the protocol.
@@ -373,6 +373,33 @@ impl fuser::Filesystem for Adapter {
             let mut buf = vec![0u8; size as usize];
             match self.fs.read(self.to_fs(ino), offset, &mut buf) {
                 Ok(n) => reply.data(&buf[..n.min(buf.len())]),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guarded("lseek", || {
+            // The kernel resolves SEEK_SET/CUR/END itself; only these two reach us.
+            let data = match whence {
+                libc::SEEK_DATA => true,
+                libc::SEEK_HOLE => false,
+                _ => return reply.error(Errno::EINVAL),
+            };
+            let Ok(offset) = u64::try_from(offset) else {
+                return reply.error(Errno::ENXIO);
+            };
+            match self.fs.seek_data(self.to_fs(ino), offset, data) {
+                Ok(Some(pos)) => reply.offset(i64::try_from(pos).unwrap_or(i64::MAX)),
+                Ok(None) => reply.error(Errno::ENXIO),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -23,8 +23,33 @@ pub struct Seen {
     pub atime: (i64, i64),
     pub link: Option<Vec<u8>>,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Regular files: the data ranges SEEK_DATA/SEEK_HOLE report (start, end).
+    pub data: Vec<(u64, u64)>,
     /// Regular files: the bytes; directories: the sorted names.
     pub content: Vec<u8>,
+}
+
+/// The file's data ranges by alternating SEEK_DATA and SEEK_HOLE from 0 (as `cp --sparse`).
+/// Asked before the content is read: cached pages of unwritten extents count as data.
+fn data_ranges(p: &Path) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(p).unwrap();
+    let seek = |off: u64, whence| {
+        // SAFETY: lseek on an open descriptor; no memory is involved.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+        (r >= 0).then_some(r as u64)
+    };
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(start) = seek(pos, libc::SEEK_DATA) {
+        let end = seek(start, libc::SEEK_HOLE).unwrap_or(start);
+        if end <= start {
+            break;
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    out
 }
 
 fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -59,6 +84,11 @@ pub fn seen(p: &Path) -> Seen {
 pub fn seen_windows(p: &Path, windows: Option<&[u64]>) -> Seen {
     let md = fs::symlink_metadata(p).unwrap();
     let ft = md.file_type();
+    let data = if ft.is_file() {
+        data_ranges(p)
+    } else {
+        Vec::new()
+    };
     let content = if ft.is_file() && windows.is_some() {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = fs::File::open(p).unwrap();
@@ -99,6 +129,7 @@ pub fn seen_windows(p: &Path, windows: Option<&[u64]>) -> Seen {
             .is_symlink()
             .then(|| fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec()),
         xattrs: xattrs(p),
+        data,
         content,
     }
 }

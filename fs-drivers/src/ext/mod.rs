@@ -364,6 +364,32 @@ impl ExtFs {
         Ok(n)
     }
 
+    /// SEEK_DATA/SEEK_HOLE over the block mapping; unwritten extents are holes, as the
+    /// kernel's ext4 says when no page of them is cached. One mapping lookup per run, so the
+    /// walk is bounded by the file's extent count, not its size.
+    fn seek_file(&self, inode: &Inode, offset: u64, data: bool) -> Result<Option<u64>> {
+        if offset >= inode.size {
+            return Ok(None);
+        }
+        if inode.has_flag(flags::INLINE_DATA) {
+            return Ok(Some(if data { offset } else { inode.size }));
+        }
+        let bs = u64::from(self.sb.block_size);
+        let mut pos = offset;
+        while pos < inode.size {
+            let lblk = pos / bs;
+            let (is_data, len) = match self.map(inode, lblk)? {
+                Run::Hole(len) => (false, len),
+                Run::Mapped { len, .. } => (true, len),
+            };
+            if is_data == data {
+                return Ok(Some(pos));
+            }
+            pos = lblk.saturating_add(len.max(1)).saturating_mul(bs);
+        }
+        Ok((!data).then_some(inode.size))
+    }
+
     fn refuse_encrypted(inode: &Inode) -> Result<()> {
         if inode.has_flag(flags::ENCRYPT) {
             return Err(Error::Access(format!("inode {} is encrypted", inode.ino)));
@@ -775,6 +801,17 @@ impl FileSystem for ExtFs {
         }
         Self::refuse_encrypted(&inode)?;
         self.read_file(&inode, offset, buf)
+    }
+
+    fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let inode = self.inode(Self::ino32(ino)?)?;
+        match inode.kind()? {
+            FileType::Directory => return Err(Error::IsDir),
+            FileType::Regular => {}
+            _ => return Err(Error::Invalid("not a regular file".into())),
+        }
+        Self::refuse_encrypted(&inode)?;
+        self.seek_file(&inode, offset, data)
     }
 
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
