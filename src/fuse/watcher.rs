@@ -11,12 +11,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use super::service::Service;
 use super::{kernel, mountinfo, pidfile};
 
 /// Forks the watcher for the mount at `mount_point` whose mountinfo device is `dev`. Returns
 /// the write end the daemon keeps open until it exits. Must be called with no other thread
 /// running.
-pub fn spawn(mount_point: &Path, dev: &str, uid: u32) -> io::Result<OwnedFd> {
+pub fn spawn(mount_point: &Path, dev: &str, uid: u32, service: &Service) -> io::Result<OwnedFd> {
     let daemon = std::process::id();
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds is a valid 2-element array.
@@ -36,6 +37,7 @@ pub fn spawn(mount_point: &Path, dev: &str, uid: u32) -> io::Result<OwnedFd> {
     }
     drop(wr);
     watch(rd, mount_point, dev, uid, daemon);
+    service.cleanup(daemon);
     // SAFETY: ending the forked child without running the daemon's destructors.
     unsafe { libc::_exit(0) }
 }

@@ -1,0 +1,417 @@
+//! `imgmount run IMAGE -- CMD`: the command's exit status comes back (0, 7, 128+N, 127, 126),
+//! it runs in the mount with $IMGMOUNT_ROOT set, and afterwards no mount and no directory are
+//! left, whether CMD exits, is killed, or `imgmount run` itself gets SIGTERM; rw changes are
+//! in the image (checked with mtools and fsck.fat); without /dev/fuse one line says so.
+//! Fresh mkfs.vfat images in temp dirs.
+
+mod common;
+mod mount_support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{imgmount, require_tool, run_with_timeout, tool, Run, TempDir};
+use mount_support::{is_mounted, skip_reason, wait_until};
+
+fn ready() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return false;
+    }
+    ["mkfs.vfat", "fsck.fat", "mcopy", "mtype"]
+        .iter()
+        .all(|t| require_tool(t))
+}
+
+/// A 16 MiB FAT16 image holding hello.txt ("hello\n") and sub/data.bin.
+fn fat_image(dir: &TempDir) -> PathBuf {
+    let img = dir.join("fat.img");
+    fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    run_with_timeout(
+        tool("mkfs.vfat")
+            .args(["-F", "16", "-n", "RUNTEST"])
+            .arg(&img),
+        Duration::from_secs(30),
+    )
+    .expect_ok();
+    let hello = dir.join("hello.txt");
+    fs::write(&hello, b"hello\n").unwrap();
+    let mut c = tool("mcopy");
+    c.arg("-i").arg(&img).arg(&hello).arg("::hello.txt");
+    run_with_timeout(&mut c, Duration::from_secs(30)).expect_ok();
+    let mut c = tool("mmd");
+    c.arg("-i").arg(&img).arg("::sub");
+    run_with_timeout(&mut c, Duration::from_secs(30)).expect_ok();
+    img
+}
+
+/// `imgmount run [extra...] IMAGE -- sh -c SCRIPT`, OUT exported to the script.
+fn run_sh(img: &Path, extra: &[&str], out: &Path, script: &str) -> Run {
+    let mut args: Vec<std::ffi::OsString> = vec!["run".into()];
+    args.extend(extra.iter().map(Into::into));
+    args.extend([
+        img.into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+    ]);
+    run_with_timeout(
+        Command::new(common::imgmount_bin())
+            .args(&args)
+            .env("OUT", out),
+        Duration::from_secs(60),
+    )
+}
+
+fn spawn_sh(img: &Path, extra: &[&str], out: &Path, script: &str) -> Child {
+    Command::new(common::imgmount_bin())
+        .arg("run")
+        .args(extra)
+        .arg(img)
+        .args(["--", "sh", "-c", script])
+        .env("OUT", out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The directory the command ran in: gone, and not in /proc/self/mountinfo.
+fn assert_cleaned_up(root: &Path) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let needle = format!(" {} ", root.display());
+    assert!(
+        !text.lines().any(|l| l.contains(&needle)),
+        "{} still in mountinfo",
+        root.display()
+    );
+    assert!(!root.exists(), "{} left behind", root.display());
+}
+
+/// What the script wrote to $OUT/root.
+fn recorded_root(out: &Path) -> PathBuf {
+    let s = fs::read_to_string(out.join("root")).expect("the command did not run");
+    PathBuf::from(s.trim_end())
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("imgmount run did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn exit_status_cwd_and_root() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-status");
+    let img = fat_image(&dir);
+    // The command sees the image's files in its working directory, which is $IMGMOUNT_ROOT
+    // and an imgmount mount.
+    let r = run_sh(
+        &img,
+        &[],
+        dir.path(),
+        "pwd > \"$OUT/cwd\"; echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; \
+         cat hello.txt > \"$OUT/hello\"; cat /proc/self/mountinfo > \"$OUT/mi\"",
+    )
+    .expect_ok();
+    assert_eq!(r.stderr, "");
+    let root = recorded_root(dir.path());
+    assert!(root.is_absolute());
+    assert_eq!(
+        fs::read_to_string(dir.join("cwd")).unwrap().trim_end(),
+        root.to_str().unwrap()
+    );
+    assert_eq!(fs::read(dir.join("hello")).unwrap(), b"hello\n");
+    let mi = fs::read_to_string(dir.join("mi")).unwrap();
+    let entry = mi
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", root.display())))
+        .expect("the command's directory was not a mount");
+    assert!(entry.contains(" - fuse.imgmount "), "{entry}");
+    assert_cleaned_up(&root);
+
+    for (script, want) in [
+        ("exit 7", 7),
+        ("kill -TERM $$", 128 + 15),
+        ("kill -KILL $$", 128 + 9),
+    ] {
+        let _ = fs::remove_file(dir.join("root"));
+        let full = format!("echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; {script}");
+        let r = run_sh(&img, &[], dir.path(), &full);
+        assert_eq!(r.status.code(), Some(want), "{script}: {r:?}");
+        assert_eq!(r.stderr, "", "{script}");
+        assert_cleaned_up(&recorded_root(dir.path()));
+    }
+
+    // Cannot be found: 127; found but not executable: 126 (one line each).
+    let noexec = dir.join("plain.txt");
+    fs::write(&noexec, b"not a program\n").unwrap();
+    for (cmd, want, says) in [
+        ("/nonexistent/prog".to_string(), 127, "No such file"),
+        (
+            "imgmount-no-such-command".to_string(),
+            127,
+            "command not found",
+        ),
+        (noexec.display().to_string(), 126, "Permission denied"),
+    ] {
+        let r = imgmount([
+            "run".as_ref(),
+            img.as_os_str(),
+            "--".as_ref(),
+            cmd.as_ref() as &std::ffi::OsStr,
+        ]);
+        assert_eq!(r.status.code(), Some(want), "{cmd}: {r:?}");
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{:?}", r.stderr);
+        assert!(
+            lines[0].starts_with("imgmount: ") && lines[0].contains(says),
+            "{:?}",
+            r.stderr
+        );
+    }
+    // A relative program path is the caller's, not the mount's.
+    let script = dir.join("prog.sh");
+    fs::write(&script, "#!/bin/sh\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let r = run_with_timeout(
+        Command::new(common::imgmount_bin())
+            .current_dir(dir.path())
+            .args(["run", "fat.img", "--", "./prog.sh"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.status.code(), Some(3), "{r:?}");
+}
+
+#[test]
+fn sigterm_to_run_reaches_the_command_and_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-term");
+    let img = fat_image(&dir);
+    let t = Instant::now();
+    let mut child = spawn_sh(
+        &img,
+        &[],
+        dir.path(),
+        "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; exec sleep 60",
+    );
+    assert!(wait_until(Duration::from_secs(20), || dir
+        .join("root")
+        .exists()));
+    let root = recorded_root(dir.path());
+    assert!(wait_until(Duration::from_secs(5), || is_mounted(&root)));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(128 + 15), "{}", stderr_of(&mut child));
+    assert_cleaned_up(&root);
+    println!(
+        "run + SIGTERM + cleanup: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn killed_command_is_cleaned_up() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-kill");
+    let img = fat_image(&dir);
+    let mut child = spawn_sh(
+        &img,
+        &[],
+        dir.path(),
+        "echo $$ > \"$OUT/pid\"; echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; exec sleep 60",
+    );
+    assert!(wait_until(Duration::from_secs(20), || dir
+        .join("root")
+        .exists()));
+    let pid: i32 = fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let st = wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(128 + 9), "{}", stderr_of(&mut child));
+    assert_cleaned_up(&recorded_root(dir.path()));
+}
+
+/// A command that ignores SIGTERM: the first signal is forwarded and ignored, the second
+/// starts --kill-after, then SIGKILL.
+#[test]
+fn stuck_command_is_killed_after_the_second_signal() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-stuck");
+    let img = fat_image(&dir);
+    let mut child = spawn_sh(
+        &img,
+        &["--kill-after", "0.5"],
+        dir.path(),
+        "trap '' TERM; echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; exec sleep 60",
+    );
+    assert!(wait_until(Duration::from_secs(20), || dir
+        .join("root")
+        .exists()));
+    let pid = child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "one signal must not kill it"
+    );
+    let t = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let st = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let waited = t.elapsed();
+    let err = stderr_of(&mut child);
+    assert_eq!(st.code(), Some(128 + 9), "{err}");
+    assert!(err.contains("did not stop within 0.5 s"), "{err}");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "killed after {waited:?}"
+    );
+    assert_cleaned_up(&recorded_root(dir.path()));
+}
+
+/// -o rw: what the command wrote is in the image afterwards, as mtools reads it, and
+/// fsck.fat finds nothing wrong.
+#[test]
+fn rw_changes_are_in_the_image() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-rw");
+    let img = fat_image(&dir);
+    let r = run_sh(
+        &img,
+        &["-o", "rw"],
+        dir.path(),
+        "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\" && echo written > new.txt && \
+         mkdir newdir && head -c 300000 /dev/urandom > \"$OUT/big\" && cp \"$OUT/big\" newdir/big && \
+         echo changed >> hello.txt && rm -r sub",
+    );
+    assert!(r.ok(), "{r:?}");
+    assert_cleaned_up(&recorded_root(dir.path()));
+    let mtype = |name: &str| {
+        let mut c = tool("mtype");
+        c.arg("-i").arg(&img).arg(format!("::{name}"));
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "mtype {name}: {out:?}");
+        out.stdout
+    };
+    assert_eq!(mtype("new.txt"), b"written\n");
+    assert_eq!(mtype("hello.txt"), b"hello\nchanged\n");
+    assert_eq!(mtype("newdir/big"), fs::read(dir.join("big")).unwrap());
+    let mut c = tool("mdir");
+    c.arg("-i").arg(&img).arg("::sub");
+    assert!(!c.output().unwrap().status.success(), "sub/ still there");
+    let mut c = tool("fsck.fat");
+    c.arg("-n").arg(&img);
+    run_with_timeout(&mut c, Duration::from_secs(30)).expect_ok();
+}
+
+/// --mountpoint: the given directory is used and kept (empty, unmounted); a process the
+/// command leaves behind in the mount gets it detached, not a hang.
+#[test]
+fn chosen_mountpoint_and_leftover_processes() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-mnt");
+    let img = fat_image(&dir);
+    let mnt = dir.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = mount_support::MountGuard(mnt.clone());
+    let r = run_sh(
+        &img,
+        &["--mountpoint", mnt.to_str().unwrap()],
+        dir.path(),
+        "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; test -f hello.txt",
+    )
+    .expect_ok();
+    assert_eq!(r.stderr, "");
+    assert_eq!(recorded_root(dir.path()), mnt.canonicalize().unwrap());
+    assert!(!is_mounted(&mnt));
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
+
+    // A background job still in the mount: run returns (not after the job's 3 s) with the
+    // command's status and a line saying what happened; the mount is gone from the namespace.
+    let t = Instant::now();
+    let r = run_sh(
+        &img,
+        &[],
+        dir.path(),
+        "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; sleep 3 >/dev/null 2>&1 & exit 4",
+    );
+    assert_eq!(r.status.code(), Some(4), "{r:?}");
+    assert!(
+        r.elapsed < Duration::from_secs(3),
+        "waited for the job: {:?}",
+        r.elapsed
+    );
+    assert!(r.stderr.contains("still in use"), "{:?}", r.stderr);
+    assert_cleaned_up(&recorded_root(dir.path()));
+    println!(
+        "leftover case returned in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Where /dev/fuse cannot be opened (a mount namespace with an empty /dev), one line says so
+/// and names the commands that work without FUSE; nothing runs.
+#[test]
+fn without_dev_fuse_one_line_names_the_alternatives() {
+    if !ready() || !require_tool("unshare") {
+        return;
+    }
+    let dir = TempDir::new("run-nofuse");
+    let img = fat_image(&dir);
+    let marker = dir.join("ran");
+    let script = "mount -t tmpfs none /dev && exec \"$0\" run \"$1\" -- touch \"$2\"";
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(common::imgmount_bin())
+        .arg(&img)
+        .arg(&marker);
+    let r = run_with_timeout(&mut c, Duration::from_secs(30));
+    assert_eq!(r.status.code(), Some(125), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{:?}", r.stderr);
+    for want in [
+        "imgmount: /dev/fuse",
+        "imgmount ls",
+        "imgmount cat",
+        "imgmount extract",
+    ] {
+        assert!(lines[0].contains(want), "{:?} lacks {want:?}", lines[0]);
+    }
+    assert!(!marker.exists(), "the command ran without a mount");
+}
