@@ -21,6 +21,12 @@ use crate::{cli, commands};
 const THREADS: usize = 4;
 
 pub fn run(args: &cli::MountArgs) -> Result<(), String> {
+    run_with(args, Service::default())
+}
+
+/// `run`, with what a caller such as `imgmount run` adds to the daemon's duties: directories
+/// it made for the mount and `stop_with_parent`.
+pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
     let (Some(image), Some(mnt)) = (&args.image, &args.mountpoint) else {
         return Err("usage: imgmount IMAGE MOUNTPOINT".into());
     };
@@ -58,8 +64,9 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
     };
     let svc = Service {
         pid_file,
-        made_dirs: made_dirs.clone(),
+        made_dirs: made_dirs.iter().chain(&extra.made_dirs).cloned().collect(),
         idle_timeout: opts.idle_timeout,
+        stop_with_parent: extra.stop_with_parent,
     };
     let res = mount_on(fs, warnings, image, mnt, args, &opts, svc);
     if res.is_err() {

@@ -262,6 +262,46 @@ fn killed_command_is_cleaned_up() {
     assert_cleaned_up(&recorded_root(dir.path()));
 }
 
+/// `imgmount run` killed outright (SIGKILL skips its cleanup): the daemon notices its parent
+/// is gone, unmounts and removes the directory itself. The command here has left the mount
+/// (`cd /`), as a killed process group's would have.
+#[test]
+fn run_killed_outright_leaves_nothing_mounted() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-sigkill");
+    let img = fat_image(&dir);
+    let mut child = spawn_sh(
+        &img,
+        &[],
+        dir.path(),
+        "echo $$ > \"$OUT/pid\"; echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; cd /; exec sleep 60",
+    );
+    assert!(wait_until(Duration::from_secs(20), || dir
+        .join("root")
+        .exists()));
+    let root = recorded_root(dir.path());
+    let cmd_pid: i32 = fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_mounted(&root));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let gone = wait_until(Duration::from_secs(10), || {
+        !is_mounted(&root) && !root.exists()
+    });
+    unsafe { libc::kill(cmd_pid, libc::SIGKILL) };
+    assert!(
+        gone,
+        "mounted {}, exists {}",
+        is_mounted(&root),
+        root.exists()
+    );
+}
+
 /// A command that ignores SIGTERM: the first signal is forwarded and ignored, the second
 /// starts --kill-after, then SIGKILL.
 #[test]

@@ -364,6 +364,7 @@ pub fn run_background(
     }
     // SAFETY: both fds were just created and are owned here only.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let parent = std::process::id();
     // SAFETY: the caller guarantees no other thread exists, so the child is a full copy.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -377,6 +378,9 @@ pub fn run_background(
         return wait_ready(File::from(rd), pid);
     }
     drop(rd);
+    if cfg.service.stop_with_parent {
+        stop_with(parent);
+    }
     let code = daemon_child(fs, cfg, log_fd, File::from(wr));
     std::process::exit(code);
 }
@@ -441,6 +445,18 @@ fn wait_ready(mut rd: File, child: libc::pid_t) -> Result<(), String> {
 fn redirect(fd: libc::c_int, to: libc::c_int) {
     // SAFETY: dup2 onto a standard descriptor.
     unsafe { libc::dup2(to, fd) };
+}
+
+/// Asks the kernel for SIGTERM (the daemon's clean unmount) when `parent` dies, also if it
+/// died before the request took effect.
+fn stop_with(parent: u32) {
+    // SAFETY: prctl/getppid/kill with valid arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+        if libc::getppid() as u32 != parent {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
 }
 
 fn daemon_child(

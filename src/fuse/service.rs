@@ -18,6 +18,9 @@ pub struct Service {
     pub made_dirs: Vec<PathBuf>,
     /// Unmount after this long without a request reaching the daemon.
     pub idle_timeout: Option<Duration>,
+    /// Unmount when the process that started the background daemon dies, even by SIGKILL
+    /// (`imgmount run`, whose cleanup would otherwise never happen).
+    pub stop_with_parent: bool,
 }
 
 impl Service {

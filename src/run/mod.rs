@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use imgmount::fuse::kernel::{self, UnmountError};
+use imgmount::fuse::service::Service;
 use imgmount::fuse::{mountinfo, options, pidfile};
 
 use crate::cli;
@@ -70,7 +71,14 @@ pub fn run(args: &cli::RunArgs) -> i32 {
         pid_file: None,
         mkdir: false,
     };
-    if let Err(e) = crate::mount::run(&margs) {
+    // The daemon unmounts and removes our directory itself if this process is killed
+    // outright (SIGKILL, the OOM killer): the one way out that skips `cleanup`.
+    let extra = Service {
+        made_dirs: if ours { vec![dir.clone()] } else { vec![] },
+        stop_with_parent: true,
+        ..Service::default()
+    };
+    if let Err(e) = crate::mount::run_with(&margs, extra) {
         if ours {
             let _ = std::fs::remove_dir(&dir);
         }
@@ -155,6 +163,8 @@ fn private_dir() -> io::Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.is_absolute() && p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
+    // The daemon removes it from / (its working directory), so no relative TMPDIR.
+    let base = std::path::absolute(base)?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -217,7 +227,12 @@ fn cleanup(root: &Path, daemon: Option<u32>, remove_dir: bool) -> Result<(), Str
         unsafe { libc::waitpid(pid as libc::pid_t, &mut st, 0) };
     }
     if remove_dir {
-        std::fs::remove_dir(root).map_err(|e| format!("{shown}: cannot remove: {e}"))?;
+        // The daemon removes it too, once it has stopped serving.
+        match std::fs::remove_dir(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{shown}: cannot remove: {e}")),
+        }
     }
     Ok(())
 }
