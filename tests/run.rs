@@ -425,6 +425,50 @@ fn chosen_mountpoint_and_leftover_processes() {
     );
 }
 
+/// An ordinary user (nobody), through fusermount3: status, cleanup, and rw changes written
+/// back by the fusermount3 unmount path. In a private mount namespace a 0666 copy of the
+/// /dev/fuse node is bound over it, so the machine's /dev/fuse permissions stay untouched.
+#[test]
+fn as_an_ordinary_user() {
+    if !ready() || !require_tool("unshare") || !require_tool("setpriv") {
+        return;
+    }
+    let dir = TempDir::new("run-user");
+    let img = fat_image(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o666)).unwrap();
+    let bin = dir.join("imgmount");
+    fs::copy(common::imgmount_bin(), &bin).unwrap();
+    let script = r#"
+d="$1"
+mknod "$d/fuse" c 10 229 && chmod 666 "$d/fuse" && mount --bind "$d/fuse" /dev/fuse || exit 77
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups env -u XDG_RUNTIME_DIR HOME=/tmp "$@"; }
+as_user sh -c 'exec 3<>/dev/fuse' 2>/dev/null || exit 77
+as_user "$d/imgmount" run -o rw "$d/fat.img" -- sh -c 'id -u > "$0/uid"; echo "$IMGMOUNT_ROOT" > "$0/root"; echo by-user > mine.txt; exit 6' "$d"
+st=$?
+grep -q " $(cat "$d/root") " /proc/self/mountinfo && echo still-mounted
+exit $st
+"#;
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg("sh")
+        .arg(dir.path());
+    let r = run_with_timeout(&mut c, Duration::from_secs(60));
+    if r.status.code() == Some(77) {
+        eprintln!("SKIP: cannot give an ordinary user a /dev/fuse here");
+        return;
+    }
+    assert_eq!(r.status.code(), Some(6), "{r:?}");
+    assert_eq!((r.stdout.as_str(), r.stderr.as_str()), ("", ""));
+    assert_eq!(fs::read_to_string(dir.join("uid")).unwrap(), "65534\n");
+    let root = recorded_root(dir.path());
+    assert!(!root.exists(), "{} left behind", root.display());
+    let mut c = tool("mtype");
+    c.arg("-i").arg(&img).arg("::mine.txt");
+    assert_eq!(c.output().unwrap().stdout, b"by-user\n");
+}
+
 /// Where /dev/fuse cannot be opened (a mount namespace with an empty /dev), one line says so
 /// and names the commands that work without FUSE; nothing runs.
 #[test]
