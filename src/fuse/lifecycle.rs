@@ -204,7 +204,7 @@ pub fn serve(
         Ok(None) => Err(io::Error::other("the new mount is missing from mountinfo")),
         Err(e) => Err(e),
     };
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
             let _ = km.unmount(true);
@@ -328,6 +328,11 @@ pub fn serve(
     drop(fs);
     pidfile::remove(uid, &cfg.mount_point, pid);
     cfg.service.cleanup(pid);
+    // A session that ended without an error ended because the mount is gone; otherwise the
+    // watcher makes sure of that.
+    if result.is_ok() {
+        watcher::stand_down(watcher);
+    }
     log::info(&format!("unmounted {}", shown(&cfg.mount_point)));
     result
 }
