@@ -49,16 +49,23 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
     }
     lock_image(image, opts.rw)?;
     let pid_file = match &args.pid_file {
-        Some(p) => {
-            Some(std::path::absolute(p).map_err(|e| format!("--pid-file {}: {e}", p.display()))?)
-        }
+        Some(p) => Some(
+            std::path::absolute(p)
+                .map_err(|e| format!("--pid-file {}: {}", p.display(), service::why(&e)))?,
+        ),
         None => None,
     };
     let made_dirs = if args.mkdir {
         // Absolute: the daemon removes them after changing its working directory to /.
         std::path::absolute(mnt)
             .and_then(|m| service::make_dirs(&m))
-            .map_err(|e| format!("{}: cannot create the mount point: {e}", mnt.display()))?
+            .map_err(|e| {
+                format!(
+                    "{}: cannot create the mount point: {}",
+                    mnt.display(),
+                    service::why(&e)
+                )
+            })?
     } else {
         vec![]
     };

@@ -26,7 +26,7 @@ use fuser::{Config, Session, SessionACL};
 
 use super::adapter::{Adapter, Ownership};
 use super::kernel::{self, KernelMount, MountRequest, UnmountError};
-use super::service::Service;
+use super::service::{self, Service};
 use super::{idle, log, mountinfo, pidfile, watcher};
 
 /// How long the parent waits for the daemon to report the mount ready.
@@ -280,7 +280,10 @@ pub fn serve(
         let _ = runner.join();
         km.finish();
         let file = cfg.service.pid_file.as_deref().unwrap_or(Path::new(""));
-        return fail(ready, format!("--pid-file {}: {e}", shown(file)));
+        return fail(
+            ready,
+            format!("--pid-file {}: {}", shown(file), service::why(&e)),
+        );
     }
     log::info(&format!(
         "mounted {} on {}",

@@ -51,6 +51,15 @@ impl Service {
     }
 }
 
+/// An I/O error's text without the "(os error N)" tail, as every imgmount message.
+pub fn why(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 /// Creates `dir` and any missing parents, like `mkdir -p`, with mode 0755 less the umask.
 /// Returns the directories it created, deepest first.
 pub fn make_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
