@@ -211,20 +211,26 @@ fn cleanup(root: &Path, daemon: Option<u32>, remove_dir: bool) -> Result<(), Str
             Err(UnmountError::Other(e)) => return Err(format!("cannot unmount {shown}: {e}")),
         }
     }
-    if let (Some(pid), false) = (daemon, detached) {
+    if !detached {
+        // The daemon is our child (forked by the mount), and the command has been reaped: with
+        // no pid file to name it, any child is it.
+        let target = daemon.map_or(-1, |p| p as libc::pid_t);
         let deadline = Instant::now() + DAEMON_EXIT_TIMEOUT;
-        while pidfile::alive(pid) {
+        loop {
+            let mut st = 0;
+            // SAFETY: waiting for our own child without blocking.
+            let r = unsafe { libc::waitpid(target, &mut st, libc::WNOHANG) };
+            if r != 0 {
+                break; // reaped, or no such child left (ECHILD)
+            }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{shown} is unmounted, but its daemon (pid {pid}) is still running after {} s",
+                    "{shown} is unmounted, but its daemon is still running after {} s",
                     DAEMON_EXIT_TIMEOUT.as_secs()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let mut st = 0;
-        // SAFETY: reaping our own child, which has exited.
-        unsafe { libc::waitpid(pid as libc::pid_t, &mut st, 0) };
     }
     if remove_dir {
         // The daemon removes it too, once it has stopped serving.
