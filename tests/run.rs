@@ -206,33 +206,43 @@ fn exit_status_cwd_and_root() {
     assert_eq!(r.status.code(), Some(3), "{r:?}");
 }
 
+/// SIGTERM, SIGINT and SIGHUP sent to `imgmount run` (as kill(1) or a CI runner sends them)
+/// reach the command, which dies of it (128+N), and the mount and directory still go away.
 #[test]
-fn sigterm_to_run_reaches_the_command_and_cleans_up() {
+fn signals_to_run_reach_the_command_and_it_cleans_up() {
     if !ready() {
         return;
     }
     let dir = TempDir::new("run-term");
     let img = fat_image(&dir);
-    let t = Instant::now();
-    let mut child = spawn_sh(
-        &img,
-        &[],
-        dir.path(),
-        "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; exec sleep 60",
-    );
-    assert!(wait_until(Duration::from_secs(20), || dir
-        .join("root")
-        .exists()));
-    let root = recorded_root(dir.path());
-    assert!(wait_until(Duration::from_secs(5), || is_mounted(&root)));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = wait_with_timeout(&mut child, Duration::from_secs(20));
-    assert_eq!(st.code(), Some(128 + 15), "{}", stderr_of(&mut child));
-    assert_cleaned_up(&root);
-    println!(
-        "run + SIGTERM + cleanup: {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let _ = fs::remove_file(dir.join("root"));
+        let t = Instant::now();
+        let mut child = spawn_sh(
+            &img,
+            &[],
+            dir.path(),
+            "echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; exec sleep 60",
+        );
+        assert!(wait_until(Duration::from_secs(20), || dir
+            .join("root")
+            .exists()));
+        let root = recorded_root(dir.path());
+        assert!(wait_until(Duration::from_secs(5), || is_mounted(&root)));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let st = wait_with_timeout(&mut child, Duration::from_secs(20));
+        assert_eq!(
+            st.code(),
+            Some(128 + sig),
+            "signal {sig}: {}",
+            stderr_of(&mut child)
+        );
+        assert_cleaned_up(&root);
+        println!(
+            "run + signal {sig} + cleanup: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
 }
 
 #[test]
