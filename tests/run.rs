@@ -509,3 +509,93 @@ fn without_dev_fuse_one_line_names_the_alternatives() {
     }
     assert!(!marker.exists(), "the command ran without a mount");
 }
+
+/// `imgmount run [extra...] IMAGE -- sh -c SCRIPT` leading a new session on a new pty, as in a
+/// terminal. Returns the process and the pty's master side.
+fn spawn_on_pty(img: &Path, extra: &[&str], out: &Path, script: &str) -> (Child, i32) {
+    let (mut master, mut slave) = (0, 0);
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    let mut cmd = Command::new(common::imgmount_bin());
+    cmd.arg("run")
+        .args(extra)
+        .arg(img)
+        .args(["--", "sh", "-c", script])
+        .env("OUT", out);
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
+        cmd.pre_exec(|| {
+            // A new session whose controlling terminal is the pty (stdin).
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    unsafe { libc::close(slave) };
+    (child, master)
+}
+
+/// Ctrl-C typed on the terminal: the terminal signals the whole foreground process group, the
+/// command included (imgmount does not send it again). A command that dies of it gives 130; one
+/// that ignores it is killed --kill-after the second Ctrl-C. Cleanup follows either way.
+#[test]
+fn terminal_ctrl_c() {
+    if !ready() {
+        return;
+    }
+    let dir = TempDir::new("run-tty");
+    let img = fat_image(&dir);
+    let ctrl_c = |master: i32| {
+        assert_eq!(
+            unsafe { libc::write(master, b"\x03".as_ptr().cast(), 1) },
+            1
+        );
+    };
+    for (script, want) in [
+        ("exec sleep 60", 128 + libc::SIGINT),
+        ("trap '' INT; exec sleep 60", 128 + libc::SIGKILL),
+    ] {
+        let _ = fs::remove_file(dir.join("root"));
+        let full = format!("echo \"$IMGMOUNT_ROOT\" > \"$OUT/root\"; {script}");
+        let (mut child, master) = spawn_on_pty(&img, &["--kill-after", "0.3"], dir.path(), &full);
+        assert!(wait_until(Duration::from_secs(20), || dir
+            .join("root")
+            .exists()));
+        let root = recorded_root(dir.path());
+        // The shell has exec'd sleep once /proc shows it.
+        let cmd_running = || {
+            fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0060\x00")
+                    && fs::read_link(e.path().join("cwd")).is_ok_and(|d| d == root)
+            })
+        };
+        assert!(wait_until(Duration::from_secs(5), cmd_running));
+        ctrl_c(master);
+        if want == 128 + libc::SIGKILL {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "one Ctrl-C must not kill it"
+            );
+            ctrl_c(master);
+        }
+        let st = wait_with_timeout(&mut child, Duration::from_secs(20));
+        unsafe { libc::close(master) };
+        assert_eq!(st.code(), Some(want), "{script}");
+        assert_cleaned_up(&root);
+    }
+}
