@@ -43,9 +43,10 @@ pub fn run(args: &cli::RunArgs) -> i32 {
         Ok(_) => {}
         Err(e) => return fail(&e),
     }
-    if !args.kill_after.is_finite() || args.kill_after < 0.0 {
+    // Bounded so that it fits a Duration (a year is more than any grace period needs).
+    if !(0.0..=365.0 * 86400.0).contains(&args.kill_after) {
         return fail(&format!(
-            "--kill-after {}: expected a number of seconds",
+            "--kill-after {}: expected a number of seconds from 0 to 31536000 (a year)",
             args.kill_after
         ));
     }
@@ -57,7 +58,12 @@ pub fn run(args: &cli::RunArgs) -> i32 {
         Some(d) => (d.clone(), false),
         None => match private_dir() {
             Ok(d) => (d, true),
-            Err(e) => return fail(&format!("cannot create a mount directory: {e}")),
+            Err(e) => {
+                return fail(&format!(
+                    "cannot create a mount directory: {}",
+                    imgmount::fuse::service::why(&e)
+                ))
+            }
         },
     };
     let margs = cli::MountArgs {
@@ -237,7 +243,12 @@ fn cleanup(root: &Path, daemon: Option<u32>, remove_dir: bool) -> Result<(), Str
         match std::fs::remove_dir(root) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("{shown}: cannot remove: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "{shown}: cannot remove: {}",
+                    imgmount::fuse::service::why(&e)
+                ))
+            }
         }
     }
     Ok(())
