@@ -60,6 +60,7 @@ WORKLOADS = [
     ("write", "write", "write big file, unmount, fsync image"),
     ("create", "write", "create small files, unmount, fsync image"),
     ("latency", "latency", "mount latency (command start to mounted root)"),
+    ("run", "cycle", "mount, run `true` inside, unmount (imgmount: `imgmount run IMG -- true`)"),
 ]
 ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
 SERVING = ["imgmount", "fuse2fs", "fusefat"]
@@ -664,7 +665,7 @@ class Bench:
 
     def row_tools(self, kind, name, fs):
         base = WRITE_TOOLS_FOR[fs] if kind == "write" else TOOLS_FOR[fs]
-        if kind == "latency":
+        if kind in ("latency", "cycle"):
             base = [t for t in base if t != "mtools"]
         if name not in MTOOLS_WORKLOADS:
             base = [t for t in base if t != "mtools"]
@@ -825,6 +826,44 @@ class Bench:
                     dead.add(t)
         self.print_progress(row)
 
+    def cycle_row(self, fs):
+        """A script's whole mount life cycle: mount, one command inside, unmount until the image
+        is closed. imgmount does it in one command (`imgmount run`); the others are mounted,
+        `true` runs with the mount as its working directory, then they are unmounted."""
+        row = self.new_row("run", fs, "warm", "small")
+        tools = self.skip_unavailable(row, self.row_tools("cycle", "run", fs))
+        dead = set()
+        for r in range(self.a.runs):
+            for t in tools:
+                if t in dead:
+                    continue
+                kind = "ext" if (fs == "ext" or t == "kernel") else "fat"
+                img = os.path.join(self.img, f"lat-{kind}-small.img")
+                mnt = self.mnt(t)
+                os.makedirs(mnt, exist_ok=True)
+                note = None
+                t0 = time.perf_counter()
+                try:
+                    if t == "imgmount":
+                        p = run([self.t.imgmount, "run", "--mountpoint", mnt, img, "--", "true"],
+                                check=False, capture_output=True, text=True, timeout=self.sz["timeout"])
+                        if p.returncode != 0:
+                            note = f"failed: {tail(p.stderr)}"
+                    else:
+                        m = self.t.mount(t, img, mnt)
+                        run(["true"], cwd=mnt)
+                        note = self.t.umount_noting(m)
+                except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                    note = f"failed: {e}"
+                secs = time.perf_counter() - t0
+                if is_mounted(mnt):
+                    force_umount(mnt)
+                    note = note or "left mounted"
+                self.record(row, t, secs if note is None else None, note, None)
+                if note:
+                    dead.add(t)
+        self.print_progress(row)
+
     def print_progress(self, row):
         parts = []
         for t, c in row["tools"].items():
@@ -844,6 +883,8 @@ class Bench:
                         self.read_row(name, fs, cache)
                 elif kind == "write":
                     self.write_row(name, fs)
+                elif kind == "cycle":
+                    self.cycle_row(fs)
                 else:
                     for label in ("small", "big"):
                         self.latency_row(fs, label)
@@ -873,8 +914,9 @@ def row_label(row, sz):
         "create": f"create {sz['create']:,} files, unmount, fsync",
         "latency": "mount latency, {} image".format(
             human_bytes(sz["lat_small"] if row["label"] == "small" else sz["lat_big"])),
+        "run": "mount + `true` inside + unmount, {} image".format(human_bytes(sz["lat_small"])),
     }[name]
-    cache = f", {row['cache']}" if row["cache"] in ("cold", "warm") and name != "latency" else ""
+    cache = f", {row['cache']}" if row["cache"] in ("cold", "warm") and name not in ("latency", "run") else ""
     return f"{desc} ({fsname}){cache}"
 
 

@@ -31,6 +31,8 @@ pub enum Command {
     Cat(CatArgs),
     /// Copy a file or tree out of an image without mounting it.
     Extract(ExtractArgs),
+    /// Mount an image, run a command inside it, unmount, and exit with the command's status.
+    Run(RunArgs),
 }
 
 /// Which part of the disk to use.
@@ -88,12 +90,49 @@ pub struct MountArgs {
     /// Log file for the background daemon (default: syslog).
     #[arg(long = "log", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Write the serving daemon's pid to FILE (removed when it exits).
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Create the mount point if it does not exist, and remove it at unmount.
+    #[arg(long)]
+    pub mkdir: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct UmountArgs {
-    /// Where the image is mounted.
-    pub mountpoint: PathBuf,
+    /// Where the image is mounted; or --all.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub mountpoint: Option<PathBuf>,
+    /// Unmount every imgmount mount of the calling user.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Mount options, as for a mount (ro, rw, uid=N, cache=SIZE, ...).
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Partition to mount (1-based) or 'all'.
+    #[arg(short = 'p', long = "partition", value_name = "N|all")]
+    pub partition: Option<PartitionSel>,
+    /// Filesystem type.
+    #[arg(short = 't', long = "type", value_enum, default_value = "auto")]
+    pub fs_type: FsTypeArg,
+    /// Mount on DIR (an existing empty directory, kept) instead of a fresh private one.
+    #[arg(long = "mountpoint", value_name = "DIR")]
+    pub mountpoint: Option<PathBuf>,
+    /// After a second SIGINT/SIGTERM/SIGHUP, SIGKILL the command if it is still running this many seconds later.
+    #[arg(long = "kill-after", value_name = "SECONDS", default_value_t = 10.0)]
+    pub kill_after: f64,
+    /// Log file for the mount daemon (default: syslog).
+    #[arg(long = "log", value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// The disk image file.
+    pub image: PathBuf,
+    /// The command to run, after '--', with its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]

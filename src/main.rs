@@ -2,6 +2,7 @@ mod cli;
 mod commands;
 mod mount;
 mod report;
+mod run;
 mod umount;
 
 use clap::Parser;
@@ -29,6 +30,7 @@ fn main() {
         Some(Command::Ls(a)) => std::process::exit(commands::ls::run(&a)),
         Some(Command::Cat(a)) => std::process::exit(commands::cat::run(&a)),
         Some(Command::Extract(a)) => std::process::exit(commands::extract::run(&a)),
+        Some(Command::Run(a)) => std::process::exit(run::run(&a)),
         None => mount::run(&cli.mount).map_err(Failure::msg),
     };
     if let Err(f) = result {

@@ -9,6 +9,7 @@ use fs_drivers::disk::{FsOptions, FsType, Image, Selection};
 use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
 use imgmount::fuse::options::{self, MountOpts};
+use imgmount::fuse::service::{self, Service};
 use imgmount::fuse::{kernel, lifecycle, ServeConfig};
 use imgmount::host;
 
@@ -20,6 +21,12 @@ use crate::{cli, commands};
 const THREADS: usize = 4;
 
 pub fn run(args: &cli::MountArgs) -> Result<(), String> {
+    run_with(args, Service::default())
+}
+
+/// `run`, with what a caller such as `imgmount run` adds to the daemon's duties: directories
+/// it made for the mount and `stop_with_parent`.
+pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
     let (Some(image), Some(mnt)) = (&args.image, &args.mountpoint) else {
         return Err("usage: imgmount IMAGE MOUNTPOINT".into());
     };
@@ -50,10 +57,54 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         });
     }
     lock_image(image, opts.rw)?;
+    let pid_file = match &args.pid_file {
+        Some(p) => Some(
+            std::path::absolute(p)
+                .map_err(|e| format!("--pid-file {}: {}", p.display(), service::why(&e)))?,
+        ),
+        None => None,
+    };
+    let made_dirs = if args.mkdir {
+        // Absolute: the daemon removes them after changing its working directory to /.
+        std::path::absolute(mnt)
+            .and_then(|m| service::make_dirs(&m))
+            .map_err(|e| {
+                format!(
+                    "{}: cannot create the mount point: {}",
+                    mnt.display(),
+                    service::why(&e)
+                )
+            })?
+    } else {
+        vec![]
+    };
+    let svc = Service {
+        pid_file,
+        made_dirs: made_dirs.iter().chain(&extra.made_dirs).cloned().collect(),
+        idle_timeout: opts.idle_timeout,
+        stop_with_parent: extra.stop_with_parent,
+    };
+    let res = mount_on(fs, warnings, image, mnt, args, &opts, svc);
+    if res.is_err() {
+        service::remove_dirs(&made_dirs);
+    }
+    res
+}
+
+/// The part of `run` after the image is open and locked: attach at `mnt` and serve.
+fn mount_on(
+    fs: Arc<dyn FileSystem>,
+    warnings: Vec<String>,
+    image: &Path,
+    mnt: &Path,
+    args: &cli::MountArgs,
+    opts: &MountOpts,
+    svc: Service,
+) -> Result<(), String> {
     let mount_point = lifecycle::check_mountpoint(mnt)?;
     let fsname = image
         .canonicalize()
-        .unwrap_or_else(|_| image.clone())
+        .unwrap_or_else(|_| image.to_path_buf())
         .display()
         .to_string();
     let cfg = ServeConfig {
@@ -66,6 +117,7 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         // Root needs no setuid helper: mount(2) saves fusermount3's fork, exec and resident
         // auto_unmount process, and our own watcher removes the mount if the daemon dies.
         direct_mount: kernel::euid() == 0,
+        service: svc,
     };
     // Said only once the mount is certain, so a failure stays a single line.
     let warn = || {

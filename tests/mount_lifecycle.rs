@@ -263,8 +263,10 @@ fn direct_mount_syscall() {
     assert_eq!(e.source, "/test/memfs.img");
     assert_eq!(fs::read(m.join("hello.txt")).unwrap(), b"hello, world\n");
     let pid = daemon_pid(m, 0).unwrap();
-    let kids: Vec<String> = children_of(pid).into_iter().map(|(_, c)| c).collect();
-    assert_eq!(kids, ["imgmount-watch"]);
+    // The forked watcher names itself a moment after the fork (seen late under load).
+    let kids = || -> Vec<String> { children_of(pid).into_iter().map(|(_, c)| c).collect() };
+    wait_until(Duration::from_secs(5), || kids() == ["imgmount-watch"]);
+    assert_eq!(kids(), ["imgmount-watch"]);
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c(m).as_ptr(), &mut st) }, 0);
     let want = libc::ST_RDONLY | libc::ST_NOSUID | libc::ST_NODEV;

@@ -47,6 +47,20 @@ fn mount() {
 fn umount() {
     usage_error(&["umount"], "<MOUNTPOINT>");
     usage_error(&["umount", "a", "b"], "unexpected argument 'b'");
+    usage_error(&["umount", "--all", "a"], "cannot be used with");
+}
+
+#[test]
+fn run() {
+    usage_error(&["run", "x.img"], "<CMD>");
+    usage_error(
+        &["run", "-p", "0", "x.img", "--", "true"],
+        "'0' is not a partition number",
+    );
+    usage_error(
+        &["run", "--kill-after", "soon", "x.img", "--", "true"],
+        "invalid value 'soon'",
+    );
 }
 
 #[test]

@@ -25,8 +25,9 @@ use fs_drivers::vfs::FileSystem;
 use fuser::{Config, Session, SessionACL};
 
 use super::adapter::{Adapter, Ownership};
-use super::kernel::{self, MountRequest, UnmountError};
-use super::{log, mountinfo, pidfile, watcher};
+use super::kernel::{self, KernelMount, MountRequest, UnmountError};
+use super::service::{self, Service};
+use super::{idle, log, mountinfo, pidfile, watcher};
 
 /// How long the parent waits for the daemon to report the mount ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub threads: usize,
     /// Mount with mount(2) rather than fusermount3 (root only; see `kernel::MountRequest`).
     pub direct_mount: bool,
+    /// Pid file, directories to remove, idle timeout (`service`).
+    pub service: Service,
 }
 
 fn shown(p: &Path) -> String {
@@ -108,6 +111,56 @@ fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
     }
 }
 
+/// A signal from `set`, or None once `limit` has passed without one.
+fn wait_signal_for(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int> {
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    loop {
+        // SAFETY: set and ts are initialized; a null siginfo pointer is allowed.
+        let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+        if r > 0 {
+            return Some(r);
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
+/// The next signal; with an idle timeout, also wakes up to unmount an idle mount (a busy one
+/// stays: the unmount is never lazy here) and keeps waiting.
+fn next_signal(
+    set: &libc::sigset_t,
+    idle: Option<(Duration, &idle::Clock)>,
+    km: &KernelMount,
+) -> libc::c_int {
+    let Some((limit, clock)) = idle else {
+        return wait_signal(set);
+    };
+    loop {
+        let left = limit.saturating_sub(clock.idle_for());
+        if left.is_zero() {
+            match km.unmount(false) {
+                Ok(()) => log::info(&format!(
+                    "idle for {} s: unmounted {}",
+                    limit.as_secs_f64(),
+                    shown(&km.mount_point)
+                )),
+                Err(UnmountError::Busy(_)) => {}
+                Err(UnmountError::Other(e)) => log::error(&format!("idle unmount failed: {e}")),
+            }
+            // Busy or not, the next look is a whole period later.
+            clock.touch();
+            continue;
+        }
+        if let Some(sig) = wait_signal_for(set, left.max(Duration::from_millis(50))) {
+            return sig;
+        }
+    }
+}
+
 /// Mounts `fs` at `cfg.mount_point` and serves it until it is unmounted (by `imgmount umount`,
 /// fusermount3 -u, umount) or a signal asks us to stop. `ready` is called exactly once: with
 /// Ok once the mount answers requests, or with the error that prevented it.
@@ -146,12 +199,12 @@ pub fn serve(
                     log::info(&format!("readahead stays at the kernel's default: {err}"));
                 }
             }
-            watcher::spawn(&cfg.mount_point, &e.dev, uid)
+            watcher::spawn(&cfg.mount_point, &e.dev, uid, &cfg.service)
         }
         Ok(None) => Err(io::Error::other("the new mount is missing from mountinfo")),
         Err(e) => Err(e),
     };
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
             let _ = km.unmount(true);
@@ -159,7 +212,12 @@ pub fn serve(
             return fail(ready, format!("cannot start the unmount watcher: {e}"));
         }
     };
-    let adapter = Adapter::new(fs.clone(), cfg.writable, cfg.owner);
+    let clock = cfg.service.idle_timeout.map(|_| idle::Clock::new());
+    let served = match &clock {
+        Some(c) => idle::Touching::wrap(fs.clone(), c.clone()),
+        None => fs.clone(),
+    };
+    let adapter = Adapter::new(served, cfg.writable, cfg.owner);
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
@@ -216,6 +274,17 @@ pub fn serve(
             "cannot write the pid file ({e}); 'imgmount umount' will not be able to wait for this daemon"
         ));
     }
+    if let Err(e) = cfg.service.write_pid(pid) {
+        pidfile::remove(uid, &cfg.mount_point, pid);
+        let _ = km.unmount(true);
+        let _ = runner.join();
+        km.finish();
+        let file = cfg.service.pid_file.as_deref().unwrap_or(Path::new(""));
+        return fail(
+            ready,
+            format!("--pid-file {}: {}", shown(file), service::why(&e)),
+        );
+    }
     log::info(&format!(
         "mounted {} on {}",
         cfg.fsname,
@@ -223,8 +292,9 @@ pub fn serve(
     ));
     ready(Ok(()));
 
+    let idle = cfg.service.idle_timeout.zip(clock.as_deref());
     loop {
-        match wait_signal(&set) {
+        match next_signal(&set, idle, &km) {
             libc::SIGUSR1 => break,
             sig => {
                 log::info(&format!(
@@ -260,6 +330,12 @@ pub fn serve(
     // the pid file disappears: umount waits on the process, but tests may look at the file.
     drop(fs);
     pidfile::remove(uid, &cfg.mount_point, pid);
+    cfg.service.cleanup(pid);
+    // A session that ended without an error ended because the mount is gone; otherwise the
+    // watcher makes sure of that.
+    if result.is_ok() {
+        watcher::stand_down(watcher);
+    }
     log::info(&format!("unmounted {}", shown(&cfg.mount_point)));
     result
 }
@@ -296,6 +372,7 @@ pub fn run_background(
     }
     // SAFETY: both fds were just created and are owned here only.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let parent = std::process::id();
     // SAFETY: the caller guarantees no other thread exists, so the child is a full copy.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -309,6 +386,9 @@ pub fn run_background(
         return wait_ready(File::from(rd), pid);
     }
     drop(rd);
+    if cfg.service.stop_with_parent {
+        stop_with(parent);
+    }
     let code = daemon_child(fs, cfg, log_fd, File::from(wr));
     std::process::exit(code);
 }
@@ -373,6 +453,18 @@ fn wait_ready(mut rd: File, child: libc::pid_t) -> Result<(), String> {
 fn redirect(fd: libc::c_int, to: libc::c_int) {
     // SAFETY: dup2 onto a standard descriptor.
     unsafe { libc::dup2(to, fd) };
+}
+
+/// Asks the kernel for SIGTERM (the daemon's clean unmount) when `parent` dies, also if it
+/// died before the request took effect.
+fn stop_with(parent: u32) {
+    // SAFETY: prctl/getppid/kill with valid arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+        if libc::getppid() as u32 != parent {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
 }
 
 fn daemon_child(

@@ -2,6 +2,7 @@
 //! kernel attach/detach, and the mount's life cycle (daemon, readiness, signals, umount).
 
 pub mod adapter;
+pub mod idle;
 pub mod kernel;
 pub mod lifecycle;
 pub mod listing;
@@ -9,6 +10,7 @@ pub mod log;
 pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
+pub mod service;
 pub mod umount;
 pub mod watcher;
 

@@ -14,10 +14,12 @@ pub struct MountOpts {
     pub tz_minutes: Option<i32>,
     /// Punch holes in the image for clusters a read-write mount frees.
     pub discard: bool,
+    /// Unmount after this long without a request (`idle_timeout=SECONDS`).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -48,12 +50,13 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
             ("utc", None) => o.tz_minutes = Some(0),
             ("discard", None) => o.discard = true,
+            ("idle_timeout", Some(v)) => o.idle_timeout = Some(parse_seconds(key, v)?),
             ("tz", Some(v)) => {
                 o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {
                     format!("tz={v}: expected UTC or an offset like +0100 or -05:30")
                 })?)
             }
-            ("uid" | "gid" | "umask" | "cache" | "tz", None) => {
+            ("uid" | "gid" | "umask" | "cache" | "tz" | "idle_timeout", None) => {
                 return Err(format!("mount option '{key}' needs a value ({key}=...)"))
             }
             _ => return Err(format!("unknown mount option '{opt}' (known: {KNOWN})")),
@@ -67,6 +70,15 @@ fn parse_id(key: &str, v: &str) -> Result<u32, String> {
         .ok()
         .filter(|n| *n != u32::MAX)
         .ok_or_else(|| format!("{key}={v}: expected a number"))
+}
+
+/// A positive number of seconds, fractions allowed ("30", "0.5"), up to a year.
+fn parse_seconds(key: &str, v: &str) -> Result<std::time::Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 365.0 * 86400.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{key}={v}: expected a number of seconds greater than 0"))
 }
 
 /// "64M", "1G", "512K", "1048576" -> bytes (binary multiples).
@@ -115,6 +127,19 @@ mod tests {
         assert_eq!(o.owner.umask, Some(0o027));
         assert!(!o.discard);
         assert!(p("rw,discard").unwrap().discard);
+        assert_eq!(
+            p("idle_timeout=1.5").unwrap().idle_timeout,
+            Some(std::time::Duration::from_millis(1500))
+        );
+        for bad in [
+            "idle_timeout=0",
+            "idle_timeout=-1",
+            "idle_timeout=x",
+            "idle_timeout=inf",
+            "idle_timeout",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
         assert_eq!(p("utc").unwrap().tz_minutes, Some(0));
         assert_eq!(p("tz=-0530").unwrap().tz_minutes, Some(-330));
         assert!(p("tz=nowhere").is_err());

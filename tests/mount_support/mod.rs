@@ -149,6 +149,7 @@ pub fn daemon_main_if_requested() {
             owner,
             threads: 4,
             direct_mount: mode.contains("direct"),
+            service: Default::default(),
         };
         let fs: Arc<dyn fs_drivers::vfs::FileSystem> = match mode
             .split_once("fat=")
