@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,38 +14,27 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn ls_recursive_over_damaged_images() {
-    let root = repo_root().join("../shared/corpus");
-    if !root.is_dir() {
-        eprintln!("SKIP: {} not present", root.display());
-        return;
-    }
     if !have_tool("gzip") {
         eprintln!("SKIP: gzip missing");
         return;
     }
     let mut paths = Vec::new();
     for sub in ["dosfstools", "e2fsprogs"] {
-        let mut v: Vec<_> = std::fs::read_dir(root.join(sub))
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
-            .collect();
-        v.sort();
+        let Some(v) = corpus_images(sub) else { return };
         paths.extend(v);
     }
-    let cache = repo_root().join("target/corpus-cache");
     let start = Instant::now();
     // Two workers (CI has two cores).
     let results: Vec<Outcome> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|w| {
-                let (paths, cache) = (&paths, &cache);
+                let paths = &paths;
                 s.spawn(move || {
                     paths
                         .iter()
                         .skip(w)
                         .step_by(2)
-                        .map(|p| check_one(p, cache))
+                        .map(|p| check_one(p))
                         .collect::<Vec<_>>()
                 })
             })
@@ -76,8 +65,8 @@ enum Outcome {
     Refused,
 }
 
-fn check_one(p: &Path, cache: &Path) -> Outcome {
-    let img = &inflated(p, cache);
+fn check_one(p: &Path) -> Outcome {
+    let img = &inflated(p);
     let name = p.file_name().unwrap().to_string_lossy().into_owned();
     let r = run_with_timeout(
         Command::new(imgmount_bin()).args(["ls".as_ref(), "-lR".as_ref(), img.as_os_str()]),
@@ -106,32 +95,4 @@ fn check_one(p: &Path, cache: &Path) -> Outcome {
         Some(1) => Outcome::Partial,
         other => panic!("{name}: exit {other:?}\n{}", r.stderr),
     }
-}
-
-/// The image inflated once into target/corpus-cache (sparse: some of these are 1 GiB of
-/// mostly zeros), shared by the tests that walk the corpus; keyed by the archive's size and
-/// mtime so a changed corpus is inflated again.
-fn inflated(gz: &Path, cache: &Path) -> PathBuf {
-    let m = std::fs::metadata(gz).expect("stat corpus file");
-    let stamp = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let stem = gz.file_name().unwrap().to_string_lossy().replace(".gz", "");
-    let out = cache.join(format!("{stem}-{}-{stamp}", m.len()));
-    if out.exists() {
-        return out;
-    }
-    std::fs::create_dir_all(cache).unwrap();
-    let tmp = cache.join(format!(".{stem}.{}", std::process::id()));
-    let st = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"gzip -dc "$1" | cp --sparse=always /dev/stdin "$2""#)
-        .args(["sh".as_ref(), gz.as_os_str(), tmp.as_os_str()])
-        .status()
-        .expect("run gzip");
-    assert!(st.success(), "gzip -dc {}", gz.display());
-    std::fs::rename(&tmp, &out).unwrap();
-    out
 }

@@ -6,6 +6,8 @@
 //! Allocation is measured with a counting global allocator: the peak of live heap bytes while
 //! the driver opens, walks and reads the image.
 
+mod support;
+
 use fs_drivers::block::{DeviceRef, MemDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::fat::FatFs;
@@ -53,26 +55,12 @@ fn peak_growth(f: impl FnOnce()) -> usize {
 
 const ALLOC_BOUND: usize = 32 << 20;
 
-fn sbin_path() -> String {
-    format!(
-        "{}:/sbin:/usr/sbin",
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 fn tool(name: &str) -> Option<Command> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .env("PATH", sbin_path())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIP: {name} missing");
+    if !support::require_tool(name) {
         return None;
     }
     let mut c = Command::new(name);
-    c.env("PATH", sbin_path())
+    c.env("PATH", support::sbin_path())
         .env("E2FSPROGS_FAKE_TIME", "1700000000");
     Some(c)
 }

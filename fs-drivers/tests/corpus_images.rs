@@ -5,10 +5,12 @@
 //! (ext_corpus.rs walks the e2fsprogs images through `ExtFs::open` directly; this is the
 //! probe + driver path, and the FAT images.)
 
+mod support;
+
 use fs_drivers::disk::{FsOptions, Image};
 use fs_drivers::vfs::{FileSystem, FileType};
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,22 +18,6 @@ use std::time::{Duration, Instant};
 /// takes 1-4 s there); a loop over on-disk links that is
 /// not bounded blows through it.
 const MAX_PER_IMAGE: Duration = Duration::from_secs(30);
-
-fn corpus(sub: &str) -> Option<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus")
-        .join(sub);
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIP: {} not present", dir.display());
-        return None;
-    };
-    let mut v: Vec<_> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
-        .collect();
-    v.sort();
-    Some(v)
-}
 
 #[derive(Default, Debug)]
 struct Walked {
@@ -129,14 +115,13 @@ fn open_and_walk(path: &Path) -> Outcome {
 }
 
 fn run_corpus(sub: &str) -> Option<(usize, usize, usize)> {
-    let paths = corpus(sub)?;
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/corpus-cache");
+    let paths = support::corpus_images(sub)?;
     let (mut opened, mut refused, mut files) = (0, 0, 0);
     let mut reasons = BTreeMap::new();
     let mut slowest = (Duration::ZERO, String::new());
     for p in &paths {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let path = inflated(p, &cache);
+        let path = support::inflated(p);
         let (tx, rx) = mpsc::channel();
         let t = Instant::now();
         // A thread per image so a hang is reported by name instead of stalling the suite.
@@ -190,32 +175,4 @@ fn e2fsprogs_images_open_or_refuse_cleanly() {
         return;
     };
     assert!(opened * 2 > n, "only {opened} of {n} opened");
-}
-
-/// The image inflated once into target/corpus-cache (sparse: some of these are 1 GiB of
-/// mostly zeros), shared by the tests that walk the corpus; keyed by the archive's size and
-/// mtime so a changed corpus is inflated again.
-fn inflated(gz: &Path, cache: &Path) -> PathBuf {
-    let m = std::fs::metadata(gz).expect("stat corpus file");
-    let stamp = m
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let stem = gz.file_name().unwrap().to_string_lossy().replace(".gz", "");
-    let out = cache.join(format!("{stem}-{}-{stamp}", m.len()));
-    if out.exists() {
-        return out;
-    }
-    std::fs::create_dir_all(cache).unwrap();
-    let tmp = cache.join(format!(".{stem}.{}", std::process::id()));
-    let st = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"gzip -dc "$1" | cp --sparse=always /dev/stdin "$2""#)
-        .args(["sh".as_ref(), gz.as_os_str(), tmp.as_os_str()])
-        .status()
-        .expect("run gzip");
-    assert!(st.success(), "gzip -dc {}", gz.display());
-    std::fs::rename(&tmp, &out).unwrap();
-    out
 }

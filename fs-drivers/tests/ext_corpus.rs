@@ -2,28 +2,21 @@
 //! each is opened and walked with a time bound; none may panic or hang.
 
 mod ext_common;
+mod support;
 
 use ext_common::bounded_walk;
 use flate2::read::GzDecoder;
 use fs_drivers::block::{BlockDevice, MemDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
 fn e2fsprogs_corpus_opens_or_refuses_cleanly() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIP: {} not present", dir.display());
+    let Some(paths) = support::corpus_images("e2fsprogs") else {
         return;
     };
-    let mut paths: Vec<_> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
-        .collect();
-    paths.sort();
     let (mut opened, mut refused, mut walked) = (0, 0, 0usize);
     let mut reasons = std::collections::BTreeMap::new();
     for p in &paths {

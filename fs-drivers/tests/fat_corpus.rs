@@ -3,6 +3,7 @@
 //! fine.
 
 mod fat_util;
+mod support;
 
 use fat_util::*;
 use fs_drivers::block::{BlockDevice, DeviceRef};
@@ -257,18 +258,10 @@ fn poke(fs: &dyn FileSystem) {
 
 #[test]
 fn dosfstools_corpus() {
-    let dir = workspace().join("../shared/corpus/dosfstools");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIP: no corpus at {}", dir.display());
+    let Some(paths) = support::corpus_images("dosfstools") else {
         return;
     };
     let (mut opened, mut refused) = (0, 0);
-    let mut paths: Vec<_> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
-        .collect();
-    paths.sort();
     for p in paths {
         let t = Instant::now();
         let img = gunzip(&p);

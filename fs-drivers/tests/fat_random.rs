@@ -3,6 +3,7 @@
 //! end fsck.fat, mtools and the fatfs crate must agree.
 
 mod fat_util;
+mod support;
 
 use fat_util::*;
 use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};

@@ -2,6 +2,7 @@
 //! the host tree the fixture images were built from.
 
 mod fat_util;
+mod support;
 
 use fat_util::*;
 use fs_drivers::block::{BlockDevice, DeviceRef};

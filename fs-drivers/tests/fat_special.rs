@@ -3,6 +3,7 @@
 //! and concurrent readers and writers.
 
 mod fat_util;
+mod support;
 
 use fat_util::*;
 use fs_drivers::block::{DeviceRef, MemDevice};

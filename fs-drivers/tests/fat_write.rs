@@ -2,6 +2,7 @@
 //! fsck.fat, mtools, the fatfs crate and a reopen.
 
 mod fat_util;
+mod support;
 
 use fat_util::*;
 use fs_drivers::vfs::{FileSystem, SetAttr, Timespec};

@@ -3,6 +3,8 @@
 //! on a writable FAT, a failed write or flush is reported to the writer, what was fsynced
 //! before survives, and fsck.fat finds nothing beyond the interrupted operation.
 
+mod support;
+
 use fs_drivers::block::{BlockCache, DeviceRef, FaultDevice, FaultOp, MemDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::fat::{FatFs, FatOptions};
@@ -13,28 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-fn sbin_path() -> String {
-    format!(
-        "{}:/sbin:/usr/sbin",
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
-fn have(tool: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .env("PATH", sbin_path())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIP: {tool} missing");
-    }
-    ok
-}
-
 fn run(cmd: &mut Command) {
-    let o = cmd.env("PATH", sbin_path()).output().expect("spawn");
+    let o = cmd
+        .env("PATH", support::sbin_path())
+        .output()
+        .expect("spawn");
     assert!(
         o.status.success(),
         "{cmd:?}: {}",
@@ -84,7 +69,7 @@ fn make_tree(root: &Path) {
 }
 
 fn ext_image(tmp: &Tmp) -> Option<Vec<u8>> {
-    if !have("mke2fs") {
+    if !support::require_tool("mke2fs") {
         return None;
     }
     let src = tmp.0.join("src");
@@ -113,7 +98,7 @@ fn ext_image(tmp: &Tmp) -> Option<Vec<u8>> {
 }
 
 fn fat_image(tmp: &Tmp, size_kib: u32) -> Option<PathBuf> {
-    if !have("mkfs.fat") || !have("mcopy") {
+    if !support::require_tool("mkfs.fat") || !support::require_tool("mcopy") {
         return None;
     }
     let src = tmp.0.join("src");
@@ -388,7 +373,7 @@ fn fsck_problems(tmp: &Tmp, bytes: &[u8]) -> Vec<String> {
     let p = tmp.0.join("check.img");
     std::fs::write(&p, bytes).unwrap();
     let o = Command::new("fsck.fat")
-        .env("PATH", sbin_path())
+        .env("PATH", support::sbin_path())
         .arg("-n")
         .arg(&p)
         .output()
@@ -427,7 +412,7 @@ fn fsck_problems(tmp: &Tmp, bytes: &[u8]) -> Vec<String> {
 
 #[test]
 fn fat_write_faults_reach_the_writer_and_keep_fsynced_data() {
-    if !have("fsck.fat") {
+    if !support::require_tool("fsck.fat") {
         return;
     }
     let tmp = Tmp::new("fatw");
@@ -588,7 +573,7 @@ fn failed_truncate_grow_gives_back_its_clusters() {
         "clusters leaked"
     );
     s.fs.sync().unwrap();
-    if have("fsck.fat") {
+    if support::have_tool("fsck.fat") {
         assert_eq!(fsck_problems(&tmp, &s.mem.contents()), Vec::<String>::new());
     }
 }

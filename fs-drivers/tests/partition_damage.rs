@@ -2,6 +2,7 @@
 //! (backup used with a warning, entries left out with a warning, or a clear error).
 
 mod partition_common;
+mod support;
 
 use fs_drivers::block::MemDevice;
 use fs_drivers::partition::{read_table, PartitionTable, Scheme};

@@ -4,6 +4,7 @@
 //! quickly, and whatever it returns must be self-consistent.
 
 mod partition_common;
+mod support;
 
 use fs_drivers::block::{BlockDevice, MemDevice};
 use fs_drivers::partition::read_table;

@@ -2,6 +2,7 @@
 //! what `sfdisk --json` (or `fdisk -l` for 4096-byte sectors) says about the same image.
 
 mod partition_common;
+mod support;
 
 use fs_drivers::partition::{
     read_table, read_table_with_sector_size, PartitionTable, PartitionType, Scheme,

@@ -2,6 +2,7 @@
 //! must agree (and, for FAT, blkid's VERSION with our FAT12/16/32).
 
 mod partition_common;
+mod support;
 
 use fs_drivers::block::{DeviceRef, MemDevice, Slice};
 use fs_drivers::partition::read_table;

@@ -3,6 +3,7 @@
 //! keep telling ext from FAT while the structures stay recognisable.
 
 mod partition_common;
+mod support;
 
 use fs_drivers::block::{BlockDevice, MemDevice};
 use fs_drivers::probe::probe;

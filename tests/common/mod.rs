@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: build and locate fixtures, run the binary with a
 //! time limit, run reference tools, temporary directories. Each test file includes this with
 //! `mod common;`, so not every helper is used by every file.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -10,6 +10,14 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+// The tool and corpus helpers are shared with fs-drivers' tests: one copy of each.
+#[path = "../../fs-drivers/tests/support/corpus.rs"]
+mod corpus;
+#[path = "../../fs-drivers/tests/support/tools.rs"]
+mod tools;
+pub use corpus::{corpus_images, inflated};
+pub use tools::{have_tool, require_tool, require_tools, sbin_path, tool_path};
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,22 +76,6 @@ pub fn fixture_tree(image_stem: &str, partition: Option<u32>) -> Option<PathBuf>
         Some(n) => dir.join(format!("{image_stem}-p{n}")),
         None => dir.join(image_stem),
     })
-}
-
-pub fn have_tool(name: &str) -> bool {
-    let paths = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&paths)
-        .chain(["/sbin", "/usr/sbin"].map(PathBuf::from))
-        .any(|d| d.join(name).is_file())
-}
-
-/// Prints a skip line and returns false when `name` is missing.
-pub fn require_tool(name: &str) -> bool {
-    let ok = have_tool(name);
-    if !ok {
-        eprintln!("SKIP: '{name}' is not installed");
-    }
-    ok
 }
 
 pub fn is_root() -> bool {

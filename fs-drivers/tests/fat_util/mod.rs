@@ -39,17 +39,6 @@ pub fn fixtures() -> Option<PathBuf> {
     }
 }
 
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "command -v {tool} || test -x /sbin/{tool} || test -x /usr/sbin/{tool}"
-        ))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 pub fn mem_copy(path: &Path) -> Arc<MemDevice> {
     Arc::new(MemDevice::from_vec(std::fs::read(path).unwrap()))
 }
@@ -387,3 +376,6 @@ pub fn diff(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> String {
     }
     out.chars().take(3000).collect()
 }
+
+/// Whether a tool is installed (silent; callers say why they skip).
+pub use crate::support::have_tool as have;

@@ -38,26 +38,6 @@ impl Drop for TempImage {
     }
 }
 
-/// The tool's path, looking in the sbin directories a non-root PATH may lack.
-pub fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Returns false (after saying so) when a tool the test needs is missing.
-pub fn have(tools: &[&str]) -> bool {
-    for t in tools {
-        if tool(t).is_none() {
-            eprintln!("skipping: {t} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
 /// Runs a tool, feeding `stdin`, and returns stdout; panics with stderr on failure.
 pub fn run(name: &str, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> String {
     use std::io::Write;
@@ -151,3 +131,5 @@ pub fn fix_gpt_crcs(img: &mut [u8], ss: usize, lba: usize) {
         img[h + 16..h + 20].copy_from_slice(&crc.to_le_bytes());
     }
 }
+
+pub use crate::support::{require_tools as have, tool_path as tool};
