@@ -10,6 +10,7 @@ enum Sink {
     Stderr,
     File(Mutex<File>),
     Syslog,
+    Discard,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -25,8 +26,24 @@ pub fn to_file(f: File) {
 }
 
 pub fn to_syslog() {
+    // Connected now (LOG_NDELAY): the sandboxed daemon may not create a socket later. Without
+    // a syslog daemon to connect to, the C library would try again at every message, so
+    // messages are dropped instead (nobody would read them).
+    let listening = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|s| s.connect("/dev/log"))
+        .is_ok();
+    if !listening {
+        let _ = SINK.set(Sink::Discard);
+        return;
+    }
     // SAFETY: IDENT is a 'static NUL-terminated string, as openlog requires.
-    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    unsafe {
+        libc::openlog(
+            IDENT.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_DAEMON,
+        )
+    };
     let _ = SINK.set(Sink::Syslog);
 }
 
@@ -42,6 +59,7 @@ fn write(priority: libc::c_int, level: &str, msg: &str) {
                 let _ = writeln!(f, "{now} imgmount[{}] {level}: {msg}", std::process::id());
             }
         }
+        Sink::Discard => {}
         Sink::Syslog => {
             // Interior NULs cannot travel through syslog; replace them rather than drop the line.
             let text = CString::new(msg.replace('\0', "?")).unwrap_or_default();

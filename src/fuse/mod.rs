@@ -9,6 +9,7 @@ pub mod log;
 pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
+pub mod sandbox_plan;
 pub mod umount;
 pub mod watcher;
 

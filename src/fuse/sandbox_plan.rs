@@ -1,0 +1,77 @@
+//! What the mount daemon declares before entering its sandbox (see `crate::sandbox`): the
+//! paths it still opens while serving, and whether it changes ids. Files a daemon creates
+//! after the start (a write overlay's store, an index cache) are granted here, up front.
+
+use std::path::Path;
+
+use crate::sandbox::{self, Access, Plan, Protection};
+
+use super::{log, pidfile};
+
+const DEV_FUSE: &str = "/dev/fuse";
+
+pub fn for_daemon(uid: u32) -> Plan {
+    let switch_ids = sandbox::target_ids();
+    let mut plan = Plan {
+        switch_ids,
+        ..Plan::default()
+    };
+    // fuser opens /dev/fuse again for each extra worker thread (FUSE_DEV_IOC_CLONE).
+    if may_open_rw(Path::new(DEV_FUSE), switch_ids) {
+        plan.grant(Path::new(DEV_FUSE), Access::ReadWrite);
+    }
+    // Removing our pid file at the end; a daemon that changed uid cannot (the directory is
+    // root's), and leaves that to the watcher.
+    if switch_ids.is_none() {
+        plan.grant(&pidfile::dir_for(uid), Access::ReadRemove);
+    }
+    plan
+}
+
+/// Whether the worker threads get channels of their own: only if the serving process will
+/// still be allowed to open /dev/fuse. Otherwise they share one, which works as well, a bit
+/// slower under parallel load.
+pub fn can_clone_channels(plan: &Plan) -> bool {
+    plan.grants
+        .iter()
+        .any(|g| g.path == Path::new(DEV_FUSE) && g.access == Access::ReadWrite)
+}
+
+/// Whether the daemon, as the ids it will have, may open `path` read-write.
+fn may_open_rw(path: &Path, ids: Option<(u32, u32)>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = ids else {
+        return nix::unistd::access(
+            path,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        )
+        .is_ok();
+    };
+    let Ok(md) = std::fs::metadata(path) else {
+        return false;
+    };
+    let m = md.mode();
+    let rw = |shift: u32| (m >> shift) & 0o6 == 0o6;
+    if md.uid() == uid {
+        rw(6)
+    } else if md.gid() == gid {
+        rw(3)
+    } else {
+        rw(0)
+    }
+}
+
+/// One log line with what is on, and one error line per protection that is missing.
+pub fn report(list: &[Protection]) {
+    let on: Vec<&str> = list
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(n, _)| *n)
+        .collect();
+    log::info(&format!("sandbox: {}", on.join(", ")));
+    for line in sandbox::describe(list) {
+        if line.contains(": MISSING") {
+            log::error(&format!("sandbox: {line}"));
+        }
+    }
+}
