@@ -145,3 +145,39 @@ pub fn describe(list: &[Protection]) -> Vec<String> {
         })
         .collect()
 }
+
+/// One line for `info`: what a mount started now would be confined by.
+pub fn summary() -> String {
+    let list = support();
+    let on: Vec<String> = list
+        .iter()
+        .filter_map(|(n, r)| match r {
+            Ok(d) if d.is_empty() => Some(n.to_string()),
+            Ok(d) => Some(format!("{n} ({d})")),
+            Err(_) => None,
+        })
+        .collect();
+    let missing: Vec<String> = list
+        .iter()
+        .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n} ({e})")))
+        .collect();
+    if missing.is_empty() {
+        on.join(", ")
+    } else {
+        format!("{}; MISSING: {}", on.join(", "), missing.join(", "))
+    }
+}
+
+/// The text after "imgmount " for `--version`.
+pub fn version_text() -> String {
+    let mut s = format!(
+        "{}\nsandbox of the mount daemon:\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let lines: Vec<String> = describe(&support())
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect();
+    s.push_str(&lines.join("\n"));
+    s
+}

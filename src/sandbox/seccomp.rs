@@ -74,6 +74,9 @@ const PLAIN: &[libc::c_long] = &[
     // the watcher's replies (std reads sockets with recv).
     libc::SYS_sendto,
     libc::SYS_recvfrom,
+    // A panic message with a backtrace (RUST_BACKTRACE set: std's hook shortens paths by the
+    // working directory, and reads the executable's debug info, which Landlock refuses).
+    libc::SYS_getcwd,
 ];
 
 /// `int` arguments are compared on their low 32 bits: the upper half of the register is not
