@@ -41,7 +41,10 @@ const PLAIN: &[libc::c_long] = &[
     // Opening /dev/fuse for each worker channel, reading and removing the pid file: Landlock
     // decides which paths.
     libc::SYS_openat,
+    #[cfg(target_arch = "x86_64")]
     libc::SYS_unlink,
+    #[cfg(not(target_arch = "x86_64"))]
+    libc::SYS_unlinkat,
     // Memory and threads.
     libc::SYS_brk,
     libc::SYS_mmap,
@@ -74,9 +77,14 @@ const PLAIN: &[libc::c_long] = &[
     // the watcher's replies (std reads sockets with recv).
     libc::SYS_sendto,
     libc::SYS_recvfrom,
-    // A panic message with a backtrace (RUST_BACKTRACE set: std's hook shortens paths by the
-    // working directory, and reads the executable's debug info, which Landlock refuses).
+    // A panic message with a backtrace (RUST_BACKTRACE set, std's default hook, as in the
+    // tests' daemon): paths are shortened by the working directory, the executable is found
+    // through /proc/self/exe (and then refused by Landlock, so the trace has no symbols).
     libc::SYS_getcwd,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_readlink,
+    #[cfg(not(target_arch = "x86_64"))]
+    libc::SYS_readlinkat,
 ];
 
 /// `int` arguments are compared on their low 32 bits: the upper half of the register is not
