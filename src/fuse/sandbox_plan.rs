@@ -75,3 +75,31 @@ pub fn report(list: &[Protection]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_fuse_access_for_the_ids_the_daemon_will_have() {
+        let dir = std::env::temp_dir().join(format!("imgmount-plan-{}", std::process::id()));
+        std::fs::write(&dir, b"").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let set = |m: u32| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m));
+        let md = std::fs::metadata(&dir).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let (owner, group) = (md.uid(), md.gid());
+        let stranger = (owner.wrapping_add(4242), group.wrapping_add(4242));
+        set(0o666).unwrap();
+        assert!(may_open_rw(&dir, Some(stranger)));
+        set(0o600).unwrap();
+        assert!(!may_open_rw(&dir, Some(stranger)));
+        assert!(may_open_rw(&dir, Some((owner, stranger.1))));
+        set(0o660).unwrap();
+        assert!(may_open_rw(&dir, Some((stranger.0, group))));
+        set(0o640).unwrap();
+        assert!(!may_open_rw(&dir, Some((stranger.0, group))));
+        std::fs::remove_file(&dir).unwrap();
+        assert!(!may_open_rw(&dir, Some(stranger)));
+    }
+}
