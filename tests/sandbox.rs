@@ -132,6 +132,26 @@ fn root_started_daemon_is_confined() {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), ["1"]);
     assert_eq!(status_field(pid, "Seccomp"), ["2"]);
+    // Only the watcher keeps root, and of root's capabilities only CAP_SYS_ADMIN (unmount)
+    // and CAP_DAC_READ_SEARCH (reach the mount point).
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let watcher: u32 = kids
+        .split_whitespace()
+        .next()
+        .expect("watcher")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{watcher}/comm"))
+            .unwrap()
+            .trim(),
+        "imgmount-watch"
+    );
+    assert_eq!(status_field(watcher, "Uid"), ["0"; 4]);
+    let want = format!("{:016x}", (1u64 << 21) | (1u64 << 2));
+    for f in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(watcher, f), [want.as_str()], "watcher {f}");
+    }
 
     // Landlock: a file the daemon did not open before is refused, as is creating one; the
     // mount keeps serving.

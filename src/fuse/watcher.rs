@@ -137,6 +137,10 @@ fn watch(mut sock: UnixStream, mount_point: &Path, dev: &str, uid: u32, daemon: 
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
     }
+    if uid == 0 {
+        // It failing leaves the watcher as it was before the sandbox existed: root.
+        let _ = crate::sandbox::confine_watcher();
+    }
     let mut req = [0u8; 1];
     loop {
         match sock.read(&mut req) {

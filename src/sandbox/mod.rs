@@ -47,6 +47,12 @@ pub struct Plan {
 /// One protection and whether it is on: Ok(detail) or Err(why not).
 pub type Protection = (&'static str, Result<String, String>);
 
+/// For the watcher of a root-started mount: give up every capability but the ones it needs
+/// to check and remove the mount. Errors are for the log; the watcher works either way.
+pub fn confine_watcher() -> Result<(), String> {
+    privileges::keep_only_unmount_rights()
+}
+
 /// The ids a root-started daemon changes to (None when not started by root).
 pub fn target_ids() -> Option<(u32, u32)> {
     privileges::target_ids()

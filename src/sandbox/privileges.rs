@@ -82,3 +82,24 @@ pub fn forbid_ptrace() {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
+
+/// For the watcher of a root-started mount: of root's capabilities keep only what unmounting
+/// and looking at the mount point need (CAP_SYS_ADMIN for umount2, CAP_DAC_READ_SEARCH to
+/// reach a mount point below a directory closed to root's uid), in every set including the
+/// bounding set.
+pub fn keep_only_unmount_rights() -> Result<(), String> {
+    use caps::{Capability, CapsHashSet};
+    let keep: CapsHashSet = [Capability::CAP_SYS_ADMIN, Capability::CAP_DAC_READ_SEARCH]
+        .into_iter()
+        .collect();
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(|e| e.to_string())?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| e.to_string())?;
+    caps::clear(None, CapSet::Inheritable).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|e| e.to_string())?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|e| e.to_string())?;
+    Ok(())
+}
