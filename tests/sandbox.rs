@@ -83,11 +83,16 @@ fn errno(e: i32) -> Result<String, i32> {
 }
 
 fn mount(img: &Path, mnt: &Path, env: &[(&str, &str)]) -> MountGuard {
+    mount_args(img, mnt, env, &[])
+}
+
+fn mount_args(img: &Path, mnt: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> MountGuard {
     let bin = common::imgmount_bin();
     let out = Command::new(bin)
         .envs(env.iter().copied())
         .env_remove("SUDO_UID")
         .env_remove("SUDO_GID")
+        .args(args)
         .arg(img)
         .arg(mnt)
         .output()
@@ -189,6 +194,40 @@ fn refused_calls_fail_and_the_mount_keeps_serving() {
     imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
     assert!(!is_mounted(&mnt));
     assert!(!alive(pid));
+}
+
+/// A kernel without Landlock and seccomp (simulated by the test build): the mount still works
+/// and the log names each missing layer on its own line; the other layers are still on.
+#[test]
+fn missing_layers_are_logged_and_the_mount_works() {
+    let Some((dir, img, mnt)) = setup("sandbox-missing") else {
+        return;
+    };
+    let log = dir.path().join("daemon.log");
+    let g = mount_args(
+        &img,
+        &mnt,
+        &[("IMGMOUNT_TEST_SANDBOX_MISSING", "landlock,seccomp")],
+        &[OsStr::new("--log"), log.as_os_str()],
+    );
+    let pid = daemon_pid(&mnt, 0).expect("daemon pid file");
+    assert_eq!(status_field(pid, "Seccomp"), ["0"]);
+    assert_eq!(status_field(pid, "NoNewPrivs"), ["1"]);
+    assert_eq!(status_field(pid, "CapEff"), ["0000000000000000"]);
+    assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), HELLO);
+    // Without Landlock the probe's open succeeds: what the layer stops, shown by its absence.
+    assert_eq!(probe(&mnt, "open"), Ok("ok".into()));
+    imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
+    drop(g);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let missing: Vec<&str> = text.lines().filter(|l| l.contains("MISSING")).collect();
+    assert_eq!(missing.len(), 2, "{text}");
+    assert!(missing[0].contains("sandbox: landlock: MISSING"), "{text}");
+    assert!(missing[1].contains("sandbox: seccomp: MISSING"), "{text}");
+    assert!(
+        text.contains("sandbox: unprivileged ids, no capabilities, no_new_privs\n"),
+        "{text}"
+    );
 }
 
 /// Runs `args` as nobody (uid/gid 65534, no groups).
