@@ -3,3 +3,4 @@
 
 pub mod fuse;
 pub mod host;
+pub mod sandbox;

@@ -5,7 +5,6 @@ mod report;
 mod run;
 mod umount;
 
-use clap::Parser;
 use cli::{Cli, Command};
 use report::{exit_with, CmdResult, Failure};
 
@@ -20,7 +19,7 @@ fn main() {
         eprintln!("imgmount: internal error (please report): {info}");
     }));
 
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
@@ -36,6 +35,18 @@ fn main() {
     if let Err(f) = result {
         exit_with(f);
     }
+}
+
+/// Parses the command line; `--version` also says which protections a mount gets here (the
+/// kernel is asked only then).
+fn parse_args() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if std::env::args_os().any(|a| a == "--version") {
+        let text: &'static str = Box::leak(imgmount::sandbox::version_text().into_boxed_str());
+        cmd = cmd.long_version(text);
+    }
+    Cli::from_arg_matches(&cmd.try_get_matches()?)
 }
 
 /// clap's own errors as one line that starts with `imgmount:` like every other failure (a

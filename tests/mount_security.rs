@@ -126,11 +126,25 @@ fn mounts_are_nosuid_nodev_and_show_the_images_owners() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534");
         }
     }
-    // A root-started daemon keeps root's credentials while it serves (documented).
+    // A root-started daemon serves sandboxed, as another uid without capabilities
+    // (docs/security.md; tests/sandbox.rs checks the details).
     let pid = daemon_pid(&mnt, 0).expect("daemon pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    eprintln!("daemon {pid}: {uid_line}");
+    let field = |name: &str| {
+        let l = status.lines().find(|l| l.starts_with(name)).unwrap();
+        l[name.len()..]
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        field("Uid:").iter().all(|u| u != "0"),
+        "{:?}",
+        field("Uid:")
+    );
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    assert_eq!(field("NoNewPrivs:"), ["1"]);
+    assert_eq!(field("Seccomp:"), ["2"]);
     umount(&mnt);
     drop(g);
 

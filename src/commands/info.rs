@@ -201,6 +201,10 @@ pub fn human(r: &Report) -> String {
             dash(r.disk_id.as_deref())
         ));
     }
+    out.push_str(&format!(
+        "Mount:  sandboxed: {}\n",
+        imgmount::sandbox::summary()
+    ));
     out.push('\n');
 
     let header = [

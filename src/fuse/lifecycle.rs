@@ -16,7 +16,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +26,8 @@ use fuser::{Config, Session, SessionACL};
 use super::adapter::{Adapter, Ownership};
 use super::kernel::{self, KernelMount, MountRequest, UnmountError};
 use super::service::{self, Service};
-use super::{idle, log, mountinfo, pidfile, watcher};
+use super::{idle, log, mountinfo, pidfile, sandbox_plan, watcher};
+use crate::sandbox;
 
 /// How long the parent waits for the daemon to report the mount ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -134,6 +134,7 @@ fn wait_signal_for(set: &libc::sigset_t, limit: Duration) -> Option<libc::c_int>
 fn next_signal(
     set: &libc::sigset_t,
     idle: Option<(Duration, &idle::Clock)>,
+    watcher: &watcher::Watcher,
     km: &KernelMount,
 ) -> libc::c_int {
     let Some((limit, clock)) = idle else {
@@ -142,7 +143,8 @@ fn next_signal(
     loop {
         let left = limit.saturating_sub(clock.idle_for());
         if left.is_zero() {
-            match km.unmount(false) {
+            // Through the watcher: the sandboxed daemon may no longer unmount itself.
+            match unmount(watcher, km, false) {
                 Ok(()) => log::info(&format!(
                     "idle for {} s: unmounted {}",
                     limit.as_secs_f64(),
@@ -218,9 +220,10 @@ pub fn serve(
         None => fs.clone(),
     };
     let adapter = Adapter::new(served, cfg.writable, cfg.owner);
+    let plan = sandbox_plan::for_daemon(uid, &cfg.service);
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
-    config.clone_fd = true;
+    config.clone_fd = sandbox_plan::can_clone_channels(&plan);
     let acl = if cfg.allow_other {
         SessionACL::All
     } else {
@@ -234,6 +237,25 @@ pub fn serve(
             return fail(ready, format!("FUSE handshake failed: {e}"));
         }
     };
+    // Before the sandbox: creating the pid file's directory is no business of the daemon's
+    // later life, and the file must exist before anyone is told the mount is ready.
+    let pid = std::process::id();
+    if let Err(e) = pidfile::write(uid, &cfg.mount_point, pid) {
+        log::error(&format!(
+            "cannot write the pid file ({e}); 'imgmount umount' will not be able to wait for this daemon"
+        ));
+    }
+    if let Err(e) = cfg.service.write_pid(pid) {
+        pidfile::remove(uid, &cfg.mount_point, pid);
+        let _ = km.unmount(true);
+        km.finish();
+        let file = cfg.service.pid_file.as_deref().unwrap_or(Path::new(""));
+        return fail(
+            ready,
+            format!("--pid-file {}: {}", shown(file), service::why(&e)),
+        );
+    }
+    sandbox_plan::report(&sandbox::enter(&plan));
     let runner = std::thread::Builder::new()
         .name("imgmount-session".into())
         .spawn(move || {
@@ -245,45 +267,19 @@ pub fn serve(
     let runner = match runner {
         Ok(r) => r,
         Err(e) => {
-            let _ = km.unmount(true);
+            let _ = unmount(&watcher, &km, true);
             km.finish();
             return fail(ready, format!("cannot start the serving thread: {e}"));
         }
     };
 
-    // The mount is ready when a stat of it is answered by us: FUSE gives the root ino 1.
-    match std::fs::metadata(&cfg.mount_point) {
-        Ok(md) if md.ino() == 1 => {}
-        Ok(_) => {
-            let _ = km.unmount(true);
-            let _ = runner.join();
-            km.finish();
-            return fail(ready, "the mount did not appear at the mount point".into());
-        }
-        Err(e) => {
-            let _ = km.unmount(true);
-            let _ = runner.join();
-            km.finish();
-            return fail(ready, format!("the new mount does not answer: {e}"));
-        }
-    }
-
-    let pid = std::process::id();
-    if let Err(e) = pidfile::write(uid, &cfg.mount_point, pid) {
-        log::error(&format!(
-            "cannot write the pid file ({e}); 'imgmount umount' will not be able to wait for this daemon"
-        ));
-    }
-    if let Err(e) = cfg.service.write_pid(pid) {
-        pidfile::remove(uid, &cfg.mount_point, pid);
-        let _ = km.unmount(true);
+    // The mount is ready when a stat of it is answered by us (FUSE gives the root ino 1). The
+    // watcher looks: a daemon that gave up root's uid is no longer let into root's mount.
+    if let Err(e) = watcher.probe() {
+        let _ = unmount(&watcher, &km, true);
         let _ = runner.join();
         km.finish();
-        let file = cfg.service.pid_file.as_deref().unwrap_or(Path::new(""));
-        return fail(
-            ready,
-            format!("--pid-file {}: {}", shown(file), service::why(&e)),
-        );
+        return fail(ready, e);
     }
     log::info(&format!(
         "mounted {} on {}",
@@ -294,7 +290,7 @@ pub fn serve(
 
     let idle = cfg.service.idle_timeout.zip(clock.as_deref());
     loop {
-        match next_signal(&set, idle, &km) {
+        match next_signal(&set, idle, &watcher, &km) {
             libc::SIGUSR1 => break,
             sig => {
                 log::info(&format!(
@@ -304,17 +300,17 @@ pub fn serve(
                 if let Err(e) = fs.sync() {
                     log::error(&format!("sync failed: {e}"));
                 }
-                match km.unmount(false) {
+                match unmount(&watcher, &km, false) {
                     Ok(()) => {}
                     Err(UnmountError::Busy(_)) => {
                         // Detach now; the kernel ends the session (and we exit) once the
                         // last open file is closed.
                         log::info("mount point busy: detaching lazily; exiting when the last file is closed");
-                        let _ = km.unmount(true);
+                        let _ = unmount(&watcher, &km, true);
                     }
                     Err(UnmountError::Other(e)) => {
                         log::error(&format!("unmount failed: {e}; detaching"));
-                        let _ = km.unmount(true);
+                        let _ = unmount(&watcher, &km, true);
                     }
                 }
             }
@@ -334,10 +330,22 @@ pub fn serve(
     // A session that ended without an error ended because the mount is gone; otherwise the
     // watcher makes sure of that.
     if result.is_ok() {
-        watcher::stand_down(watcher);
+        watcher.stand_down();
     }
     log::info(&format!("unmounted {}", shown(&cfg.mount_point)));
     result
+}
+
+/// Unmounts through the watcher; should it be gone (killed on its own), the daemon tries
+/// itself, which works unless the sandbox took that right away.
+fn unmount(w: &watcher::Watcher, km: &kernel::KernelMount, lazy: bool) -> Result<(), UnmountError> {
+    match w.unmount(lazy) {
+        Err(UnmountError::Other(e)) => km.unmount(lazy).map_err(|e2| match e2 {
+            UnmountError::Busy(m) => UnmountError::Busy(m),
+            UnmountError::Other(m) => UnmountError::Other(format!("{e}; {m}")),
+        }),
+        r => r,
+    }
 }
 
 /// Mounts in the foreground: logs to stderr, returns when unmounted.

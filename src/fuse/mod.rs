@@ -11,6 +11,7 @@ pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
 pub mod service;
+pub mod sandbox_plan;
 pub mod umount;
 pub mod watcher;
 
