@@ -255,7 +255,13 @@ pub fn serve(
             format!("--pid-file {}: {}", shown(file), service::why(&e)),
         );
     }
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
     sandbox_plan::report(&sandbox::enter(&plan));
+    if cfg.service.stop_with_parent {
+        // A change of uid clears the parent-death signal; arm it again.
+        stop_with(parent);
+    }
     let runner = std::thread::Builder::new()
         .name("imgmount-session".into())
         .spawn(move || {

@@ -10,8 +10,8 @@ pub mod log;
 pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
-pub mod service;
 pub mod sandbox_plan;
+pub mod service;
 pub mod umount;
 pub mod watcher;
 

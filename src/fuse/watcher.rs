@@ -32,7 +32,8 @@ use super::{mountinfo, pidfile};
 const REQ_PROBE: u8 = b'p';
 const REQ_UNMOUNT: u8 = b'u';
 const REQ_DETACH: u8 = b'z';
-/// The daemon has unmounted and cleaned up itself; no reply, the watcher just leaves.
+/// The daemon has unmounted: the watcher removes what the daemon may not (a root daemon that
+/// changed uid cannot touch root's pid file), replies, and leaves.
 const REQ_STAND_DOWN: u8 = b's';
 
 /// The daemon's end of the connection to its watcher; the watcher cleans up when it closes.
@@ -73,9 +74,10 @@ impl Watcher {
         self.ask(if lazy { REQ_DETACH } else { REQ_UNMOUNT })
     }
 
-    /// Tells the watcher the daemon has unmounted and cleaned up itself, then lets it go.
+    /// Tells the watcher the daemon has unmounted; returns once the pid files and --mkdir
+    /// directories are gone, so whoever waits for the daemon's exit finds them gone.
     pub fn stand_down(self) {
-        let _ = (&self.sock).write_all(&[REQ_STAND_DOWN]);
+        let _ = self.ask(REQ_STAND_DOWN);
     }
 }
 
@@ -95,10 +97,7 @@ pub fn spawn(mount_point: &Path, dev: &str, uid: u32, service: &Service) -> io::
         return Ok(Watcher { sock: ours });
     }
     drop(ours);
-    watch(theirs, mount_point, dev, uid, daemon);
-    // A killed daemon left them; a clean one removed them already, unless its sandbox kept
-    // it from doing so (a root daemon that changed uid). Both only remove what is ours.
-    service.cleanup(daemon);
+    watch(theirs, mount_point, dev, uid, daemon, service);
     // SAFETY: ending the forked child without running the daemon's destructors.
     unsafe { libc::_exit(0) }
 }
@@ -123,7 +122,19 @@ fn answer(mount_point: &Path, req: u8) -> String {
     line.replace('\n', " ") + "\n"
 }
 
-fn watch(mut sock: UnixStream, mount_point: &Path, dev: &str, uid: u32, daemon: u32) {
+fn watch(
+    mut sock: UnixStream,
+    mount_point: &Path,
+    dev: &str,
+    uid: u32,
+    daemon: u32,
+    service: &Service,
+) {
+    // Only what is still ours: a newer mount may have taken over the pid file.
+    let cleanup = || {
+        pidfile::remove(uid, mount_point, daemon);
+        service.cleanup(daemon);
+    };
     let keep = sock.as_raw_fd();
     // Hold no copy of /dev/fuse (the connection would outlive the daemon) or of the image
     // (umount promises it is closed when the daemon is gone).
@@ -160,7 +171,11 @@ fn watch(mut sock: UnixStream, mount_point: &Path, dev: &str, uid: u32, daemon: 
     loop {
         match sock.read(&mut req) {
             Ok(0) => break,
-            Ok(_) if req[0] == REQ_STAND_DOWN => return,
+            Ok(_) if req[0] == REQ_STAND_DOWN => {
+                cleanup();
+                let _ = sock.write_all(b"ok\n");
+                return;
+            }
             Ok(_) => {
                 if sock
                     .write_all(answer(mount_point, req[0]).as_bytes())
@@ -179,5 +194,5 @@ fn watch(mut sock: UnixStream, mount_point: &Path, dev: &str, uid: u32, daemon: 
             let _ = kernel::unmount_path(mount_point, true);
         }
     }
-    pidfile::remove(uid, mount_point, daemon);
+    cleanup();
 }

@@ -70,6 +70,8 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_rt_sigreturn,
     libc::SYS_sigaltstack,
     libc::SYS_getpid,
+    // `imgmount run`: is the parent that started us still there (after re-arming PDEATHSIG).
+    libc::SYS_getppid,
     libc::SYS_gettid,
     // Time is the vDSO's; this is its fallback where the clock source has none.
     libc::SYS_clock_gettime,
@@ -152,14 +154,21 @@ pub fn allowed(pid: u32) -> BTreeMap<i64, Vec<SeccompRule>> {
             own,
         )])],
     );
+    // Naming threads, and re-arming the parent-death signal that a change of uid cleared
+    // (`imgmount run`'s daemon stops with its parent).
     m.insert(
         libc::SYS_prctl,
-        vec![rule(vec![cond(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::PR_SET_NAME as u64,
-        )])],
+        [libc::PR_SET_NAME, libc::PR_SET_PDEATHSIG]
+            .into_iter()
+            .map(|op| {
+                rule(vec![cond(
+                    0,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Eq,
+                    op as u64,
+                )])
+            })
+            .collect(),
     );
     m
 }
