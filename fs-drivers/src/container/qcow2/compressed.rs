@@ -1,0 +1,170 @@
+//! Compressed clusters: decoding (raw deflate or zstd, as QEMU writes them) and a bounded LRU
+//! of decoded clusters. A sequential reader that misses decodes the next few compressed
+//! clusters too, on scoped worker threads, so a stream of reads uses more than one core.
+
+use super::header::Compression;
+use crate::block::DeviceRef;
+use crate::{Error, Result};
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+/// Decoded bytes kept; with 2 MiB clusters that is still 8 of them.
+const CACHE_BYTES: u64 = 16 << 20;
+/// How many clusters one sequential miss decodes at most (itself included).
+const MAX_BATCH: usize = 8;
+
+pub struct Decoder {
+    kind: Compression,
+    cluster_size: usize,
+    file: DeviceRef,
+    cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
+    workers: usize,
+}
+
+/// One compressed cluster to decode: host offset and how many bytes it may span.
+pub type Extent = (u64, u64);
+
+impl Decoder {
+    pub fn new(kind: Compression, cluster_size: u64, file: DeviceRef) -> Decoder {
+        let count = (CACHE_BYTES / cluster_size).max(2) as usize;
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        Decoder {
+            kind,
+            cluster_size: cluster_size as usize,
+            file,
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
+            )),
+            workers,
+        }
+    }
+
+    /// How many clusters a sequential miss should decode together.
+    pub fn batch(&self) -> usize {
+        let fit = (CACHE_BYTES as usize / 2 / self.cluster_size).max(1);
+        (self.workers * 2).min(MAX_BATCH).min(fit)
+    }
+
+    pub fn cached(&self, offset: u64) -> Option<Arc<Vec<u8>>> {
+        self.lock().get(&offset).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<u8>>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decodes `want` (and, for a sequential reader, the clusters in `ahead` that are not
+    /// cached yet, in parallel) and returns `want`'s bytes.
+    pub fn get(&self, want: Extent, ahead: &[Extent]) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cached(want.0) {
+            return Ok(hit);
+        }
+        let mut jobs = vec![want];
+        {
+            let cache = self.lock();
+            for e in ahead {
+                if jobs.len() >= self.batch() {
+                    break;
+                }
+                if !cache.contains(&e.0) && !jobs.iter().any(|j| j.0 == e.0) {
+                    jobs.push(*e);
+                }
+            }
+        }
+        let results: Vec<Result<Vec<u8>>> = if jobs.len() == 1 || self.workers == 1 {
+            jobs.iter().map(|e| self.decode(*e)).collect()
+        } else {
+            let per = jobs.len().div_ceil(self.workers);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs
+                    .chunks(per)
+                    .map(|chunk| {
+                        s.spawn(move || chunk.iter().map(|e| self.decode(*e)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(Error::corrupt("qcow2: a decoder thread panicked"))]
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut first = None;
+        let mut cache = self.lock();
+        for (i, (job, r)) in jobs.iter().zip(results).enumerate() {
+            match r {
+                Ok(v) => {
+                    let v = Arc::new(v);
+                    if i == 0 {
+                        first = Some(Ok(v.clone()));
+                    }
+                    cache.put(job.0, v);
+                }
+                // A broken cluster ahead is the error of whoever reads it, not of this read.
+                Err(e) if i == 0 => first = Some(Err(e)),
+                Err(_) => {}
+            }
+        }
+        first.unwrap_or_else(|| Err(Error::corrupt("qcow2: compressed cluster lost")))
+    }
+
+    fn decode(&self, (offset, len): Extent) -> Result<Vec<u8>> {
+        // `len` was cut to the file's end by the mapper; a cluster's compressed form is never
+        // larger than the cluster plus a little framing, so cap it there too.
+        let len = len.min(self.cluster_size as u64 * 2 + 4096) as usize;
+        let mut input = vec![0u8; len];
+        self.file.read_at(offset, &mut input)?;
+        let mut out = vec![0u8; self.cluster_size];
+        let ok = match self.kind {
+            Compression::Deflate => inflate(&input, &mut out),
+            Compression::Zstd => unzstd(&input, &mut out),
+        };
+        if ok {
+            Ok(out)
+        } else {
+            Err(Error::Corrupt(format!(
+                "qcow2: compressed cluster at {offset} does not decode to a whole cluster"
+            )))
+        }
+    }
+}
+
+/// QEMU's rule: the cluster decodes when the output fills, whatever follows in the input
+/// (the last sector is padding).
+fn inflate(input: &[u8], out: &mut [u8]) -> bool {
+    let mut d = flate2::Decompress::new(false);
+    match d.decompress(input, out, flate2::FlushDecompress::Finish) {
+        Ok(_) => d.total_out() as usize == out.len(),
+        Err(_) => false,
+    }
+}
+
+fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
+    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+    let Ok(mut d) = Decoder::new() else {
+        return false;
+    };
+    let mut inb = InBuffer::around(input);
+    let mut outb = OutBuffer::around(out);
+    // Each call consumes input or produces output, or we stop: bounded by input + output.
+    loop {
+        let before = (inb.pos(), outb.pos());
+        match d.run(&mut inb, &mut outb) {
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if outb.pos() == outb.capacity() {
+            return true;
+        }
+        if (inb.pos(), outb.pos()) == before {
+            return false;
+        }
+    }
+}
