@@ -5,7 +5,9 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
+mod cluster_cache;
 pub mod qcow2;
+pub mod vmdk;
 
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
@@ -111,7 +113,11 @@ impl PeelContext {
 pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
 
 /// Every container format, tried in order on each layer.
-const DETECTORS: &[Detector] = &[qcow2::detect];
+const DETECTORS: &[Detector] = &[
+    // One line per format, so branches adding formats merge cleanly.
+    qcow2::detect,
+    vmdk::detect,
+];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
 /// into itself, or a hostile stack of wrappers).

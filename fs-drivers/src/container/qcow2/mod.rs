@@ -4,14 +4,13 @@
 //! compressed.rs. Backing files and an external data file are opened through
 //! `PeelContext::open_referenced`, which bounds the chain and refuses loops.
 
-mod compressed;
 mod header;
 mod map;
 
+use super::cluster_cache::{self, Codec, Decoder};
 use super::{Layer, PeelContext};
 use crate::block::{check_range, BlockDevice, DeviceRef};
 use crate::{Error, Result};
-use compressed::Decoder;
 use header::{Compression, Header};
 use map::{Mapper, Mapping};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +89,15 @@ impl Qcow2 {
             map,
             data,
             backing,
-            decoder: Decoder::new(h.compression, h.cluster_size(), file),
+            decoder: Decoder::new(
+                match h.compression {
+                    Compression::Deflate => Codec::RawDeflate,
+                    Compression::Zstd => Codec::Zstd,
+                },
+                "qcow2",
+                h.cluster_size(),
+                file,
+            ),
             last_end: AtomicU64::new(u64::MAX),
         };
         let layer = Layer {
@@ -122,7 +129,7 @@ impl Qcow2 {
     }
 
     /// The compressed clusters right after the one holding `pos`, for decoding ahead.
-    fn ahead(&self, pos: u64) -> Vec<compressed::Extent> {
+    fn ahead(&self, pos: u64) -> Vec<cluster_cache::Extent> {
         let cs = 1u64 << self.cluster_bits;
         let mut next = (pos | (cs - 1)).saturating_add(1);
         let mut out = Vec::new();

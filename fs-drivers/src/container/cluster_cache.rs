@@ -1,8 +1,8 @@
-//! Compressed clusters: decoding (raw deflate or zstd, as QEMU writes them) and a bounded LRU
-//! of decoded clusters. A sequential reader that misses decodes the next few compressed
-//! clusters too, on scoped worker threads, so a stream of reads uses more than one core.
+//! Compressed clusters of VM disk formats (qcow2's raw deflate or zstd clusters, VMDK's zlib
+//! grains): decoding, and a bounded LRU of decoded clusters. A sequential reader that misses
+//! decodes the next few compressed clusters too, on scoped worker threads, so a stream of
+//! reads uses more than one core.
 
-use super::header::Compression;
 use crate::block::DeviceRef;
 use crate::{Error, Result};
 use lru::LruCache;
@@ -14,8 +14,19 @@ const CACHE_BYTES: u64 = 16 << 20;
 /// How many clusters one sequential miss decodes at most (itself included).
 const MAX_BATCH: usize = 8;
 
+/// How a cluster is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// RFC 1951 deflate with no header (qcow2).
+    RawDeflate,
+    /// RFC 1950 zlib (VMDK grains).
+    Zlib,
+    Zstd,
+}
+
 pub struct Decoder {
-    kind: Compression,
+    kind: Codec,
+    what: &'static str,
     cluster_size: usize,
     file: DeviceRef,
     cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
@@ -26,7 +37,8 @@ pub struct Decoder {
 pub type Extent = (u64, u64);
 
 impl Decoder {
-    pub fn new(kind: Compression, cluster_size: u64, file: DeviceRef) -> Decoder {
+    /// `what` names the format in errors ("qcow2").
+    pub fn new(kind: Codec, what: &'static str, cluster_size: u64, file: DeviceRef) -> Decoder {
         let count = (CACHE_BYTES / cluster_size).max(2) as usize;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -34,6 +46,7 @@ impl Decoder {
             .clamp(1, 4);
         Decoder {
             kind,
+            what,
             cluster_size: cluster_size as usize,
             file,
             cache: Mutex::new(LruCache::new(
@@ -90,7 +103,10 @@ impl Decoder {
                     .into_iter()
                     .flat_map(|h| {
                         h.join().unwrap_or_else(|_| {
-                            vec![Err(Error::corrupt("qcow2: a decoder thread panicked"))]
+                            vec![Err(Error::Corrupt(format!(
+                                "{}: a decoder thread panicked",
+                                self.what
+                            )))]
                         })
                     })
                     .collect()
@@ -112,7 +128,12 @@ impl Decoder {
                 Err(_) => {}
             }
         }
-        first.unwrap_or_else(|| Err(Error::corrupt("qcow2: compressed cluster lost")))
+        first.unwrap_or_else(|| {
+            Err(Error::Corrupt(format!(
+                "{}: compressed cluster lost",
+                self.what
+            )))
+        })
     }
 
     fn decode(&self, (offset, len): Extent) -> Result<Vec<u8>> {
@@ -123,14 +144,16 @@ impl Decoder {
         self.file.read_at(offset, &mut input)?;
         let mut out = vec![0u8; self.cluster_size];
         let ok = match self.kind {
-            Compression::Deflate => inflate(&input, &mut out),
-            Compression::Zstd => unzstd(&input, &mut out),
+            Codec::RawDeflate => inflate(&input, &mut out, false),
+            Codec::Zlib => inflate(&input, &mut out, true),
+            Codec::Zstd => unzstd(&input, &mut out),
         };
         if ok {
             Ok(out)
         } else {
             Err(Error::Corrupt(format!(
-                "qcow2: compressed cluster at {offset} does not decode to a whole cluster"
+                "{}: compressed cluster at {offset} does not decode to a whole cluster",
+                self.what
             )))
         }
     }
@@ -138,8 +161,8 @@ impl Decoder {
 
 /// QEMU's rule: the cluster decodes when the output fills, whatever follows in the input
 /// (the last sector is padding).
-fn inflate(input: &[u8], out: &mut [u8]) -> bool {
-    let mut d = flate2::Decompress::new(false);
+fn inflate(input: &[u8], out: &mut [u8], zlib_header: bool) -> bool {
+    let mut d = flate2::Decompress::new(zlib_header);
     match d.decompress(input, out, flate2::FlushDecompress::Finish) {
         Ok(_) => d.total_out() as usize == out.len(),
         Err(_) => false,
