@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 
 /// Decoded bytes kept; with 2 MiB clusters that is still 8 of them.
 const CACHE_BYTES: u64 = 16 << 20;
-/// How many clusters one sequential miss decodes at most (itself included).
-const MAX_BATCH: usize = 8;
+/// Decoded bytes one sequential miss aims for (itself included), and the most clusters.
+const BATCH_BYTES: usize = 1 << 20;
+const MAX_BATCH: usize = 256;
+/// Below this much work a thread costs more than it saves (512-byte clusters).
+const PARALLEL_BYTES: usize = 256 << 10;
 
 /// How a cluster is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +62,10 @@ impl Decoder {
     /// How many clusters a sequential miss should decode together.
     pub fn batch(&self) -> usize {
         let fit = (CACHE_BYTES as usize / 2 / self.cluster_size).max(1);
-        (self.workers * 2).min(MAX_BATCH).min(fit)
+        (BATCH_BYTES / self.cluster_size)
+            .max(self.workers * 2)
+            .min(MAX_BATCH)
+            .min(fit)
     }
 
     pub fn cached(&self, offset: u64) -> Option<Arc<Vec<u8>>> {
@@ -88,7 +94,8 @@ impl Decoder {
                 }
             }
         }
-        let results: Vec<Result<Vec<u8>>> = if jobs.len() == 1 || self.workers == 1 {
+        let serial = jobs.len() * self.cluster_size < PARALLEL_BYTES;
+        let results: Vec<Result<Vec<u8>>> = if jobs.len() == 1 || self.workers == 1 || serial {
             jobs.iter().map(|e| self.decode(*e)).collect()
         } else {
             let per = jobs.len().div_ceil(self.workers);
@@ -162,11 +169,29 @@ impl Decoder {
 /// QEMU's rule: the cluster decodes when the output fills, whatever follows in the input
 /// (the last sector is padding).
 fn inflate(input: &[u8], out: &mut [u8], zlib_header: bool) -> bool {
-    let mut d = flate2::Decompress::new(zlib_header);
-    match d.decompress(input, out, flate2::FlushDecompress::Finish) {
-        Ok(_) => d.total_out() as usize == out.len(),
-        Err(_) => false,
+    thread_local! {
+        // An inflate state is ~40 KiB to set up; 512-byte clusters would pay that each.
+        static STATE: std::cell::RefCell<Option<(bool, flate2::Decompress)>> =
+            const { std::cell::RefCell::new(None) };
     }
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some((z, d)) if *z == zlib_header => {
+                d.reset(zlib_header);
+                d
+            }
+            _ => {
+                &mut slot
+                    .insert((zlib_header, flate2::Decompress::new(zlib_header)))
+                    .1
+            }
+        };
+        match d.decompress(input, out, flate2::FlushDecompress::Finish) {
+            Ok(_) => d.total_out() as usize == out.len(),
+            Err(_) => false,
+        }
+    })
 }
 
 fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
