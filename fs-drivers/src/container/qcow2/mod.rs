@@ -179,7 +179,10 @@ impl BlockDevice for Qcow2 {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         let len = buf.len() as u64;
-        let sequential = self.last_end.swap(offset + len, Ordering::Relaxed) == offset;
+        // Decode ahead for a reader that continues where the last read ended, or reads more
+        // than a cluster at once (FUSE threads may deliver a stream's reads out of order).
+        let sequential = self.last_end.swap(offset + len, Ordering::Relaxed) == offset
+            || len > (1u64 << self.cluster_bits);
         let unit = self.map.unit();
         let cs_mask = (1u64 << self.cluster_bits) - 1;
         let mut done = 0u64;

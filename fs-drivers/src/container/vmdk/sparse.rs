@@ -240,7 +240,10 @@ impl BlockDevice for SparseExtent {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         let len = buf.len() as u64;
-        let sequential = self.last_end.swap(offset + len, Ordering::Relaxed) == offset;
+        // Decode ahead for a reader that continues where the last read ended, or reads more
+        // than a cluster at once (FUSE threads may deliver a stream's reads out of order).
+        let sequential =
+            self.last_end.swap(offset + len, Ordering::Relaxed) == offset || len > self.grain_bytes;
         let mut done = 0u64;
         while done < len {
             let pos = offset + done;
