@@ -335,3 +335,50 @@ fn broken_chains_and_encryption_are_refused_in_one_line() {
     let (dev, _) = peel(&dir.join("d10.qcow2")).unwrap();
     assert_eq!(dev.size(), 1 << 20);
 }
+
+/// A guest that writes a qcow2 header naming a host file at the start of its disk: the host
+/// must see those bytes as the guest's data, not open the file.
+#[test]
+fn a_guest_disk_is_not_probed_for_containers() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = TempDir::new("qcow2-guest");
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    std::fs::write(dir.join("host-secret"), vec![0x77u8; 1 << 20]).unwrap();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p("host-secret"),
+            "-F",
+            "raw",
+            &p("inner.qcow2"),
+            "1M",
+        ],
+    );
+    run(
+        "qemu-img",
+        &["create", "-f", "qcow2", &p("outer.qcow2"), "1M"],
+    );
+    let inner = std::fs::read(dir.join("inner.qcow2")).unwrap();
+    let header = &inner[..4096];
+    let file = std::fs::File::create(dir.join("header.bin")).unwrap();
+    std::io::Write::write_all(&mut &file, header).unwrap();
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            &format!("write -s {} 0 4096", p("header.bin")),
+            &p("outer.qcow2"),
+        ],
+    );
+    let (dev, layers) = peel(&dir.join("outer.qcow2")).unwrap();
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    let mut start = [0u8; 4096];
+    dev.read_at(0, &mut start).unwrap();
+    assert_eq!(&start[..], header);
+}

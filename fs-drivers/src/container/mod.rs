@@ -129,6 +129,17 @@ pub fn peel(mut dev: DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Vec<Lay
     peel_with(&mut dev, ctx, DETECTORS).map(|layers| (dev, layers))
 }
 
+/// Formats whose inner device is a VM's disk as the guest wrote it: never probed for more
+/// containers, as QEMU never probes a guest's disk (a guest could otherwise write a qcow2
+/// header naming a host file as its backing file, and the host would read that file).
+const GUEST_DISK_FORMATS: &[&str] = &["qcow2", "vmdk"];
+
+fn is_guest_disk(layer: &Layer) -> bool {
+    GUEST_DISK_FORMATS
+        .iter()
+        .any(|f| layer.format.split(' ').next() == Some(f))
+}
+
 fn peel_with(dev: &mut DeviceRef, ctx: &PeelContext, detectors: &[Detector]) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     'outer: loop {
@@ -139,8 +150,12 @@ fn peel_with(dev: &mut DeviceRef, ctx: &PeelContext, detectors: &[Detector]) -> 
                         "more than {MAX_DEPTH} container layers (a file that unwraps into itself?)"
                     )));
                 }
+                let guest = is_guest_disk(&layer);
                 layers.push(layer);
                 *dev = inner;
+                if guest {
+                    return Ok(layers);
+                }
                 continue 'outer;
             }
         }
