@@ -44,7 +44,7 @@ static MEASURE: Mutex<()> = Mutex::new(());
 /// cache (16 MiB), a parallel batch of 2 MiB clusters and the L2/grain-table caches.
 const ALLOC_BOUND: usize = 32 << 20;
 const MAX_PER_CASE: Duration = Duration::from_secs(5);
-const CASES: usize = 1500;
+const CASES: usize = 1000;
 
 struct Rng(u64);
 impl Rng {

@@ -159,6 +159,20 @@ fn missing_extent_and_delta_disks_are_refused_in_one_line() {
     let e = peel(&delta).err().unwrap().to_string();
     assert!(e.contains("delta disk"), "{e}");
 
+    // Compressed extents in a split disk would each keep a decoded-grain cache: refused.
+    convert(&raw, &dir.join("s.vmdk"), "streamOptimized");
+    std::fs::write(
+        dir.join("two.vmdk"),
+        "# Disk DescriptorFile\nversion=1\ncreateType=\"twoGbMaxExtentSparse\"\n\
+         RW 512 SPARSE \"s.vmdk\"\nRW 512 SPARSE \"s.vmdk\"\n",
+    )
+    .unwrap();
+    let e = peel(&dir.join("two.vmdk")).err().unwrap().to_string();
+    assert!(
+        e.contains("compressed grains in a VMDK of 2 extents"),
+        "{e}"
+    );
+
     // A descriptor naming itself as its extent.
     std::fs::write(
         dir.join("self.vmdk"),

@@ -9,8 +9,8 @@ use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-/// Decoded bytes kept; with 2 MiB clusters that is still 8 of them.
-const CACHE_BYTES: u64 = 16 << 20;
+/// Decoded bytes a single image keeps; with 2 MiB clusters that is still 8 of them.
+pub const CACHE_BYTES: u64 = 16 << 20;
 /// Decoded bytes one sequential miss aims for (itself included), and the most clusters.
 const BATCH_BYTES: usize = 1 << 20;
 const MAX_BATCH: usize = 256;
@@ -31,6 +31,7 @@ pub struct Decoder {
     kind: Codec,
     what: &'static str,
     cluster_size: usize,
+    cache_bytes: usize,
     file: DeviceRef,
     cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
     workers: usize,
@@ -41,8 +42,15 @@ pub type Extent = (u64, u64);
 
 impl Decoder {
     /// `what` names the format in errors ("qcow2").
-    pub fn new(kind: Codec, what: &'static str, cluster_size: u64, file: DeviceRef) -> Decoder {
-        let count = (CACHE_BYTES / cluster_size).max(2) as usize;
+    /// `cache_bytes` of decoded clusters are kept (at least one cluster).
+    pub fn new(
+        kind: Codec,
+        what: &'static str,
+        cluster_size: u64,
+        cache_bytes: u64,
+        file: DeviceRef,
+    ) -> Decoder {
+        let count = (cache_bytes / cluster_size).max(1) as usize;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -51,6 +59,7 @@ impl Decoder {
             kind,
             what,
             cluster_size: cluster_size as usize,
+            cache_bytes: cache_bytes as usize,
             file,
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
@@ -61,7 +70,7 @@ impl Decoder {
 
     /// How many clusters a sequential miss should decode together.
     pub fn batch(&self) -> usize {
-        let fit = (CACHE_BYTES as usize / 2 / self.cluster_size).max(1);
+        let fit = (self.cache_bytes / 2 / self.cluster_size).max(1);
         (BATCH_BYTES / self.cluster_size)
             .max(self.workers * 2)
             .min(MAX_BATCH)

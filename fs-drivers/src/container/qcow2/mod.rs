@@ -96,6 +96,9 @@ impl Qcow2 {
                 },
                 "qcow2",
                 h.cluster_size(),
+                // A backing file serves only what the layers above lack: halve its cache per
+                // level, so a 16-deep chain holds ~2x one image's, not 16x.
+                cluster_cache::CACHE_BYTES >> ctx.opened.len().min(4),
                 file,
             ),
             last_end: AtomicU64::new(u64::MAX),

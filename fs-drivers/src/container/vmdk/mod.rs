@@ -65,7 +65,8 @@ fn open_sparse_file(
 ) -> Result<(DeviceRef, Layer)> {
     let h = SparseHeader::parse(head)?;
     let d = embedded_descriptor(dev, &h)?;
-    let ext: DeviceRef = Arc::new(SparseExtent::open(dev.clone(), h)?);
+    let mut gd_budget = sparse::MAX_GD_BYTES;
+    let ext: DeviceRef = Arc::new(SparseExtent::open(dev.clone(), h, 1, &mut gd_budget)?);
     match d {
         // The embedded descriptor's one extent is this file itself.
         Some(d) if d.extents.len() == 1 && d.extents[0].kind == ExtentKind::Sparse => {
@@ -124,6 +125,8 @@ fn open_descriptor(
     }
     let mut extents = Vec::with_capacity(d.extents.len());
     let mut start = 0u64;
+    let share = d.extents.len();
+    let mut gd_budget = sparse::MAX_GD_BYTES;
     for e in &d.extents {
         let len = e
             .sectors
@@ -141,7 +144,16 @@ fn open_descriptor(
                 }
                 file.read_at(0, &mut head)?;
                 let h = SparseHeader::parse(&head).map_err(|err| within(&e.file, err))?;
-                let ext = SparseExtent::open(file, h).map_err(|err| within(&e.file, err))?;
+                // Only streamOptimized compresses, and it is always one file: a descriptor
+                // listing compressed extents would give each its own decoded-grain cache.
+                if h.compressed() && share > 1 {
+                    return Err(Error::Unsupported(format!(
+                        "{}: compressed grains in a VMDK of {share} extents",
+                        e.file
+                    )));
+                }
+                let ext = SparseExtent::open(file, h, share, &mut gd_budget)
+                    .map_err(|err| within(&e.file, err))?;
                 Source::Sparse(Arc::new(ext))
             }
             (ExtentKind::Flat, _) => {

@@ -3,7 +3,7 @@
 //! (streamOptimized, whose directory sits in a footer at the end of the file).
 
 use crate::block::{check_range, BlockDevice, DeviceRef};
-use crate::container::cluster_cache::{Codec, Decoder, Extent};
+use crate::container::cluster_cache::{Codec, Decoder, Extent, CACHE_BYTES};
 use crate::{Error, Result};
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -18,7 +18,8 @@ const FLAG_MARKERS: u32 = 1 << 17;
 /// Grains above 2 MiB are refused: a decoded grain is one allocation.
 const MAX_GRAIN_SECTORS: u64 = 4096;
 const MAX_GTES: u32 = 4096;
-const MAX_GD_BYTES: u64 = 32 << 20;
+/// Grain-directory bytes one disk may load, over all its extents.
+pub const MAX_GD_BYTES: u64 = 32 << 20;
 const GT_CACHE_BYTES: usize = 4 << 20;
 
 fn le32(b: &[u8], at: usize) -> u32 {
@@ -42,6 +43,12 @@ pub struct SparseHeader {
     pub descriptor_sectors: u64,
     pub gtes_per_gt: u32,
     pub gd_offset: u64,
+}
+
+impl SparseHeader {
+    pub fn compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
+    }
 }
 
 impl SparseHeader {
@@ -107,8 +114,15 @@ enum Grain {
 }
 
 impl SparseExtent {
-    /// Opens the sparse extent in `file`, whose header is `h` (read from offset 0).
-    pub fn open(file: DeviceRef, mut h: SparseHeader) -> Result<SparseExtent> {
+    /// Opens the sparse extent in `file`, whose header is `h` (read from offset 0), as one of
+    /// `share` extents of a disk: its caches get that share of the budgets, and `gd_budget`
+    /// (the grain-directory bytes the disk may still load) shrinks by what it loads.
+    pub fn open(
+        file: DeviceRef,
+        mut h: SparseHeader,
+        share: usize,
+        gd_budget: &mut u64,
+    ) -> Result<SparseExtent> {
         let file_size = file.size();
         if h.gd_offset == GD_AT_END {
             // streamOptimized: the real header is the footer, 1024 bytes before the end
@@ -132,16 +146,18 @@ impl SparseExtent {
             .gd_offset
             .checked_mul(512)
             .ok_or_else(|| bad("grain directory offset"))?;
-        if gd_bytes > MAX_GD_BYTES || gd_at.checked_add(gd_bytes).is_none_or(|e| e > file_size) {
+        if gd_bytes > *gd_budget || gd_at.checked_add(gd_bytes).is_none_or(|e| e > file_size) {
             return Err(bad(format!(
                 "grain directory of {gd_bytes} bytes at {gd_at} is outside the {file_size}-byte file"
             )));
         }
+        *gd_budget -= gd_bytes;
         let mut raw = vec![0u8; gd_bytes as usize];
         file.read_at(gd_at, &mut raw)?;
         let gd = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
         let gt_bytes = h.gtes_per_gt as usize * 4;
-        let count = (GT_CACHE_BYTES / gt_bytes).max(1);
+        let share = share.max(1);
+        let count = (GT_CACHE_BYTES / share / gt_bytes).max(1);
         Ok(SparseExtent {
             size: h.capacity * 512,
             grain_bytes,
@@ -149,7 +165,13 @@ impl SparseExtent {
             zero_grain: h.flags & FLAG_ZERO_GRAIN != 0,
             compressed: h.flags & FLAG_COMPRESSED != 0,
             markers: h.flags & FLAG_MARKERS != 0,
-            decoder: Decoder::new(Codec::Zlib, "vmdk", grain_bytes, file.clone()),
+            decoder: Decoder::new(
+                Codec::Zlib,
+                "vmdk",
+                grain_bytes,
+                CACHE_BYTES / share as u64,
+                file.clone(),
+            ),
             file,
             file_size,
             gd,
