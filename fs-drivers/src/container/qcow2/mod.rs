@@ -229,6 +229,31 @@ impl BlockDevice for Qcow2 {
         Ok(())
     }
 
+    /// Passes the hint on to where the range's bytes live (the data file, the backing file),
+    /// so the host starts reading them; compressed and zero clusters need nothing.
+    fn readahead(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.size);
+        let unit = self.map.unit();
+        let mut pos = offset;
+        // A hint must stay cheap: at most this many lookups, each at most one L2 slice read.
+        for _ in 0..64 {
+            if pos >= end {
+                break;
+            }
+            let step = (unit - pos % unit).min(end - pos);
+            match self.map.map(pos) {
+                Ok(Mapping::Data(host)) => self.data.readahead(host, step),
+                Ok(Mapping::Backing) => {
+                    if let Some(b) = &self.backing {
+                        b.readahead(pos, step.min(b.size().saturating_sub(pos)));
+                    }
+                }
+                _ => {}
+            }
+            pos += step;
+        }
+    }
+
     fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)
     }

@@ -232,6 +232,21 @@ impl BlockDevice for Vmdk {
         Ok(())
     }
 
+    /// Passes the hint on for flat extents (a sparse extent's grains are wherever its tables
+    /// say; reading those tables is not a hint's job).
+    fn readahead(&self, offset: u64, len: u64) {
+        let i = self.extents.partition_point(|e| e.start + e.len <= offset);
+        if let Some(Extent {
+            start,
+            len: elen,
+            source: Source::Flat(file, base),
+        }) = self.extents.get(i)
+        {
+            let within = offset - start;
+            file.readahead(base.saturating_add(within), len.min(elen - within));
+        }
+    }
+
     fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)
     }
