@@ -62,12 +62,21 @@ WORKLOADS = [
     ("latency", "latency", "mount latency (command start to mounted root)"),
     ("run", "cycle", "mount, run `true` inside, unmount (imgmount: `imgmount run IMG -- true`)"),
 ]
-ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
-SERVING = ["imgmount", "fuse2fs", "fusefat"]
+# imgmount serving ext.img converted by qemu-img into a container: (convert options, suffix).
+# Opt-in columns (--tools ...,qcow2,qcow2-zlib,qcow2-zstd,vmdk-stream), ext4 read rows only.
+CONTAINER_TOOLS = {
+    "qcow2": (["-O", "qcow2"], "qcow2"),
+    "qcow2-zlib": (["-c", "-O", "qcow2"], "zlib.qcow2"),
+    "qcow2-zstd": (["-c", "-O", "qcow2", "-o", "compression_type=zstd"], "zstd.qcow2"),
+    "vmdk-stream": (["-O", "vmdk", "-o", "subformat=streamOptimized"], "stream.vmdk"),
+}
+DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
+ALL_TOOLS = DEFAULT_TOOLS + list(CONTAINER_TOOLS)
+SERVING = ["imgmount", "fuse2fs", "fusefat"] + list(CONTAINER_TOOLS)
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
-TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"] + list(CONTAINER_TOOLS), "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -220,6 +229,44 @@ def build_images(wd, sz):
         mkfs_ext4(os.path.join(img_dir, f"lat-ext-{label}.img"), size, lazy=True)
         mkfs_fat32(os.path.join(img_dir, f"lat-fat-{label}.img"), size)
     return img_dir
+
+
+def container_image(img_dir, tool):
+    """ext.img converted by qemu-img for a container column; rebuilt when ext.img is newer."""
+    opts, suffix = CONTAINER_TOOLS[tool]
+    src = os.path.join(img_dir, "ext.img")
+    out = os.path.join(img_dir, f"ext.{suffix}")
+    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+        t0 = time.perf_counter()
+        run(["qemu-img", "convert"] + opts + [src, out + ".tmp"])
+        os.replace(out + ".tmp", out)
+        log(f"  qemu-img convert {' '.join(opts)} ext.img: {time.perf_counter() - t0:.1f} s, "
+            f"{human_bytes(os.path.getsize(out))}")
+    return out
+
+
+def qemu_convert_notes(img_dir, tools, runs):
+    """The reference for compressed containers: QEMU's own reader decoding the whole disk to
+    nowhere (qemu-img convert to a null-co target), cold, median of `runs`."""
+    notes = []
+    for t in tools:
+        img = container_image(img_dir, t)
+        size = os.path.getsize(os.path.join(img_dir, "ext.img"))
+        times = []
+        for _ in range(runs):
+            drop_caches([img])
+            t0 = time.perf_counter()
+            r = run(["qemu-img", "convert", "-n", "--target-image-opts", img,
+                     f"driver=null-co,size={size}"], check=False, capture_output=True, text=True)
+            if r.returncode != 0:
+                notes.append(f"- qemu-img convert {t}: failed: {tail(r.stderr)}")
+                break
+            times.append(time.perf_counter() - t0)
+        if times:
+            med = statistics.median(times)
+            notes.append(f"- qemu-img convert of ext.{CONTAINER_TOOLS[t][1]} ({human_bytes(size)} disk) "
+                         f"to null-co, cold: {fmt_secs(med)} s = {size / med / 1e6:.0f} MB/s of disk")
+    return notes
 
 
 def ensure_images(wd, sz, size_name):
@@ -464,7 +511,7 @@ class Tools:
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
             return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
-        if tool == "imgmount":
+        if tool == "imgmount" or tool in CONTAINER_TOOLS:
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
             return ["fuse2fs", image, mnt, "-o", ("rw,fakeroot" if rw else "ro,fakeroot")]
@@ -493,7 +540,7 @@ class Tools:
             return f"failed: {e}"
 
     def umount(self, m):
-        if m.tool == "imgmount":
+        if m.tool == "imgmount" or m.tool in CONTAINER_TOOLS:
             r = run([self.imgmount, "umount", m.mnt], check=False, capture_output=True, text=True, timeout=300)
         else:
             r = run(["umount", m.mnt] if is_root() else ["fusermount3", "-u", m.mnt], check=False,
@@ -595,6 +642,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if tool in CONTAINER_TOOLS:
+            return container_image(self.img, tool)
         if tool == "kernel" or fs == "ext":
             return os.path.join(self.img, "ext.img")
         return os.path.join(self.img, "fat.img")
@@ -666,7 +715,7 @@ class Bench:
     def row_tools(self, kind, name, fs):
         base = WRITE_TOOLS_FOR[fs] if kind == "write" else TOOLS_FOR[fs]
         if kind in ("latency", "cycle"):
-            base = [t for t in base if t != "mtools"]
+            base = [t for t in base if t != "mtools" and t not in CONTAINER_TOOLS]
         if name not in MTOOLS_WORKLOADS:
             base = [t for t in base if t != "mtools"]
         return [t for t in base if t in self.a.tools]
@@ -1042,7 +1091,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="small images and short timeouts (a few minutes)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per tool and workload (default 3)")
     p.add_argument("--only", help="comma-separated workloads: " + ",".join(w[0] for w in WORKLOADS))
-    p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated, default: all")
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                   help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also: " + ",".join(CONTAINER_TOOLS))
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1079,6 +1129,13 @@ def available_tools(a, imgmount_bin):
                 avail.add(t)
             else:
                 notes.append("- kernel: not root, so no loop mount; ratios are to imgmount instead.")
+        elif t in CONTAINER_TOOLS:
+            if not (imgmount_bin and os.access(imgmount_bin, os.X_OK)):
+                notes.append(f"- {t}: no imgmount binary.")
+            elif not shutil.which("qemu-img"):
+                notes.append(f"- {t}: qemu-img not installed.")
+            else:
+                avail.add(t)
         elif t == "imgmount":
             if imgmount_bin and os.access(imgmount_bin, os.X_OK):
                 avail.add(t)
@@ -1103,7 +1160,8 @@ def main(argv):
     if a.timeout:
         sz["timeout"] = a.timeout
     os.makedirs(a.workdir, exist_ok=True)
-    imgmount_bin = build_imgmount(a) if "imgmount" in a.tools else None
+    wants_imgmount = "imgmount" in a.tools or any(t in CONTAINER_TOOLS for t in a.tools)
+    imgmount_bin = build_imgmount(a) if wants_imgmount else None
     avail, notes = available_tools(a, imgmount_bin)
     base_tool = "kernel" if "kernel" in avail else "imgmount"
 
@@ -1125,6 +1183,7 @@ def main(argv):
         img_dir = ensure_images(a.workdir, sz, size_name)
         bench = Bench(a, sz, img_dir, Tools(imgmount_bin), avail)
         bench.run_all()
+        notes += qemu_convert_notes(img_dir, [t for t in CONTAINER_TOOLS if t in avail and t != "qcow2"], a.runs)
     except KeyboardInterrupt:
         log("interrupted: unmounting everything")
         return 130

@@ -30,7 +30,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ext_walk", fuzz_ext_walk),
     ("fat_walk", fuzz_fat_walk),
     ("fat_write", fuzz_fat_write),
+    ("qcow2", fuzz_qcow2),
+    ("vmdk", fuzz_vmdk),
 ];
+
+include!("containers.rs");
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
 /// list, probing of every partition) over the same bytes.

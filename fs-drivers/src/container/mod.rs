@@ -5,6 +5,10 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
+mod cluster_cache;
+pub mod qcow2;
+pub mod vmdk;
+
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
 use std::os::unix::fs::MetadataExt;
@@ -109,7 +113,11 @@ impl PeelContext {
 pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
 
 /// Every container format, tried in order on each layer.
-const DETECTORS: &[Detector] = &[];
+const DETECTORS: &[Detector] = &[
+    // One line per format, so branches adding formats merge cleanly.
+    qcow2::detect,
+    vmdk::detect,
+];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
 /// into itself, or a hostile stack of wrappers).
@@ -119,6 +127,17 @@ pub const MAX_DEPTH: usize = 8;
 /// the layers from the outermost in.
 pub fn peel(mut dev: DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Vec<Layer>)> {
     peel_with(&mut dev, ctx, DETECTORS).map(|layers| (dev, layers))
+}
+
+/// Formats whose inner device is a VM's disk as the guest wrote it: never probed for more
+/// containers, as QEMU never probes a guest's disk (a guest could otherwise write a qcow2
+/// header naming a host file as its backing file, and the host would read that file).
+const GUEST_DISK_FORMATS: &[&str] = &["qcow2", "vmdk"];
+
+fn is_guest_disk(layer: &Layer) -> bool {
+    GUEST_DISK_FORMATS
+        .iter()
+        .any(|f| layer.format.split(' ').next() == Some(f))
 }
 
 fn peel_with(dev: &mut DeviceRef, ctx: &PeelContext, detectors: &[Detector]) -> Result<Vec<Layer>> {
@@ -131,8 +150,12 @@ fn peel_with(dev: &mut DeviceRef, ctx: &PeelContext, detectors: &[Detector]) -> 
                         "more than {MAX_DEPTH} container layers (a file that unwraps into itself?)"
                     )));
                 }
+                let guest = is_guest_disk(&layer);
                 layers.push(layer);
                 *dev = inner;
+                if guest {
+                    return Ok(layers);
+                }
                 continue 'outer;
             }
         }

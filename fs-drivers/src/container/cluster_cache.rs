@@ -1,0 +1,227 @@
+//! Compressed clusters of VM disk formats (qcow2's raw deflate or zstd clusters, VMDK's zlib
+//! grains): decoding, and a bounded LRU of decoded clusters. A sequential reader that misses
+//! decodes the next few compressed clusters too, on scoped worker threads, so a stream of
+//! reads uses more than one core.
+
+use crate::block::DeviceRef;
+use crate::{Error, Result};
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+/// Decoded bytes a single image keeps; with 2 MiB clusters that is still 8 of them.
+pub const CACHE_BYTES: u64 = 16 << 20;
+/// Decoded bytes one sequential miss aims for (itself included), and the most clusters.
+const BATCH_BYTES: usize = 1 << 20;
+const MAX_BATCH: usize = 256;
+/// Below this much work a thread costs more than it saves (512-byte clusters).
+const PARALLEL_BYTES: usize = 256 << 10;
+
+/// How a cluster is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// RFC 1951 deflate with no header (qcow2).
+    RawDeflate,
+    /// RFC 1950 zlib (VMDK grains).
+    Zlib,
+    Zstd,
+}
+
+pub struct Decoder {
+    kind: Codec,
+    what: &'static str,
+    cluster_size: usize,
+    cache_bytes: usize,
+    file: DeviceRef,
+    cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
+    workers: usize,
+}
+
+/// One compressed cluster to decode: host offset and how many bytes it may span.
+pub type Extent = (u64, u64);
+
+impl Decoder {
+    /// `what` names the format in errors ("qcow2").
+    /// `cache_bytes` of decoded clusters are kept (at least one cluster).
+    pub fn new(
+        kind: Codec,
+        what: &'static str,
+        cluster_size: u64,
+        cache_bytes: u64,
+        file: DeviceRef,
+    ) -> Decoder {
+        let count = (cache_bytes / cluster_size).max(1) as usize;
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4);
+        Decoder {
+            kind,
+            what,
+            cluster_size: cluster_size as usize,
+            cache_bytes: cache_bytes as usize,
+            file,
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
+            )),
+            workers,
+        }
+    }
+
+    /// How many clusters a sequential miss should decode together.
+    pub fn batch(&self) -> usize {
+        let fit = (self.cache_bytes / 2 / self.cluster_size).max(1);
+        (BATCH_BYTES / self.cluster_size)
+            .max(self.workers * 2)
+            .min(MAX_BATCH)
+            .min(fit)
+    }
+
+    pub fn cached(&self, offset: u64) -> Option<Arc<Vec<u8>>> {
+        self.lock().get(&offset).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<u8>>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decodes `want` (and, for a sequential reader, the clusters in `ahead` that are not
+    /// cached yet, in parallel) and returns `want`'s bytes.
+    pub fn get(&self, want: Extent, ahead: &[Extent]) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cached(want.0) {
+            return Ok(hit);
+        }
+        let mut jobs = vec![want];
+        {
+            let cache = self.lock();
+            for e in ahead {
+                if jobs.len() >= self.batch() {
+                    break;
+                }
+                if !cache.contains(&e.0) && !jobs.iter().any(|j| j.0 == e.0) {
+                    jobs.push(*e);
+                }
+            }
+        }
+        let serial = jobs.len() * self.cluster_size < PARALLEL_BYTES;
+        let results: Vec<Result<Vec<u8>>> = if jobs.len() == 1 || self.workers == 1 || serial {
+            jobs.iter().map(|e| self.decode(*e)).collect()
+        } else {
+            let per = jobs.len().div_ceil(self.workers);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs
+                    .chunks(per)
+                    .map(|chunk| {
+                        s.spawn(move || chunk.iter().map(|e| self.decode(*e)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(Error::Corrupt(format!(
+                                "{}: a decoder thread panicked",
+                                self.what
+                            )))]
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut first = None;
+        let mut cache = self.lock();
+        for (i, (job, r)) in jobs.iter().zip(results).enumerate() {
+            match r {
+                Ok(v) => {
+                    let v = Arc::new(v);
+                    if i == 0 {
+                        first = Some(Ok(v.clone()));
+                    }
+                    cache.put(job.0, v);
+                }
+                // A broken cluster ahead is the error of whoever reads it, not of this read.
+                Err(e) if i == 0 => first = Some(Err(e)),
+                Err(_) => {}
+            }
+        }
+        first.unwrap_or_else(|| {
+            Err(Error::Corrupt(format!(
+                "{}: compressed cluster lost",
+                self.what
+            )))
+        })
+    }
+
+    fn decode(&self, (offset, len): Extent) -> Result<Vec<u8>> {
+        // `len` was cut to the file's end by the mapper; a cluster's compressed form is never
+        // larger than the cluster plus a little framing, so cap it there too.
+        let len = len.min(self.cluster_size as u64 * 2 + 4096) as usize;
+        let mut input = vec![0u8; len];
+        self.file.read_at(offset, &mut input)?;
+        let mut out = vec![0u8; self.cluster_size];
+        let ok = match self.kind {
+            Codec::RawDeflate => inflate(&input, &mut out, false),
+            Codec::Zlib => inflate(&input, &mut out, true),
+            Codec::Zstd => unzstd(&input, &mut out),
+        };
+        if ok {
+            Ok(out)
+        } else {
+            Err(Error::Corrupt(format!(
+                "{}: compressed cluster at {offset} does not decode to a whole cluster",
+                self.what
+            )))
+        }
+    }
+}
+
+/// QEMU's rule: the cluster decodes when the output fills, whatever follows in the input
+/// (the last sector is padding).
+fn inflate(input: &[u8], out: &mut [u8], zlib_header: bool) -> bool {
+    thread_local! {
+        // An inflate state is ~40 KiB to set up; 512-byte clusters would pay that each.
+        static STATE: std::cell::RefCell<Option<(bool, flate2::Decompress)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some((z, d)) if *z == zlib_header => {
+                d.reset(zlib_header);
+                d
+            }
+            _ => {
+                &mut slot
+                    .insert((zlib_header, flate2::Decompress::new(zlib_header)))
+                    .1
+            }
+        };
+        match d.decompress(input, out, flate2::FlushDecompress::Finish) {
+            Ok(_) => d.total_out() as usize == out.len(),
+            Err(_) => false,
+        }
+    })
+}
+
+fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
+    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+    let Ok(mut d) = Decoder::new() else {
+        return false;
+    };
+    let mut inb = InBuffer::around(input);
+    let mut outb = OutBuffer::around(out);
+    // Each call consumes input or produces output, or we stop: bounded by input + output.
+    loop {
+        let before = (inb.pos(), outb.pos());
+        match d.run(&mut inb, &mut outb) {
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if outb.pos() == outb.capacity() {
+            return true;
+        }
+        if (inb.pos(), outb.pos()) == before {
+            return false;
+        }
+    }
+}
