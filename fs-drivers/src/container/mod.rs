@@ -5,6 +5,13 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
+mod android_sparse;
+mod parent_file;
+pub(crate) mod run_map;
+mod vdi;
+mod vhd;
+mod vhdx;
+
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
 use std::os::unix::fs::MetadataExt;
@@ -109,7 +116,13 @@ impl PeelContext {
 pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
 
 /// Every container format, tried in order on each layer.
-const DETECTORS: &[Detector] = &[];
+const DETECTORS: &[Detector] = &[
+    vhdx::detect,
+    vdi::detect,
+    android_sparse::detect,
+    // Last of the virtual disks: a fixed VHD is known only by the footer at its end.
+    vhd::detect,
+];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
 /// into itself, or a hostile stack of wrappers).
