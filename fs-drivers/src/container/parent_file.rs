@@ -24,8 +24,15 @@ pub(crate) fn open_first(
             Some(dir) if !std::path::Path::new(name).is_absolute() => dir.join(name),
             _ => std::path::PathBuf::from(name),
         };
-        if !path.exists() {
+        let Ok(meta) = std::fs::metadata(&path) else {
             continue;
+        };
+        // A FIFO or a device named by a hostile image would block or read forever.
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!(
+                "{}: the {format} parent is not a regular file",
+                path.display()
+            )));
         }
         let (dev, child) = ctx.open_referenced(name)?;
         return Ok((dev, child, name.clone()));
