@@ -135,7 +135,10 @@ pub fn fuzz_vdisk_sparse(data: &[u8]) {
 }
 
 #[allow(dead_code)]
-pub const VDISK_TARGETS: &[(&str, fn(&[u8]))] = &[
+pub type VdiskTarget = fn(&[u8]);
+
+#[allow(dead_code)]
+pub const VDISK_TARGETS: &[(&str, VdiskTarget)] = &[
     ("vdisk_vhd", fuzz_vdisk_vhd),
     ("vdisk_vdi", fuzz_vdisk_vdi),
     ("vdisk_sparse", fuzz_vdisk_sparse),
