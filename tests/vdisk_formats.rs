@@ -64,6 +64,12 @@ fn converted_disks_read_as_the_reference_tools_expand_them() {
             "vhd (dynamic, 2 MiB blocks)",
             &["-O", "vpc", "-o", "subformat=dynamic"],
         ),
+        // qemu then sizes by the footer's size field ("qem2"), not by the CHS geometry.
+        (
+            "exact-size.vhd",
+            "vhd (dynamic, 2 MiB blocks)",
+            &["-O", "vpc", "-o", "subformat=dynamic,force_size=on"],
+        ),
         ("dynamic.vhdx", "vhdx (dynamic", &["-O", "vhdx"]),
         (
             "small-blocks.vhdx",
@@ -72,7 +78,7 @@ fn converted_disks_read_as_the_reference_tools_expand_them() {
         ),
         (
             "fixed.vhdx",
-            "vhdx (",
+            "vhdx (fixed, ",
             &["-O", "vhdx", "-o", "subformat=fixed"],
         ),
         ("dynamic.vdi", "vdi (dynamic, 1 MiB blocks)", &["-O", "vdi"]),

@@ -62,6 +62,8 @@ const KNOWN: [Guid; 6] = [
 pub(super) struct Metadata {
     pub block_size: u64,
     pub has_parent: bool,
+    /// LeaveBlocksAllocated: a fixed disk (every block allocated at creation).
+    pub fixed: bool,
     pub disk_size: u64,
     pub logical_sector: u64,
     /// The parent locator's key/value pairs (differencing disks only).
@@ -123,6 +125,7 @@ pub(super) fn read(dev: &DeviceRef, offset: u64, length: u64) -> Result<Metadata
     let md = Metadata {
         block_size: u64::from(le32(&params, 0)),
         has_parent,
+        fixed: le32(&params, 4) & 1 != 0,
         disk_size: le64(&size, 0),
         logical_sector: u64::from(le32(&sector, 0)),
         parent,

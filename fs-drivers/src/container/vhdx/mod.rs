@@ -192,6 +192,8 @@ fn open(dev: &DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Layer, Guid)> 
         "{}, {} blocks",
         if md.has_parent {
             "differencing"
+        } else if md.fixed {
+            "fixed"
         } else {
             "dynamic"
         },
