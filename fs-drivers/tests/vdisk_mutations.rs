@@ -1,5 +1,5 @@
 //! Corrupt-header and corrupt-table mutations of every virtual-disk container (VHD fixed,
-//! dynamic and differencing; VHDX dynamic and differencing; VDI dynamic and static; Android
+//! dynamic and differencing; VHDX dynamic, differencing and with a log to replay; VDI dynamic and static; Android
 //! sparse from img2simg and with every chunk kind), deterministic and seeded: each mutant is
 //! peeled and read, and must give a one-line error or data/EIO — never a panic, a hang, or
 //! heap growth beyond a fixed bound (counted by a global allocator, as corpus_crafted.rs
@@ -450,6 +450,18 @@ fn vhdx_mutants() {
     // The sector bitmap block the child's partial block uses.
     areas.push(area(4 << 20, 512, None));
     run_mutants("differencing.vhdx", &diff, &areas, 5);
+    // A log to replay: its entries are mutated and re-checksummed too.
+    let src4 = dir.join("src4.raw");
+    std::fs::write(&src4, source_disk(4 << 20)).unwrap();
+    let dirty = dir.join("dirty.vhdx");
+    qemu_convert(&src4, &dirty, &["-O", "vhdx", "-o", "block_size=1M"]);
+    let mut img = std::fs::read(&dirty).unwrap();
+    let (log_at, e1, e2) = make_log_dirty(&mut img);
+    std::fs::write(&dirty, &img).unwrap();
+    let mut areas = vhdx_areas(&img);
+    areas.push(area(log_at, e1, Some(fix_vhdx)));
+    areas.push(area(log_at + e1, e2, Some(fix_vhdx)));
+    run_mutants("dirty-log.vhdx", &dirty, &areas, 10);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -547,3 +547,115 @@ pub fn sparse_image(chunks: &[SparseChunk]) -> (Vec<u8>, Vec<u8>) {
     img.extend_from_slice(&body);
     (img, expanded)
 }
+
+// ---- VHDX log --------------------------------------------------------------------------
+
+pub enum LogOp {
+    Zero(u64, u64),
+    Data(u64, Vec<u8>),
+}
+
+/// One log entry (MS-VHDX 2.3.1): header and descriptors, then a data sector per data
+/// descriptor, checksummed.
+pub fn vhdx_log_entry(
+    guid: [u8; 16],
+    seq: u64,
+    tail: u32,
+    file_size: u64,
+    ops: &[LogOp],
+) -> Vec<u8> {
+    let n = ops.len();
+    let desc_sectors = (64 + 32 * n).div_ceil(4096);
+    let data: Vec<&Vec<u8>> = ops
+        .iter()
+        .filter_map(|o| match o {
+            LogOp::Data(_, d) => Some(d),
+            LogOp::Zero(..) => None,
+        })
+        .collect();
+    let mut e = vec![0u8; (desc_sectors + data.len()) * 4096];
+    let len = e.len();
+    e[..4].copy_from_slice(b"loge");
+    e[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    e[12..16].copy_from_slice(&tail.to_le_bytes());
+    e[16..24].copy_from_slice(&seq.to_le_bytes());
+    e[24..28].copy_from_slice(&(n as u32).to_le_bytes());
+    e[32..48].copy_from_slice(&guid);
+    e[48..56].copy_from_slice(&file_size.to_le_bytes());
+    e[56..64].copy_from_slice(&file_size.to_le_bytes());
+    let mut k = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let d = 64 + 32 * i;
+        match op {
+            LogOp::Zero(at, zlen) => {
+                e[d..d + 4].copy_from_slice(b"zero");
+                e[d + 8..d + 16].copy_from_slice(&zlen.to_le_bytes());
+                e[d + 16..d + 24].copy_from_slice(&at.to_le_bytes());
+            }
+            LogOp::Data(at, bytes) => {
+                assert_eq!(bytes.len(), 4096);
+                e[d..d + 4].copy_from_slice(b"desc");
+                e[d + 4..d + 8].copy_from_slice(&bytes[4092..]);
+                e[d + 8..d + 16].copy_from_slice(&bytes[..8]);
+                e[d + 16..d + 24].copy_from_slice(&at.to_le_bytes());
+                let s = (desc_sectors + k) * 4096;
+                e[s..s + 4].copy_from_slice(b"data");
+                e[s + 4..s + 8].copy_from_slice(&((seq >> 32) as u32).to_le_bytes());
+                e[s + 8..s + 4092].copy_from_slice(&bytes[8..4092]);
+                e[s + 4092..s + 4096].copy_from_slice(&(seq as u32).to_le_bytes());
+                k += 1;
+            }
+        }
+        e[d + 24..d + 32].copy_from_slice(&seq.to_le_bytes());
+    }
+    let c = crc32c_with_hole(&e, 4);
+    e[4..8].copy_from_slice(&c.to_le_bytes());
+    e
+}
+
+/// Writes two log entries into a qemu-made VHDX (1 MiB blocks, data in blocks 0, 2 and 3) and
+/// sets the header's log GUID: the BAT sector with block 0 turned into a zero block and 8 KiB
+/// of block 2 zeroed (entry 1), a 4 KiB sector of block 3 rewritten (entry 2). Returns the
+/// log's offset and the two entries' lengths.
+pub fn make_log_dirty(img: &mut [u8]) -> (usize, usize, usize) {
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as u64;
+    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let h = 64 << 10;
+    let (log_len, log_at) = (le32(img, h + 68), le64(img, h + 72) as usize);
+    // The BAT from the region table; every block of the source holds data but block 1.
+    let r = 192 << 10;
+    let bat = (0..le32(img, r + 8) as usize)
+        .map(|i| r + 16 + i * 32)
+        .find(|&e| img[e..e + 16] == VHDX_BAT)
+        .map(|e| le64(img, e + 16))
+        .unwrap();
+    let entry = |img: &[u8], i: u64| le64(img, (bat + i * 8) as usize);
+    assert_eq!(entry(img, 0) & 7, 6, "block 0 fully present");
+    let block2 = entry(img, 2) & !0xfffff;
+    let block3 = entry(img, 3) & !0xfffff;
+    assert!(block2 > 0 && block3 > 0);
+    let mut bat_sector = img[bat as usize..bat as usize + 4096].to_vec();
+    bat_sector[..8].copy_from_slice(&2u64.to_le_bytes()); // block 0 → PAYLOAD_BLOCK_ZERO
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let guid = [0x4c; 16];
+    let size = img.len() as u64 & !0xfffff;
+    let e1 = vhdx_log_entry(
+        guid,
+        5,
+        0,
+        size,
+        &[
+            LogOp::Data(bat, bat_sector),
+            LogOp::Zero(block2 + 8192, 8192),
+        ],
+    );
+    let e2 = vhdx_log_entry(guid, 6, 0, size, &[LogOp::Data(block3 + 4096, pattern)]);
+    img[log_at..log_at + e1.len()].copy_from_slice(&e1);
+    img[log_at + e1.len()..log_at + e1.len() + e2.len()].copy_from_slice(&e2);
+    assert!(e1.len() + e2.len() <= log_len as usize);
+    for at in [64 << 10, 128 << 10] {
+        img[at + 48..at + 64].copy_from_slice(&guid);
+        vhdx_fix_crc(&mut img[at..at + 4096]);
+    }
+    (log_at, e1.len(), e2.len())
+}

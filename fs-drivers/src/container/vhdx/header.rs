@@ -14,6 +14,7 @@ pub(super) struct Header {
     pub sequence: u64,
     pub data_write_guid: Guid,
     pub log_guid: Guid,
+    pub log_version: u16,
     pub log_length: u32,
     pub log_offset: u64,
 }
@@ -33,6 +34,7 @@ fn parse_header(b: &[u8]) -> Option<Header> {
         sequence: le64(b, 8),
         data_write_guid: Guid::from_slice(&b[32..48]),
         log_guid: Guid::from_slice(&b[48..64]),
+        log_version: le16(b, 64),
         log_length: le32(b, 68),
         log_offset: le64(b, 72),
     })

@@ -3,11 +3,12 @@
 //! sector-bitmap entry after every `chunk_ratio` payload entries; a differencing disk's
 //! partially present blocks take each sector from this file or the parent by that bitmap.
 //!
-//! A header with a log GUID set means the log holds writes not yet applied to the file;
-//! reading past it would show stale metadata, so such an image is refused with one line.
+//! A header with a log GUID set means the log may hold writes not yet applied to the file:
+//! they are replayed in memory (log.rs) before anything else is parsed.
 
 mod guid;
 mod header;
+mod log;
 mod metadata;
 
 use super::parent_file;
@@ -134,13 +135,14 @@ pub fn detect(dev: &DeviceRef, ctx: &PeelContext) -> Result<Option<(DeviceRef, L
 /// Opens a VHDX; also returns its data write GUID, which a child's parent linkage names.
 fn open(dev: &DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Layer, Guid)> {
     let hdr = header::current_header(dev)?;
-    if !hdr.log_guid.is_zero() {
-        return Err(Error::Unsupported(format!(
-            "VHDX: the log holds writes never applied to the image ({} bytes at offset {}; \
-             it was not closed cleanly) — replay it first with `qemu-img check -r all` on a copy",
-            hdr.log_length, hdr.log_offset
-        )));
-    }
+    // Everything past the headers is parsed through the replayed log, if there is one; the
+    // payload reads go to the same device, so a logged write past the file's end is seen.
+    let (dev, replayed) = if hdr.log_guid.is_zero() {
+        (dev.clone(), 0)
+    } else {
+        log::replay(dev, &hdr)?
+    };
+    let dev = &dev;
     let regions = header::regions(dev)?;
     let mut bat_region = None;
     let mut meta_region = None;
@@ -199,6 +201,9 @@ fn open(dev: &DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Layer, Guid)> 
         },
         human_size(md.block_size)
     );
+    if replayed > 0 {
+        detail.push_str(&format!(", {replayed} log entries replayed in memory"));
+    }
     let parent = if md.has_parent {
         let (p, name) = open_parent(ctx, &md.parent)?;
         detail.push_str(&format!(", parent: {name}"));
