@@ -47,7 +47,49 @@ qemu-img convert -O vhdx -o block_size=1M "$raw" "$tmp/dynamic.vhdx"
 qemu-img convert -O vdi "$raw" "$tmp/dynamic.vdi"
 qemu-img convert -O vdi -o static=on "$raw" "$tmp/static.vdi"
 img2simg "$raw" "$tmp/disk.simg"
-for f in fixed.vhd dynamic.vhd dynamic.vhdx; do encode "$tmp/$f" "corpus/vdisk_vhd/$f"; done
+# The dynamic VHDX again, with a log entry to replay (block 0 turned into a zero block).
+python3 - "$tmp/dynamic.vhdx" "$tmp/dirty-log.vhdx" <<'PY'
+import struct, sys
+def crc32c(data):
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    c = 0xffffffff
+    for b in data:
+        c = table[(c ^ b) & 0xff] ^ (c >> 8)
+    return c ^ 0xffffffff
+def fix(buf, at, n):
+    buf[at + 4:at + 8] = b'\0' * 4
+    buf[at + 4:at + 8] = struct.pack('<I', crc32c(bytes(buf[at:at + n])))
+img = bytearray(open(sys.argv[1], 'rb').read())
+h = 64 << 10
+log_len, log_at = struct.unpack_from('<IQ', img, h + 68)
+r = 192 << 10
+bat = next(struct.unpack_from('<Q', img, r + 16 + i * 32 + 16)[0]
+           for i in range(struct.unpack_from('<I', img, r + 8)[0])
+           if img[r + 16 + i * 32:r + 32 + i * 32] == bytes.fromhex('6677c22d23f600429d64115e9bfd4a08'))
+sector = bytearray(img[bat:bat + 4096])
+sector[0:8] = struct.pack('<Q', 2)
+guid, seq = b'\x4c' * 16, 5
+e = bytearray(8192)
+struct.pack_into('<4sIIIQII16sQQ', e, 0, b'loge', 0, 8192, 0, seq, 1, 0, guid,
+                 len(img) & ~0xfffff, len(img) & ~0xfffff)
+struct.pack_into('<4sI8sQQ', e, 64, b'desc', 0, bytes(sector[:8]), bat, seq)
+e[64 + 4:64 + 8] = sector[4092:]
+struct.pack_into('<4sI', e, 4096, b'data', seq >> 32)
+e[4096 + 8:4096 + 4092] = sector[8:4092]
+struct.pack_into('<I', e, 8188, seq & 0xffffffff)
+fix(e, 0, 8192)
+img[log_at:log_at + 8192] = e
+for at in (64 << 10, 128 << 10):
+    img[at + 48:at + 64] = guid
+    fix(img, at, 4096)
+open(sys.argv[2], 'wb').write(img)
+PY
+for f in fixed.vhd dynamic.vhd dynamic.vhdx dirty-log.vhdx; do encode "$tmp/$f" "corpus/vdisk_vhd/$f"; done
 for f in dynamic.vdi static.vdi; do encode "$tmp/$f" "corpus/vdisk_vdi/$f"; done
 encode "$tmp/disk.simg" corpus/vdisk_sparse/img2simg.simg
 
