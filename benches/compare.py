@@ -61,12 +61,23 @@ WORKLOADS = [
     ("create", "write", "create small files, unmount, fsync image"),
     ("latency", "latency", "mount latency (command start to mounted root)"),
 ]
-ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
-SERVING = ["imgmount", "fuse2fs", "fusefat"]
+# imgmount over ext.img converted to a virtual-disk container (issue 13): opt-in columns
+# (--tools imgmount,imgmount-vhd,...), each image converted once next to ext.img. The value
+# is the converter's command line after the tool name, with SRC and DST.
+CONTAINER_TOOLS = {
+    "imgmount-vhd": ["qemu-img", "convert", "-O", "vpc", "-o", "subformat=dynamic", "SRC", "DST"],
+    "imgmount-vhdx": ["qemu-img", "convert", "-O", "vhdx", "SRC", "DST"],
+    "imgmount-vdi": ["qemu-img", "convert", "-O", "vdi", "SRC", "DST"],
+    "imgmount-simg": ["img2simg", "SRC", "DST"],
+}
+CONTAINER_EXT = {"imgmount-vhd": "vhd", "imgmount-vhdx": "vhdx", "imgmount-vdi": "vdi", "imgmount-simg": "simg"}
+DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
+ALL_TOOLS = DEFAULT_TOOLS + list(CONTAINER_TOOLS)
+SERVING = ["imgmount", "fuse2fs", "fusefat"] + list(CONTAINER_TOOLS)
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
-TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"] + list(CONTAINER_TOOLS), "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -219,6 +230,19 @@ def build_images(wd, sz):
         mkfs_ext4(os.path.join(img_dir, f"lat-ext-{label}.img"), size, lazy=True)
         mkfs_fat32(os.path.join(img_dir, f"lat-fat-{label}.img"), size)
     return img_dir
+
+
+def container_image(img_dir, tool):
+    """ext.img converted for a container column, built once (and again when ext.img is newer)."""
+    src = os.path.join(img_dir, "ext.img")
+    dst = os.path.join(img_dir, "ext." + CONTAINER_EXT[tool])
+    if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+        tmp = dst + ".tmp"
+        t0 = time.perf_counter()
+        run([{"SRC": src, "DST": tmp}.get(a, a) for a in CONTAINER_TOOLS[tool]], capture_output=True)
+        os.rename(tmp, dst)
+        log(f"  {os.path.basename(dst)}: converted in {time.perf_counter() - t0:.1f} s")
+    return dst
 
 
 def ensure_images(wd, sz, size_name):
@@ -463,7 +487,7 @@ class Tools:
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
             return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
-        if tool == "imgmount":
+        if tool == "imgmount" or tool in CONTAINER_TOOLS:
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
             return ["fuse2fs", image, mnt, "-o", ("rw,fakeroot" if rw else "ro,fakeroot")]
@@ -492,7 +516,7 @@ class Tools:
             return f"failed: {e}"
 
     def umount(self, m):
-        if m.tool == "imgmount":
+        if m.tool == "imgmount" or m.tool in CONTAINER_TOOLS:
             r = run([self.imgmount, "umount", m.mnt], check=False, capture_output=True, text=True, timeout=300)
         else:
             r = run(["umount", m.mnt] if is_root() else ["fusermount3", "-u", m.mnt], check=False,
@@ -594,6 +618,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if tool in CONTAINER_TOOLS:
+            return container_image(self.img, tool)
         if tool == "kernel" or fs == "ext":
             return os.path.join(self.img, "ext.img")
         return os.path.join(self.img, "fat.img")
@@ -1000,7 +1026,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="small images and short timeouts (a few minutes)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per tool and workload (default 3)")
     p.add_argument("--only", help="comma-separated workloads: " + ",".join(w[0] for w in WORKLOADS))
-    p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated, default: all")
+    p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
+                   help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also "
+                   + ",".join(CONTAINER_TOOLS) + " (imgmount over ext.img as that container)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1037,11 +1065,14 @@ def available_tools(a, imgmount_bin):
                 avail.add(t)
             else:
                 notes.append("- kernel: not root, so no loop mount; ratios are to imgmount instead.")
-        elif t == "imgmount":
-            if imgmount_bin and os.access(imgmount_bin, os.X_OK):
-                avail.add(t)
+        elif t == "imgmount" or t in CONTAINER_TOOLS:
+            conv = CONTAINER_TOOLS.get(t, [None])[0]
+            if not (imgmount_bin and os.access(imgmount_bin, os.X_OK)):
+                notes.append(f"- {t}: no imgmount binary (build failed or --imgmount path missing).")
+            elif conv and not shutil.which(conv):
+                notes.append(f"- {t}: {conv} not installed, so no image to read.")
             else:
-                notes.append("- imgmount: no binary (build failed or --imgmount path missing).")
+                avail.add(t)
         else:
             exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy"}[t]
             if shutil.which(exe):
@@ -1061,7 +1092,7 @@ def main(argv):
     if a.timeout:
         sz["timeout"] = a.timeout
     os.makedirs(a.workdir, exist_ok=True)
-    imgmount_bin = build_imgmount(a) if "imgmount" in a.tools else None
+    imgmount_bin = build_imgmount(a) if any(t.startswith("imgmount") for t in a.tools) else None
     avail, notes = available_tools(a, imgmount_bin)
     base_tool = "kernel" if "kernel" in avail else "imgmount"
 
