@@ -72,6 +72,11 @@ fn converted_disks_read_as_the_reference_tools_expand_them() {
         ),
         ("dynamic.vhdx", "vhdx (dynamic", &["-O", "vhdx"]),
         (
+            "big-blocks.vhdx",
+            "vhdx (dynamic, 256 MiB blocks)",
+            &["-O", "vhdx", "-o", "block_size=256M"],
+        ),
+        (
             "small-blocks.vhdx",
             "vhdx (dynamic, 1 MiB blocks)",
             &["-O", "vhdx", "-o", "block_size=1M"],

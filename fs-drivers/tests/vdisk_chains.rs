@@ -65,6 +65,7 @@ fn vhd_three_deep_chain_reads_each_layers_changes() {
         uid: [1; 16],
         parent_uid: base_uid,
         parent: "base.vhd",
+        relative: None,
         writes: &w1,
     };
     write(&dir.join("c1.vhd"), &c1.build());
@@ -115,6 +116,18 @@ fn vhd_three_deep_chain_reads_each_layers_changes() {
     };
     write(&dir.join("self.vhd"), &own.build());
     assert!(err_of(&dir.join("self.vhd")).contains("loops"));
+    // A stale relative locator: the absolute one's file name, next to the image, is used.
+    let moved = VhdChild {
+        relative: Some("..\\old\\base.vhd"),
+        ..c1
+    };
+    write(&dir.join("moved.vhd"), &moved.build());
+    let (d, l) = open_peeled(&dir.join("moved.vhd")).unwrap();
+    assert!(
+        read_all(d.as_ref()) == want1,
+        "moved.vhd differs from base + its writes"
+    );
+    assert!(l[0].detail.ends_with("parent: base.vhd"), "{l:?}");
     // A missing parent is named.
     let lost = VhdChild {
         parent: "gone.vhd",

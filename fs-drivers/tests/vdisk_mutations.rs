@@ -414,6 +414,7 @@ fn vhd_mutants() {
         uid: [7; 16],
         parent_uid: vhd_unique_id(&base),
         parent: "base.vhd",
+        relative: None,
         writes: &writes,
     }
     .build();

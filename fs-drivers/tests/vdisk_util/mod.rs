@@ -136,6 +136,8 @@ pub struct VhdChild<'a> {
     pub uid: [u8; 16],
     pub parent_uid: [u8; 16],
     pub parent: &'a str,
+    /// What the W2ru (relative) locator says, when not `.\<parent>`.
+    pub relative: Option<&'a str>,
     pub writes: &'a [(u64, Vec<u8>)],
 }
 
@@ -145,7 +147,11 @@ impl VhdChild<'_> {
         let entries = self.size.div_ceil(bs);
         let bat_at = 1536u64;
         let bat_len = (entries * 4).div_ceil(512) * 512;
-        let rel = utf16le(&format!(".\\{}", self.parent));
+        let rel = utf16le(
+            &self
+                .relative
+                .map_or_else(|| format!(".\\{}", self.parent), str::to_string),
+        );
         let abs = utf16le(&format!("C:\\vms\\{}", self.parent));
         let loc_at = bat_at + bat_len;
         let blocks_at = loc_at + 1024;
