@@ -152,6 +152,8 @@ fn mutate(rng: &mut Rng, w: &mut [u8], file_len: u64) {
             u64::MAX,
             1 << 40,
             1 << 63,
+            // A VHDX BAT entry: fully present, at the highest 1 MiB offset.
+            0xffff_ffff_fff0_0006,
             file_len,
             file_len + 1,
             rng.next(),
@@ -521,5 +523,35 @@ fn android_sparse_mutants() {
     let crafted = dir.join("kinds.simg");
     std::fs::write(&crafted, &img).unwrap();
     run_mutants("every chunk kind", &crafted, &sparse_areas(&img), 9);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A BAT entry whose file offset is near 2^64 (a sum that overflows) reads as an error (EIO),
+/// and only that block does.
+#[test]
+fn vhdx_block_offset_near_2_pow_64_is_an_error() {
+    let _turn = turn();
+    let Some((dir, src)) = setup("vhdx-2p64") else {
+        return;
+    };
+    // 24 MiB in 8 MiB blocks, so the damaged block is neither the first nor the last (the
+    // detectors read both), and offsets inside it reach past the 1 MiB the BAT's unit leaves.
+    std::fs::write(&src, source_disk(24 << 20)).unwrap();
+    let path = dir.join("x.vhdx");
+    qemu_convert(&src, &path, &["-O", "vhdx", "-o", "block_size=8M"]);
+    let mut img = std::fs::read(&path).unwrap();
+    let r = 192 << 10;
+    let bat = (0..le32(&img, r + 8))
+        .map(|i| r + 16 + i * 32)
+        .find(|&e| img[e..e + 16] == VHDX_BAT)
+        .map(|e| le64(&img, e + 16))
+        .unwrap();
+    img[bat + 8..bat + 16].copy_from_slice(&0xffff_ffff_fff0_0006u64.to_le_bytes());
+    std::fs::write(&path, &img).unwrap();
+    let (dev, _) = open_peeled(&path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let e = dev.read_at((8 << 20) + (3 << 20), &mut buf).unwrap_err();
+    assert!(e.to_string().contains("beyond the end"), "{e}");
+    dev.read_at(0, &mut buf).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

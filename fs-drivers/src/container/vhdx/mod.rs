@@ -92,7 +92,8 @@ impl Mapping for VhdxMap {
         let within = offset % self.block_size;
         let rest = self.block_size - within;
         let e = self.entry(block + block / self.chunk_ratio);
-        let data = (e & !(MIB - 1)) + within;
+        // Saturating: an offset near 2^64 then fails the read's bounds check (EIO).
+        let data = (e & !(MIB - 1)).saturating_add(within);
         let absent = if self.has_parent {
             Run::Parent
         } else {
