@@ -50,7 +50,7 @@ static MEASURE: Mutex<()> = Mutex::new(());
 /// file of these sizes (at most 7 MiB) can hold, and far below what the on-disk numbers a
 /// mutation writes (up to 2^64) would ask for.
 const ALLOC_BOUND: usize = 24 << 20;
-const MUTANTS_PER_IMAGE: u32 = 3000;
+const MUTANTS_PER_IMAGE: u32 = 2000;
 /// One mutant's bound: opening and reading ~0.5 MiB takes milliseconds.
 const MAX_PER_MUTANT: Duration = Duration::from_secs(5);
 
