@@ -90,7 +90,9 @@ pub fn detect(dev: &DeviceRef, _ctx: &PeelContext) -> Result<Option<(DeviceRef, 
             "{total_chunks} chunks cannot fit in a {file_size}-byte file"
         )));
     }
-    let mut chunks = Vec::with_capacity(total_chunks as usize);
+    // Grown as chunks are read (runs of zeros and of one fill pattern merge), so a file of
+    // tiny chunks costs memory in proportion to what it holds, not to the count it claims.
+    let mut chunks: Vec<Chunk> = Vec::with_capacity(total_chunks.min(4096) as usize);
     let mut pos = u64::from(file_hdr);
     let mut block = 0u64;
     let mut counts = [0u64; 4];
@@ -147,7 +149,10 @@ pub fn detect(dev: &DeviceRef, _ctx: &PeelContext) -> Result<Option<(DeviceRef, 
             other => return Err(bad(format!("chunk {n} has unknown type {other:#x}"))),
         };
         if let Some(run) = run {
-            if blocks > 0 {
+            // A zero or fill run continuing the previous one of the same bytes adds nothing.
+            let repeats =
+                !matches!(run, Run::Data(_)) && chunks.last().is_some_and(|c| c.run == run);
+            if blocks > 0 && !repeats {
                 chunks.push(Chunk { start: block, run });
             }
             block = block

@@ -160,6 +160,39 @@ pub(crate) fn read_table(dev: &DeviceRef, offset: u64, len: u64, what: &str) -> 
     Ok(buf)
 }
 
+/// Reads a table of `count` entries of `N` bytes at `offset` and decodes each with `decode`,
+/// a piece at a time so the raw bytes are never held beside the decoded table (a table may be
+/// as large as the file). The range is checked against the device first, as `read_table` does.
+pub(crate) fn read_entries<T, const N: usize>(
+    dev: &DeviceRef,
+    offset: u64,
+    count: u64,
+    what: &str,
+    decode: fn([u8; N]) -> T,
+) -> Result<Vec<T>> {
+    let len = count.saturating_mul(N as u64);
+    if check_range(offset, len, dev.size()).is_err() {
+        return Err(Error::corrupt(format!(
+            "{what} ({count} entries at offset {offset}) lies beyond the end of the {}-byte file",
+            dev.size()
+        )));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut buf = vec![0u8; (64 << 10) / N * N];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        dev.read_at(offset + done, &mut buf[..n])?;
+        out.extend(
+            buf[..n]
+                .chunks_exact(N)
+                .map(|c| decode(c.try_into().expect("N bytes"))),
+        );
+        done += n as u64;
+    }
+    Ok(out)
+}
+
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }

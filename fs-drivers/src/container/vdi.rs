@@ -4,7 +4,7 @@
 //! Differencing VDIs name their parent only by UUID (VirtualBox's media registry resolves
 //! it), so they are refused with one line.
 
-use super::run_map::{human_size, le32, le64, read_table, MappedDevice, Mapping, Run};
+use super::run_map::{human_size, le32, le64, read_entries, MappedDevice, Mapping, Run};
 use super::{Layer, PeelContext};
 use crate::block::DeviceRef;
 use crate::{Error, Result};
@@ -96,8 +96,7 @@ pub fn detect(dev: &DeviceRef, _ctx: &PeelContext) -> Result<Option<(DeviceRef, 
             "{blocks} blocks of {block_size} bytes cannot hold a {disk_size}-byte disk"
         )));
     }
-    let bytes = read_table(dev, offset_map, blocks * 4, "VDI block map")?;
-    let map: Vec<u32> = bytes.chunks_exact(4).map(|c| le32(c, 0)).collect();
+    let map = read_entries(dev, offset_map, blocks, "VDI block map", u32::from_le_bytes)?;
     let layer = Layer {
         format: "vdi".into(),
         detail: format!("{kind}, {} blocks", human_size(block_size)),

@@ -8,8 +8,8 @@
 
 use super::parent_file;
 use super::run_map::{
-    be16, be32, be64, file_name_of, human_size, read_table, utf16, windows_path, MappedDevice,
-    Mapping, Run,
+    be16, be32, be64, file_name_of, human_size, read_entries, read_table, utf16, windows_path,
+    MappedDevice, Mapping, Run,
 };
 use super::{Layer, PeelContext};
 use crate::block::{BlockDevice, DeviceRef, Slice};
@@ -211,8 +211,13 @@ fn open_dynamic(dev: &DeviceRef, ctx: &PeelContext, footer: Footer) -> Result<(D
     }
     // The BAT is read whole; it must lie in the file, which bounds the allocation.
     let needed = footer.size.div_ceil(block_size);
-    let raw = read_table(dev, bat_offset, needed * 4, "VHD block allocation table")?;
-    let bat: Vec<u32> = raw.chunks_exact(4).map(|c| be32(c, 0)).collect();
+    let bat = read_entries(
+        dev,
+        bat_offset,
+        needed,
+        "VHD block allocation table",
+        u32::from_be_bytes,
+    )?;
     let bitmap_len = (block_size / 512).div_ceil(8).div_ceil(512) * 512;
     let differencing = footer.disk_type == TYPE_DIFFERENCING;
     let mut detail = format!(

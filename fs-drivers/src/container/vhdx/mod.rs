@@ -13,7 +13,7 @@ mod metadata;
 
 use super::parent_file;
 use super::run_map::{
-    file_name_of, human_size, le64, read_table, windows_path, MappedDevice, Mapping, Run,
+    file_name_of, human_size, read_entries, read_table, windows_path, MappedDevice, Mapping, Run,
 };
 use super::{Layer, PeelContext};
 use crate::block::DeviceRef;
@@ -188,9 +188,7 @@ fn open(dev: &DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Layer, Guid)> 
             bat_len / 8
         )));
     }
-    let raw = read_table(dev, bat_at, entries * 8, "VHDX BAT")?;
-    let bat: Vec<u64> = raw.chunks_exact(8).map(|c| le64(c, 0)).collect();
-    drop(raw);
+    let bat = read_entries(dev, bat_at, entries, "VHDX BAT", u64::from_le_bytes)?;
     let mut detail = format!(
         "{}, {} blocks",
         if md.has_parent {
