@@ -62,13 +62,22 @@ WORKLOADS = [
     ("latency", "latency", "mount latency (command start to mounted root)"),
     ("run", "cycle", "mount, run `true` inside, unmount (imgmount: `imgmount run IMG -- true`)"),
 ]
-# imgmount serving ext.img converted by qemu-img into a container: (convert options, suffix).
-# Opt-in columns (--tools ...,qcow2,qcow2-zlib,qcow2-zstd,vmdk-stream), ext4 read rows only.
+# imgmount over ext.img converted once into a container (issues 13/14): opt-in columns
+# (--tools imgmount,qcow2,imgmount-vhd,...), ext4 read rows only. The value is the converter's
+# command line, with SRC and DST; CONTAINER_EXT names the converted file.
 CONTAINER_TOOLS = {
-    "qcow2": (["-O", "qcow2"], "qcow2"),
-    "qcow2-zlib": (["-c", "-O", "qcow2"], "zlib.qcow2"),
-    "qcow2-zstd": (["-c", "-O", "qcow2", "-o", "compression_type=zstd"], "zstd.qcow2"),
-    "vmdk-stream": (["-O", "vmdk", "-o", "subformat=streamOptimized"], "stream.vmdk"),
+    "qcow2": ["qemu-img", "convert", "-O", "qcow2", "SRC", "DST"],
+    "qcow2-zlib": ["qemu-img", "convert", "-c", "-O", "qcow2", "SRC", "DST"],
+    "qcow2-zstd": ["qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "SRC", "DST"],
+    "vmdk-stream": ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "SRC", "DST"],
+    "imgmount-vhd": ["qemu-img", "convert", "-O", "vpc", "-o", "subformat=dynamic", "SRC", "DST"],
+    "imgmount-vhdx": ["qemu-img", "convert", "-O", "vhdx", "SRC", "DST"],
+    "imgmount-vdi": ["qemu-img", "convert", "-O", "vdi", "SRC", "DST"],
+    "imgmount-simg": ["img2simg", "SRC", "DST"],
+}
+CONTAINER_EXT = {
+    "qcow2": "qcow2", "qcow2-zlib": "zlib.qcow2", "qcow2-zstd": "zstd.qcow2", "vmdk-stream": "stream.vmdk",
+    "imgmount-vhd": "vhd", "imgmount-vhdx": "vhdx", "imgmount-vdi": "vdi", "imgmount-simg": "simg",
 }
 DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
 ALL_TOOLS = DEFAULT_TOOLS + list(CONTAINER_TOOLS)
@@ -232,17 +241,16 @@ def build_images(wd, sz):
 
 
 def container_image(img_dir, tool):
-    """ext.img converted by qemu-img for a container column; rebuilt when ext.img is newer."""
-    opts, suffix = CONTAINER_TOOLS[tool]
+    """ext.img converted for a container column, built once (and again when ext.img is newer)."""
     src = os.path.join(img_dir, "ext.img")
-    out = os.path.join(img_dir, f"ext.{suffix}")
-    if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(src):
+    dst = os.path.join(img_dir, "ext." + CONTAINER_EXT[tool])
+    if not os.path.exists(dst) or os.path.getmtime(dst) < os.path.getmtime(src):
+        tmp = dst + ".tmp"
         t0 = time.perf_counter()
-        run(["qemu-img", "convert"] + opts + [src, out + ".tmp"])
-        os.replace(out + ".tmp", out)
-        log(f"  qemu-img convert {' '.join(opts)} ext.img: {time.perf_counter() - t0:.1f} s, "
-            f"{human_bytes(os.path.getsize(out))}")
-    return out
+        run([{"SRC": src, "DST": tmp}.get(a, a) for a in CONTAINER_TOOLS[tool]], capture_output=True)
+        os.rename(tmp, dst)
+        log(f"  {os.path.basename(dst)}: converted in {time.perf_counter() - t0:.1f} s")
+    return dst
 
 
 def qemu_convert_notes(img_dir, tools, runs):
@@ -264,7 +272,7 @@ def qemu_convert_notes(img_dir, tools, runs):
             times.append(time.perf_counter() - t0)
         if times:
             med = statistics.median(times)
-            notes.append(f"- qemu-img convert of ext.{CONTAINER_TOOLS[t][1]} ({human_bytes(size)} disk) "
+            notes.append(f"- qemu-img convert of ext.{CONTAINER_EXT[t]} ({human_bytes(size)} disk) "
                          f"to null-co, cold: {fmt_secs(med)} s = {size / med / 1e6:.0f} MB/s of disk")
     return notes
 
@@ -1092,7 +1100,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=3, help="timed runs per tool and workload (default 3)")
     p.add_argument("--only", help="comma-separated workloads: " + ",".join(w[0] for w in WORKLOADS))
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
-                   help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also: " + ",".join(CONTAINER_TOOLS))
+                   help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also "
+                   + ",".join(CONTAINER_TOOLS) + " (imgmount over ext.img as that container)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1129,18 +1138,14 @@ def available_tools(a, imgmount_bin):
                 avail.add(t)
             else:
                 notes.append("- kernel: not root, so no loop mount; ratios are to imgmount instead.")
-        elif t in CONTAINER_TOOLS:
+        elif t == "imgmount" or t in CONTAINER_TOOLS:
+            conv = CONTAINER_TOOLS.get(t, [None])[0]
             if not (imgmount_bin and os.access(imgmount_bin, os.X_OK)):
-                notes.append(f"- {t}: no imgmount binary.")
-            elif not shutil.which("qemu-img"):
-                notes.append(f"- {t}: qemu-img not installed.")
+                notes.append(f"- {t}: no imgmount binary (build failed or --imgmount path missing).")
+            elif conv and not shutil.which(conv):
+                notes.append(f"- {t}: {conv} not installed, so no image to read.")
             else:
                 avail.add(t)
-        elif t == "imgmount":
-            if imgmount_bin and os.access(imgmount_bin, os.X_OK):
-                avail.add(t)
-            else:
-                notes.append("- imgmount: no binary (build failed or --imgmount path missing).")
         else:
             exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy"}[t]
             if shutil.which(exe):
@@ -1183,7 +1188,7 @@ def main(argv):
         img_dir = ensure_images(a.workdir, sz, size_name)
         bench = Bench(a, sz, img_dir, Tools(imgmount_bin), avail)
         bench.run_all()
-        notes += qemu_convert_notes(img_dir, [t for t in CONTAINER_TOOLS if t in avail and t != "qcow2"], a.runs)
+        notes += qemu_convert_notes(img_dir, [t for t in ("qcow2-zlib", "qcow2-zstd", "vmdk-stream") if t in avail], a.runs)
     except KeyboardInterrupt:
         log("interrupted: unmounting everything")
         return 130

@@ -8,6 +8,12 @@
 mod cluster_cache;
 pub mod qcow2;
 pub mod vmdk;
+mod android_sparse;
+mod parent_file;
+pub(crate) mod run_map;
+mod vdi;
+mod vhd;
+mod vhdx;
 
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
@@ -117,6 +123,11 @@ const DETECTORS: &[Detector] = &[
     // One line per format, so branches adding formats merge cleanly.
     qcow2::detect,
     vmdk::detect,
+    vhdx::detect,
+    vdi::detect,
+    android_sparse::detect,
+    // Last of the virtual disks: a fixed VHD is known only by the footer at its end.
+    vhd::detect,
 ];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
@@ -132,7 +143,7 @@ pub fn peel(mut dev: DeviceRef, ctx: &PeelContext) -> Result<(DeviceRef, Vec<Lay
 /// Formats whose inner device is a VM's disk as the guest wrote it: never probed for more
 /// containers, as QEMU never probes a guest's disk (a guest could otherwise write a qcow2
 /// header naming a host file as its backing file, and the host would read that file).
-const GUEST_DISK_FORMATS: &[&str] = &["qcow2", "vmdk"];
+const GUEST_DISK_FORMATS: &[&str] = &["qcow2", "vmdk", "vhd", "vhdx", "vdi"];
 
 fn is_guest_disk(layer: &Layer) -> bool {
     GUEST_DISK_FORMATS
