@@ -88,10 +88,11 @@ fn mount(img: &Path, mnt: &Path, env: &[(&str, &str)]) -> MountGuard {
 
 fn mount_args(img: &Path, mnt: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> MountGuard {
     let bin = common::imgmount_bin();
-    let out = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // The nobody case unless a test sets the sudo variables itself.
+    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+    let out = cmd
         .envs(env.iter().copied())
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID")
         .args(args)
         .arg(img)
         .arg(mnt)
@@ -194,6 +195,21 @@ fn refused_calls_fail_and_the_mount_keeps_serving() {
     imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
     assert!(!is_mounted(&mnt));
     assert!(!alive(pid));
+}
+
+/// Started through sudo, the daemon becomes the invoking user rather than nobody.
+#[test]
+fn sudo_started_daemon_becomes_the_invoking_user() {
+    let Some((_dir, img, mnt)) = setup("sandbox-sudo") else {
+        return;
+    };
+    let _g = mount(&img, &mnt, &[("SUDO_UID", "4242"), ("SUDO_GID", "4343")]);
+    let pid = daemon_pid(&mnt, 0).expect("daemon pid file");
+    assert_eq!(status_field(pid, "Uid"), ["4242"; 4]);
+    assert_eq!(status_field(pid, "Gid"), ["4343"; 4]);
+    assert_eq!(status_field(pid, "Groups"), ["4343"]);
+    assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), HELLO);
+    imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
 }
 
 /// A kernel without Landlock and seccomp (simulated by the test build): the mount still works
