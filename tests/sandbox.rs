@@ -318,3 +318,46 @@ fn user_started_daemon_is_confined() {
     );
     assert!(!is_mounted(&mnt));
 }
+
+/// `--version` and `info` say which layers a mount gets here; what they say about seccomp
+/// agrees with the kernel's own /proc (a "Seccomp:" field exists only where it is built in).
+#[test]
+fn version_and_info_name_the_layers() {
+    let out = imgmount(["--version"]).expect_ok();
+    let kernel_has_seccomp = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Seccomp:"));
+    let want = if kernel_has_seccomp {
+        "  seccomp: on ("
+    } else {
+        "  seccomp: MISSING ("
+    };
+    assert!(out.stdout.contains(want), "{}", out.stdout);
+    for layer in ["no capabilities", "no_new_privs", "landlock"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("  {layer}: "))),
+            "{layer} missing from:\n{}",
+            out.stdout
+        );
+    }
+    assert_eq!(
+        out.stdout.contains("unprivileged ids: on"),
+        common::is_root(),
+        "{}",
+        out.stdout
+    );
+    let dir = TempDir::new("sandbox-info");
+    let Some(img) = fat_image(dir.path()) else {
+        return;
+    };
+    let info = imgmount([OsStr::new("info"), img.as_os_str()]).expect_ok();
+    let line = info
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Mount:  sandboxed: "))
+        .unwrap_or_else(|| panic!("no Mount: line in\n{}", info.stdout));
+    assert!(line.contains("no_new_privs"), "{line}");
+}
