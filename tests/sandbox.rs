@@ -22,6 +22,15 @@ use mount_support::{alive, daemon_pid, is_mounted, skip_reason, wait_until, Moun
 
 const HELLO: &[u8] = b"hello from the image\n";
 
+/// One test at a time: a process spawned by one test inherits, until it execs, whatever
+/// another test has open at that moment (a file on its mount, making umount EBUSY; the copy
+/// of the binary being written, making its exec ETXTBSY).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A small FAT image holding /hello.txt, readable by everyone.
 fn fat_image(dir: &Path) -> Option<PathBuf> {
     if !require_tool("mkfs.vfat") || !require_tool("mcopy") {
@@ -88,10 +97,11 @@ fn mount(img: &Path, mnt: &Path, env: &[(&str, &str)]) -> MountGuard {
 
 fn mount_args(img: &Path, mnt: &Path, env: &[(&str, &str)], args: &[&OsStr]) -> MountGuard {
     let bin = common::imgmount_bin();
-    let out = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // The nobody case unless a test sets the sudo variables itself.
+    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+    let out = cmd
         .envs(env.iter().copied())
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID")
         .args(args)
         .arg(img)
         .arg(mnt)
@@ -122,6 +132,7 @@ fn setup(tag: &str) -> Option<(TempDir, PathBuf, PathBuf)> {
 /// build, and the watcher then removes the mount.
 #[test]
 fn root_started_daemon_is_confined() {
+    let _one_at_a_time = serial();
     let Some((_dir, img, mnt)) = setup("sandbox-root") else {
         return;
     };
@@ -181,6 +192,7 @@ fn root_started_daemon_is_confined() {
 /// is refused the same way (had it run, the daemon would now be /bin/true).
 #[test]
 fn refused_calls_fail_and_the_mount_keeps_serving() {
+    let _one_at_a_time = serial();
     let Some((_dir, img, mnt)) = setup("sandbox-errno") else {
         return;
     };
@@ -188,6 +200,7 @@ fn refused_calls_fail_and_the_mount_keeps_serving() {
     let pid = daemon_pid(&mnt, 0).expect("daemon pid file");
     assert_eq!(probe(&mnt, "socket"), errno(libc::EPERM));
     assert_eq!(probe(&mnt, "exec"), errno(libc::EPERM));
+    assert_eq!(probe(&mnt, "exec-memory"), errno(libc::EPERM));
     assert_eq!(probe(&mnt, "open"), errno(libc::EACCES));
     assert!(alive(pid));
     assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), HELLO);
@@ -196,10 +209,27 @@ fn refused_calls_fail_and_the_mount_keeps_serving() {
     assert!(!alive(pid));
 }
 
+/// Started through sudo, the daemon becomes the invoking user rather than nobody.
+#[test]
+fn sudo_started_daemon_becomes_the_invoking_user() {
+    let _one_at_a_time = serial();
+    let Some((_dir, img, mnt)) = setup("sandbox-sudo") else {
+        return;
+    };
+    let _g = mount(&img, &mnt, &[("SUDO_UID", "4242"), ("SUDO_GID", "4343")]);
+    let pid = daemon_pid(&mnt, 0).expect("daemon pid file");
+    assert_eq!(status_field(pid, "Uid"), ["4242"; 4]);
+    assert_eq!(status_field(pid, "Gid"), ["4343"; 4]);
+    assert_eq!(status_field(pid, "Groups"), ["4343"]);
+    assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), HELLO);
+    imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
+}
+
 /// A kernel without Landlock and seccomp (simulated by the test build): the mount still works
 /// and the log names each missing layer on its own line; the other layers are still on.
 #[test]
 fn missing_layers_are_logged_and_the_mount_works() {
+    let _one_at_a_time = serial();
     let Some((dir, img, mnt)) = setup("sandbox-missing") else {
         return;
     };
@@ -215,8 +245,10 @@ fn missing_layers_are_logged_and_the_mount_works() {
     assert_eq!(status_field(pid, "NoNewPrivs"), ["1"]);
     assert_eq!(status_field(pid, "CapEff"), ["0000000000000000"]);
     assert_eq!(std::fs::read(mnt.join("hello.txt")).unwrap(), HELLO);
-    // Without Landlock the probe's open succeeds: what the layer stops, shown by its absence.
+    // Without Landlock and seccomp the probes succeed: what the layers stop, shown by their
+    // absence.
     assert_eq!(probe(&mnt, "open"), Ok("ok".into()));
+    assert_eq!(probe(&mnt, "exec-memory"), Ok("ok".into()));
     imgmount([OsStr::new("umount"), mnt.as_os_str()]).expect_ok();
     drop(g);
     let text = std::fs::read_to_string(&log).unwrap();
@@ -244,6 +276,7 @@ fn as_nobody(args: &[&OsStr]) -> std::process::Output {
 /// which nobody may read, is refused to the daemon.
 #[test]
 fn user_started_daemon_is_confined() {
+    let _one_at_a_time = serial();
     if !require_tool("setpriv") || !require_tool("getfattr") {
         return;
     }
@@ -293,7 +326,56 @@ fn user_started_daemon_is_confined() {
     assert_eq!(get("open"), format!("errno:{}", libc::EACCES));
     let cat = as_nobody(&[OsStr::new("cat"), file.as_os_str()]);
     assert_eq!(cat.stdout, HELLO);
-    let out = as_nobody(&[bin.as_os_str(), OsStr::new("umount"), mnt.as_os_str()]);
-    assert!(out.status.success(), "{out:?}");
+    // SIGTERM: the sandboxed daemon may not run fusermount3 -u itself; its watcher does.
+    // SAFETY: kill(2) on the daemon's pid with a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pid)),
+        "daemon still running after SIGTERM"
+    );
     assert!(!is_mounted(&mnt));
+}
+
+/// `--version` and `info` say which layers a mount gets here; what they say about seccomp
+/// agrees with the kernel's own /proc (a "Seccomp:" field exists only where it is built in).
+#[test]
+fn version_and_info_name_the_layers() {
+    let _one_at_a_time = serial();
+    let out = imgmount(["--version"]).expect_ok();
+    let kernel_has_seccomp = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Seccomp:"));
+    let want = if kernel_has_seccomp {
+        "  seccomp: on ("
+    } else {
+        "  seccomp: MISSING ("
+    };
+    assert!(out.stdout.contains(want), "{}", out.stdout);
+    for layer in ["no capabilities", "no_new_privs", "landlock"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("  {layer}: "))),
+            "{layer} missing from:\n{}",
+            out.stdout
+        );
+    }
+    assert_eq!(
+        out.stdout.contains("unprivileged ids: on"),
+        common::is_root(),
+        "{}",
+        out.stdout
+    );
+    let dir = TempDir::new("sandbox-info");
+    let Some(img) = fat_image(dir.path()) else {
+        return;
+    };
+    let info = imgmount([OsStr::new("info"), img.as_os_str()]).expect_ok();
+    let line = info
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Mount:  sandboxed: "))
+        .unwrap_or_else(|| panic!("no Mount: line in\n{}", info.stdout));
+    assert!(line.contains("no_new_privs"), "{line}");
 }

@@ -137,26 +137,25 @@ pub fn enter(plan: &Plan) -> Vec<Protection> {
 
 /// What a mount started now would get, for `--version` and `info`.
 pub fn support() -> Vec<Protection> {
-    let ids = match target_ids() {
-        Some((u, g)) => Ok(format!("started by root: serves as uid {u} gid {g}")),
-        None => Ok(format!(
-            "serves as the invoking user (uid {})",
-            nix::unistd::Uid::effective()
-        )),
-    };
-    vec![
-        ("no_new_privs", Ok(String::new())),
-        ("no capabilities", ids),
-        (
-            "landlock",
-            landlock::kernel_abi().map(|v| format!("kernel ABI {v}")),
-        ),
-        (
-            "seccomp",
-            seccomp::kernel_support()
-                .map(|()| format!("{} system calls allowed", seccomp::allowed(0).len())),
-        ),
-    ]
+    let mut list: Vec<Protection> = Vec::new();
+    if let Some((u, g)) = target_ids() {
+        list.push((
+            "unprivileged ids",
+            Ok(format!("started by root: serves as uid {u} gid {g}")),
+        ));
+    }
+    list.push(("no capabilities", Ok(String::new())));
+    list.push(("no_new_privs", Ok(String::new())));
+    list.push((
+        "landlock",
+        landlock::kernel_abi().map(|v| format!("kernel ABI {v}")),
+    ));
+    list.push((
+        "seccomp",
+        seccomp::kernel_support()
+            .map(|()| format!("{} system calls allowed", seccomp::allowed(0).len())),
+    ));
+    list
 }
 
 /// One line per protection: "NAME: on (DETAIL)" or "NAME: MISSING (WHY)".

@@ -37,6 +37,27 @@ fn try_exec() -> io::Result<()> {
     Err(io::Error::last_os_error())
 }
 
+fn try_exec_memory() -> io::Result<()> {
+    let len = 4096;
+    // SAFETY: an anonymous private mapping, unmapped at once; nothing is executed.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: unmapping the mapping just made.
+    unsafe { libc::munmap(p, len) };
+    Ok(())
+}
+
 /// The answer to a probe attribute, or None for any other name.
 pub fn answer(name: &[u8]) -> Option<Vec<u8>> {
     let what = name.strip_prefix(PREFIX.as_bytes())?;
@@ -45,6 +66,7 @@ pub fn answer(name: &[u8]) -> Option<Vec<u8>> {
         b"create" => std::fs::File::create("/tmp/imgmount-sandbox-probe").map(drop),
         b"socket" => try_socket(),
         b"exec" => try_exec(),
+        b"exec-memory" => try_exec_memory(),
         _ => return None,
     };
     Some(outcome(r).into_bytes())

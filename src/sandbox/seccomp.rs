@@ -7,7 +7,7 @@
 //! Argument checks where they are cheap and meaningful: new threads yes, new processes no
 //! (clone must carry CLONE_THREAD; clone3 hides its flags in memory, so it answers ENOSYS and
 //! the C library falls back to clone); ioctl only for cloning the /dev/fuse channel; signals
-//! only to this process.
+//! only to this process; no executable memory.
 
 use std::collections::BTreeMap;
 
@@ -50,10 +50,8 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_rmdir,
     // Memory and threads.
     libc::SYS_brk,
-    libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
-    libc::SYS_mprotect,
     libc::SYS_madvise,
     libc::SYS_futex,
     libc::SYS_set_robust_list,
@@ -126,6 +124,19 @@ pub fn allowed(pid: u32) -> BTreeMap<i64, Vec<SeccompRule>> {
             FUSE_DEV_IOC_CLONE,
         )])],
     );
+    // No new executable memory (no W^X bypass for injected code): mmap and mprotect only
+    // without PROT_EXEC.
+    for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+        m.insert(
+            nr,
+            vec![rule(vec![cond(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )])],
+        );
+    }
     // Debug builds of std check that a descriptor is open before closing it.
     m.insert(
         libc::SYS_fcntl,
@@ -267,6 +278,8 @@ mod tests {
             libc::SYS_tgkill,
             libc::SYS_prctl,
             libc::SYS_fcntl,
+            libc::SYS_mmap,
+            libc::SYS_mprotect,
         ] {
             assert!(!list[&nr].is_empty(), "syscall {nr} has no argument check");
         }
