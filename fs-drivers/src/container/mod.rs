@@ -5,6 +5,8 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
+pub mod compressed;
+
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
 use std::os::unix::fs::MetadataExt;
@@ -109,7 +111,12 @@ impl PeelContext {
 pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
 
 /// Every container format, tried in order on each layer.
-const DETECTORS: &[Detector] = &[];
+const DETECTORS: &[Detector] = &[
+    compressed::detect_gzip,
+    compressed::detect_xz,
+    compressed::detect_zstd,
+    compressed::detect_bzip2,
+];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
 /// into itself, or a hostile stack of wrappers).
