@@ -308,3 +308,37 @@ fn ls_and_cat_through_imgmount_equal_the_raw_disk() {
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.starts_with("imgmount: "), "{}", r.stderr);
 }
+
+#[test]
+fn a_compressed_image_mounts_and_reads_like_the_raw_disk() {
+    if !Path::new("/dev/fuse").exists() || !(is_root() || have_tool("fusermount3")) {
+        eprintln!("SKIP: no FUSE here");
+        return;
+    }
+    let Some(dir) = compressed_dir() else { return };
+    let img = dir.join("gpt.img.mb.xz");
+    if !img.exists() {
+        eprintln!("SKIP: no xz");
+        return;
+    }
+    let tmp = TempDir::new("compressed-mount");
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cache = tmp.join("cache");
+    let args = [
+        "--cache-dir".as_ref(),
+        cache.as_os_str(),
+        img.as_os_str(),
+        mnt.as_os_str(),
+    ];
+    // The mount returns once it answers, so the index exists by then.
+    imgmount(args).expect_ok();
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() > 0,
+        "no index cached"
+    );
+    let got = std::fs::read(mnt.join("p2/numbers.txt"));
+    let want = std::fs::read(fixture_tree("gpt", Some(2)).unwrap().join("numbers.txt"));
+    imgmount(["umount".as_ref(), mnt.as_os_str()]).expect_ok();
+    assert_eq!(got.unwrap(), want.unwrap());
+}

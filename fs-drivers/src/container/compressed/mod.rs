@@ -194,9 +194,9 @@ fn finish(
     how: &str,
 ) -> (DeviceRef, Layer) {
     let detail = if ix.decoded {
-        format!("{}, decoded once into the cache; {how}", ix.note)
+        format!("{}: cannot seek, decoded once to a file; {how}", ix.note)
     } else {
-        format!("{}, {} pieces; {how}", ix.note, ix.chunks.len())
+        format!("{}; {how}", ix.note)
     };
     let layer = Layer {
         format: imp.codec.name().into(),

@@ -4,17 +4,24 @@
 //! at once, makes the stream one to decode whole.
 
 use super::decoded::DevReader;
-use super::index::{Chunk, Codec};
+use super::index::{Chunk, Codec, CHUNK_MAX};
 use super::{read_vec, CodecImpl, Scan};
 use crate::block::DeviceRef;
 use crate::container::PeelContext;
 use crate::{Error, Result};
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 const FRAME_MAGIC: u32 = 0xFD2F_B528;
 const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
 const SEEKABLE_FOOTER_MAGIC: u32 = 0x8F92_EAB1;
 const BLOCK_MAX: u64 = 128 << 10;
+/// A frame without its content size is decoded at scan time to learn it, if it is at most
+/// this large compressed (a bigger one makes the stream one to decode whole).
+const UNSIZED_MAX: u64 = 16 << 20;
+/// `u_len` of a frame not yet measured.
+const UNKNOWN: u64 = u64::MAX;
 
 pub(super) const IMPL: CodecImpl = CodecImpl {
     codec: Codec::Zstd,
@@ -61,10 +68,8 @@ fn detect(dev: &DeviceRef) -> Result<bool> {
 
 fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
     if let Some(chunks) = seek_table(dev)? {
-        return Ok(Scan::Chunks {
-            chunks,
-            note: "seekable format".into(),
-        });
+        let note = format!("seekable format, {} frames", chunks.len());
+        return Ok(Scan::Chunks { chunks, note });
     }
     let size = dev.size();
     let (mut pos, mut u_off, mut frames) = (0u64, 0u64, 0u64);
@@ -86,32 +91,40 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
         }
         let (end, content) = frame_extent(dev, pos)?;
         frames += 1;
-        let Some(u_len) = content else {
+        if content.is_none() && end - pos > UNSIZED_MAX {
             return Ok(Scan::Stream {
-                note: "frames without content size".into(),
+                note: "a large frame without its content size".into(),
             });
-        };
-        if u_len > 0 {
-            chunks.push(Chunk {
-                c_off: pos,
-                c_len: end - pos,
-                u_off,
-                u_len,
-                ..Chunk::default()
-            });
-            u_off = u_off
-                .checked_add(u_len)
-                .ok_or_else(|| corrupt("content sizes overflow".into()))?;
         }
+        chunks.push(Chunk {
+            c_off: pos,
+            c_len: end - pos,
+            u_len: content.unwrap_or(UNKNOWN),
+            ..Chunk::default()
+        });
         pos = end;
         if let Some(p) = &ctx.progress {
-            p.advance(pos);
+            p.advance(pos / 2);
         }
     }
-    let note = if frames == 1 {
-        "one frame".to_string()
-    } else {
-        format!("{frames} frames")
+    // pzstd and streaming writers leave the content size out: decode those frames (in
+    // parallel, all joined here) to learn it.
+    measure_unsized(dev, ctx, &mut chunks)?;
+    if chunks.iter().any(|c| c.u_len > CHUNK_MAX) {
+        return Ok(Scan::Stream {
+            note: format!("{frames} frames, one too large to decode at once"),
+        });
+    }
+    chunks.retain(|c| c.u_len > 0);
+    for c in &mut chunks {
+        c.u_off = u_off;
+        u_off = u_off
+            .checked_add(c.u_len)
+            .ok_or_else(|| corrupt("content sizes overflow".into()))?;
+    }
+    let note = match chunks.len() {
+        1 => "one frame".to_string(),
+        n => format!("{n} frames"),
     };
     Ok(Scan::Chunks { chunks, note })
 }
@@ -227,6 +240,55 @@ fn seek_table(dev: &DeviceRef) -> Result<Option<Vec<Chunk>>> {
         return Err(bad("frame sizes do not add up to the table's position"));
     }
     Ok(Some(chunks))
+}
+
+/// Decodes every frame of unknown size (at most `CHUNK_MAX` + 1 bytes each) to count its
+/// bytes; a frame that fails to decode is an error here, at open.
+fn measure_unsized(dev: &DeviceRef, ctx: &PeelContext, chunks: &mut [Chunk]) -> Result<()> {
+    let todo: Vec<usize> = (0..chunks.len())
+        .filter(|&i| chunks[i].u_len == UNKNOWN)
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let measured: Vec<Mutex<Option<Result<u64>>>> = todo.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let frames: &[Chunk] = chunks;
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(todo.len()) {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else { break };
+                let c = &frames[i];
+                let r = read_vec(dev, c.c_off, c.c_len).and_then(|src| {
+                    let d = ::zstd::stream::read::Decoder::with_buffer(&src[..])?;
+                    let n = std::io::copy(&mut d.take(CHUNK_MAX + 1), &mut std::io::sink())?;
+                    Ok(n)
+                });
+                *measured[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                let d = done.fetch_add(c.c_len, Ordering::Relaxed) + c.c_len;
+                if let Some(p) = &ctx.progress {
+                    p.advance(dev.size() / 2 + d / 2);
+                }
+            });
+        }
+    });
+    for (k, m) in measured.into_iter().enumerate() {
+        let i = todo[k];
+        match m.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(n)) => chunks[i].u_len = n,
+            Some(Err(e)) => {
+                return Err(corrupt(format!(
+                    "the frame at byte {} is damaged: {e}",
+                    chunks[i].c_off
+                )))
+            }
+            None => return Err(corrupt("a frame was not measured".into())),
+        }
+    }
+    Ok(())
 }
 
 fn decode(dev: &DeviceRef, c: &Chunk) -> Result<Vec<u8>> {
