@@ -17,6 +17,12 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub mount: MountArgs,
+    /// Where seek indexes of compressed images are kept (default: $XDG_CACHE_HOME/imgmount).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Build a compressed image's seek index in memory only; neither read nor write the cache.
+    #[arg(long, global = true)]
+    pub no_index_cache: bool,
 }
 
 #[derive(Subcommand, Debug)]

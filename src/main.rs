@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod index_cache;
 mod mount;
 mod report;
 mod run;
@@ -23,6 +24,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
+    index_cache::configure(cli.cache_dir.clone(), cli.no_index_cache);
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
         Some(Command::Umount(a)) => umount::run(&a).map_err(Failure::msg),

@@ -14,6 +14,7 @@ pub(crate) mod run_map;
 mod vdi;
 mod vhd;
 mod vhdx;
+pub mod compressed;
 
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};
@@ -128,6 +129,10 @@ const DETECTORS: &[Detector] = &[
     android_sparse::detect,
     // Last of the virtual disks: a fixed VHD is known only by the footer at its end.
     vhd::detect,
+    compressed::detect_gzip,
+    compressed::detect_xz,
+    compressed::detect_zstd,
+    compressed::detect_bzip2,
 ];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
