@@ -386,3 +386,47 @@ fn a_guest_disk_is_not_probed_for_containers() {
     dev.read_at(0, &mut start).unwrap();
     assert_eq!(&start[..], header);
 }
+
+/// An overlay larger than its backing file: past the backing file's end, unallocated clusters
+/// read as zeros (as QEMU reads them), allocated ones as written.
+#[test]
+fn overlay_larger_than_its_backing_file() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = TempDir::new("qcow2-grow");
+    let raw = dir.join("disk.raw");
+    make_raw(&raw, 1024, 21);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "disk.raw",
+            "-F",
+            "raw",
+            &p("big.qcow2"),
+            "9M",
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x44 4000k 200k",
+            "-c",
+            "write -P 0x45 8M 64k",
+            &p("big.qcow2"),
+        ],
+    );
+    let (dev, _) = peel(&dir.join("big.qcow2")).unwrap();
+    assert_eq!(dev.size(), 9 << 20);
+    assert_same(
+        "grown overlay",
+        &read_all(dev.as_ref(), 50_000),
+        &qemu_raw(&dir.join("big.qcow2"), &dir),
+    );
+}
