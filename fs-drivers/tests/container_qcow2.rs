@@ -430,3 +430,35 @@ fn overlay_larger_than_its_backing_file() {
         &qemu_raw(&dir.join("big.qcow2"), &dir),
     );
 }
+
+/// Internal snapshots: the active state is read (what `qemu-img convert` reads), not a
+/// snapshot's.
+#[test]
+fn internal_snapshots_read_the_active_state() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = TempDir::new("qcow2-snap");
+    let raw = dir.join("disk.raw");
+    make_raw(&raw, 512, 8);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    run(
+        "qemu-img",
+        &["convert", "-O", "qcow2", &p("disk.raw"), &p("s.qcow2")],
+    );
+    run("qemu-img", &["snapshot", "-c", "before", &p("s.qcow2")]);
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x99 64k 128k",
+            "-c",
+            "write -z 1M 64k",
+            &p("s.qcow2"),
+        ],
+    );
+    let (dev, _) = peel(&dir.join("s.qcow2")).unwrap();
+    let got = read_all(dev.as_ref(), 1 << 20);
+    assert_same("active state", &got, &qemu_raw(&dir.join("s.qcow2"), &dir));
+    assert_ne!(got, std::fs::read(&raw).unwrap());
+}
