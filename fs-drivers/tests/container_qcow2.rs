@@ -386,3 +386,79 @@ fn a_guest_disk_is_not_probed_for_containers() {
     dev.read_at(0, &mut start).unwrap();
     assert_eq!(&start[..], header);
 }
+
+/// An overlay larger than its backing file: past the backing file's end, unallocated clusters
+/// read as zeros (as QEMU reads them), allocated ones as written.
+#[test]
+fn overlay_larger_than_its_backing_file() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = TempDir::new("qcow2-grow");
+    let raw = dir.join("disk.raw");
+    make_raw(&raw, 1024, 21);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "disk.raw",
+            "-F",
+            "raw",
+            &p("big.qcow2"),
+            "9M",
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x44 4000k 200k",
+            "-c",
+            "write -P 0x45 8M 64k",
+            &p("big.qcow2"),
+        ],
+    );
+    let (dev, _) = peel(&dir.join("big.qcow2")).unwrap();
+    assert_eq!(dev.size(), 9 << 20);
+    assert_same(
+        "grown overlay",
+        &read_all(dev.as_ref(), 50_000),
+        &qemu_raw(&dir.join("big.qcow2"), &dir),
+    );
+}
+
+/// Internal snapshots: the active state is read (what `qemu-img convert` reads), not a
+/// snapshot's.
+#[test]
+fn internal_snapshots_read_the_active_state() {
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    let dir = TempDir::new("qcow2-snap");
+    let raw = dir.join("disk.raw");
+    make_raw(&raw, 512, 8);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    run(
+        "qemu-img",
+        &["convert", "-O", "qcow2", &p("disk.raw"), &p("s.qcow2")],
+    );
+    run("qemu-img", &["snapshot", "-c", "before", &p("s.qcow2")]);
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x99 64k 128k",
+            "-c",
+            "write -z 1M 64k",
+            &p("s.qcow2"),
+        ],
+    );
+    let (dev, _) = peel(&dir.join("s.qcow2")).unwrap();
+    let got = read_all(dev.as_ref(), 1 << 20);
+    assert_same("active state", &got, &qemu_raw(&dir.join("s.qcow2"), &dir));
+    assert_ne!(got, std::fs::read(&raw).unwrap());
+}

@@ -186,3 +186,26 @@ fn missing_extent_and_delta_disks_are_refused_in_one_line() {
     let e = peel(&dir.join("self.vmdk")).err().unwrap().to_string();
     assert!(e.contains("loops"), "{e}");
 }
+
+/// A flat extent file shorter than its descriptor says reads as zeros past its end, as QEMU
+/// reads it, instead of failing.
+#[test]
+fn short_flat_extent_reads_zeros_past_its_end() {
+    if !have("qemu-img") {
+        return;
+    }
+    let dir = TempDir::new("vmdk-shortflat");
+    let raw = dir.join("disk.raw");
+    make_raw(&raw, 512, 2);
+    let img = dir.join("f.vmdk");
+    convert(&raw, &img, "monolithicFlat");
+    let flat = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("f-flat.vmdk"))
+        .unwrap();
+    flat.set_len(1_000_000).unwrap();
+    let (dev, _) = peel(&img).unwrap();
+    let got = read_all(dev.as_ref(), 65_536);
+    assert_same("short flat extent", &got, &qemu_raw(&img, &dir));
+    assert!(got[1_000_000..].iter().all(|&b| b == 0));
+}

@@ -103,6 +103,19 @@ impl Decoder {
                 }
             }
         }
+        if jobs.len() > 1 {
+            // Compressed clusters of a stream lie in file order: ask the host for this batch
+            // and as much again beyond it, so the next batch's input arrives while this one
+            // decodes.
+            let lo = jobs.iter().map(|j| j.0).min().unwrap_or(0);
+            let hi = jobs
+                .iter()
+                .map(|j| j.0.saturating_add(j.1))
+                .max()
+                .unwrap_or(0);
+            self.file
+                .readahead(lo, hi.saturating_sub(lo).saturating_mul(2));
+        }
         let serial = jobs.len() * self.cluster_size < PARALLEL_BYTES;
         let results: Vec<Result<Vec<u8>>> = if jobs.len() == 1 || self.workers == 1 || serial {
             jobs.iter().map(|e| self.decode(*e)).collect()

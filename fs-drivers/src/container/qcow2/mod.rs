@@ -115,7 +115,9 @@ impl Qcow2 {
     fn read_data(&self, host: u64, buf: &mut [u8]) -> Result<()> {
         let size = self.data.size();
         let have = size.saturating_sub(host).min(buf.len() as u64) as usize;
-        self.data.read_at(host, &mut buf[..have])?;
+        if have > 0 {
+            self.data.read_at(host, &mut buf[..have])?;
+        }
         buf[have..].fill(0);
         Ok(())
     }
@@ -126,7 +128,11 @@ impl Qcow2 {
             return Ok(());
         };
         let have = b.size().saturating_sub(pos).min(buf.len() as u64) as usize;
-        b.read_at(pos, &mut buf[..have])?;
+        // Past the backing file's end (an overlay grown beyond it) even an empty read would
+        // be out of range: zeros only.
+        if have > 0 {
+            b.read_at(pos, &mut buf[..have])?;
+        }
         buf[have..].fill(0);
         Ok(())
     }

@@ -217,13 +217,17 @@ impl BlockDevice for Vmdk {
                 Source::Flat(file, base) => {
                     let at = base.saturating_add(within);
                     let have = file.size().saturating_sub(at).min(n as u64) as usize;
-                    file.read_at(at, &mut out[..have])?;
+                    if have > 0 {
+                        file.read_at(at, &mut out[..have])?;
+                    }
                     out[have..].fill(0);
                 }
                 Source::Sparse(dev) => {
                     // The descriptor may claim more sectors than the extent's header holds.
                     let have = dev.size().saturating_sub(within).min(n as u64) as usize;
-                    dev.read_at(within, &mut out[..have])?;
+                    if have > 0 {
+                        dev.read_at(within, &mut out[..have])?;
+                    }
                     out[have..].fill(0);
                 }
             }

@@ -279,7 +279,9 @@ impl BlockDevice for SparseExtent {
                     // Zeros past the end of the file, as QEMU's file driver reads them.
                     let at = at + in_grain;
                     let have = self.file_size.saturating_sub(at).min(n) as usize;
-                    self.file.read_at(at, &mut out[..have])?;
+                    if have > 0 {
+                        self.file.read_at(at, &mut out[..have])?;
+                    }
                     out[have..].fill(0);
                 }
                 Grain::Compressed(e) => {
