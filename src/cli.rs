@@ -62,6 +62,7 @@ pub enum FsTypeArg {
     Ext3,
     Ext4,
     Fat,
+    Squashfs,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +82,9 @@ pub struct MountArgs {
     /// Filesystem type.
     #[arg(short = 't', long = "type", value_enum, default_value = "auto")]
     pub fs_type: FsTypeArg,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// Stay in the foreground.
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
@@ -99,6 +103,9 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     pub image: PathBuf,
 }
 
@@ -121,6 +128,9 @@ pub struct LsArgs {
     pub xattrs: bool,
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     pub image: PathBuf,
     pub path: Option<String>,
 }
@@ -129,6 +139,9 @@ pub struct LsArgs {
 pub struct CatArgs {
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     pub image: PathBuf,
     #[arg(required = true)]
     pub paths: Vec<String>,
@@ -147,6 +160,9 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     pub image: PathBuf,
     /// PATH in the image (default /) followed by DEST.
     #[arg(required = true, num_args = 1..=2, value_names = ["PATH", "DEST"])]
