@@ -178,10 +178,16 @@ impl SquashFs {
 
     fn attr(&self, i: &Inode) -> Result<Attr> {
         let t = Timespec::new(i64::from(i.mtime), 0);
-        let blocks = match &i.body {
+        let mut blocks = match &i.body {
             Body::File { sparse, .. } => i.size.saturating_sub(*sparse).div_ceil(512),
             _ => 0,
         };
+        // The kernel counts the xattrs' stored size too (its wrap-around for a size of 0
+        // included, so a damaged entry reads the same there and here).
+        if let (Some(t), true) = (&self.xattrs, i.xattr != inode::NONE) {
+            let (_, _, size) = t.entry(&self.meta, i.xattr)?;
+            blocks += u64::from(size.wrapping_sub(1) >> 9) + 1;
+        }
         let rdev = match i.kind {
             FileType::BlockDevice | FileType::CharDevice => {
                 let (ma, mi) = inode::decode_dev(i.rdev);

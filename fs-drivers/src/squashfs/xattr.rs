@@ -49,8 +49,8 @@ impl XattrTable {
         }))
     }
 
-    /// Every (full name, value) pair of xattr id `index`, in stored order.
-    pub fn pairs(&self, meta: &MetaBlocks, index: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The id entry of `index`: (reference to the first pair, pair count, total size).
+    pub fn entry(&self, meta: &MetaBlocks, index: u32) -> Result<(u64, u32, u32)> {
         if index >= self.ids {
             return Err(Error::corrupt(format!(
                 "squashfs xattr id {index} does not exist ({} ids)",
@@ -59,11 +59,16 @@ impl XattrTable {
         }
         let mut e = [0u8; 16];
         meta.table_entry(self.list, u64::from(index), 16, &mut e)?;
-        let count = u32_at(&e, 8);
+        Ok((u64_at(&e, 0), u32_at(&e, 8), u32_at(&e, 12)))
+    }
+
+    /// Every (full name, value) pair of xattr id `index`, in stored order.
+    pub fn pairs(&self, meta: &MetaBlocks, index: u32) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (first, count, _) = self.entry(meta, index)?;
         if count > MAX_PAIRS {
             return Err(Error::corrupt("squashfs xattr id lists too many pairs"));
         }
-        let mut pos = MetaPos::from_ref(self.kv_start, u64_at(&e, 0));
+        let mut pos = MetaPos::from_ref(self.kv_start, first);
         let mut out = Vec::new();
         for _ in 0..count {
             let k = meta.read_vec(&mut pos, self.limit, 4)?;
