@@ -5,9 +5,10 @@
 use super::lzo;
 use crate::{Error, Result};
 
-/// xz/lzma dictionaries are at most the block size (1 MiB); this leaves the decoder room
-/// without letting a crafted header ask for gigabytes.
-const LZMA_MEMLIMIT: u64 = 64 << 20;
+/// mksquashfs's xz/lzma dictionaries are at most the block size (1 MiB), and the decoder
+/// needs little beside its dictionary; a crafted header asking for more is refused (liblzma
+/// allocates with malloc, out of sight of any Rust-side accounting).
+const LZMA_MEMLIMIT: u64 = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compressor {

@@ -69,7 +69,9 @@ impl Superblock {
 
     fn check(&self, device_size: u64) -> Result<()> {
         let bs = self.block_size;
-        if !(4096..=1 << 20).contains(&bs) || !bs.is_power_of_two() || 1u32 << self.block_log != bs
+        if !(4096..=1 << 20).contains(&bs)
+            || !bs.is_power_of_two()
+            || 1u32.checked_shl(u32::from(self.block_log)) != Some(bs)
         {
             return Err(Error::corrupt(format!(
                 "squashfs block size {bs} (log {}) is not a power of two from 4 KiB to 1 MiB",
