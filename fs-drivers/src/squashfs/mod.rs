@@ -209,7 +209,8 @@ impl SquashFs {
             ctime: t,
             crtime: None,
             rdev,
-            blksize: self.sb.block_size,
+            // What the kernel reports (squashfs's 1 KiB device block size).
+            blksize: 1024,
             generation: 0,
         })
     }
