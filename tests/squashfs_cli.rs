@@ -172,7 +172,7 @@ fn appimage_offset_is_named_and_offset_reads_it() {
         OsStr::new("--offset"),
         OsStr::new(&off),
         app_path.as_os_str(),
-        OsStr::new("/random-300k"),
+        OsStr::new("/small.txt"),
     ])
     .expect_ok();
     assert_eq!(r.stdout, "hello squashfs\n");
