@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ext_walk", fuzz_ext_walk),
     ("fat_walk", fuzz_fat_walk),
     ("fat_write", fuzz_fat_write),
+    ("squashfs_walk", fuzz_squashfs_walk),
 ];
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
@@ -268,3 +269,5 @@ pub fn walk_all(fs: &dyn FileSystem) {
         }
     }
 }
+
+include!("squashfs.rs");

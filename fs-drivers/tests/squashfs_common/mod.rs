@@ -194,7 +194,12 @@ pub fn mksquashfs(src: &Path, out: &Path, args: &[&str]) -> Option<()> {
     for p in PSEUDO {
         c.arg("-p").arg(p);
     }
-    let o = c.env("PATH", path_env()).output().expect("mksquashfs");
+    // SOURCE_DATE_EPOCH would clash with -mkfs-time (mksquashfs refuses both).
+    let o = c
+        .env("PATH", path_env())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("mksquashfs");
     if !o.status.success() {
         let e = String::from_utf8_lossy(&o.stderr);
         if e.contains("not supported") || e.contains("Unknown compressor") {
