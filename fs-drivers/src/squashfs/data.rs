@@ -16,12 +16,18 @@ pub const RAW: u32 = 1 << 24;
 
 pub struct BlockMap {
     checkpoints: Vec<(MetaPos, u64)>,
+    /// Where the last read ended: a read starting there is sequential.
+    pub next_offset: u64,
+    /// Blocks before this index have been handed to readahead.
+    pub ahead: u64,
 }
 
 impl BlockMap {
     pub fn new(list_pos: MetaPos, blocks_start: u64) -> BlockMap {
         BlockMap {
             checkpoints: vec![(list_pos, blocks_start)],
+            next_offset: 0,
+            ahead: 0,
         }
     }
 

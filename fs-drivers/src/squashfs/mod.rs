@@ -12,6 +12,7 @@
 //! budget; the image's bytes are read with `read_direct_at` so a block cache below does not
 //! keep a second, compressed copy.
 
+mod blocks;
 mod compressor;
 mod data;
 mod dir;
@@ -28,6 +29,7 @@ pub use compressor::Compressor;
 use crate::block::DeviceRef;
 use crate::vfs::{makedev, Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, StatFs, Timespec};
 use crate::{Error, Result};
+use blocks::BlockStore;
 use data::{BlockMap, RAW};
 use dir::Listing;
 use inode::{Body, Inode};
@@ -57,7 +59,6 @@ impl Default for SquashOptions {
 }
 
 pub struct SquashFs {
-    dev: DeviceRef,
     sb: Superblock,
     comp: Compressor,
     meta: MetaBlocks,
@@ -68,7 +69,7 @@ pub struct SquashFs {
     inodes: Mutex<LruCache<u64, Arc<Inode>>>,
     /// Inode number -> reference, for images without an export table.
     refs: Mutex<HashMap<u32, u64>>,
-    data: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
+    blocks: BlockStore,
     maps: Mutex<LruCache<u64, Arc<Mutex<BlockMap>>>>,
 }
 
@@ -106,8 +107,8 @@ impl SquashFs {
             XattrTable::open(dev.as_ref(), &sb)?
         };
         let data_blocks = (opts.cache_bytes / u64::from(sb.block_size)).max(8) as usize;
+        let blocks = BlockStore::new(dev.clone(), comp, sb.block_size, sb.bytes_used, data_blocks);
         let mut fs = SquashFs {
-            dev,
             root_ref: sb.root_inode,
             root_ino: 0,
             sb,
@@ -117,7 +118,7 @@ impl SquashFs {
             xattrs,
             inodes: lru(INODE_CACHE),
             refs: Mutex::new(HashMap::new()),
-            data: lru(data_blocks),
+            blocks,
             maps: lru(BLOCK_MAPS),
         };
         let root = fs.inode(fs.root_ref)?;
@@ -239,36 +240,6 @@ impl SquashFs {
         self.sb.directory_table_end()
     }
 
-    /// A data or fragment block, decoded (cached by disk offset).
-    fn block(&self, pos: u64, word: u32) -> Result<Arc<Vec<u8>>> {
-        if let Some(b) = lock(&self.data).get(&pos) {
-            return Ok(b.clone());
-        }
-        let size = (word & (RAW - 1)) as usize;
-        let bs = self.sb.block_size as usize;
-        if size > bs
-            || pos
-                .checked_add(size as u64)
-                .is_none_or(|e| e > self.sb.bytes_used)
-        {
-            return Err(Error::corrupt(format!(
-                "squashfs data block at {pos} of {size} bytes lies outside the filesystem"
-            )));
-        }
-        let mut raw = vec![0u8; size];
-        self.dev.read_direct_at(pos, &mut raw)?;
-        let out = if word & RAW != 0 {
-            raw
-        } else {
-            let mut out = Vec::new();
-            self.comp.decompress(&raw, &mut out, bs)?;
-            out
-        };
-        let b = Arc::new(out);
-        lock(&self.data).put(pos, b.clone());
-        Ok(b)
-    }
-
     fn block_map(&self, r: u64, list_pos: MetaPos, start: u64) -> Arc<Mutex<BlockMap>> {
         lock(&self.maps)
             .get_or_insert(r, || Arc::new(Mutex::new(BlockMap::new(list_pos, start))))
@@ -301,12 +272,22 @@ impl SquashFs {
         let words = if first < full_blocks {
             let map = self.block_map(r, *list_pos, *blocks_start);
             let mut map = lock(&map);
-            map.blocks(
-                &self.meta,
-                self.sb.directory_table,
-                first,
-                listed - first + 1,
-            )?
+            let limit = self.sb.directory_table;
+            let words = map.blocks(&self.meta, limit, first, listed - first + 1)?;
+            // A read that starts where the last one ended is a stream: have the blocks after
+            // this read decoded on the workers meanwhile.
+            if offset == map.next_offset && offset > 0 {
+                let from = (listed + 1).max(map.ahead);
+                let to = (listed + 1 + self.blocks.window()).min(full_blocks);
+                if from < to {
+                    if let Ok(next) = map.blocks(&self.meta, limit, from, to - from) {
+                        self.blocks.prefetch(&next);
+                    }
+                    map.ahead = to;
+                }
+            }
+            map.next_offset = end;
+            words
         } else {
             Vec::new()
         };
@@ -324,7 +305,7 @@ impl SquashFs {
                 if word & (RAW - 1) == 0 {
                     dst.fill(0);
                 } else {
-                    let data = self.block(disk, word)?;
+                    let data = self.blocks.get(disk, word)?;
                     if data.len() < block_len {
                         return Err(Error::corrupt(format!(
                             "squashfs data block at {disk} decodes to {} bytes, not {block_len}",
@@ -338,7 +319,7 @@ impl SquashFs {
                     return Err(Error::corrupt("squashfs file tail without a fragment"));
                 };
                 let (fpos, fword) = tables::fragment(&self.meta, &self.sb, index)?;
-                let data = self.block(fpos, fword)?;
+                let data = self.blocks.get(fpos, fword)?;
                 let start = frag_off as usize + in_block;
                 let tail = data.get(start..start + want).ok_or_else(|| {
                     Error::corrupt(format!(
