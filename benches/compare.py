@@ -61,12 +61,16 @@ WORKLOADS = [
     ("create", "write", "create small files, unmount, fsync image"),
     ("latency", "latency", "mount latency (command start to mounted root)"),
 ]
-ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
-SERVING = ["imgmount", "fuse2fs", "fusefat"]
+ALL_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools", "squashfuse_ll"]
+SERVING = ["imgmount", "fuse2fs", "fusefat", "squashfuse_ll"]
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
 TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+# squashfs images of the ext tree and big.bin (read rows only): the kernel mounts them too.
+SQUASHFS = {"sqzstd": "zstd", "sqxz": "xz"}
+TOOLS_FOR.update({fs: ["kernel", "imgmount", "squashfuse_ll"] for fs in SQUASHFS})
+SQUASHFS_WORKLOADS = {"seqread", "pread", "find", "walk", "tar"}
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -209,6 +213,12 @@ def build_images(wd, sz):
     run(["mcopy", "-s", "-i", fat, os.path.join(src, "big.bin"), os.path.join(src, "treefat"), "::/"],
         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
     log(f"  mkfs.vfat + mcopy -s: {time.perf_counter() - t0:.1f} s")
+    for comp in SQUASHFS.values():
+        t0 = time.perf_counter()
+        run(["mksquashfs", src, os.path.join(img_dir, f"{comp}.sqfs"), "-comp", comp, "-noappend",
+             "-quiet", "-no-progress", "-e", "treefat", "bigdir"], stdout=subprocess.DEVNULL,
+            env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
+        log(f"  mksquashfs -comp {comp}: {time.perf_counter() - t0:.1f} s")
     shutil.rmtree(src)
 
     wr_size = max(512 * MiB, round_up(sz["write"] * 2, MiB))
@@ -462,7 +472,10 @@ class Tools:
 
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
-            return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+            fstype = "squashfs" if image.endswith(".sqfs") else "ext4"
+            return ["mount", "-t", fstype, "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+        if tool == "squashfuse_ll":
+            return ["squashfuse_ll", image, mnt]
         if tool == "imgmount":
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
@@ -594,6 +607,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if fs in SQUASHFS:
+            return os.path.join(self.img, f"{SQUASHFS[fs]}.sqfs")
         if tool == "kernel" or fs == "ext":
             return os.path.join(self.img, "ext.img")
         return os.path.join(self.img, "fat.img")
@@ -602,7 +617,7 @@ class Bench:
         return os.path.join(self.mnt_root, tool)
 
     def worker_args(self, name, fs, tool, root):
-        sub = "tree" if fs == "ext" else "treefat"
+        sub = "treefat" if fs == "fat" else "tree"
         n = {"pread": self.sz["preads"], "bigdir": self.sz["stats"], "write": self.sz["write"],
              "create": self.sz["create"]}.get(name, 0)
         w = name
@@ -613,8 +628,8 @@ class Bench:
                 "--total", str(self.sz["bigdir"]), "--image", self.image(tool, fs), "--progress", self.progress]
 
     def expected_count(self, name, fs):
-        files = self.sz["ext_files"] if fs == "ext" else self.sz["fat_files"]
-        dirs = self.sz["ext_dirs"] if fs == "ext" else self.sz["fat_dirs"]
+        files = self.sz["fat_files"] if fs == "fat" else self.sz["ext_files"]
+        dirs = self.sz["fat_dirs"] if fs == "fat" else self.sz["ext_dirs"]
         return {"seqread": self.sz["big"], "pread": self.sz["preads"], "find": files,
                 "walk": files + dirs, "bigdir": self.sz["stats"], "write": self.sz["write"],
                 "create": self.sz["create"]}.get(name)
@@ -836,8 +851,10 @@ class Bench:
         for name, kind, _ in WORKLOADS:
             if self.a.only and name not in self.a.only:
                 continue
-            for fs in ("ext", "fat"):
+            for fs in ("ext", "fat", *SQUASHFS):
                 if name == "bigdir" and fs == "fat":
+                    continue
+                if fs not in self.a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
                     continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
                 if kind == "read":
                     for cache in ("cold", "warm"):
@@ -859,9 +876,9 @@ def human_bytes(n):
 
 def row_label(row, sz):
     name, fs = row["workload"], row["fs"]
-    fsname = "ext4" if fs == "ext" else "FAT32"
-    files = sz["ext_files"] if fs == "ext" else sz["fat_files"]
-    dirs = sz["ext_dirs"] if fs == "ext" else sz["fat_dirs"]
+    fsname = {"ext": "ext4", "fat": "FAT32"}.get(fs) or f"squashfs {SQUASHFS[fs]}"
+    files = sz["fat_files"] if fs == "fat" else sz["ext_files"]
+    dirs = sz["fat_dirs"] if fs == "fat" else sz["ext_dirs"]
     desc = {
         "seqread": f"seq read {human_bytes(sz['big'])}",
         "pread": f"{sz['preads']:,} random 4 KiB preads",
@@ -1001,6 +1018,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=3, help="timed runs per tool and workload (default 3)")
     p.add_argument("--only", help="comma-separated workloads: " + ",".join(w[0] for w in WORKLOADS))
     p.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated, default: all")
+    p.add_argument("--fs", default="ext,fat," + ",".join(SQUASHFS),
+                   help="comma-separated filesystems: ext,fat," + ",".join(SQUASHFS) + " (default: all)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1025,6 +1044,7 @@ def parse_args(argv):
             p.error(f"unknown workloads {bad}")
     if a.runs < 1:
         p.error("--runs must be at least 1")
+    a.fs = set(a.fs.split(","))
     a.workdir = os.path.abspath(a.workdir or default_workdir())
     return a
 
@@ -1043,7 +1063,8 @@ def available_tools(a, imgmount_bin):
             else:
                 notes.append("- imgmount: no binary (build failed or --imgmount path missing).")
         else:
-            exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy"}[t]
+            exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy",
+                   "squashfuse_ll": "squashfuse_ll"}[t]
             if shutil.which(exe):
                 avail.add(t)
             else:
