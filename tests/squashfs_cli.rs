@@ -47,6 +47,15 @@ fn fuse_mount_equals_the_kernel() {
     let (k, o) = (t.join("kernel"), t.join("ours"));
     std::fs::create_dir(&k).unwrap();
     std::fs::create_dir(&o).unwrap();
+    let rw = imgmount([
+        img.as_os_str(),
+        o.as_os_str(),
+        OsStr::new("-o"),
+        OsStr::new("rw"),
+    ]);
+    assert!(!rw.ok());
+    assert_eq!(rw.stderr.trim().lines().count(), 1, "{}", rw.stderr);
+    assert!(rw.stderr.contains("squashfs is read-only"), "{}", rw.stderr);
     imgmount([
         img.as_os_str(),
         o.as_os_str(),

@@ -615,7 +615,9 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
         }
         Driver::Squashfs => {
             if opts.writable {
-                return Err(Error::ReadOnly);
+                return Err(Error::Invalid(
+                    "squashfs is read-only; mount without -o rw".into(),
+                ));
             }
             Ok(Arc::new(SquashFs::open(dev, SquashOptions::default())?))
         }

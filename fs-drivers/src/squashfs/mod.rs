@@ -265,7 +265,7 @@ impl SquashFs {
         } else {
             i.size.div_ceil(bs)
         };
-        let end = i.size.min(offset + buf.len() as u64);
+        let end = i.size.min(offset.saturating_add(buf.len() as u64));
         let first = offset / bs;
         let last = (end - 1) / bs;
         let listed = last.min(full_blocks.saturating_sub(1));
