@@ -79,13 +79,17 @@ CONTAINER_EXT = {
     "qcow2": "qcow2", "qcow2-zlib": "zlib.qcow2", "qcow2-zstd": "zstd.qcow2", "vmdk-stream": "stream.vmdk",
     "imgmount-vhd": "vhd", "imgmount-vhdx": "vhdx", "imgmount-vdi": "vdi", "imgmount-simg": "simg",
 }
-DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools"]
+DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools", "squashfuse_ll"]
 ALL_TOOLS = DEFAULT_TOOLS + list(CONTAINER_TOOLS)
-SERVING = ["imgmount", "fuse2fs", "fusefat"] + list(CONTAINER_TOOLS)
+SERVING = ["imgmount", "fuse2fs", "fusefat", "squashfuse_ll"] + list(CONTAINER_TOOLS)
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
 TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"] + list(CONTAINER_TOOLS), "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+# squashfs images of the ext tree and big.bin (read rows only): the kernel mounts them too.
+SQUASHFS = {"sqzstd": "zstd", "sqxz": "xz"}
+TOOLS_FOR.update({fs: ["kernel", "imgmount", "squashfuse_ll"] for fs in SQUASHFS})
+SQUASHFS_WORKLOADS = {"seqread", "pread", "find", "walk", "tar"}
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -228,6 +232,12 @@ def build_images(wd, sz):
     run(["mcopy", "-s", "-i", fat, os.path.join(src, "big.bin"), os.path.join(src, "treefat"), "::/"],
         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
     log(f"  mkfs.vfat + mcopy -s: {time.perf_counter() - t0:.1f} s")
+    for comp in SQUASHFS.values():
+        t0 = time.perf_counter()
+        run(["mksquashfs", src, os.path.join(img_dir, f"{comp}.sqfs"), "-comp", comp, "-noappend",
+             "-quiet", "-no-progress", "-e", "treefat", "bigdir"], stdout=subprocess.DEVNULL,
+            env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
+        log(f"  mksquashfs -comp {comp}: {time.perf_counter() - t0:.1f} s")
     shutil.rmtree(src)
 
     wr_size = max(512 * MiB, round_up(sz["write"] * 2, MiB))
@@ -518,7 +528,10 @@ class Tools:
 
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
-            return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+            fstype = "squashfs" if image.endswith(".sqfs") else "ext4"
+            return ["mount", "-t", fstype, "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+        if tool == "squashfuse_ll":
+            return ["squashfuse_ll", image, mnt]
         if tool == "imgmount" or tool in CONTAINER_TOOLS:
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
@@ -650,6 +663,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if fs in SQUASHFS:
+            return os.path.join(self.img, f"{SQUASHFS[fs]}.sqfs")
         if tool in CONTAINER_TOOLS:
             return container_image(self.img, tool)
         if tool == "kernel" or fs == "ext":
@@ -660,7 +675,7 @@ class Bench:
         return os.path.join(self.mnt_root, tool)
 
     def worker_args(self, name, fs, tool, root):
-        sub = "tree" if fs == "ext" else "treefat"
+        sub = "treefat" if fs == "fat" else "tree"
         n = {"pread": self.sz["preads"], "bigdir": self.sz["stats"], "write": self.sz["write"],
              "create": self.sz["create"]}.get(name, 0)
         w = name
@@ -671,8 +686,8 @@ class Bench:
                 "--total", str(self.sz["bigdir"]), "--image", self.image(tool, fs), "--progress", self.progress]
 
     def expected_count(self, name, fs):
-        files = self.sz["ext_files"] if fs == "ext" else self.sz["fat_files"]
-        dirs = self.sz["ext_dirs"] if fs == "ext" else self.sz["fat_dirs"]
+        files = self.sz["fat_files"] if fs == "fat" else self.sz["ext_files"]
+        dirs = self.sz["fat_dirs"] if fs == "fat" else self.sz["ext_dirs"]
         return {"seqread": self.sz["big"], "pread": self.sz["preads"], "find": files,
                 "walk": files + dirs, "bigdir": self.sz["stats"], "write": self.sz["write"],
                 "create": self.sz["create"]}.get(name)
@@ -932,8 +947,10 @@ class Bench:
         for name, kind, _ in WORKLOADS:
             if self.a.only and name not in self.a.only:
                 continue
-            for fs in ("ext", "fat"):
+            for fs in ("ext", "fat", *SQUASHFS):
                 if name == "bigdir" and fs == "fat":
+                    continue
+                if fs not in self.a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
                     continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
                 if kind == "read":
                     for cache in ("cold", "warm"):
@@ -957,9 +974,9 @@ def human_bytes(n):
 
 def row_label(row, sz):
     name, fs = row["workload"], row["fs"]
-    fsname = "ext4" if fs == "ext" else "FAT32"
-    files = sz["ext_files"] if fs == "ext" else sz["fat_files"]
-    dirs = sz["ext_dirs"] if fs == "ext" else sz["fat_dirs"]
+    fsname = {"ext": "ext4", "fat": "FAT32"}.get(fs) or f"squashfs {SQUASHFS[fs]}"
+    files = sz["fat_files"] if fs == "fat" else sz["ext_files"]
+    dirs = sz["fat_dirs"] if fs == "fat" else sz["ext_dirs"]
     desc = {
         "seqread": f"seq read {human_bytes(sz['big'])}",
         "pread": f"{sz['preads']:,} random 4 KiB preads",
@@ -1102,6 +1119,8 @@ def parse_args(argv):
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
                    help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also "
                    + ",".join(CONTAINER_TOOLS) + " (imgmount over ext.img as that container)")
+    p.add_argument("--fs", default="ext,fat," + ",".join(SQUASHFS),
+                   help="comma-separated filesystems: ext,fat," + ",".join(SQUASHFS) + " (default: all)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1126,6 +1145,7 @@ def parse_args(argv):
             p.error(f"unknown workloads {bad}")
     if a.runs < 1:
         p.error("--runs must be at least 1")
+    a.fs = set(a.fs.split(","))
     a.workdir = os.path.abspath(a.workdir or default_workdir())
     return a
 
@@ -1147,7 +1167,8 @@ def available_tools(a, imgmount_bin):
             else:
                 avail.add(t)
         else:
-            exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy"}[t]
+            exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy",
+                   "squashfuse_ll": "squashfuse_ll"}[t]
             if shutil.which(exe):
                 avail.add(t)
             else:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 export E2FSPROGS_FAKE_TIME=1700000000 SOURCE_DATE_EPOCH=1700000000 PATH="$PATH:/sbin:/usr/sbin"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p corpus/{partition,probe,ext_walk,fat_walk,fat_write}
+mkdir -p corpus/{partition,probe,ext_walk,fat_walk,fat_write,squashfs_walk}
 
 # A tiny tree: files of a few sizes, a subdirectory, a symlink, a long name.
 src=$tmp/src
@@ -39,6 +39,23 @@ mk_fat() { # name size-KiB mkfs-args...
 }
 mk_fat fat12.img 64 -F 12 -s 1 -r 32
 mk_fat fat12-2k.img 96 -F 12 -s 4 -r 16 -n LABEL
+
+# squashfs: the tree plus an xattr, a device, a FIFO and a directory with an index (names
+# longer than a metadata block), one seed per compressor, 4 KiB blocks.
+sq=$tmp/sqsrc
+cp -a "$src" "$sq"
+mkdir "$sq/many"
+for i in $(seq -w 1 200); do printf "$i" > "$sq/many/entry-with-a-long-name-number-$i"; done
+setfattr -n user.k -v value "$sq/a.txt" 2>/dev/null || true
+mk_sqfs() { # name mksquashfs-args...
+  local name=$1; shift
+  mksquashfs "$sq" "corpus/squashfs_walk/$name" -noappend -quiet -no-progress -all-root \
+    -b 4K -p "cdev c 644 0 0 1 3" -p "fifo i 644 0 0 f" "$@" >/dev/null
+}
+if command -v mksquashfs >/dev/null; then
+  for c in gzip xz zstd lzo lz4 lzma; do mk_sqfs "$c.sqfs" -comp "$c"; done
+  mk_sqfs raw-noexport.sqfs -noI -noD -noF -noX -no-exports -no-fragments
+fi
 
 # The probe sees the start of each volume (the first 8 KiB hold every field it reads on
 # these), plus a truncated FAT16 and FAT32 boot area (those need MiBs as whole volumes).

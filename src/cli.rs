@@ -71,6 +71,7 @@ pub enum FsTypeArg {
     Ext3,
     Ext4,
     Fat,
+    Squashfs,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +91,9 @@ pub struct MountArgs {
     /// Filesystem type.
     #[arg(short = 't', long = "type", value_enum, default_value = "auto")]
     pub fs_type: FsTypeArg,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// Stay in the foreground.
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
@@ -134,6 +138,9 @@ pub struct RunArgs {
     /// Log file for the mount daemon (default: syslog).
     #[arg(long = "log", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// The disk image file.
     pub image: PathBuf,
     /// The command to run, after '--', with its arguments.
@@ -146,6 +153,9 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
@@ -171,6 +181,9 @@ pub struct LsArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// File or directory in the image to list (default: /).
@@ -183,6 +196,9 @@ pub struct CatArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// Files in the image to write out, in order.
@@ -205,6 +221,9 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).

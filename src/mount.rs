@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fs_drivers::block::BlockCache;
-use fs_drivers::disk::{FsOptions, FsType, Image, Selection};
+use fs_drivers::disk::{FsOptions, FsType, Image, ImageOptions, Selection};
 use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
 use imgmount::fuse::options::{self, MountOpts};
@@ -147,11 +147,17 @@ fn open_filesystem(
     let fail = |e: &fs_drivers::Error| Failure::new(image.display(), e).message;
     let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
     let sel = commands::selection(args.partition);
+    let open = |rw: bool| {
+        let io = ImageOptions {
+            offset: args.offset,
+            ..index_cache::image_options(rw, cache)
+        };
+        Image::open_with(image, &io)
+    };
     if opts.rw {
         // Say why rw is refused before opening the image read-write (which could fail first
         // for an unrelated reason such as a read-only image file).
-        let ro = Image::open_with(image, &index_cache::image_options(false, cache))
-            .map_err(|e| fail(&e))?;
+        let ro = open(false).map_err(|e| fail(&e))?;
         if only_ext_selected(&ro, sel) {
             return Err(format!(
                 "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
@@ -159,8 +165,7 @@ fn open_filesystem(
             ));
         }
     }
-    let img = Image::open_with(image, &index_cache::image_options(opts.rw, cache))
-        .map_err(|e| fail(&e))?;
+    let img = open(opts.rw).map_err(|e| fail(&e))?;
     let base = host::fs_options();
     let fs_opts = FsOptions {
         writable: opts.rw,
@@ -170,6 +175,7 @@ fn open_filesystem(
             cli::FsTypeArg::Ext3 => FsType::Ext3,
             cli::FsTypeArg::Ext4 => FsType::Ext4,
             cli::FsTypeArg::Fat => FsType::Fat,
+            cli::FsTypeArg::Squashfs => FsType::Squashfs,
         },
         discard: opts.discard,
         fat_utc_offset_minutes: opts.tz_minutes.or(base.fat_utc_offset_minutes),

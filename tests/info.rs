@@ -229,7 +229,7 @@ fn check_filesystem(img: &Path, v: &Value) {
             let supported = fs["supported"].as_bool().unwrap();
             assert_eq!(
                 supported,
-                kind.starts_with("ext") || kind.starts_with("fat"),
+                kind.starts_with("ext") || kind.starts_with("fat") || kind == "squashfs",
                 "{what}"
             );
             if supported {

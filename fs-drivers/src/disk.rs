@@ -12,6 +12,7 @@ use crate::fat::{FatFs, FatOptions};
 use crate::multi::{MultiFs, Slot};
 use crate::partition::{self, Guid, PartitionTable, PartitionType, Scheme};
 use crate::probe::{self, FsKind, Probe};
+use crate::squashfs::{SquashFs, SquashOptions};
 use crate::vfs::{FileSystem, Timespec};
 use crate::{Error, Result};
 use std::path::Path;
@@ -27,6 +28,7 @@ pub enum FsType {
     Ext3,
     Ext4,
     Fat,
+    Squashfs,
 }
 
 impl FsType {
@@ -37,6 +39,7 @@ impl FsType {
             FsType::Ext3 => "ext3",
             FsType::Ext4 => "ext4",
             FsType::Fat => "fat",
+            FsType::Squashfs => "squashfs",
         }
     }
 }
@@ -143,6 +146,9 @@ pub struct ImageOptions {
     /// What container detectors get: the index cache and whom to tell progress. Its `path` is
     /// filled in by `Image::open`.
     pub peel: PeelContext,
+    /// Where the image starts in the file (`--offset`, as fuse2fs and mtools take it): every
+    /// layer above sees only the bytes from here.
+    pub offset: u64,
 }
 
 impl ImageOptions {
@@ -195,7 +201,17 @@ impl Image {
                 )
             })
             .unwrap_or_default();
-        let raw: DeviceRef = Arc::new(file);
+        let mut raw: DeviceRef = Arc::new(file);
+        if opts.offset > 0 {
+            let size = raw.size();
+            if opts.offset >= size {
+                return Err(Error::Invalid(format!(
+                    "offset {} is at or past the end of the {size}-byte file",
+                    opts.offset
+                )));
+            }
+            raw = Arc::new(Slice::new(raw, opts.offset, size - opts.offset)?);
+        }
         let ctx = PeelContext {
             path: Some(path.to_path_buf()),
             ..opts.peel.clone()
@@ -258,6 +274,11 @@ impl Image {
         }
         if let Some(why) = self.volumes.iter().find_map(|v| v.probe_error.clone()) {
             return Err(Error::Io(std::io::Error::other(why)));
+        }
+        if let Some(off) = probe::appimage::squashfs_offset(self.device.as_ref())? {
+            return Err(Error::Invalid(format!(
+                "an ELF program with a squashfs at offset {off} (an AppImage): use --offset {off}"
+            )));
         }
         Err(Error::Invalid(format!(
             "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
@@ -518,12 +539,14 @@ pub fn open_filesystem(
 enum Driver {
     Ext,
     Fat,
+    Squashfs,
 }
 
 fn driver_of_kind(kind: FsKind) -> Option<Driver> {
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some(Driver::Ext),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Some(Driver::Fat),
+        FsKind::Squashfs => Some(Driver::Squashfs),
         _ => None,
     }
 }
@@ -535,6 +558,7 @@ fn choose_driver(what: &str, probe: Option<&Probe>, forced: FsType) -> Result<Dr
         FsType::Auto => None,
         FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => Some(Driver::Ext),
         FsType::Fat => Some(Driver::Fat),
+        FsType::Squashfs => Some(Driver::Squashfs),
     };
     match (probe, forced_driver) {
         (None, None) => Err(Error::Invalid(format!(
@@ -588,6 +612,14 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
                 umask: opts.fat_umask,
             };
             Ok(Arc::new(FatFs::open(dev, fat_opts)?))
+        }
+        Driver::Squashfs => {
+            if opts.writable {
+                return Err(Error::Invalid(
+                    "squashfs is read-only; mount without -o rw".into(),
+                ));
+            }
+            Ok(Arc::new(SquashFs::open(dev, SquashOptions::default())?))
         }
     }
 }

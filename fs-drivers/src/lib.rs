@@ -15,6 +15,7 @@ pub mod fat;
 pub mod multi;
 pub mod partition;
 pub mod probe;
+pub mod squashfs;
 pub mod vfs;
 
 pub use error::{Error, Result};

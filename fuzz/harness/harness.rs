@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("fat_write", fuzz_fat_write),
     ("qcow2", fuzz_qcow2),
     ("vmdk", fuzz_vmdk),
+    ("squashfs_walk", fuzz_squashfs_walk),
 ];
 
 include!("containers.rs");
@@ -272,3 +273,5 @@ pub fn walk_all(fs: &dyn FileSystem) {
         }
     }
 }
+
+include!("squashfs.rs");

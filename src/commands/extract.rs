@@ -46,7 +46,7 @@ pub struct ExtractOpts {
 }
 
 pub fn run(args: &ExtractArgs) -> i32 {
-    let fs = match source::open("extract", &args.image, args.partition) {
+    let fs = match source::open("extract", &args.image, args.partition, args.offset) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: extract: {e}");

@@ -3,7 +3,7 @@
 //! The JSON form is a stable interface (schema in README.md): field names never change
 //! meaning, absent facts are `null`, never missing keys.
 
-use super::open_image;
+use super::open_image_at;
 use crate::cli::InfoArgs;
 use crate::report::{CmdResult, Failure};
 use fs_drivers::disk::{Image, Volume};
@@ -57,7 +57,7 @@ pub struct FsReport {
 }
 
 pub fn run(args: &InfoArgs) -> CmdResult {
-    let image = open_image(&args.image, false)?;
+    let image = open_image_at(&args.image, false, args.offset)?;
     let shown = args.image.display().to_string();
     image
         .check_recognised()

@@ -6,12 +6,21 @@ pub mod info;
 use crate::cli::PartitionSel;
 use crate::report::Failure;
 use fs_drivers::block::BlockCache;
-use fs_drivers::disk::{Image, Selection};
+use fs_drivers::disk::{Image, ImageOptions, Selection};
 use std::path::Path;
 
 /// Opens an image for a command, read-only unless `writable`, with the default cache.
+#[allow(dead_code)]
 pub fn open_image(path: &Path, writable: bool) -> Result<Image, Failure> {
-    let opts = crate::index_cache::image_options(writable, BlockCache::DEFAULT_CAPACITY);
+    open_image_at(path, writable, 0)
+}
+
+/// As `open_image`, for an image that starts `offset` bytes into the file (`--offset`).
+pub fn open_image_at(path: &Path, writable: bool, offset: u64) -> Result<Image, Failure> {
+    let opts = ImageOptions {
+        offset,
+        ..crate::index_cache::image_options(writable, BlockCache::DEFAULT_CAPACITY)
+    };
     Image::open_with(path, &opts).map_err(|e| Failure::new(path.display(), &e))
 }
 

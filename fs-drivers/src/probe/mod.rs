@@ -2,6 +2,7 @@
 //! as `blkid` prints them. Filesystems the drivers read (ext2/3/4, FAT) are validated the way
 //! libblkid validates them; the rest are recognised by magic only, so `info` can name them.
 
+pub mod appimage;
 mod ext;
 mod fat;
 mod other;
@@ -57,6 +58,7 @@ impl FsKind {
                 | FsKind::Fat12
                 | FsKind::Fat16
                 | FsKind::Fat32
+                | FsKind::Squashfs
         )
     }
 

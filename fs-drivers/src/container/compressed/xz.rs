@@ -188,11 +188,11 @@ fn one_block_stream(dev: &DeviceRef, c: &Chunk) -> Result<Vec<u8>> {
 
 fn decode(dev: &DeviceRef, c: &Chunk) -> Result<Vec<u8>> {
     let s = one_block_stream(dev, c)?;
-    read_exact_len(xz2::read::XzDecoder::new(&s[..]), c.u_len)
+    read_exact_len(liblzma::read::XzDecoder::new(&s[..]), c.u_len)
 }
 
 fn stream(r: DevReader) -> std::io::Result<Box<dyn Read>> {
-    Ok(Box::new(xz2::read::XzDecoder::new_multi_decoder(
+    Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(
         std::io::BufReader::with_capacity(1 << 20, r),
     )))
 }
