@@ -62,6 +62,8 @@ pub enum FsTypeArg {
     Ext3,
     Ext4,
     Fat,
+    Erofs,
+    Iso9660,
 }
 
 #[derive(Args, Debug)]

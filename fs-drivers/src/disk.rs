@@ -27,6 +27,8 @@ pub enum FsType {
     Ext3,
     Ext4,
     Fat,
+    Erofs,
+    Iso9660,
 }
 
 impl FsType {
@@ -37,6 +39,8 @@ impl FsType {
             FsType::Ext3 => "ext3",
             FsType::Ext4 => "ext4",
             FsType::Fat => "fat",
+            FsType::Erofs => "erofs",
+            FsType::Iso9660 => "iso9660",
         }
     }
 }
@@ -518,12 +522,15 @@ pub fn open_filesystem(
 enum Driver {
     Ext,
     Fat,
+    Erofs,
+    Iso9660,
 }
 
 fn driver_of_kind(kind: FsKind) -> Option<Driver> {
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some(Driver::Ext),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Some(Driver::Fat),
+        FsKind::Erofs => Some(Driver::Erofs),
         _ => None,
     }
 }
@@ -535,6 +542,8 @@ fn choose_driver(what: &str, probe: Option<&Probe>, forced: FsType) -> Result<Dr
         FsType::Auto => None,
         FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => Some(Driver::Ext),
         FsType::Fat => Some(Driver::Fat),
+        FsType::Erofs => Some(Driver::Erofs),
+        FsType::Iso9660 => Some(Driver::Iso9660),
     };
     match (probe, forced_driver) {
         (None, None) => Err(Error::Invalid(format!(
@@ -589,6 +598,9 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
             };
             Ok(Arc::new(FatFs::open(dev, fat_opts)?))
         }
+        Driver::Erofs | Driver::Iso9660 if opts.writable => Err(Error::ReadOnly),
+        Driver::Erofs => Ok(Arc::new(crate::erofs::ErofsFs::open(dev)?)),
+        Driver::Iso9660 => Err(Error::Unsupported("iso9660 is not read yet".into())),
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod container;
 pub mod disk;
+pub mod erofs;
 pub mod error;
 pub mod ext;
 pub mod fat;

@@ -80,6 +80,21 @@ pub(super) fn iso9660(dev: &dyn BlockDevice) -> Found {
         .flatten())
 }
 
+/// EROFS: magic 1 KiB in; blkid shows the volume name and UUID from the superblock.
+pub(super) fn erofs(dev: &dyn BlockDevice) -> Found {
+    let Some(sb) = read_opt(dev, 1024, 128)? else {
+        return Ok(None);
+    };
+    if le32(&sb, 0) != crate::erofs::MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(Probe {
+        kind: FsKind::Erofs,
+        label: label(&sb[64..80]),
+        uuid: uuid(&sb[48..64]),
+    }))
+}
+
 /// The label lives in the MFT; only the serial is cheap.
 pub(super) fn ntfs(dev: &dyn BlockDevice) -> Found {
     let Some(bs) = read_opt(dev, 0, 0x50)? else {
