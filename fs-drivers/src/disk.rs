@@ -531,6 +531,7 @@ fn driver_of_kind(kind: FsKind) -> Option<Driver> {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some(Driver::Ext),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Some(Driver::Fat),
         FsKind::Erofs => Some(Driver::Erofs),
+        FsKind::Iso9660 => Some(Driver::Iso9660),
         _ => None,
     }
 }
@@ -600,7 +601,7 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
         }
         Driver::Erofs | Driver::Iso9660 if opts.writable => Err(Error::ReadOnly),
         Driver::Erofs => Ok(Arc::new(crate::erofs::ErofsFs::open(dev)?)),
-        Driver::Iso9660 => Err(Error::Unsupported("iso9660 is not read yet".into())),
+        Driver::Iso9660 => Ok(Arc::new(crate::iso9660::IsoFs::open(dev)?)),
     }
 }
 

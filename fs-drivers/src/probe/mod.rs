@@ -62,6 +62,7 @@ impl FsKind {
                 | FsKind::Fat16
                 | FsKind::Fat32
                 | FsKind::Erofs
+                | FsKind::Iso9660
         )
     }
 

@@ -407,9 +407,20 @@ pub fn compare(
     theirs: &BTreeMap<Vec<u8>, Node>,
     mask: impl Fn(&[u8], &mut Node),
 ) {
-    let a: Vec<_> = ours.keys().map(|k| show(k)).collect();
-    let b: Vec<_> = theirs.keys().map(|k| show(k)).collect();
-    assert_eq!(a, b, "the path sets differ");
+    let only_ours: Vec<_> = ours
+        .keys()
+        .filter(|k| !theirs.contains_key(*k))
+        .map(|k| show(k))
+        .collect();
+    let only_theirs: Vec<_> = theirs
+        .keys()
+        .filter(|k| !ours.contains_key(*k))
+        .map(|k| show(k))
+        .collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "the path sets differ: only ours {only_ours:?}, only theirs {only_theirs:?}"
+    );
     for (path, o) in ours {
         let mut o = o.clone();
         let mut t = theirs[path].clone();
