@@ -242,7 +242,11 @@ impl Image {
             (raw, None)
         };
         let table = partition::read_table(device.as_ref())?;
-        let volumes = list_volumes(&device, &table)?;
+        let mut volumes = list_volumes(&device, &table)?;
+        // A hybrid ISO: the whole-disk ISO 9660 view comes first (see hybrid.rs).
+        if let Some(iso) = crate::hybrid::iso_over_table(&device, &table)? {
+            volumes.insert(0, iso);
+        }
         Ok(Image {
             device,
             layers,
@@ -400,7 +404,14 @@ impl Image {
         if let Some(Selection::Index(n)) = sel {
             return Ok((open_volume(self.partition(n)?, opts)?, Vec::new()));
         }
-        let data: Vec<&Volume> = self.volumes.iter().filter(|v| !v.container).collect();
+        if let (None, Some(iso)) = (sel, self.volumes.first().filter(|v| v.index.is_none())) {
+            return Ok((open_volume(iso, opts)?, Vec::new()));
+        }
+        let data: Vec<&Volume> = self
+            .volumes
+            .iter()
+            .filter(|v| !v.container && v.index.is_some())
+            .collect();
         if data.is_empty() {
             return Err(Error::Invalid(format!(
                 "the {} partition table lists no partitions",

@@ -11,6 +11,7 @@ pub mod erofs;
 pub mod error;
 pub mod ext;
 pub mod fat;
+pub mod hybrid;
 pub mod iso9660;
 pub mod multi;
 pub mod partition;

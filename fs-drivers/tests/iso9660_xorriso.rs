@@ -7,6 +7,7 @@
 mod ro_common;
 
 use fs_drivers::block::{DeviceRef, FileDevice};
+use fs_drivers::disk::{FsOptions, Image, Selection};
 use fs_drivers::iso9660::IsoFs;
 use fs_drivers::vfs::{FileSystem, FileType, Timespec};
 use ro_common::*;
@@ -312,4 +313,115 @@ fn joliet_and_plain_images_equal_the_source() {
         };
         assert_eq!(info.features[0], want);
     }
+}
+
+/// xorriso's "El Torito boot img" line: (platform, bootable, emulation, load size, LBA).
+fn xorriso_boot_images(img: &Path) -> Vec<(String, String, String, String, String)> {
+    let out = Command::new("xorriso")
+        .arg("-indev")
+        .arg(img)
+        .args(["-report_el_torito", "plain"])
+        .output()
+        .expect("xorriso");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("El Torito boot img :"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[1].into(),
+                f[2].into(),
+                f[3].into(),
+                f[6].into(),
+                f[7].into(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hybrid_iso_with_gpt_shows_both_views() {
+    if !have("xorriso") || !have("mkfs.fat") || !have("mcopy") {
+        eprintln!("SKIP: xorriso, mkfs.fat or mcopy is not installed");
+        return;
+    }
+    let tmp = TempDir::new("iso-hybrid");
+    let src = tmp.0.join("src");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    std::fs::write(src.join("boot.bin"), bytes(2048, 1, false)).unwrap();
+    std::fs::write(src.join("docs/readme"), b"hybrid\n").unwrap();
+    std::fs::write(src.join("big"), bytes(3 << 20, 2, false)).unwrap();
+    let fat = tmp.0.join("efi.img");
+    run(Command::new("mkfs.fat")
+        .args(["-C", "-n", "EFIPART"])
+        .arg(&fat)
+        .arg("2048"));
+    let efi_file = tmp.0.join("BOOTX64.EFI");
+    std::fs::write(&efi_file, b"not really an EFI binary").unwrap();
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(&fat)
+        .arg(&efi_file)
+        .arg("::/BOOTX64.EFI"));
+    let img = tmp.0.join("hybrid.iso");
+    run(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-R", "-J", "-V", "HYBRID_ISO"])
+        .args(["-b", "boot.bin", "-no-emul-boot", "-boot-load-size", "4"])
+        .args(["-append_partition", "2", "0xef"])
+        .arg(&fat)
+        .arg("-appended_part_as_gpt")
+        .arg("-o")
+        .arg(&img)
+        .arg(&src));
+    let image = Image::open(&img, false, 1 << 20).expect("open hybrid");
+    assert_eq!(image.table().scheme.name(), "gpt");
+    let iso = &image.volumes()[0];
+    assert_eq!(iso.index, None, "the whole-disk ISO comes first");
+    let probe = iso.probe.as_ref().unwrap();
+    assert_eq!(probe.kind.name(), "iso9660");
+    assert_eq!(probe.label.as_deref(), Some("HYBRID_ISO"));
+    let efi = image
+        .volumes()
+        .iter()
+        .find(|v| {
+            v.probe
+                .as_ref()
+                .is_some_and(|p| p.kind.name().starts_with("fat"))
+        })
+        .expect("the appended FAT partition");
+    // Without -p: the ISO tree, equal to the source (plus xorriso's boot catalog file).
+    let fs = image.open_fs(None, &FsOptions::default()).unwrap();
+    let mut ours = walk_fs(fs.as_ref());
+    assert!(
+        ours.remove(&b"boot.catalog"[..]).is_some(),
+        "xorriso's boot catalog is listed"
+    );
+    compare(&ours, &walk_host_tree(&src), rr_mask);
+    // -p N: the appended partition.
+    let p = image
+        .open_fs(
+            Some(Selection::Index(efi.index.unwrap())),
+            &FsOptions::default(),
+        )
+        .unwrap();
+    let a = p
+        .lookup(p.root(), b"BOOTX64.EFI")
+        .expect("file on the EFI partition");
+    assert_eq!(
+        read_all(p.as_ref(), a.ino, a.size, 4096),
+        b"not really an EFI binary"
+    );
+    // El Torito, as xorriso reports it.
+    let ours = fs_drivers::iso9660::boot_summary(iso.device.as_ref()).expect("boot images");
+    let theirs = xorriso_boot_images(&img);
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    let (pltf, boot, emul, ldsiz, lba) = &theirs[0];
+    assert_eq!(
+        (pltf.as_str(), boot.as_str(), emul.as_str()),
+        ("BIOS", "y", "none")
+    );
+    assert_eq!(
+        ours,
+        format!("El Torito boot image: x86 BIOS, no emulation, bootable, {ldsiz} sectors at block {lba}")
+    );
 }

@@ -117,6 +117,14 @@ pub fn identify(dev: &dyn crate::block::BlockDevice) -> Result<Option<Identity>>
     }
 }
 
+/// The El Torito boot images as one line for `info`; `None` for a disc without any.
+pub fn boot_summary(dev: &dyn crate::block::BlockDevice) -> Option<String> {
+    let vols = Volumes::read(dev).ok()?;
+    let images = eltorito::read(dev, vols.boot_catalog?).ok()?;
+    let lines: Vec<String> = images.iter().map(|b| b.describe()).collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
 impl IsoFs {
     pub fn open(dev: DeviceRef) -> Result<IsoFs> {
         let vols = Volumes::read(dev.as_ref())?;
