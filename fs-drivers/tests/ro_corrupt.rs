@@ -204,7 +204,7 @@ fn torture(
     count: usize,
     seed: u64,
     hot: std::ops::Range<usize>,
-    fix: impl Fn(&mut Vec<u8>),
+    fix: impl Fn(&mut [u8]),
     open: impl Fn(DeviceRef) -> fs_drivers::Result<Box<dyn FileSystem>>,
 ) -> (usize, usize) {
     // The base image itself must be fine, or the mutations prove little.
@@ -255,7 +255,7 @@ fn torture(
 }
 
 /// Rewrites the EROFS superblock checksum (when the feature is on) so damage reaches past it.
-fn fix_erofs_csum(img: &mut Vec<u8>) {
+fn fix_erofs_csum(img: &mut [u8]) {
     if img.len() < 4096 || img[1032] & 1 == 0 {
         return;
     }
