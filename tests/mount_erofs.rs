@@ -1,0 +1,128 @@
+//! EROFS through the FUSE mount: images made by mkfs.erofs (uncompressed and LZ4) mounted by
+//! imgmount look exactly as the kernel's own `mount -o loop,ro` shows them, field by field;
+//! `info --json` names the filesystem as `blkid -p` does.
+
+mod common;
+mod mount_support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{have_tool, imgmount, tool, TempDir};
+use mount_support::tree::assert_same_tree;
+use mount_support::{skip_reason, MountGuard};
+
+struct LoopMount(std::path::PathBuf);
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = tool("umount").arg(&self.0).output();
+    }
+}
+
+fn tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    let text: Vec<u8> = (0..300_000u32)
+        .map(|i| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
+    fs::write(root.join("dir/text"), &text).unwrap();
+    let noise: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(root.join("noise"), &noise).unwrap();
+    fs::write(root.join("small"), b"tail only").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::hard_link(root.join("small"), root.join("dir/sub/hard")).unwrap();
+    std::os::unix::fs::symlink("dir/text", root.join("link")).unwrap();
+    fs::set_permissions(root.join("noise"), fs::Permissions::from_mode(0o4751)).unwrap();
+    for i in 0..300 {
+        fs::write(root.join(format!("dir/f{i:04}")), i.to_string()).unwrap();
+    }
+    let _ = tool("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"])
+        .status();
+    let _ = tool("mkfifo").arg(root.join("fifo")).status();
+    let _ = tool("setfattr")
+        .args(["-n", "user.k", "-v", "v"])
+        .arg(root.join("small"))
+        .status();
+    let _ = tool("chown")
+        .arg("1234:5678")
+        .arg(root.join("dir/text"))
+        .status();
+}
+
+#[test]
+fn erofs_mount_equals_kernel_view() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("mkfs.erofs") {
+        eprintln!("SKIP: mkfs.erofs is not installed");
+        return;
+    }
+    let t = TempDir::new("mount-erofs");
+    let src = t.join("src");
+    tree(&src);
+    for (name, args) in [("plain", &[][..]), ("lz4", &["-zlz4hc", "-C16384"][..])] {
+        let img = t.join(&format!("{name}.img"));
+        let out = tool("mkfs.erofs")
+            .arg("--quiet")
+            .args(args)
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (k, o) = (t.join(&format!("k-{name}")), t.join(&format!("o-{name}")));
+        fs::create_dir(&k).unwrap();
+        fs::create_dir(&o).unwrap();
+        let st = tool("mount")
+            .args(["-t", "erofs", "-o", "loop,ro"])
+            .arg(&img)
+            .arg(&k)
+            .status()
+            .unwrap();
+        if !st.success() {
+            eprintln!("SKIP: the kernel cannot loop-mount erofs here");
+            return;
+        }
+        let _l = LoopMount(k.clone());
+        imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
+        let _g = MountGuard(o.clone());
+        let n = assert_same_tree(&k, &o);
+        assert!(n > 300, "{name}: only {n} paths");
+        imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
+        // blkid's view of the same image.
+        if have_tool("blkid") {
+            let b = common::parse_export(&common::tool_stdout(
+                "blkid",
+                [
+                    OsStr::new("-p"),
+                    OsStr::new("-o"),
+                    OsStr::new("export"),
+                    img.as_os_str(),
+                ],
+            ));
+            let info =
+                imgmount([OsStr::new("info"), OsStr::new("--json"), img.as_os_str()]).expect_ok();
+            let j: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+            let fsj = &j["volumes"][0]["filesystem"];
+            assert_eq!(fsj["type"], "erofs");
+            assert_eq!(
+                fsj["blkid_type"].as_str(),
+                b.get("TYPE").map(String::as_str)
+            );
+            assert_eq!(fsj["uuid"].as_str(), b.get("UUID").map(String::as_str));
+            assert_eq!(fsj["label"].as_str(), b.get("LABEL").map(String::as_str));
+            assert_eq!(fsj["supported"], true);
+        }
+    }
+}
