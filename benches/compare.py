@@ -66,7 +66,8 @@ SERVING = ["imgmount", "fuse2fs", "fusefat"]
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
-TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"]}
+TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat", "mtools"],
+             "erofs": ["kernel", "imgmount"]}
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -200,6 +201,11 @@ def build_images(wd, sz):
     t0 = time.perf_counter()
     mkfs_ext4(os.path.join(img_dir, "ext.img"), ext_size, src=src, inodes=inodes)
     log(f"  mkfs.ext4 -d: {time.perf_counter() - t0:.1f} s")
+    # The same content as ext.img in EROFS (LZ4HC; big.bin is random, so it is stored in
+    # uncompressed clusters), read by the kernel and by imgmount: read-only rows only.
+    t0 = time.perf_counter()
+    run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", os.path.join(img_dir, "erofs.img"), src])
+    log(f"  mkfs.erofs: {time.perf_counter() - t0:.1f} s")
 
     fat_data = sz["big"] + sz["fat_files"] * 4096
     fat_size = max(512 * MiB, round_up(int(fat_data * 1.25) + 64 * MiB, MiB))
@@ -462,7 +468,8 @@ class Tools:
 
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
-            return ["mount", "-t", "ext4", "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
+            fstype = "erofs" if image.endswith("erofs.img") else "ext4"
+            return ["mount", "-t", fstype, "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
         if tool == "imgmount":
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
@@ -594,6 +601,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if fs == "erofs":
+            return os.path.join(self.img, "erofs.img")
         if tool == "kernel" or fs == "ext":
             return os.path.join(self.img, "ext.img")
         return os.path.join(self.img, "fat.img")
@@ -602,7 +611,7 @@ class Bench:
         return os.path.join(self.mnt_root, tool)
 
     def worker_args(self, name, fs, tool, root):
-        sub = "tree" if fs == "ext" else "treefat"
+        sub = "tree" if fs in ("ext", "erofs") else "treefat"
         n = {"pread": self.sz["preads"], "bigdir": self.sz["stats"], "write": self.sz["write"],
              "create": self.sz["create"]}.get(name, 0)
         w = name
@@ -613,8 +622,8 @@ class Bench:
                 "--total", str(self.sz["bigdir"]), "--image", self.image(tool, fs), "--progress", self.progress]
 
     def expected_count(self, name, fs):
-        files = self.sz["ext_files"] if fs == "ext" else self.sz["fat_files"]
-        dirs = self.sz["ext_dirs"] if fs == "ext" else self.sz["fat_dirs"]
+        files = self.sz["ext_files"] if fs in ("ext", "erofs") else self.sz["fat_files"]
+        dirs = self.sz["ext_dirs"] if fs in ("ext", "erofs") else self.sz["fat_dirs"]
         return {"seqread": self.sz["big"], "pread": self.sz["preads"], "find": files,
                 "walk": files + dirs, "bigdir": self.sz["stats"], "write": self.sz["write"],
                 "create": self.sz["create"]}.get(name)
@@ -836,9 +845,11 @@ class Bench:
         for name, kind, _ in WORKLOADS:
             if self.a.only and name not in self.a.only:
                 continue
-            for fs in ("ext", "fat"):
+            for fs in ("ext", "fat", "erofs"):
                 if name == "bigdir" and fs == "fat":
                     continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
+                if fs == "erofs" and kind != "read":
+                    continue  # read-only
                 if kind == "read":
                     for cache in ("cold", "warm"):
                         self.read_row(name, fs, cache)
@@ -859,9 +870,9 @@ def human_bytes(n):
 
 def row_label(row, sz):
     name, fs = row["workload"], row["fs"]
-    fsname = "ext4" if fs == "ext" else "FAT32"
-    files = sz["ext_files"] if fs == "ext" else sz["fat_files"]
-    dirs = sz["ext_dirs"] if fs == "ext" else sz["fat_dirs"]
+    fsname = {"ext": "ext4", "erofs": "EROFS lz4hc"}.get(fs, "FAT32")
+    files = sz["ext_files"] if fs in ("ext", "erofs") else sz["fat_files"]
+    dirs = sz["ext_dirs"] if fs in ("ext", "erofs") else sz["fat_dirs"]
     desc = {
         "seqread": f"seq read {human_bytes(sz['big'])}",
         "pread": f"{sz['preads']:,} random 4 KiB preads",
