@@ -152,7 +152,7 @@ impl ErofsFs {
                     }
                     Piece::Data { pa, len } => {
                         let n = (len as usize).min(want - done);
-                        self.dev.read_direct_at(pa, &mut buf[done..done + n])?;
+                        self.read_bytes(ino, pa, &mut buf[done..done + n])?;
                         n
                     }
                 }
@@ -166,6 +166,16 @@ impl ErofsFs {
             done += n;
         }
         Ok(done)
+    }
+
+    /// Directory and symlink blocks are metadata a block cache should keep; file contents
+    /// are not cached twice (DESIGN.md §2).
+    fn read_bytes(&self, ino: &Inode, pa: u64, buf: &mut [u8]) -> Result<()> {
+        if ino.kind == FileType::Regular {
+            self.dev.read_direct_at(pa, buf)
+        } else {
+            self.dev.read_at(pa, buf)
+        }
     }
 
     fn read_compressed(&self, ino: &Inode, pos: u64, out: &mut [u8]) -> Result<usize> {
@@ -186,7 +196,7 @@ impl ErofsFs {
             None => {
                 let ext = z.map(self.dev.as_ref(), &self.sb, ino, pos)?;
                 let mut raw = vec![0u8; ext.plen as usize];
-                self.dev.read_direct_at(ext.pa, &mut raw)?;
+                self.read_bytes(ino, ext.pa, &mut raw)?;
                 let d = Arc::new(decompress::decode(
                     &ext,
                     &raw,
