@@ -34,6 +34,8 @@ use zmap::ZInfo;
 const INODE_CACHE: usize = 4096;
 /// Decompressed extents kept for sequential readers (each at most 255x its cluster).
 const EXTENT_CACHE: usize = 32;
+/// Bytes of decompressed extents kept at most.
+const EXTENT_CACHE_BYTES: usize = 16 << 20;
 const MAX_SYMLINK: u64 = 65536;
 /// Directory entries are `block` bytes apart in a cookie.
 const COOKIE_SHIFT: u32 = 16;
@@ -205,6 +207,11 @@ impl ErofsFs {
                 )?);
                 if let Ok(mut c) = self.extents.lock() {
                     c.put((ino.nid, ext.la), (d.clone(), ext.plen));
+                    while c.len() > 1
+                        && c.iter().map(|(_, (d, _))| d.len()).sum::<usize>() > EXTENT_CACHE_BYTES
+                    {
+                        c.pop_lru();
+                    }
                 }
                 (ext.la, d)
             }

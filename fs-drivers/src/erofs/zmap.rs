@@ -28,6 +28,10 @@ pub mod lctype {
 /// expands at most 255:1, so real extents stay far below); bounds every walk over indexes.
 const MAX_WALK: u64 = 1 << 16;
 
+/// Longest decompressed extent accepted: mkfs.erofs compresses at most 900 KiB at a time, so
+/// real extents stay far below; this bounds the buffer a corrupt index can ask for.
+const MAX_EXTENT: u64 = 16 << 20;
+
 /// The kernel's Z_EROFS_PCLUSTER_MAX_SIZE.
 const MAX_PCLUSTER: u64 = 1 << 20;
 
@@ -395,6 +399,12 @@ impl ZInfo {
             ));
         }
         let llen = end - la;
+        if llen > MAX_EXTENT {
+            return Err(corrupt(
+                ino,
+                format!("extent of {llen} bytes (more than {MAX_EXTENT})"),
+            ));
+        }
         if matches!(format, Format::Shifted | Format::Interlaced) && llen > plen {
             return Err(corrupt(ino, "uncompressed extent longer than its cluster"));
         }

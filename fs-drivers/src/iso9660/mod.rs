@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use volume::Volumes;
 
 const NODE_CACHE: usize = 8192;
-const DIR_CACHE: usize = 256;
+const DIR_CACHE: usize = 64;
+/// Largest directory listed: about 300,000 entries, far more than any disc directory.
+const MAX_DIR_BYTES: u64 = 32 << 20;
 /// Records one file may span (4 GiB each): far beyond any disc.
 const MAX_EXTENTS: usize = 4096;
 
@@ -198,6 +200,12 @@ impl IsoFs {
 
     /// A node from a file's records (several for a multi-extent file) or a directory's ".".
     fn node_from(&self, recs: &[Record], ino: Ino) -> Result<Node> {
+        self.node_from_inner(recs, ino, true)
+    }
+
+    /// `follow_cl`: whether a CL entry leads to the relocated directory. A directory's own
+    /// "." record never does: a CL there (corrupt) would recurse without end.
+    fn node_from_inner(&self, recs: &[Record], ino: Ino, follow_cl: bool) -> Result<Node> {
         let first = &recs[0];
         let rr = self.rr(first)?;
         let name = match (&rr, self.names) {
@@ -265,7 +273,7 @@ impl IsoFs {
                 extents.clear();
             }
             relocated = rr.relocated;
-            if let Some(cl) = rr.child_link {
+            if let Some(cl) = rr.child_link.filter(|_| follow_cl) {
                 // A placeholder for a directory moved elsewhere to keep the tree shallow.
                 let mut moved = self.dir_node(cl)?;
                 moved.name = name;
@@ -289,7 +297,11 @@ impl IsoFs {
 
     fn dir_node(&self, lba: u32) -> Result<Node> {
         let dot = self.dot_record(lba)?;
-        let mut n = self.node_from(std::slice::from_ref(&dot), u64::from(lba) * self.bs())?;
+        let mut n = self.node_from_inner(
+            std::slice::from_ref(&dot),
+            u64::from(lba) * self.bs(),
+            false,
+        )?;
         n.name = Vec::new();
         n.attr.kind = FileType::Directory;
         Ok(n)
@@ -373,6 +385,12 @@ impl IsoFs {
         let size = dir.extents.first().map_or(0, |e| e.1);
         if size > self.dev.size() {
             return Err(Error::corrupt("ISO 9660 directory larger than the image"));
+        }
+        // Listings are kept in memory at several times their on-disk size.
+        if size > MAX_DIR_BYTES {
+            return Err(Error::Unsupported(format!(
+                "ISO 9660 directory of {size} bytes (more than {MAX_DIR_BYTES})"
+            )));
         }
         let mut out = Vec::new();
         let mut group: Vec<Record> = Vec::new();
@@ -658,6 +676,42 @@ mod tests {
         d.put((100 + u64::from(EXT1 / 2048)) * 2048, b"5678second");
         d.put(31 * 2048, b"ok");
         d
+    }
+
+    fn with_su(mut r: Vec<u8>, su: &[u8]) -> Vec<u8> {
+        r.extend_from_slice(su);
+        r[0] = r.len() as u8;
+        r
+    }
+
+    /// A CL in a directory's own "." record (pointing at itself) and a placeholder whose CL
+    /// points at its own parent: both must end, not recurse.
+    #[test]
+    fn child_links_that_loop_end() {
+        let d = Sparse {
+            size: 1 << 20,
+            blocks: Mutex::new(BTreeMap::new()),
+        };
+        let mut pvd = vec![0u8; 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[80..88].copy_from_slice(&both32(512));
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        pvd[156..190].copy_from_slice(&rec(&[0], 20, 2048, 2));
+        d.put(16 * 2048, &pvd);
+        d.put(17 * 2048, b"\xffCD001\x01");
+        let sp = [b'S', b'P', 7, 1, 0xbe, 0xef, 0];
+        let mut cl = vec![b'C', b'L', 12, 1];
+        cl.extend_from_slice(&both32(20));
+        let mut dir = Vec::new();
+        dir.extend(with_su(rec(&[0], 20, 2048, 2), &[&sp[..], &cl].concat()));
+        dir.extend(rec(&[1], 20, 2048, 2));
+        dir.extend(with_su(rec(b"LOOP", 0, 0, 0), &cl));
+        d.put(20 * 2048, &dir);
+        let fs = IsoFs::open(Arc::new(d)).unwrap();
+        let a = fs.lookup(fs.root(), b"loop").unwrap();
+        assert_eq!(a.kind, FileType::Directory);
+        assert_eq!(a.ino, fs.root());
     }
 
     #[test]
