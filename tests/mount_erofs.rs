@@ -126,3 +126,71 @@ fn erofs_mount_equals_kernel_view() {
         }
     }
 }
+
+/// ISO 9660 (Rock Ridge) through the FUSE mount: the kernel here has no iso9660, so the
+/// mount is compared with the source tree xorriso packed, on what Rock Ridge carries.
+#[test]
+fn iso9660_mount_equals_its_source() {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("xorriso") {
+        eprintln!("SKIP: xorriso is not installed");
+        return;
+    }
+    let t = TempDir::new("mount-iso");
+    let src = t.join("src");
+    tree(&src);
+    let img = t.join("rr.iso");
+    let out = tool("xorriso")
+        .args(["-as", "mkisofs", "-R", "-J", "-o"])
+        .arg(&img)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = t.join("ours");
+    fs::create_dir(&o).unwrap();
+    imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
+    let _g = MountGuard(o.clone());
+    let paths = mount_support::tree::walk(&src);
+    assert_eq!(
+        paths,
+        mount_support::tree::walk(&o),
+        "different sets of paths"
+    );
+    for rel in &paths {
+        let (s, m) = (src.join(rel), o.join(rel));
+        let (a, b) = (
+            fs::symlink_metadata(&s).unwrap(),
+            fs::symlink_metadata(&m).unwrap(),
+        );
+        let what = rel.display();
+        assert_eq!(a.mode(), b.mode(), "{what}: mode");
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{what}: owner");
+        assert_eq!(a.mtime(), b.mtime(), "{what}: mtime");
+        assert_eq!(a.rdev(), b.rdev(), "{what}: rdev");
+        if a.is_file() {
+            assert_eq!(a.nlink(), b.nlink(), "{what}: nlink");
+            assert_eq!(
+                fs::read(&s).unwrap(),
+                fs::read(&m).unwrap(),
+                "{what}: content"
+            );
+        }
+        if a.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&s).unwrap(),
+                fs::read_link(&m).unwrap(),
+                "{what}: target"
+            );
+        }
+    }
+    imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
+}

@@ -116,3 +116,30 @@ fn erofs_equals_the_kernel() {
     }
     assert!(checked > 0 || !is_root(), "no variant could be mounted");
 }
+
+#[test]
+fn multi_device_image_is_refused_with_one_line() {
+    if !have("mkfs.erofs") {
+        eprintln!("SKIP: erofs-utils is not installed");
+        return;
+    }
+    let tmp = TempDir::new("erofs-blobdev");
+    let src = tmp.0.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("data"), bytes(20_000, 1, false)).unwrap();
+    let (img, blob) = (tmp.0.join("meta.img"), tmp.0.join("blob.img"));
+    run(Command::new("mkfs.erofs")
+        .arg("--quiet")
+        .arg(format!("--blobdev={}", blob.display()))
+        .arg("--chunksize=4096")
+        .arg(&img)
+        .arg(&src));
+    let dev: DeviceRef = Arc::new(FileDevice::open(&img, false).unwrap());
+    let e = ErofsFs::open(dev)
+        .err()
+        .expect("a multi-device image is refused");
+    let msg = e.to_string();
+    assert!(msg.contains("spans 1 extra device"), "{msg}");
+    assert!(!msg.contains('\n'));
+    assert_eq!(e.errno(), libc::EOPNOTSUPP);
+}
