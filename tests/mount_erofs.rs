@@ -52,6 +52,29 @@ fn tree(root: &Path) {
         .arg("1234:5678")
         .arg(root.join("dir/text"))
         .status();
+    let _ = tool("chown")
+        .arg("-h")
+        .arg("70000:80000")
+        .arg(root.join("link"))
+        .status();
+    let _ = tool("mknod")
+        .arg(root.join("dir/blk"))
+        .args(["b", "259", "70000"])
+        .status();
+    let _ = std::os::unix::net::UnixListener::bind(root.join("dir/sock"));
+    let _ = tool("setfattr")
+        .args(["-n", "trusted.t", "-v", "tv"])
+        .arg(root.join("dir"))
+        .status();
+    let _ = tool("setfacl")
+        .args(["-m", "u:99:rwx"])
+        .arg(root.join("noise"))
+        .status();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(4 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"start", 0).unwrap();
+    sparse.write_all_at(b"end", (4 << 20) - 3).unwrap();
 }
 
 #[test]
@@ -143,6 +166,8 @@ fn iso9660_mount_equals_its_source() {
     let t = TempDir::new("mount-iso");
     let src = t.join("src");
     tree(&src);
+    // Rock Ridge without AAIP holds no ACL; libisofs then writes the mode without the mask.
+    let _ = tool("setfacl").arg("-b").arg(src.join("noise")).status();
     let img = t.join("rr.iso");
     let out = tool("xorriso")
         .args(["-as", "mkisofs", "-R", "-J", "-o"])
