@@ -1,10 +1,14 @@
-//! Turning one extent's stored bytes into its decompressed bytes. LZ4 (the only compressor
-//! mkfs.erofs 1.5 offers) through lz4_flex; uncompressed pclusters, shifted or interlaced.
+//! Turning one extent's stored bytes into its decompressed bytes: LZ4 (lz4_flex), MicroLZMA
+//! (lzma-rs, after rebuilding the header MicroLZMA leaves out), raw DEFLATE (flate2) and
+//! Zstandard (ruzstd); uncompressed pclusters, shifted or interlaced.
 
 use super::zmap::{Extent, Format};
 use crate::{Error, Result};
 
 pub const ALG_LZ4: u8 = 0;
+pub const ALG_LZMA: u8 = 1;
+pub const ALG_DEFLATE: u8 = 2;
+pub const ALG_ZSTD: u8 = 3;
 
 /// LZ4 cannot expand more than 255:1; an index promising more is corrupt, and this keeps the
 /// output allocation tied to bytes that really are in the image.
@@ -62,6 +66,33 @@ pub fn decode(ext: &Extent, raw: &[u8], block_size: u64, zero_padding: bool) -> 
             }
             Ok(out)
         }
+        Format::Algorithm(a @ (ALG_LZMA | ALG_DEFLATE | ALG_ZSTD)) => {
+            // The other compressors can expand more than LZ4; the extent cap in zmap bounds
+            // the buffer instead.
+            let margin = leading_zeros(raw, block_size)?;
+            let src = &raw[margin..];
+            let mut out = vec![0u8; llen];
+            let what = ["", "lzma", "deflate", "zstd"][usize::from(a)];
+            let bad = |e: &dyn std::fmt::Display| Error::corrupt(format!("EROFS {what} data: {e}"));
+            match a {
+                ALG_LZMA => micro_lzma(src, &mut out).map_err(|e| bad(&e))?,
+                ALG_DEFLATE => {
+                    use std::io::Read;
+                    flate2::read::DeflateDecoder::new(src)
+                        .read_exact(&mut out)
+                        .map_err(|e| bad(&e))?
+                }
+                _ => {
+                    use std::io::Read;
+                    let mut input = src;
+                    ruzstd::decoding::StreamingDecoder::new(&mut input)
+                        .map_err(|e| bad(&e))?
+                        .read_exact(&mut out)
+                        .map_err(|e| bad(&e))?
+                }
+            }
+            Ok(out)
+        }
         Format::Algorithm(a) => Err(Error::Unsupported(format!(
             "EROFS compression algorithm {} is not supported",
             match a {
@@ -72,6 +103,51 @@ pub fn decode(ext: &Extent, raw: &[u8], block_size: u64, zero_padding: bool) -> 
             }
         ))),
     }
+}
+
+/// Compressed data is right-aligned in its pcluster: the zeros before it (within the first
+/// block, as the kernel looks) are skipped.
+fn leading_zeros(raw: &[u8], block_size: u64) -> Result<usize> {
+    let limit = (block_size as usize).min(raw.len());
+    let margin = raw[..limit].iter().take_while(|&&b| b == 0).count();
+    if margin >= raw.len() {
+        return Err(Error::corrupt("EROFS compressed cluster holds only zeros"));
+    }
+    Ok(margin)
+}
+
+/// MicroLZMA (xz-embedded's, what EROFS stores): an LZMA1 stream whose first byte, always
+/// zero in LZMA's range coder, carries the bitwise-negated properties byte, with no header.
+/// Rebuilding the .lzma header (properties, a dictionary as large as the output, the
+/// uncompressed size given) lets a standard decoder read it; it stops at that size.
+fn micro_lzma(src: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let (&first, rest) = src.split_first().ok_or("empty stream")?;
+    let props = !first;
+    if props >= 9 * 5 * 5 {
+        return Err(format!("bad properties byte {props:#x}"));
+    }
+    let dict = (out.len() as u32).next_power_of_two().max(4096);
+    let mut stream = Vec::with_capacity(6 + rest.len());
+    stream.push(props);
+    stream.extend_from_slice(&dict.to_le_bytes());
+    stream.push(0);
+    stream.extend_from_slice(rest);
+    let opts = lzma_rs::decompress::Options {
+        unpacked_size: lzma_rs::decompress::UnpackedSize::UseProvided(Some(out.len() as u64)),
+        memlimit: Some(out.len().max(4096)),
+        allow_incomplete: false,
+    };
+    let mut w = std::io::Cursor::new(out);
+    lzma_rs::lzma_decompress_with_options(&mut &stream[..], &mut w, &opts)
+        .map_err(|e| e.to_string())?;
+    let n = w.position() as usize;
+    if n != w.get_ref().len() {
+        return Err(format!(
+            "decodes to {n} bytes, the index says {}",
+            w.get_ref().len()
+        ));
+    }
+    Ok(())
 }
 
 /// LZ4 block decoding that stops once `out` is full, as the kernel's
