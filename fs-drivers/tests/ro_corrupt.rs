@@ -1,5 +1,5 @@
-//! Corrupt EROFS and ISO 9660 images: thousands of seeded mutations of small images made by
-//! mkfs.erofs and xorriso (bytes flipped, fields set to extremes, blocks copied or zeroed, the
+//! Corrupt EROFS and ISO 9660 images: thousands of seeded mutations (1800 EROFS from
+//! mkfs.erofs, 450 of the committed LZMA/DEFLATE/Zstandard images, 1400 ISO from xorriso) (bytes flipped, fields set to extremes, blocks copied or zeroed, the
 //! image cut short; EROFS ones half the time with the superblock checksum fixed up so the
 //! damage gets past it). Each must open with a one-line error or walk with errors on the
 //! broken files: no panic, no hang (time bound per image), bounded memory (a counting
@@ -209,7 +209,7 @@ fn torture(
 ) -> (usize, usize) {
     // The base image itself must be fine, or the mutations prove little.
     let fs = open(Arc::new(MemDevice::read_only(base.to_vec()))).expect("base image opens");
-    assert!(bounded_walk(fs.as_ref()) > 100, "{name}: base image walk");
+    assert!(bounded_walk(fs.as_ref()) > 5, "{name}: base image walk");
     let mut rng = Rng(seed);
     let (mut opened, mut refused) = (0, 0);
     let _turn = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
@@ -301,7 +301,7 @@ fn erofs_mutations() {
         let (opened, _) = torture(
             &format!("erofs {args:?}"),
             &base,
-            350,
+            300,
             0xe0f5 + i as u64,
             meta,
             fix_erofs_csum,
@@ -311,9 +311,9 @@ fn erofs_mutations() {
             opened > 50,
             "too few mutations got past open to test the walk"
         );
-        total += 350;
+        total += 300;
     }
-    assert!(total >= 2000);
+    assert!(total >= 1800);
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn iso9660_mutations() {
         let (opened, _) = torture(
             &format!("iso9660 {args:?}"),
             &base,
-            400,
+            350,
             0x150 + i as u64,
             meta,
             |_| {},
@@ -360,7 +360,28 @@ fn iso9660_mutations() {
             opened > 50,
             "too few mutations got past open to test the walk"
         );
-        total += 400;
+        total += 350;
     }
-    assert!(total >= 1600);
+    assert!(total >= 1400);
+}
+
+/// The committed LZMA, DEFLATE and Zstandard images (tests/erofs_fixtures), mutated: the
+/// third-party decoders must fail cleanly too, within the same bounds.
+#[test]
+fn erofs_compressor_fixture_mutations() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erofs_fixtures");
+    for (i, alg) in ["lzma", "deflate", "zstd"].iter().enumerate() {
+        let base = std::fs::read(dir.join(format!("{alg}.img"))).unwrap();
+        let (opened, _) = torture(
+            &format!("erofs {alg} fixture"),
+            &base,
+            150,
+            0x2e0f + i as u64,
+            // Metadata and then the compressed clusters, where the decoders get their input.
+            1024..base.len(),
+            fix_erofs_csum,
+            |d| ErofsFs::open(d).map(|f| Box::new(f) as Box<dyn FileSystem>),
+        );
+        assert!(opened > 30);
+    }
 }
