@@ -32,6 +32,8 @@ mk_erofs lz4.img -zlz4hc
 mk_erofs lz4-legacy.img -zlz4 -Elegacy-compress
 mk_erofs lz4-tail.img -zlz4 -Eztailpacking
 mk_erofs chunked.img --chunksize=4096
+# lzma.img, deflate.img, zstd.img are copies of fs-drivers/tests/erofs_fixtures/ (made with a
+# newer mkfs.erofs than Debian's 1.5, which offers only LZ4): this script leaves them alone.
 
 mk_iso() { # name xorriso-args...
   local name=$1; shift
