@@ -90,6 +90,7 @@ TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"] + list(CONTAINER_TOOLS), "
 SQUASHFS = {"sqzstd": "zstd", "sqxz": "xz"}
 TOOLS_FOR.update({fs: ["kernel", "imgmount", "squashfuse_ll"] for fs in SQUASHFS})
 SQUASHFS_WORKLOADS = {"seqread", "pread", "find", "walk", "tar"}
+TOOLS_FOR["erofs"] = ["kernel", "imgmount"]
 WRITE_TOOLS_FOR = {"ext": ["kernel", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 MTOOLS_WORKLOADS = {"seqread", "find"}
 
@@ -223,6 +224,11 @@ def build_images(wd, sz):
     t0 = time.perf_counter()
     mkfs_ext4(os.path.join(img_dir, "ext.img"), ext_size, src=src, inodes=inodes)
     log(f"  mkfs.ext4 -d: {time.perf_counter() - t0:.1f} s")
+    # The same content as ext.img in EROFS (LZ4HC; big.bin is random, so it is stored in
+    # uncompressed clusters), read by the kernel and by imgmount: read-only rows only.
+    t0 = time.perf_counter()
+    run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", os.path.join(img_dir, "erofs.img"), src])
+    log(f"  mkfs.erofs: {time.perf_counter() - t0:.1f} s")
 
     fat_data = sz["big"] + sz["fat_files"] * 4096
     fat_size = max(512 * MiB, round_up(int(fat_data * 1.25) + 64 * MiB, MiB))
@@ -528,7 +534,7 @@ class Tools:
 
     def mount_cmd(self, tool, image, mnt, rw):
         if tool == "kernel":
-            fstype = "squashfs" if image.endswith(".sqfs") else "ext4"
+            fstype = "squashfs" if image.endswith(".sqfs") else "erofs" if image.endswith("erofs.img") else "ext4"
             return ["mount", "-t", fstype, "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
         if tool == "squashfuse_ll":
             return ["squashfuse_ll", image, mnt]
@@ -663,6 +669,8 @@ class Bench:
         self.progress = os.path.join(args.workdir, "progress")
 
     def image(self, tool, fs):
+        if fs == "erofs":
+            return os.path.join(self.img, "erofs.img")
         if fs in SQUASHFS:
             return os.path.join(self.img, f"{SQUASHFS[fs]}.sqfs")
         if tool in CONTAINER_TOOLS:
@@ -947,11 +955,13 @@ class Bench:
         for name, kind, _ in WORKLOADS:
             if self.a.only and name not in self.a.only:
                 continue
-            for fs in ("ext", "fat", *SQUASHFS):
+            for fs in ("ext", "fat", "erofs", *SQUASHFS):
                 if name == "bigdir" and fs == "fat":
                     continue
                 if fs not in self.a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
                     continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
+                if fs == "erofs" and kind != "read":
+                    continue  # read-only
                 if kind == "read":
                     for cache in ("cold", "warm"):
                         self.read_row(name, fs, cache)
@@ -974,7 +984,7 @@ def human_bytes(n):
 
 def row_label(row, sz):
     name, fs = row["workload"], row["fs"]
-    fsname = {"ext": "ext4", "fat": "FAT32"}.get(fs) or f"squashfs {SQUASHFS[fs]}"
+    fsname = {"ext": "ext4", "fat": "FAT32", "erofs": "EROFS lz4hc"}.get(fs) or f"squashfs {SQUASHFS[fs]}"
     files = sz["fat_files"] if fs == "fat" else sz["ext_files"]
     dirs = sz["fat_dirs"] if fs == "fat" else sz["ext_dirs"]
     desc = {
@@ -1119,8 +1129,8 @@ def parse_args(argv):
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
                    help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also "
                    + ",".join(CONTAINER_TOOLS) + " (imgmount over ext.img as that container)")
-    p.add_argument("--fs", default="ext,fat," + ",".join(SQUASHFS),
-                   help="comma-separated filesystems: ext,fat," + ",".join(SQUASHFS) + " (default: all)")
+    p.add_argument("--fs", default="ext,fat,erofs," + ",".join(SQUASHFS),
+                   help="comma-separated filesystems: ext,fat,erofs," + ",".join(SQUASHFS) + " (default: all)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")

@@ -72,6 +72,8 @@ pub enum FsTypeArg {
     Ext4,
     Fat,
     Squashfs,
+    Erofs,
+    Iso9660,
 }
 
 #[derive(Args, Debug)]

@@ -176,6 +176,8 @@ fn open_filesystem(
             cli::FsTypeArg::Ext4 => FsType::Ext4,
             cli::FsTypeArg::Fat => FsType::Fat,
             cli::FsTypeArg::Squashfs => FsType::Squashfs,
+            cli::FsTypeArg::Erofs => FsType::Erofs,
+            cli::FsTypeArg::Iso9660 => FsType::Iso9660,
         },
         discard: opts.discard,
         fat_utc_offset_minutes: opts.tz_minutes.or(base.fat_utc_offset_minutes),

@@ -29,6 +29,8 @@ pub enum FsType {
     Ext4,
     Fat,
     Squashfs,
+    Erofs,
+    Iso9660,
 }
 
 impl FsType {
@@ -40,6 +42,8 @@ impl FsType {
             FsType::Ext4 => "ext4",
             FsType::Fat => "fat",
             FsType::Squashfs => "squashfs",
+            FsType::Erofs => "erofs",
+            FsType::Iso9660 => "iso9660",
         }
     }
 }
@@ -254,7 +258,11 @@ impl Image {
             (raw, None)
         };
         let table = partition::read_table(device.as_ref())?;
-        let volumes = list_volumes(&device, &table)?;
+        let mut volumes = list_volumes(&device, &table)?;
+        // A hybrid ISO: the whole-disk ISO 9660 view comes first (see hybrid.rs).
+        if let Some(iso) = crate::hybrid::iso_over_table(&device, &table)? {
+            volumes.insert(0, iso);
+        }
         Ok(Image {
             device,
             layers,
@@ -417,7 +425,14 @@ impl Image {
         if let Some(Selection::Index(n)) = sel {
             return Ok((open_volume(self.partition(n)?, opts)?, Vec::new()));
         }
-        let data: Vec<&Volume> = self.volumes.iter().filter(|v| !v.container).collect();
+        if let (None, Some(iso)) = (sel, self.volumes.first().filter(|v| v.index.is_none())) {
+            return Ok((open_volume(iso, opts)?, Vec::new()));
+        }
+        let data: Vec<&Volume> = self
+            .volumes
+            .iter()
+            .filter(|v| !v.container && v.index.is_some())
+            .collect();
         if data.is_empty() {
             return Err(Error::Invalid(format!(
                 "the {} partition table lists no partitions",
@@ -540,6 +555,8 @@ enum Driver {
     Ext,
     Fat,
     Squashfs,
+    Erofs,
+    Iso9660,
 }
 
 fn driver_of_kind(kind: FsKind) -> Option<Driver> {
@@ -547,6 +564,8 @@ fn driver_of_kind(kind: FsKind) -> Option<Driver> {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Some(Driver::Ext),
         FsKind::Fat12 | FsKind::Fat16 | FsKind::Fat32 => Some(Driver::Fat),
         FsKind::Squashfs => Some(Driver::Squashfs),
+        FsKind::Erofs => Some(Driver::Erofs),
+        FsKind::Iso9660 => Some(Driver::Iso9660),
         _ => None,
     }
 }
@@ -559,6 +578,8 @@ fn choose_driver(what: &str, probe: Option<&Probe>, forced: FsType) -> Result<Dr
         FsType::Ext2 | FsType::Ext3 | FsType::Ext4 => Some(Driver::Ext),
         FsType::Fat => Some(Driver::Fat),
         FsType::Squashfs => Some(Driver::Squashfs),
+        FsType::Erofs => Some(Driver::Erofs),
+        FsType::Iso9660 => Some(Driver::Iso9660),
     };
     match (probe, forced_driver) {
         (None, None) => Err(Error::Invalid(format!(
@@ -621,6 +642,9 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
             }
             Ok(Arc::new(SquashFs::open(dev, SquashOptions::default())?))
         }
+        Driver::Erofs | Driver::Iso9660 if opts.writable => Err(Error::ReadOnly),
+        Driver::Erofs => Ok(Arc::new(crate::erofs::ErofsFs::open(dev)?)),
+        Driver::Iso9660 => Ok(Arc::new(crate::iso9660::IsoFs::open(dev)?)),
     }
 }
 

@@ -7,6 +7,7 @@ use super::open_image_at;
 use crate::cli::InfoArgs;
 use crate::report::{CmdResult, Failure};
 use fs_drivers::disk::{Image, Volume};
+use fs_drivers::probe::FsKind;
 use serde::Serialize;
 
 #[derive(Serialize, Debug)]
@@ -118,6 +119,9 @@ fn volume_report(v: &Volume) -> VolumeReport {
         match &v.probe {
             Some(p) if !p.kind.is_supported() => {
                 Some(format!("{} (not readable by imgmount)", p.kind.name()))
+            }
+            Some(p) if p.kind == FsKind::Iso9660 => {
+                fs_drivers::iso9660::boot_summary(v.device.as_ref())
             }
             Some(_) => None,
             None => Some("no filesystem recognised".into()),
@@ -281,6 +285,17 @@ pub fn human(r: &Report) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    // Notes on readable filesystems (an ISO's El Torito boot images) have no column.
+    for v in &r.volumes {
+        if let (Some(fs), Some(note)) = (&v.filesystem, &v.note) {
+            if fs.supported {
+                let at = v
+                    .index
+                    .map_or_else(|| "the whole image".into(), |n| format!("partition {n}"));
+                out.push_str(&format!("\n{at}: {note}\n"));
+            }
+        }
     }
     if !r.warnings.is_empty() {
         out.push_str("\nWarnings:\n");

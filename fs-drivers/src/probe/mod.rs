@@ -21,6 +21,7 @@ pub enum FsKind {
     Swap,
     Squashfs,
     Iso9660,
+    Erofs,
     Btrfs,
     Xfs,
     Ntfs,
@@ -40,6 +41,7 @@ impl FsKind {
             FsKind::Swap => "swap",
             FsKind::Squashfs => "squashfs",
             FsKind::Iso9660 => "iso9660",
+            FsKind::Erofs => "erofs",
             FsKind::Btrfs => "btrfs",
             FsKind::Xfs => "xfs",
             FsKind::Ntfs => "ntfs",
@@ -59,6 +61,8 @@ impl FsKind {
                 | FsKind::Fat16
                 | FsKind::Fat32
                 | FsKind::Squashfs
+                | FsKind::Erofs
+                | FsKind::Iso9660
         )
     }
 
@@ -84,13 +88,14 @@ type Prober = fn(&dyn BlockDevice) -> Result<Option<Probe>>;
 /// Identifies the filesystem on `dev`; `None` when nothing known is there.
 pub fn probe(dev: &dyn BlockDevice) -> Result<Option<Probe>> {
     // Strong, long magics first; FAT, whose signature is the weakest, last.
-    let probers: [Prober; 10] = [
+    let probers: [Prober; 11] = [
         other::luks,
         ext::probe,
         other::btrfs,
         other::xfs,
         other::squashfs,
         other::iso9660,
+        other::erofs,
         other::ntfs,
         other::exfat,
         other::swap,

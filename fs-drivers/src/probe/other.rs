@@ -73,11 +73,36 @@ pub(super) fn squashfs(dev: &dyn BlockDevice) -> Found {
         .flatten())
 }
 
-/// The label and UUID libblkid derives (Joliet names, dates) are left out.
+/// Label (Joliet's when there is one) and UUID (the volume's modification date) as libblkid
+/// derives them.
 pub(super) fn iso9660(dev: &dyn BlockDevice) -> Found {
-    Ok(magic_at(dev, 32769, b"CD001")?
-        .then(|| bare(FsKind::Iso9660))
-        .flatten())
+    if !magic_at(dev, 32769, b"CD001")? {
+        return Ok(None);
+    }
+    let (label, uuid) = match crate::iso9660::identify(dev)? {
+        Some(id) => (id.label, id.uuid),
+        None => (None, None),
+    };
+    Ok(Some(Probe {
+        kind: FsKind::Iso9660,
+        label,
+        uuid,
+    }))
+}
+
+/// EROFS: magic 1 KiB in; blkid shows the volume name and UUID from the superblock.
+pub(super) fn erofs(dev: &dyn BlockDevice) -> Found {
+    let Some(sb) = read_opt(dev, 1024, 128)? else {
+        return Ok(None);
+    };
+    if le32(&sb, 0) != crate::erofs::MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(Probe {
+        kind: FsKind::Erofs,
+        label: label(&sb[64..80]),
+        uuid: uuid(&sb[48..64]),
+    }))
 }
 
 /// The label lives in the MFT; only the serial is cheap.

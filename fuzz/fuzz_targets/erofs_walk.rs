@@ -1,0 +1,6 @@
+#![no_main]
+
+include!("../harness/harness.rs");
+include!("../harness/ro_images.rs");
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_erofs_walk(data));

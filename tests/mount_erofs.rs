@@ -1,0 +1,221 @@
+//! EROFS through the FUSE mount: images made by mkfs.erofs (uncompressed and LZ4) mounted by
+//! imgmount look exactly as the kernel's own `mount -o loop,ro` shows them, field by field;
+//! `info --json` names the filesystem as `blkid -p` does.
+
+mod common;
+mod mount_support;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::{have_tool, imgmount, tool, TempDir};
+use mount_support::tree::assert_same_tree;
+use mount_support::{skip_reason, MountGuard};
+
+struct LoopMount(std::path::PathBuf);
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = tool("umount").arg(&self.0).output();
+    }
+}
+
+fn tree(root: &Path) {
+    fs::create_dir_all(root.join("dir/sub")).unwrap();
+    let text: Vec<u8> = (0..300_000u32)
+        .map(|i| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
+    fs::write(root.join("dir/text"), &text).unwrap();
+    let noise: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(root.join("noise"), &noise).unwrap();
+    fs::write(root.join("small"), b"tail only").unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::hard_link(root.join("small"), root.join("dir/sub/hard")).unwrap();
+    std::os::unix::fs::symlink("dir/text", root.join("link")).unwrap();
+    fs::set_permissions(root.join("noise"), fs::Permissions::from_mode(0o4751)).unwrap();
+    for i in 0..300 {
+        fs::write(root.join(format!("dir/f{i:04}")), i.to_string()).unwrap();
+    }
+    let _ = tool("mknod")
+        .arg(root.join("null"))
+        .args(["c", "1", "3"])
+        .status();
+    let _ = tool("mkfifo").arg(root.join("fifo")).status();
+    let _ = tool("setfattr")
+        .args(["-n", "user.k", "-v", "v"])
+        .arg(root.join("small"))
+        .status();
+    let _ = tool("chown")
+        .arg("1234:5678")
+        .arg(root.join("dir/text"))
+        .status();
+    let _ = tool("chown")
+        .arg("-h")
+        .arg("70000:80000")
+        .arg(root.join("link"))
+        .status();
+    let _ = tool("mknod")
+        .arg(root.join("dir/blk"))
+        .args(["b", "259", "70000"])
+        .status();
+    let _ = std::os::unix::net::UnixListener::bind(root.join("dir/sock"));
+    let _ = tool("setfattr")
+        .args(["-n", "trusted.t", "-v", "tv"])
+        .arg(root.join("dir"))
+        .status();
+    let _ = tool("setfacl")
+        .args(["-m", "u:99:rwx"])
+        .arg(root.join("noise"))
+        .status();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(4 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"start", 0).unwrap();
+    sparse.write_all_at(b"end", (4 << 20) - 3).unwrap();
+}
+
+#[test]
+fn erofs_mount_equals_kernel_view() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("mkfs.erofs") {
+        eprintln!("SKIP: mkfs.erofs is not installed");
+        return;
+    }
+    let t = TempDir::new("mount-erofs");
+    let src = t.join("src");
+    tree(&src);
+    for (name, args) in [("plain", &[][..]), ("lz4", &["-zlz4hc", "-C16384"][..])] {
+        let img = t.join(&format!("{name}.img"));
+        let out = tool("mkfs.erofs")
+            .arg("--quiet")
+            .args(args)
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (k, o) = (t.join(&format!("k-{name}")), t.join(&format!("o-{name}")));
+        fs::create_dir(&k).unwrap();
+        fs::create_dir(&o).unwrap();
+        let st = tool("mount")
+            .args(["-t", "erofs", "-o", "loop,ro"])
+            .arg(&img)
+            .arg(&k)
+            .status()
+            .unwrap();
+        if !st.success() {
+            eprintln!("SKIP: the kernel cannot loop-mount erofs here");
+            return;
+        }
+        let _l = LoopMount(k.clone());
+        imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
+        let _g = MountGuard(o.clone());
+        let n = assert_same_tree(&k, &o);
+        assert!(n > 300, "{name}: only {n} paths");
+        imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
+        // blkid's view of the same image.
+        if have_tool("blkid") {
+            let b = common::parse_export(&common::tool_stdout(
+                "blkid",
+                [
+                    OsStr::new("-p"),
+                    OsStr::new("-o"),
+                    OsStr::new("export"),
+                    img.as_os_str(),
+                ],
+            ));
+            let info =
+                imgmount([OsStr::new("info"), OsStr::new("--json"), img.as_os_str()]).expect_ok();
+            let j: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+            let fsj = &j["volumes"][0]["filesystem"];
+            assert_eq!(fsj["type"], "erofs");
+            assert_eq!(
+                fsj["blkid_type"].as_str(),
+                b.get("TYPE").map(String::as_str)
+            );
+            assert_eq!(fsj["uuid"].as_str(), b.get("UUID").map(String::as_str));
+            assert_eq!(fsj["label"].as_str(), b.get("LABEL").map(String::as_str));
+            assert_eq!(fsj["supported"], true);
+        }
+    }
+}
+
+/// ISO 9660 (Rock Ridge) through the FUSE mount: the kernel here has no iso9660, so the
+/// mount is compared with the source tree xorriso packed, on what Rock Ridge carries.
+#[test]
+fn iso9660_mount_equals_its_source() {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("xorriso") {
+        eprintln!("SKIP: xorriso is not installed");
+        return;
+    }
+    let t = TempDir::new("mount-iso");
+    let src = t.join("src");
+    tree(&src);
+    // Rock Ridge without AAIP holds no ACL; libisofs then writes the mode without the mask.
+    let _ = tool("setfacl").arg("-b").arg(src.join("noise")).status();
+    let img = t.join("rr.iso");
+    let out = tool("xorriso")
+        .args(["-as", "mkisofs", "-R", "-J", "-o"])
+        .arg(&img)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = t.join("ours");
+    fs::create_dir(&o).unwrap();
+    imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
+    let _g = MountGuard(o.clone());
+    let paths = mount_support::tree::walk(&src);
+    assert_eq!(
+        paths,
+        mount_support::tree::walk(&o),
+        "different sets of paths"
+    );
+    for rel in &paths {
+        let (s, m) = (src.join(rel), o.join(rel));
+        let (a, b) = (
+            fs::symlink_metadata(&s).unwrap(),
+            fs::symlink_metadata(&m).unwrap(),
+        );
+        let what = rel.display();
+        assert_eq!(a.mode(), b.mode(), "{what}: mode");
+        assert_eq!((a.uid(), a.gid()), (b.uid(), b.gid()), "{what}: owner");
+        assert_eq!(a.mtime(), b.mtime(), "{what}: mtime");
+        assert_eq!(a.rdev(), b.rdev(), "{what}: rdev");
+        if a.is_file() {
+            assert_eq!(a.nlink(), b.nlink(), "{what}: nlink");
+            assert_eq!(
+                fs::read(&s).unwrap(),
+                fs::read(&m).unwrap(),
+                "{what}: content"
+            );
+        }
+        if a.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&s).unwrap(),
+                fs::read_link(&m).unwrap(),
+                "{what}: target"
+            );
+        }
+    }
+    imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
+}
