@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod container;
+pub mod cow;
 pub mod disk;
 pub mod error;
 pub mod ext;
