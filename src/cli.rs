@@ -30,6 +30,8 @@ pub enum Command {
     Cat(CatArgs),
     /// Copy a file or tree out of an image without mounting it.
     Extract(ExtractArgs),
+    /// Write a copy-on-write store's changes into its image, then empty the store.
+    Merge(MergeArgs),
 }
 
 /// Which part of the disk to use.
@@ -99,6 +101,9 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     pub image: PathBuf,
 }
 
@@ -121,6 +126,9 @@ pub struct LsArgs {
     pub xattrs: bool,
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     pub image: PathBuf,
     pub path: Option<String>,
 }
@@ -129,6 +137,9 @@ pub struct LsArgs {
 pub struct CatArgs {
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     pub image: PathBuf,
     #[arg(required = true)]
     pub paths: Vec<String>,
@@ -147,8 +158,19 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     pub image: PathBuf,
     /// PATH in the image (default /) followed by DEST.
     #[arg(required = true, num_args = 1..=2, value_names = ["PATH", "DEST"])]
     pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The image the store was made over (written in place).
+    pub image: PathBuf,
+    /// The dm-snapshot COW store (`-o cow=FILE`).
+    pub store: PathBuf,
 }

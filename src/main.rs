@@ -29,6 +29,7 @@ fn main() {
         Some(Command::Ls(a)) => std::process::exit(commands::ls::run(&a)),
         Some(Command::Cat(a)) => std::process::exit(commands::cat::run(&a)),
         Some(Command::Extract(a)) => std::process::exit(commands::extract::run(&a)),
+        Some(Command::Merge(a)) => commands::merge::run(&a),
         None => mount::run(&cli.mount).map_err(Failure::msg),
     };
     if let Err(f) = result {

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fs_drivers::block::BlockCache;
-use fs_drivers::disk::{FsOptions, FsType, Image, Selection};
+use fs_drivers::cow::CowOptions;
+use fs_drivers::disk::{FsOptions, FsType, Image, ImageOptions, Selection};
 use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
 use imgmount::fuse::options::{self, MountOpts};
@@ -28,6 +29,9 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
         let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
         options::check_allow_other(kernel::euid(), &conf)?;
     }
+    if opts.cow_chunk.is_some() && opts.cow.is_none() {
+        return Err("-o chunk= is the chunk size of a COW store: add -o cow or -o cow=FILE".into());
+    }
     let (fs, warnings) = open_filesystem(image, args, &opts)?;
     if opts.rw && !fs.is_writable() {
         let ty = fs.info().fs_type;
@@ -40,7 +44,8 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
             format!("{}: {ty} cannot be mounted read-write", image.display())
         });
     }
-    lock_image(image, opts.rw)?;
+    // Under an overlay the image is only read: it shares its lock with read-only mounts.
+    lock_image(image, opts.rw && opts.cow.is_none())?;
     let mount_point = lifecycle::check_mountpoint(mnt)?;
     let fsname = image
         .canonicalize()
@@ -50,7 +55,7 @@ pub fn run(args: &cli::MountArgs) -> Result<(), String> {
     let cfg = ServeConfig {
         mount_point,
         fsname,
-        writable: opts.rw,
+        writable: fs.is_writable(),
         allow_other: opts.allow_other,
         owner: opts.owner,
         threads: THREADS,
@@ -96,10 +101,23 @@ fn open_filesystem(
             ));
         }
     }
-    let img = Image::open(image, opts.rw, cache).map_err(|e| fail(&e))?;
+    let img_opts = ImageOptions {
+        cow: opts.cow.clone().map(|store| CowOptions {
+            store,
+            chunk_size: opts.cow_chunk,
+        }),
+        ..ImageOptions::new(opts.rw && opts.cow.is_none(), cache)
+    };
+    let img = Image::open_with(image, &img_opts).map_err(|e| fail(&e))?;
+    if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
+        eprintln!("imgmount: warning: {w}");
+    }
+    // Writes under an overlay go to the store, so the filesystem may take them; ext has no
+    // writer yet and stays read-only.
+    let writable = opts.rw || (opts.cow.is_some() && !any_ext_selected(&img, sel));
     let base = host::fs_options();
     let fs_opts = FsOptions {
-        writable: opts.rw,
+        writable,
         fs_type: match args.fs_type {
             cli::FsTypeArg::Auto => FsType::Auto,
             cli::FsTypeArg::Ext2 => FsType::Ext2,
@@ -113,6 +131,25 @@ fn open_filesystem(
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
     Ok((fs, warnings))
+}
+
+/// Whether any filesystem the selection would mount is ext (which imgmount only reads).
+fn any_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
+    selected_kinds(img, sel)
+        .iter()
+        .any(|k| matches!(k, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4))
+}
+
+fn selected_kinds(img: &Image, sel: Option<Selection>) -> Vec<FsKind> {
+    img.volumes()
+        .iter()
+        .filter(|v| !v.container)
+        .filter(|v| match sel {
+            Some(Selection::Index(n)) => v.index == Some(n),
+            _ => true,
+        })
+        .filter_map(|v| v.probe.as_ref().map(|p| p.kind))
+        .collect()
 }
 
 /// Whether every filesystem the selection would mount is ext (which imgmount only reads).

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 const CHUNK: usize = 1 << 20;
 
 pub fn run(args: &CatArgs) -> i32 {
-    let fs = match source::open("cat", &args.image, args.partition) {
+    let fs = match source::open("cat", &args.image, args.partition, args.cow.as_deref()) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: cat: {e}");

@@ -45,7 +45,7 @@ pub struct ExtractOpts {
 }
 
 pub fn run(args: &ExtractArgs) -> i32 {
-    let fs = match source::open("extract", &args.image, args.partition) {
+    let fs = match source::open("extract", &args.image, args.partition, args.cow.as_deref()) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: extract: {e}");

@@ -3,7 +3,7 @@
 //! The JSON form is a stable interface (schema in README.md): field names never change
 //! meaning, absent facts are `null`, never missing keys.
 
-use super::open_image;
+use super::open_image_cow;
 use crate::cli::InfoArgs;
 use crate::report::{CmdResult, Failure};
 use fs_drivers::disk::{Image, Volume};
@@ -57,7 +57,7 @@ pub struct FsReport {
 }
 
 pub fn run(args: &InfoArgs) -> CmdResult {
-    let image = open_image(&args.image, false)?;
+    let image = open_image_cow(&args.image, args.cow.as_deref())?;
     let shown = args.image.display().to_string();
     image
         .check_recognised()
@@ -82,16 +82,17 @@ pub fn run(args: &InfoArgs) -> CmdResult {
 
 pub fn build(image: &Image, shown: &str) -> fs_drivers::Result<Report> {
     let table = image.table();
+    // A copy-on-write overlay sits above the containers: the outermost layer.
+    let overlay = image.overlay().map(super::cow_layer::report);
     Ok(Report {
         image: shown.to_string(),
         size: image.size(),
-        layers: image
-            .layers()
-            .iter()
-            .map(|l| LayerReport {
+        layers: overlay
+            .into_iter()
+            .chain(image.layers().iter().map(|l| LayerReport {
                 format: l.format.clone(),
                 detail: (!l.detail.is_empty()).then(|| l.detail.clone()),
-            })
+            }))
             .collect(),
         scheme: table.scheme.name(),
         sector_size: table.sector_size,

@@ -18,7 +18,7 @@ pub struct LsOpts {
 }
 
 pub fn run(args: &LsArgs) -> i32 {
-    let fs = match source::open("ls", &args.image, args.partition) {
+    let fs = match source::open("ls", &args.image, args.partition, args.cow.as_deref()) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: ls: {e}");

@@ -1,18 +1,41 @@
 //! The subcommands that need no FUSE, and what they share: opening the image with the CLI's
 //! choices turned into library types.
 
+mod cow_layer;
 pub mod info;
+pub mod merge;
 
 use crate::cli::PartitionSel;
 use crate::report::Failure;
 use fs_drivers::block::BlockCache;
-use fs_drivers::disk::{Image, Selection};
+use fs_drivers::cow::{CowOptions, CowStore};
+use fs_drivers::disk::{Image, ImageOptions, Selection};
 use std::path::Path;
 
 /// Opens an image for a command, read-only unless `writable`, with the default cache.
 pub fn open_image(path: &Path, writable: bool) -> Result<Image, Failure> {
     Image::open(path, writable, BlockCache::DEFAULT_CAPACITY)
         .map_err(|e| Failure::new(path.display(), &e))
+}
+
+/// Opens an image read-only, through the copy-on-write store `cow` when one is given (its
+/// warning, if any, goes to stderr).
+pub fn open_image_cow(path: &Path, cow: Option<&Path>) -> Result<Image, Failure> {
+    let Some(store) = cow else {
+        return open_image(path, false);
+    };
+    let opts = ImageOptions {
+        cow: Some(CowOptions {
+            store: CowStore::File(store.to_path_buf()),
+            chunk_size: None,
+        }),
+        ..ImageOptions::new(false, BlockCache::DEFAULT_CAPACITY)
+    };
+    let img = Image::open_with(path, &opts).map_err(|e| Failure::new(path.display(), &e))?;
+    if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
+        eprintln!("imgmount: warning: {w}");
+    }
+    Ok(img)
 }
 
 /// The CLI's `-p` value as the library's selection (for ls/cat/extract and the mount).

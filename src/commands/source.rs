@@ -12,8 +12,9 @@ pub fn open(
     cmd: &str,
     image: &Path,
     partition: Option<PartitionSel>,
+    cow: Option<&Path>,
 ) -> Result<Arc<dyn FileSystem>, String> {
-    let img = super::open_image(image, false).map_err(|f| f.message)?;
+    let img = super::open_image_cow(image, cow).map_err(|f| f.message)?;
     let (fs, warnings) = img
         .open_fs_warned(super::selection(partition), &imgmount::host::fs_options())
         .map_err(|e| crate::report::Failure::new(image.display(), &e).message)?;

@@ -122,6 +122,19 @@ pub fn lock_file(file: File, how: FlockArg) -> std::result::Result<File, nix::er
     Ok(file)
 }
 
+/// Takes a shared lock on the image under an overlay: other read-only users may share it, a
+/// read-write mount or a merge (exclusive) may not.
+pub fn lock_image_shared(image: &File) -> Result<()> {
+    match lock_file(image.try_clone()?, FlockArg::LockSharedNonblock) {
+        // The lock belongs to the open file the caller keeps; this duplicate may close.
+        Ok(_) => Ok(()),
+        Err(nix::errno::Errno::EWOULDBLOCK) => Err(Error::Invalid(
+            "the image is in use read-write (a mount or a merge); unmount it first".into(),
+        )),
+        Err(e) => Err(Error::Io(e.into())),
+    }
+}
+
 /// Puts an overlay over `origin` (the image after its containers were peeled); `mtime` is
 /// the image file's, part of the fingerprint a persistent store keeps.
 pub fn open_overlay(origin: DeviceRef, opts: &CowOptions, mtime: Timespec) -> Result<Overlay> {
