@@ -94,11 +94,14 @@ impl OriginRecord {
             ));
         }
         if self.head != actual.head || self.tail != actual.tail {
-            return Some("the store was made for another image (its contents differ)".into());
+            return Some(
+                "the store was made for another image (its first or last bytes differ)".into(),
+            );
         }
         if self.mtime != actual.mtime {
             return Some(
-                "the image was modified after the store was made (its mtime changed)".into(),
+                "the store was made for another image, or this one changed since (its mtime differs)"
+                    .into(),
             );
         }
         None

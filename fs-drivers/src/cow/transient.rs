@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use std::sync::Mutex;
 
 /// Chunks kept in memory before spilling to the temporary file.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
 
 pub struct Transient {
     chunk: u64,
