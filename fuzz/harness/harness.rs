@@ -30,7 +30,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ext_walk", fuzz_ext_walk),
     ("fat_walk", fuzz_fat_walk),
     ("fat_write", fuzz_fat_write),
+    ("cow_store", fuzz_cow_store),
 ];
+
+include!("cow.rs");
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
 /// list, probing of every partition) over the same bytes.
