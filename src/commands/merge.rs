@@ -38,11 +38,20 @@ pub fn run(args: &MergeArgs) -> CmdResult {
     let image = &args.image;
     let store = &args.store;
     let img_fail = |e: &fs_drivers::Error| Failure::new(image.display(), e);
-    if !store.is_file() {
-        return Err(Failure::msg(format!(
-            "{}: no such COW store file",
-            store.display()
-        )));
+    match std::fs::metadata(store) {
+        Ok(m) if m.is_file() && m.len() > 0 => {}
+        Ok(m) if m.is_file() => {
+            return Err(Failure::msg(format!(
+                "{}: an empty file, not a COW store",
+                store.display()
+            )))
+        }
+        _ => {
+            return Err(Failure::msg(format!(
+                "{}: no such COW store file",
+                store.display()
+            )))
+        }
     }
     let dev = FileDevice::open(image, true).map_err(|e| img_fail(&e))?;
     let file = dev.file().try_clone().map_err(|e| img_fail(&e.into()))?;

@@ -200,6 +200,10 @@ impl DmPersistent {
                 if new == 0 {
                     self.committed = i;
                     full = false;
+                    // Whatever follows the end marker is not part of the table, but the next
+                    // commit rewrites this area and would bring it to life behind the new
+                    // pairs: forget it now.
+                    self.area[at..].fill(0);
                     break;
                 }
                 if new >= chunks_in_file || new % self.stride() == 1 {
@@ -323,6 +327,10 @@ impl ExceptionStore for DmPersistent {
 
     fn write_chunk(&self, new: u64, off: u64, buf: &[u8]) -> Result<()> {
         self.io.write_at(new * self.chunk + off, buf)
+    }
+
+    fn contiguous(&self) -> bool {
+        true
     }
 
     fn zero_chunk(&self, new: u64) -> Result<()> {

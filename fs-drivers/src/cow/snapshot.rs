@@ -10,6 +10,7 @@
 use crate::block::{check_range, BlockDevice, DeviceRef};
 use crate::{Error, Result};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// What `info` shows about a store.
@@ -33,6 +34,11 @@ pub trait ExceptionStore: Send + Sync {
     fn zero_chunk(&self, new: u64) -> Result<()>;
     /// A chunk for a new exception; it is not recorded until `commit`.
     fn allocate(&mut self) -> Result<u64>;
+    /// Whether consecutive store chunks are consecutive bytes, so one `read_chunk` or
+    /// `write_chunk` may run past the end of its chunk into the next.
+    fn contiguous(&self) -> bool {
+        false
+    }
     /// Makes every chunk written so far durable, then records `added`.
     fn commit(&mut self, added: &[(u64, u64)]) -> Result<()>;
     fn info(&self) -> StoreInfo;
@@ -109,7 +115,7 @@ impl Snapshot {
         &self,
         offset: u64,
         len: usize,
-        mut f: impl FnMut(u64, u64, std::ops::Range<usize>) -> Result<()>,
+        mut f: impl FnMut(u64, u64, Range<usize>) -> Result<()>,
     ) -> Result<()> {
         let mut done = 0usize;
         while done < len {
@@ -179,44 +185,64 @@ impl BlockDevice for Snapshot {
         if st.map.is_empty() {
             return self.origin.read_at(offset, buf);
         }
-        // Runs of unchanged chunks go to the origin as one read.
-        let mut run: Option<(u64, std::ops::Range<usize>)> = None;
-        let len = buf.len();
-        let flush_run = |run: &mut Option<(u64, std::ops::Range<usize>)>, buf: &mut [u8]| {
-            if let Some((pos, r)) = run.take() {
-                self.origin.read_at(pos, &mut buf[r])?;
+        // Pieces that continue each other on the same side become one read.
+        let contiguous = st.store.contiguous();
+        let mut runs: Vec<(bool, u64, Range<usize>)> = Vec::new();
+        self.pieces(offset, buf.len(), |c, off, r| {
+            let (in_store, addr) = match st.map.get(&c) {
+                Some(&new) => (true, new * self.chunk + off),
+                None => (false, c * self.chunk + off),
+            };
+            if let Some((s, a, rr)) = runs.last_mut() {
+                if *s == in_store && (!in_store || contiguous) && *a + rr.len() as u64 == addr {
+                    rr.end = r.end;
+                    return Ok(());
+                }
             }
-            Ok::<(), Error>(())
-        };
-        let mut pieces = Vec::new();
-        self.pieces(offset, len, |c, off, r| {
-            pieces.push((c, off, r));
+            runs.push((in_store, addr, r));
             Ok(())
         })?;
-        for (c, off, r) in pieces {
-            match st.map.get(&c) {
-                Some(&new) => {
-                    flush_run(&mut run, buf)?;
-                    st.store.read_chunk(new, off, &mut buf[r])?;
-                }
-                None => match &mut run {
-                    Some((_, rr)) => rr.end = r.end,
-                    None => run = Some((c * self.chunk + off, r)),
-                },
+        for (in_store, addr, r) in runs {
+            if in_store {
+                st.store
+                    .read_chunk(addr / self.chunk, addr % self.chunk, &mut buf[r])?;
+            } else {
+                self.origin.read_at(addr, &mut buf[r])?;
             }
         }
-        flush_run(&mut run, buf)
+        Ok(())
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         let mut st = self.write();
         self.check_writable(&st)?;
+        let contiguous = st.store.contiguous();
+        // (store byte address, range of buf) of the write being gathered.
+        let mut run: Option<(u64, Range<usize>)> = None;
         self.pieces(offset, buf.len(), |c, off, r| {
             let whole = off == 0 && r.len() as u64 == self.chunk_len(c);
             let new = self.exception(&mut st, c, whole)?;
-            st.store.write_chunk(new, off, &buf[r])
-        })
+            let addr = new * self.chunk + off;
+            if !contiguous {
+                return st.store.write_chunk(new, off, &buf[r]);
+            }
+            if let Some((a, rr)) = &mut run {
+                if *a + rr.len() as u64 == addr {
+                    rr.end = r.end;
+                    return Ok(());
+                }
+                st.store
+                    .write_chunk(*a / self.chunk, *a % self.chunk, &buf[rr.clone()])?;
+            }
+            run = Some((addr, r));
+            Ok(())
+        })?;
+        if let Some((a, r)) = run {
+            st.store
+                .write_chunk(a / self.chunk, a % self.chunk, &buf[r])?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
