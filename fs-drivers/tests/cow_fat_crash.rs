@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 const FILES: usize = 10;
 
+/// (name, bytes) of each file whose fsync returned.
+type Synced = Vec<(String, Vec<u8>)>;
+
 /// Runs the workload with the store cut after write `cut` (never, for `None`); returns the
 /// store's surviving bytes, the files whose fsync succeeded, and how many store writes the
 /// run attempted.
-fn run(base: &[u8], cut: Option<u64>, seed: u64) -> (Arc<MemDevice>, Vec<(String, Vec<u8>)>, u64) {
+fn run(base: &[u8], cut: Option<u64>, seed: u64) -> (Arc<MemDevice>, Synced, u64) {
     let origin: DeviceRef = Arc::new(MemDevice::read_only(base.to_vec()));
     let disk = Arc::new(MemDevice::new(8 << 20));
     let fault = Arc::new(FaultDevice::new(disk.clone()));
