@@ -37,6 +37,8 @@ pub struct DmPersistent {
     record: Option<OriginRecord>,
     /// The current (last, not full) metadata area as on disk plus anything committed since.
     area: Vec<u8>,
+    /// Scratch: the area a commit filled, written last.
+    first_full: Vec<u8>,
     current_area: u64,
     /// Pairs used in `area`.
     committed: u64,
@@ -98,6 +100,7 @@ impl DmPersistent {
             header,
             record,
             area: vec![0u8; chunk as usize],
+            first_full: Vec::new(),
             current_area: 0,
             committed: 0,
             next_free: 2,
@@ -121,6 +124,7 @@ impl DmPersistent {
             header: vec![0u8; chunk as usize],
             record,
             area: vec![0u8; chunk as usize],
+            first_full: Vec::new(),
             current_area: 0,
             committed: 0,
             next_free: 2,
@@ -178,6 +182,7 @@ impl DmPersistent {
     fn read_exceptions(&mut self) -> Result<()> {
         let len = self.io.byte_len()?;
         let chunks_in_file = len.div_ceil(self.chunk);
+        self.prefetch_areas(chunks_in_file);
         let mut olds = HashSet::new();
         let mut news = HashSet::new();
         let mut max_new = 1;
@@ -245,6 +250,17 @@ impl DmPersistent {
         Ok(())
     }
 
+    /// Starts reading every metadata area the file can hold, so the walk through them at
+    /// open waits for one disk round trip, not one per area.
+    fn prefetch_areas(&self, chunks_in_file: u64) {
+        let mut area = 0;
+        while self.area_location(area) < chunks_in_file {
+            self.io
+                .prefetch(self.area_location(area) * self.chunk, self.chunk);
+            area += 1;
+        }
+    }
+
     fn skip_metadata(&mut self) {
         if self.next_free % self.stride() == 1 {
             self.next_free += 1;
@@ -258,40 +274,39 @@ impl DmPersistent {
         )
     }
 
-    /// The last up to `max` exceptions of the current area, the last first: what a merge
-    /// copies next (the kernel's merge also runs from the end, one area at a time).
-    pub fn last_exceptions(&mut self, max: u64) -> Result<Vec<(u64, u64)>> {
-        if self.committed == 0 && self.current_area > 0 {
-            // This area is empty and the one before is full: step back, as the kernel does.
-            self.current_area -= 1;
-            self.io.read_at(
-                self.area_location(self.current_area) * self.chunk,
-                &mut self.area,
-            )?;
-            self.committed = self.per_area;
+    /// Cuts the table to its first `keep` exceptions (after a merge copied the rest into the
+    /// image) and makes that durable. The areas past the new end are cleared from the last
+    /// one down and the new last area rewritten; whichever of these writes reach the disk,
+    /// the table read back is a prefix of the old one no shorter than `keep`, as each area
+    /// that is not full ends it.
+    pub fn truncate_to(&mut self, keep: u64) -> Result<()> {
+        let len = self.exceptions.len() as u64;
+        if keep >= len {
+            return Ok(());
         }
-        let n = max.min(self.committed);
-        Ok((0..n)
-            .map(|i| {
-                let at = ((self.committed - 1 - i) * PAIR) as usize;
-                (le64(&self.area, at), le64(&self.area, at + 8))
-            })
-            .collect())
-    }
-
-    /// Forgets the last `n` exceptions of the current area (after a merge copied them) and
-    /// makes that durable.
-    pub fn drop_last(&mut self, n: u64) -> Result<()> {
-        let n = n.min(self.committed);
-        for i in 0..n {
-            let at = ((self.committed - 1 - i) * PAIR) as usize;
-            self.area[at..at + PAIR as usize].fill(0);
+        let keep_area = keep / self.per_area;
+        let zeros = vec![0u8; self.chunk as usize];
+        let mut area = self.current_area;
+        while area > keep_area {
+            self.io
+                .write_at(self.area_location(area) * self.chunk, &zeros)?;
+            area -= 1;
         }
+        self.area.fill(0);
+        let start = keep_area * self.per_area;
+        for (i, &(old, new)) in self.exceptions[start as usize..keep as usize]
+            .iter()
+            .enumerate()
+        {
+            let at = i * PAIR as usize;
+            self.area[at..at + 8].copy_from_slice(&old.to_le_bytes());
+            self.area[at + 8..at + 16].copy_from_slice(&new.to_le_bytes());
+        }
+        self.current_area = keep_area;
+        self.committed = keep - start;
         self.write_area()?;
         self.io.sync()?;
-        self.committed -= n;
-        let keep = self.exceptions.len().saturating_sub(n as usize);
-        self.exceptions.truncate(keep);
+        self.exceptions.truncate(keep as usize);
         self.next_free = self.area_location(self.current_area) + self.committed + 1;
         self.skip_metadata();
         Ok(())
@@ -350,37 +365,53 @@ impl ExceptionStore for DmPersistent {
     }
 
     fn commit(&mut self, added: &[(u64, u64)]) -> Result<()> {
+        if added.is_empty() {
+            return self.io.sync();
+        }
         // Data first: nothing below may point at a chunk that is not on disk yet.
         self.io.sync()?;
-        let mut dirty = false;
+        let first_area = self.current_area;
+        let mut filled_first = false;
+        let mut later = Vec::new();
         for &(old, new) in added {
             let at = (self.committed * PAIR) as usize;
             self.area[at..at + 8].copy_from_slice(&old.to_le_bytes());
             self.area[at + 8..at + 16].copy_from_slice(&new.to_le_bytes());
             self.committed += 1;
             self.exceptions.push((old, new));
-            dirty = true;
             if self.committed == self.per_area {
-                // The next area must read as empty before this one says "full, go on".
-                let zeros = vec![0u8; self.chunk as usize];
-                self.io.write_at(
-                    self.area_location(self.current_area + 1) * self.chunk,
-                    &zeros,
-                )?;
-                self.io.sync()?;
-                self.write_area()?;
-                self.io.sync()?;
+                if self.current_area == first_area {
+                    filled_first = true;
+                    self.first_full.clone_from(&self.area);
+                } else {
+                    later.push((self.current_area, self.area.clone()));
+                }
                 self.current_area += 1;
                 self.committed = 0;
                 self.area.fill(0);
-                dirty = false;
             }
         }
-        if dirty {
+        if !filled_first {
+            // Only the current area changed: one write, atomic as far as the table goes
+            // (the pairs before ours are rewritten with the same bytes).
             self.write_area()?;
-            self.io.sync()?;
+            return self.io.sync();
         }
-        Ok(())
+        // The current area fills up: it is the link that makes every later area part of the
+        // table, so the later areas (full ones, the new current one, which ends the table
+        // with zeros) are written and made durable before it. A crash before the link is
+        // written leaves the old table, whole.
+        for (area, buf) in &later {
+            self.io
+                .write_at(self.area_location(*area) * self.chunk, buf)?;
+        }
+        self.write_area()?;
+        self.io.sync()?;
+        self.io.write_at(
+            self.area_location(first_area) * self.chunk,
+            &self.first_full,
+        )?;
+        self.io.sync()
     }
 
     fn info(&self) -> StoreInfo {

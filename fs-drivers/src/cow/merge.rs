@@ -1,8 +1,8 @@
 //! Writing a store's chunks back into its image: dm's snapshot-merge, `qemu-img commit`.
 //!
 //! Crash-safe and resumable the kernel's way: chunks are copied from the end of the exception
-//! list backwards, a batch at a time; the image is made durable, then the batch is cleared from
-//! the store's metadata and that is made durable. A merge killed anywhere leaves every
+//! list backwards, a batch at a time; the image is made durable, then the batch is cut off the
+//! store's table and that is made durable. A merge killed anywhere leaves every
 //! exception either still in the store (copied again by the next run: the same bytes) or
 //! already durable in the image. While a merge is under way the store's origin record says so,
 //! so the half-merged image is never mounted with the store.
@@ -14,8 +14,8 @@ use crate::block::BlockDevice;
 use crate::vfs::Timespec;
 use crate::{Error, Result};
 
-/// Chunks copied between two commits of progress.
-pub const BATCH: u64 = 256;
+/// Bytes copied between two commits of progress: what a rerun after a crash may copy again.
+pub const BATCH_BYTES: u64 = 32 << 20;
 
 /// Told to the front end; the library only reports.
 pub trait MergeProgress {
@@ -40,7 +40,8 @@ pub fn merge(
     mtime: &dyn Fn() -> Result<Timespec>,
     progress: Option<&dyn MergeProgress>,
 ) -> Result<MergeReport> {
-    merge_in_batches(origin, store, mtime, progress, BATCH)
+    let batch = (BATCH_BYTES / store.chunk_size()).max(1);
+    merge_in_batches(origin, store, mtime, progress, batch)
 }
 
 /// `merge` with `batch` chunks between commits (tests use small ones to cut between many).
@@ -79,20 +80,31 @@ pub fn merge_in_batches(
     }
     let total = store.committed().len() as u64;
     let mut done = 0;
-    let mut buf = vec![0u8; chunk as usize];
-    loop {
-        let batch = store.last_exceptions(batch.max(1))?;
-        if batch.is_empty() {
-            break;
-        }
-        for &(old, new) in &batch {
-            let n = chunk.min(size - old * chunk) as usize;
-            store.read_chunk(new, 0, &mut buf[..n])?;
-            origin.write_at(old * chunk, &buf[..n])?;
+    let mut buf = Vec::new();
+    while !store.committed().is_empty() {
+        let len = store.committed().len();
+        let keep = len.saturating_sub(batch.max(1) as usize);
+        let mut todo = store.committed()[keep..].to_vec();
+        // Runs of chunks consecutive in both the image and the store become one read and
+        // one write (a file written in order is stored in order).
+        todo.sort_unstable();
+        let mut i = 0;
+        while i < todo.len() {
+            let (old0, new0) = todo[i];
+            let mut n = 1;
+            while i + n < todo.len() && todo[i + n] == (old0 + n as u64, new0 + n as u64) {
+                n += 1;
+            }
+            let start = old0 * chunk;
+            let bytes = (n as u64 * chunk).min(size - start) as usize;
+            buf.resize(bytes, 0);
+            store.read_chunk(new0, 0, &mut buf)?;
+            origin.write_at(start, &buf)?;
+            i += n;
         }
         origin.flush()?;
-        store.drop_last(batch.len() as u64)?;
-        done += batch.len() as u64;
+        store.truncate_to(keep as u64)?;
+        done += (len - keep) as u64;
         if let Some(p) = progress {
             p.advance(done, total);
         }

@@ -4,7 +4,7 @@
 use crate::block::DeviceRef;
 use crate::{Error, Result};
 use nix::errno::Errno;
-use nix::fcntl::{fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -23,6 +23,8 @@ pub trait StoreIo: Send + Sync {
     fn truncate(&self, len: u64) -> Result<()>;
     /// The most bytes the store can ever hold, for a fixed device.
     fn capacity(&self) -> Option<u64>;
+    /// A hint that the range will be read soon. Best effort.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 /// A store file.
@@ -90,6 +92,11 @@ impl StoreIo for FileStore {
     }
     fn capacity(&self) -> Option<u64> {
         None
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        if let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) {
+            let _ = posix_fadvise(&self.0, off, n, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        }
     }
 }
 

@@ -237,7 +237,7 @@ fn hostile_headers_are_refused_not_trusted() {
 
 fn make_store(base: &[u8], writes: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
     let org: DeviceRef = Arc::new(MemDevice::read_only(base.to_vec()));
-    let store = mem(vec![0u8; 1 << 20]);
+    let store = mem(vec![0u8; 400 << 10]);
     let rec = OriginRecord::of(org.as_ref(), Timespec::new(1, 2)).unwrap();
     let dm = DmPersistent::open(Box::new(DeviceStore(store.clone())), 1024, Some(rec)).unwrap();
     let snap = Snapshot::new(org, Box::new(dm)).unwrap();
@@ -255,18 +255,22 @@ fn make_store(base: &[u8], writes: u64, seed: u64) -> (Vec<u8>, Vec<u8>) {
 /// image an uninterrupted merge gives, and an empty store.
 #[test]
 fn merge_cut_anywhere_then_rerun_gives_the_same_image() {
-    let base = origin(40_000, 21);
+    let base = origin(200_000, 21);
     let (store_bytes, model) = make_store(&base, 150, 5);
     let mtime = || Ok(Timespec::new(1, 2));
     let clean = {
         let img = MemDevice::from_vec(base.clone());
         let mut dm = open_dm(&mem(store_bytes.clone()), 1024).unwrap();
         let rep = merge(&img, &mut dm, &mtime, None).unwrap();
-        assert!(rep.chunks > 30 && !rep.unchecked && !rep.resumed, "{rep:?}");
+        assert!(
+            rep.chunks > 130 && !rep.unchecked && !rep.resumed,
+            "{rep:?}"
+        );
         img.contents()
     };
     assert_eq!(clean, model);
-    for cut_image in [true, false] {
+    // Batches within one area (8 chunks, 64 per area) and across areas (100).
+    for (cut_image, batch) in [(true, 8), (false, 8), (true, 100), (false, 100)] {
         let mut k = 1;
         loop {
             let img_disk = Arc::new(MemDevice::from_vec(base.clone()));
@@ -280,7 +284,7 @@ fn merge_cut_anywhere_then_rerun_gives_the_same_image() {
                 store_fault.reset_counts();
                 store_fault.fail_from(FaultOp::Write, k);
             }
-            let done = merge::merge_in_batches(&img_fault, &mut dm, &mtime, None, 8).is_ok();
+            let done = merge::merge_in_batches(&img_fault, &mut dm, &mtime, None, batch).is_ok();
             drop(dm);
             // Mounting a half-merged store is refused; merging again finishes.
             let mut dm = open_dm(&(store_disk.clone() as DeviceRef), 1024).unwrap();
@@ -293,7 +297,7 @@ fn merge_cut_anywhere_then_rerun_gives_the_same_image() {
             merge(img_disk.as_ref(), &mut dm, &mtime, None).unwrap();
             assert!(
                 img_disk.contents() == clean,
-                "cut at {} write {k}: a different image",
+                "batch {batch}, cut at {} write {k}: a different image",
                 if cut_image { "image" } else { "store" }
             );
             assert!(open_dm(&(store_disk as DeviceRef), 1024)
