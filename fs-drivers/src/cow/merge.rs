@@ -64,6 +64,12 @@ pub fn merge_in_batches(
             "the COW store has chunk {old}, past the image's end ({chunks_in_origin} chunks)"
         )));
     }
+    let mut seen = rustc_hash::FxHashSet::default();
+    if let Some(&(old, _)) = store.committed().iter().find(|(old, _)| !seen.insert(*old)) {
+        return Err(Error::Corrupt(format!(
+            "the COW store names chunk {old} of the image twice"
+        )));
+    }
     let record = store.record().cloned();
     let resumed = record.as_ref().is_some_and(|r| r.merging);
     let unchecked = record.is_none();

@@ -9,7 +9,9 @@
 
 use crate::block::{check_range, BlockDevice, DeviceRef};
 use crate::{Error, Result};
-use std::collections::HashMap;
+// Exception tables reach hundreds of thousands of entries; with SipHash, hashing was most of
+// the time a mount spent opening a store.
+use rustc_hash::FxHashMap;
 use std::ops::Range;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -47,7 +49,7 @@ pub trait ExceptionStore: Send + Sync {
 struct State {
     store: Box<dyn ExceptionStore>,
     /// old chunk -> new chunk, committed and pending.
-    map: HashMap<u64, u64>,
+    map: FxHashMap<u64, u64>,
     pending: Vec<(u64, u64)>,
     /// A commit failed half-way: the kernel invalidates the snapshot; we refuse further
     /// writes so what is on disk stays what the last good flush left.
@@ -68,14 +70,19 @@ impl Snapshot {
         let chunk = store.chunk_size();
         let size = origin.size();
         let chunks = size.div_ceil(chunk);
-        let mut map = HashMap::with_capacity(store.committed().len());
+        let mut map =
+            FxHashMap::with_capacity_and_hasher(store.committed().len(), Default::default());
         for &(old, new) in store.committed() {
             if old >= chunks {
                 return Err(Error::Corrupt(format!(
                     "the COW store has chunk {old}, past the image's end ({chunks} chunks)"
                 )));
             }
-            map.insert(old, new);
+            if map.insert(old, new).is_some() {
+                return Err(Error::Corrupt(format!(
+                    "the COW store names chunk {old} of the image twice"
+                )));
+            }
         }
         Ok(Snapshot {
             origin,

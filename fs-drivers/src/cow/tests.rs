@@ -225,6 +225,24 @@ fn hostile_headers_are_refused_not_trusted() {
     v[4104..4112].copy_from_slice(&258u64.to_le_bytes());
     let e = open_dm(&mem(v), 4096).err().unwrap();
     assert!(e.to_string().contains("metadata area"), "{e}");
+    // The same image chunk twice.
+    let mut v = with_chunk(8);
+    v.resize(4096 * 8, 0);
+    for (i, new) in [2u64, 3].iter().enumerate() {
+        let at = 4096 + i * 16;
+        v[at..at + 8].copy_from_slice(&1u64.to_le_bytes());
+        v[at + 8..at + 16].copy_from_slice(&new.to_le_bytes());
+    }
+    let org: DeviceRef = Arc::new(MemDevice::read_only(vec![0u8; 65536]));
+    let e = Snapshot::new(org, Box::new(open_dm(&mem(v.clone()), 4096).unwrap()))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("twice"), "{e}");
+    let img = MemDevice::from_vec(vec![0u8; 65536]);
+    let mut dm = open_dm(&mem(v), 4096).unwrap();
+    let e = merge(&img, &mut dm, &|| Ok(Timespec::new(0, 0)), None).unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    assert!(img.contents().iter().all(|&b| b == 0));
     // Invalidated, other versions, foreign files.
     let mut v = with_chunk(8);
     v[4..8].fill(0);
