@@ -643,3 +643,72 @@ fn ordinary_user_overlays_a_root_owned_read_only_image() {
     .expect_ok();
     assert_eq!(cat.stdout, "mine\n");
 }
+
+/// The overlay sits under the partition table: a partition of a disk is written through it,
+/// with `-p N` and as `p1/` of the whole disk.
+#[test]
+fn partitions_of_a_disk_through_the_overlay() {
+    if !ready() || !require_tool("sfdisk") {
+        return;
+    }
+    let t = TempDir::new("cowpart");
+    let disk = t.path().join("disk.img");
+    fs::File::create(&disk).unwrap().set_len(24 << 20).unwrap();
+    let mut sf = tool("sfdisk");
+    sf.arg("-q").arg(&disk).stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=6\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // The partition: 23 MiB from sector 2048.
+    run_with_timeout(
+        tool("mkfs.vfat")
+            .args([
+                "-F",
+                "16",
+                "--offset",
+                "2048",
+                "-i",
+                "1234abcd",
+                "--invariant",
+            ])
+            .arg(&disk)
+            .arg("23552"),
+        Duration::from_secs(60),
+    )
+    .expect_ok();
+    let before = stamp(&disk);
+    let store = t.path().join("d.cow");
+    let cow = format!("cow={}", store.display());
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    let mut args: Vec<&OsStr> = vec![OsStr::new("-o"), OsStr::new(&cow), OsStr::new("-p")];
+    args.extend([OsStr::new("1"), disk.as_os_str(), mnt.as_os_str()]);
+    imgmount(&args).expect_ok();
+    fs::write(mnt.join("part.txt"), b"in p1\n").unwrap();
+    umount(&mnt);
+    mount(&disk, &mnt, &cow).expect_ok();
+    assert_eq!(fs::read(mnt.join("p1/part.txt")).unwrap(), b"in p1\n");
+    fs::write(mnt.join("p1/second.txt"), b"via p1/\n").unwrap();
+    umount(&mnt);
+    assert_eq!(stamp(&disk), before);
+    let ls = imgmount([
+        OsStr::new("ls"),
+        OsStr::new("--cow"),
+        store.as_os_str(),
+        OsStr::new("-p"),
+        OsStr::new("1"),
+        disk.as_os_str(),
+    ])
+    .expect_ok();
+    assert!(
+        ls.stdout.contains("part.txt") && ls.stdout.contains("second.txt"),
+        "{}",
+        ls.stdout
+    );
+}
