@@ -225,6 +225,16 @@ fn hostile_headers_are_refused_not_trusted() {
     v[4104..4112].copy_from_slice(&258u64.to_le_bytes());
     let e = open_dm(&mem(v), 4096).err().unwrap();
     assert!(e.to_string().contains("metadata area"), "{e}");
+    // Two image chunks sharing one store chunk.
+    let mut v = with_chunk(8);
+    v.resize(4096 * 8, 0);
+    for (i, old) in [1u64, 2].iter().enumerate() {
+        let at = 4096 + i * 16;
+        v[at..at + 8].copy_from_slice(&old.to_le_bytes());
+        v[at + 8..at + 16].copy_from_slice(&3u64.to_le_bytes());
+    }
+    let e = open_dm(&mem(v), 4096).err().unwrap();
+    assert!(e.to_string().contains("share store chunk 3"), "{e}");
     // The same image chunk twice.
     let mut v = with_chunk(8);
     v.resize(4096 * 8, 0);
