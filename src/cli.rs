@@ -39,6 +39,8 @@ pub enum Command {
     Extract(ExtractArgs),
     /// Mount an image, run a command inside it, unmount, and exit with the command's status.
     Run(RunArgs),
+    /// Write a copy-on-write store's changes into its image, then empty the store.
+    Merge(MergeArgs),
 }
 
 /// Which part of the disk to use.
@@ -131,6 +133,9 @@ pub struct RunArgs {
     /// Filesystem type.
     #[arg(short = 't', long = "type", value_enum, default_value = "auto")]
     pub fs_type: FsTypeArg,
+    /// Write through this copy-on-write store instead of the image (as `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     /// Mount on DIR (an existing empty directory, kept) instead of a fresh private one.
     #[arg(long = "mountpoint", value_name = "DIR")]
     pub mountpoint: Option<PathBuf>,
@@ -155,6 +160,9 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
@@ -183,6 +191,9 @@ pub struct LsArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
@@ -198,6 +209,9 @@ pub struct CatArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
@@ -223,6 +237,9 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
@@ -234,4 +251,12 @@ pub struct ExtractArgs {
     /// The host directory to copy into.
     #[arg(value_name = "DEST")]
     pub dest: Option<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The image the store was made over (written in place).
+    pub image: PathBuf,
+    /// The dm-snapshot COW store (`-o cow=FILE`).
+    pub store: PathBuf,
 }

@@ -32,6 +32,7 @@ fn main() {
         Some(Command::Cat(a)) => std::process::exit(commands::cat::run(&a)),
         Some(Command::Extract(a)) => std::process::exit(commands::extract::run(&a)),
         Some(Command::Run(a)) => std::process::exit(run::run(&a)),
+        Some(Command::Merge(a)) => commands::merge::run(&a),
         None => mount::run(&cli.mount).map_err(Failure::msg),
     };
     if let Err(f) = result {

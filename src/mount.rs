@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fs_drivers::block::BlockCache;
+use fs_drivers::cow::CowOptions;
 use fs_drivers::disk::{FsOptions, FsType, Image, ImageOptions, Selection};
 use fs_drivers::probe::FsKind;
 use fs_drivers::vfs::FileSystem;
@@ -36,6 +37,9 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
         let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
         options::check_allow_other(kernel::euid(), &conf)?;
     }
+    if opts.cow_chunk.is_some() && opts.cow.is_none() {
+        return Err("-o chunk= is the chunk size of a COW store: add -o cow or -o cow=FILE".into());
+    }
     let (fs, warnings) = open_filesystem(image, args, &opts)?;
     // The kernel's first request is a stat of the root; answered with EIO it would only say
     // "Input/output error", so ask the driver first and give its reason.
@@ -57,7 +61,8 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
             format!("{}: {ty} cannot be mounted read-write", image.display())
         });
     }
-    lock_image(image, opts.rw)?;
+    // Under an overlay the image is only read: it shares its lock with read-only mounts.
+    lock_image(image, opts.rw && opts.cow.is_none())?;
     let pid_file = match &args.pid_file {
         Some(p) => Some(
             std::path::absolute(p)
@@ -111,7 +116,7 @@ fn mount_on(
     let cfg = ServeConfig {
         mount_point,
         fsname,
-        writable: opts.rw,
+        writable: fs.is_writable(),
         allow_other: opts.allow_other,
         owner: opts.owner,
         threads: THREADS,
@@ -147,17 +152,24 @@ fn open_filesystem(
     let fail = |e: &fs_drivers::Error| Failure::new(image.display(), e).message;
     let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
     let sel = commands::selection(args.partition);
-    let open = |rw: bool| {
+    // With `cow`, through the overlay (which then takes the writes: the image is opened
+    // read-only under it).
+    let open = |rw: bool, cow: bool| {
+        let overlay = opts.cow.clone().filter(|_| cow);
         let io = ImageOptions {
             offset: args.offset,
-            ..index_cache::image_options(rw, cache)
+            cow: overlay.map(|store| CowOptions {
+                store,
+                chunk_size: opts.cow_chunk,
+            }),
+            ..index_cache::image_options(rw && !cow, cache)
         };
         Image::open_with(image, &io)
     };
     if opts.rw {
         // Say why rw is refused before opening the image read-write (which could fail first
         // for an unrelated reason such as a read-only image file).
-        let ro = open(false).map_err(|e| fail(&e))?;
+        let ro = open(false, false).map_err(|e| fail(&e))?;
         if only_ext_selected(&ro, sel) {
             return Err(format!(
                 "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
@@ -165,10 +177,16 @@ fn open_filesystem(
             ));
         }
     }
-    let img = open(opts.rw).map_err(|e| fail(&e))?;
+    let img = open(opts.rw, true).map_err(|e| fail(&e))?;
+    if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
+        eprintln!("imgmount: warning: {w}");
+    }
+    // Writes under an overlay go to the store, so the filesystem may take them; ext has no
+    // writer yet and stays read-only.
+    let writable = opts.rw || (opts.cow.is_some() && !any_ext_selected(&img, sel));
     let base = host::fs_options();
     let fs_opts = FsOptions {
-        writable: opts.rw,
+        writable,
         fs_type: match args.fs_type {
             cli::FsTypeArg::Auto => FsType::Auto,
             cli::FsTypeArg::Ext2 => FsType::Ext2,
@@ -185,6 +203,25 @@ fn open_filesystem(
     };
     let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
     Ok((fs, warnings))
+}
+
+/// Whether any filesystem the selection would mount is ext (which imgmount only reads).
+fn any_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
+    selected_kinds(img, sel)
+        .iter()
+        .any(|k| matches!(k, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4))
+}
+
+fn selected_kinds(img: &Image, sel: Option<Selection>) -> Vec<FsKind> {
+    img.volumes()
+        .iter()
+        .filter(|v| !v.container)
+        .filter(|v| match sel {
+            Some(Selection::Index(n)) => v.index == Some(n),
+            _ => true,
+        })
+        .filter_map(|v| v.probe.as_ref().map(|p| p.kind))
+        .collect()
 }
 
 /// Whether every filesystem the selection would mount is ext (which imgmount only reads).

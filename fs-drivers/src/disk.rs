@@ -7,6 +7,7 @@
 
 use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
 use crate::container::{self, Layer, PeelContext};
+use crate::cow::{self, CowOptions, Overlay};
 use crate::ext::{ExtFs, ExtOptions};
 use crate::fat::{FatFs, FatOptions};
 use crate::multi::{MultiFs, Slot};
@@ -153,6 +154,9 @@ pub struct ImageOptions {
     /// Where the image starts in the file (`--offset`, as fuse2fs and mtools take it): every
     /// layer above sees only the bytes from here.
     pub offset: u64,
+    /// A copy-on-write overlay over the image (which is then opened read-only, with a shared
+    /// lock): writes go to the store, never to the image.
+    pub cow: Option<CowOptions>,
 }
 
 impl ImageOptions {
@@ -173,6 +177,7 @@ pub struct Image {
     table: PartitionTable,
     volumes: Vec<Volume>,
     mtime: Timespec,
+    overlay: Option<Overlay>,
 }
 
 impl Image {
@@ -191,7 +196,10 @@ impl Image {
         if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
             return Err(Error::Invalid("is a directory, not a disk image".into()));
         }
-        let file = FileDevice::open(path, opts.writable)?;
+        let file = FileDevice::open(path, opts.writable && opts.cow.is_none())?;
+        if opts.cow.is_some() {
+            cow::lock_image_shared(file.file())?;
+        }
         let mtime = file
             .file()
             .metadata()
@@ -220,7 +228,24 @@ impl Image {
             path: Some(path.to_path_buf()),
             ..opts.peel.clone()
         };
-        Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)
+        let Some(cow_opts) = &opts.cow else {
+            return Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime);
+        };
+        if raw.size() == 0 {
+            return Err(Error::Invalid("the file is empty, not a disk image".into()));
+        }
+        // The overlay goes over what the containers hold and under the cache.
+        let (raw, layers) = container::peel(raw, &ctx)?;
+        let overlay = cow::open_overlay(raw, cow_opts, mtime)?;
+        let dev: DeviceRef = overlay.snapshot.clone();
+        let mut img = Self::from_layers(dev, layers, opts.cache_bytes, mtime)?;
+        img.overlay = Some(overlay);
+        Ok(img)
+    }
+
+    /// The copy-on-write overlay, when the image was opened with one.
+    pub fn overlay(&self) -> Option<&Overlay> {
+        self.overlay.as_ref()
     }
 
     /// As `open`, over any device (tests use an in-memory disk); no container is peeled.
@@ -270,6 +295,7 @@ impl Image {
             table,
             volumes,
             mtime,
+            overlay: None,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod block;
 mod bpb;
 mod bytes;
 pub mod container;
+pub mod cow;
 pub mod disk;
 pub mod erofs;
 pub mod error;

@@ -33,9 +33,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qcow2", fuzz_qcow2),
     ("vmdk", fuzz_vmdk),
     ("squashfs_walk", fuzz_squashfs_walk),
+    ("cow_store", fuzz_cow_store),
 ];
 
 include!("containers.rs");
+include!("cow.rs");
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
 /// list, probing of every partition) over the same bytes.

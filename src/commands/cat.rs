@@ -11,7 +11,13 @@ use std::os::unix::ffi::OsStrExt;
 const CHUNK: usize = 1 << 20;
 
 pub fn run(args: &CatArgs) -> i32 {
-    let fs = match source::open("cat", &args.image, args.partition, args.offset) {
+    let fs = match source::open(
+        "cat",
+        &args.image,
+        args.partition,
+        args.offset,
+        args.cow.as_deref(),
+    ) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: cat: {e}");

@@ -46,7 +46,13 @@ pub struct ExtractOpts {
 }
 
 pub fn run(args: &ExtractArgs) -> i32 {
-    let fs = match source::open("extract", &args.image, args.partition, args.offset) {
+    let fs = match source::open(
+        "extract",
+        &args.image,
+        args.partition,
+        args.offset,
+        args.cow.as_deref(),
+    ) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: extract: {e}");

@@ -58,7 +58,7 @@ pub struct FsReport {
 }
 
 pub fn run(args: &InfoArgs) -> CmdResult {
-    let image = open_image_at(&args.image, false, args.offset)?;
+    let image = open_image_at(&args.image, false, args.offset, args.cow.as_deref())?;
     let shown = args.image.display().to_string();
     image
         .check_recognised()
@@ -83,16 +83,17 @@ pub fn run(args: &InfoArgs) -> CmdResult {
 
 pub fn build(image: &Image, shown: &str) -> fs_drivers::Result<Report> {
     let table = image.table();
+    // A copy-on-write overlay sits above the containers: the outermost layer.
+    let overlay = image.overlay().map(super::cow_layer::report);
     Ok(Report {
         image: shown.to_string(),
         size: image.size(),
-        layers: image
-            .layers()
-            .iter()
-            .map(|l| LayerReport {
+        layers: overlay
+            .into_iter()
+            .chain(image.layers().iter().map(|l| LayerReport {
                 format: l.format.clone(),
                 detail: (!l.detail.is_empty()).then(|| l.detail.clone()),
-            })
+            }))
             .collect(),
         scheme: table.scheme.name(),
         sector_size: table.sector_size,

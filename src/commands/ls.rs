@@ -19,7 +19,13 @@ pub struct LsOpts {
 }
 
 pub fn run(args: &LsArgs) -> i32 {
-    let fs = match source::open("ls", &args.image, args.partition, args.offset) {
+    let fs = match source::open(
+        "ls",
+        &args.image,
+        args.partition,
+        args.offset,
+        args.cow.as_deref(),
+    ) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("imgmount: ls: {e}");

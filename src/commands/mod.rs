@@ -1,27 +1,45 @@
 //! The subcommands that need no FUSE, and what they share: opening the image with the CLI's
 //! choices turned into library types.
 
+mod cow_layer;
 pub mod info;
+pub mod merge;
 
 use crate::cli::PartitionSel;
 use crate::report::Failure;
 use fs_drivers::block::BlockCache;
+use fs_drivers::cow::{CowOptions, CowStore};
 use fs_drivers::disk::{Image, ImageOptions, Selection};
 use std::path::Path;
 
 /// Opens an image for a command, read-only unless `writable`, with the default cache.
 #[allow(dead_code)]
 pub fn open_image(path: &Path, writable: bool) -> Result<Image, Failure> {
-    open_image_at(path, writable, 0)
+    open_image_at(path, writable, 0, None)
 }
 
-/// As `open_image`, for an image that starts `offset` bytes into the file (`--offset`).
-pub fn open_image_at(path: &Path, writable: bool, offset: u64) -> Result<Image, Failure> {
+/// As `open_image`, for an image that starts `offset` bytes into the file (`--offset`), read
+/// through the copy-on-write store `cow` when one is given (its warning, if any, goes to
+/// stderr).
+pub fn open_image_at(
+    path: &Path,
+    writable: bool,
+    offset: u64,
+    cow: Option<&Path>,
+) -> Result<Image, Failure> {
     let opts = ImageOptions {
         offset,
+        cow: cow.map(|store| CowOptions {
+            store: CowStore::File(store.to_path_buf()),
+            chunk_size: None,
+        }),
         ..crate::index_cache::image_options(writable, BlockCache::DEFAULT_CAPACITY)
     };
-    Image::open_with(path, &opts).map_err(|e| Failure::new(path.display(), &e))
+    let img = Image::open_with(path, &opts).map_err(|e| Failure::new(path.display(), &e))?;
+    if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
+        eprintln!("imgmount: warning: {w}");
+    }
+    Ok(img)
 }
 
 /// The CLI's `-p` value as the library's selection (for ls/cat/extract and the mount).

@@ -13,8 +13,9 @@ pub fn open(
     image: &Path,
     partition: Option<PartitionSel>,
     offset: u64,
+    cow: Option<&Path>,
 ) -> Result<Arc<dyn FileSystem>, String> {
-    let img = super::open_image_at(image, false, offset).map_err(|f| f.message)?;
+    let img = super::open_image_at(image, false, offset, cow).map_err(|f| f.message)?;
     let (fs, warnings) = img
         .open_fs_warned(super::selection(partition), &imgmount::host::fs_options())
         .map_err(|e| crate::report::Failure::new(image.display(), &e).message)?;

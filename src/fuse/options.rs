@@ -16,10 +16,14 @@ pub struct MountOpts {
     pub discard: bool,
     /// Unmount after this long without a request (`idle_timeout=SECONDS`).
     pub idle_timeout: Option<std::time::Duration>,
+    /// `-o cow[=FILE]`: a copy-on-write overlay (see fs_drivers::cow).
+    pub cow: Option<fs_drivers::cow::CowStore>,
+    /// `-o chunk=SIZE`: the chunk size of a new COW store.
+    pub cow_chunk: Option<u64>,
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, cow[=FILE], chunk=SIZE, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -51,12 +55,25 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("utc", None) => o.tz_minutes = Some(0),
             ("discard", None) => o.discard = true,
             ("idle_timeout", Some(v)) => o.idle_timeout = Some(parse_seconds(key, v)?),
+            ("cow", None) => o.cow = Some(fs_drivers::cow::CowStore::Transient),
+            ("cow", Some("")) => {
+                return Err(
+                    "cow=: expected a store file (or plain cow for a transient overlay)".into(),
+                )
+            }
+            ("cow", Some(v)) => o.cow = Some(fs_drivers::cow::CowStore::File(v.into())),
+            ("chunk", Some(v)) => {
+                let n = parse_size(v)
+                    .map_err(|_| format!("chunk={v}: expected a size like 4K or 64K"))?;
+                fs_drivers::cow::check_chunk_size(n)?;
+                o.cow_chunk = Some(n);
+            }
             ("tz", Some(v)) => {
                 o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {
                     format!("tz={v}: expected UTC or an offset like +0100 or -05:30")
                 })?)
             }
-            ("uid" | "gid" | "umask" | "cache" | "tz" | "idle_timeout", None) => {
+            ("uid" | "gid" | "umask" | "cache" | "tz" | "idle_timeout" | "chunk", None) => {
                 return Err(format!("mount option '{key}' needs a value ({key}=...)"))
             }
             _ => return Err(format!("unknown mount option '{opt}' (known: {KNOWN})")),
@@ -160,6 +177,19 @@ mod tests {
         assert!(p("cache=99999999999G").is_err());
         assert!(p("uid").is_err());
         assert!(p("ro=1").is_err());
+    }
+
+    #[test]
+    fn cow_options() {
+        use fs_drivers::cow::CowStore;
+        let o = p("cow=/tmp/x.cow,chunk=64K").unwrap();
+        assert_eq!(o.cow, Some(CowStore::File("/tmp/x.cow".into())));
+        assert_eq!(o.cow_chunk, Some(64 << 10));
+        assert_eq!(p("cow").unwrap().cow, Some(CowStore::Transient));
+        assert!(p("cow=").is_err());
+        assert!(p("chunk=3K").is_err());
+        assert!(p("chunk=1M").is_err());
+        assert!(p("chunk=2K").is_err());
     }
 
     #[test]

@@ -69,7 +69,12 @@ pub fn run(args: &cli::RunArgs) -> i32 {
     let margs = cli::MountArgs {
         image: Some(args.image.clone()),
         mountpoint: Some(dir.clone()),
-        options: args.options.clone(),
+        options: args
+            .options
+            .iter()
+            .cloned()
+            .chain(args.cow.iter().map(|f| format!("cow={}", f.display())))
+            .collect(),
         partition: args.partition,
         fs_type: args.fs_type,
         foreground: false,

@@ -5,16 +5,16 @@
 //! A format adds one `Detector` to `DETECTORS`; `peel` tries them in order until none matches,
 //! so a `.qcow2.gz` becomes gzip → qcow2 → raw bytes. Nothing here knows what is above.
 
-mod cluster_cache;
-pub mod qcow2;
-pub mod vmdk;
 mod android_sparse;
+mod cluster_cache;
+pub mod compressed;
 mod parent_file;
+pub mod qcow2;
 pub(crate) mod run_map;
 mod vdi;
 mod vhd;
 mod vhdx;
-pub mod compressed;
+pub mod vmdk;
 
 use crate::block::{DeviceRef, FileDevice};
 use crate::{Error, Result};

@@ -1,0 +1,204 @@
+//! Copy-on-write overlays: device-mapper's snapshot target in userspace. A `Snapshot` is a
+//! writable device over the read-only image; changed chunks go to an exception store, either
+//! the kernel's persistent dm-snapshot format in a file (`-o cow=FILE`) or a transient one
+//! discarded at the end (`-o cow`). `merge` writes a store's chunks back into its image.
+
+mod dm_persistent;
+mod merge;
+mod origin_record;
+mod snapshot;
+mod store_io;
+mod transient;
+
+pub use dm_persistent::{looks_like_store, DmPersistent};
+pub use merge::{merge, MergeProgress, MergeReport};
+pub use origin_record::OriginRecord;
+pub use snapshot::{ExceptionStore, Snapshot, StoreInfo};
+pub use store_io::{DeviceStore, FileStore, StoreIo};
+pub use transient::{Transient, DEFAULT_MEMORY_LIMIT};
+
+use crate::block::DeviceRef;
+use crate::vfs::Timespec;
+use crate::{Error, Result};
+use nix::fcntl::FlockArg;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The chunk size when none is asked for (the page size: a FAT cluster write copies no more).
+pub const DEFAULT_CHUNK: u64 = 4 << 10;
+/// The range `-o chunk=` accepts for a new store.
+pub const MIN_NEW_CHUNK: u64 = 4 << 10;
+pub const MAX_NEW_CHUNK: u64 = 512 << 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CowStore {
+    /// Changed chunks in memory, then an unlinked temporary file; gone at the end.
+    Transient,
+    /// A dm-snapshot persistent store in this file, created when missing.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CowOptions {
+    pub store: CowStore,
+    /// For a new store; an existing store keeps its own (and a different explicit one is
+    /// refused). `None`: `DEFAULT_CHUNK`.
+    pub chunk_size: Option<u64>,
+}
+
+/// Checks a `-o chunk=` value.
+pub fn check_chunk_size(bytes: u64) -> std::result::Result<(), String> {
+    if bytes.is_power_of_two() && (MIN_NEW_CHUNK..=MAX_NEW_CHUNK).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(format!(
+            "chunk={bytes}: a power of two from 4K to 512K is needed"
+        ))
+    }
+}
+
+/// A snapshot and what opening it had to say.
+pub struct Overlay {
+    pub snapshot: Arc<Snapshot>,
+    /// The store's path (none for a transient store).
+    pub path: Option<PathBuf>,
+    /// One line for the user, e.g. that a kernel-written store's origin cannot be checked.
+    pub warning: Option<String>,
+    /// The locked store file; the lock goes when the last descriptor of it closes.
+    _lock: Option<File>,
+}
+
+/// Error text about the store file: "FILE: why".
+fn about(path: &Path, e: Error) -> Error {
+    let p = path.display();
+    match e {
+        Error::Corrupt(s) => Error::Corrupt(format!("{p}: {s}")),
+        Error::Invalid(s) => Error::Invalid(format!("{p}: {s}")),
+        Error::Unsupported(s) => Error::Unsupported(format!("{p}: {s}")),
+        Error::Io(io) => Error::Io(std::io::Error::new(io.kind(), format!("{p}: {io}"))),
+        other => other,
+    }
+}
+
+/// Opens (or creates) the store file with an exclusive lock: one writer per store. The lock
+/// belongs to the open file (flock), so it lasts until every duplicate of the descriptor is
+/// closed, in a forked daemon too; it is never dropped by hand.
+pub fn open_store_file(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| about(path, e.into()))?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: a COW store must be a regular file",
+            path.display()
+        )));
+    }
+    lock_file(file, FlockArg::LockExclusiveNonblock).map_err(|errno| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            Error::Invalid(format!(
+                "{}: the COW store is in use (another mount or merge has it)",
+                path.display()
+            ))
+        } else {
+            about(path, Error::Io(errno.into()))
+        }
+    })
+}
+
+/// Takes a flock on `file` and keeps it for the file's lifetime.
+pub fn lock_file(file: File, how: FlockArg) -> std::result::Result<File, nix::errno::Errno> {
+    use std::os::fd::AsRawFd;
+    // The plain call on purpose: `Flock`'s drop unlocks the open file description, which a
+    // forked daemon shares with the parent that drops it.
+    #[allow(deprecated)]
+    nix::fcntl::flock(file.as_raw_fd(), how)?;
+    Ok(file)
+}
+
+/// Takes a shared lock on the image under an overlay: other read-only users may share it, a
+/// read-write mount or a merge (exclusive) may not.
+pub fn lock_image_shared(image: &File) -> Result<()> {
+    match lock_file(image.try_clone()?, FlockArg::LockSharedNonblock) {
+        // The lock belongs to the open file the caller keeps; this duplicate may close.
+        Ok(_) => Ok(()),
+        Err(nix::errno::Errno::EWOULDBLOCK) => Err(Error::Invalid(
+            "the image is in use read-write (a mount or a merge); unmount it first".into(),
+        )),
+        Err(e) => Err(Error::Io(e.into())),
+    }
+}
+
+/// Puts an overlay over `origin` (the image after its containers were peeled); `mtime` is
+/// the image file's, part of the fingerprint a persistent store keeps.
+pub fn open_overlay(origin: DeviceRef, opts: &CowOptions, mtime: Timespec) -> Result<Overlay> {
+    let asked = opts.chunk_size;
+    let chunk = asked.unwrap_or(DEFAULT_CHUNK);
+    match &opts.store {
+        CowStore::Transient => {
+            let store = Transient::new(chunk, DEFAULT_MEMORY_LIMIT)?;
+            Ok(Overlay {
+                snapshot: Arc::new(Snapshot::new(origin, Box::new(store))?),
+                path: None,
+                warning: None,
+                _lock: None,
+            })
+        }
+        CowStore::File(path) => {
+            let lock = open_store_file(path)?;
+            let io = FileStore(lock.try_clone()?);
+            let actual = OriginRecord::of(origin.as_ref(), mtime)?;
+            let store = DmPersistent::open(Box::new(io), chunk, Some(actual.clone()))
+                .map_err(|e| about(path, e))?;
+            let mut warning = None;
+            if !store.created() {
+                if let Some(a) = asked.filter(|&a| a != store.chunk_size()) {
+                    return Err(Error::Invalid(format!(
+                        "{}: the store has {} KiB chunks, not {} KiB (-o chunk)",
+                        path.display(),
+                        store.chunk_size() >> 10,
+                        a >> 10
+                    )));
+                }
+                match store.record() {
+                    Some(r) if r.merging => {
+                        return Err(Error::Invalid(format!(
+                            "{}: a merge of this store into its image was interrupted; run imgmount merge again to finish it",
+                            path.display()
+                        )))
+                    }
+                    Some(r) => {
+                        if let Some(why) = r.mismatch(&actual) {
+                            return Err(Error::Invalid(format!(
+                                "{}: refusing the COW store: {why}",
+                                path.display()
+                            )));
+                        }
+                    }
+                    None => {
+                        warning = Some(format!(
+                            "{}: the COW store does not record its image (written by the kernel?); cannot check it belongs to this one",
+                            path.display()
+                        ))
+                    }
+                }
+            }
+            let snapshot = Snapshot::new(origin, Box::new(store)).map_err(|e| about(path, e))?;
+            Ok(Overlay {
+                snapshot: Arc::new(snapshot),
+                path: Some(path.clone()),
+                warning,
+                _lock: Some(lock),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
