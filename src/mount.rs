@@ -158,11 +158,11 @@ fn open_filesystem(
         let overlay = opts.cow.clone().filter(|_| cow);
         let io = ImageOptions {
             offset: args.offset,
-            cow: overlay.map(|store| CowOptions {
+            cow: overlay.clone().map(|store| CowOptions {
                 store,
                 chunk_size: opts.cow_chunk,
             }),
-            ..index_cache::image_options(rw && !cow, cache)
+            ..index_cache::image_options(rw && overlay.is_none(), cache)
         };
         Image::open_with(image, &io)
     };

@@ -31,6 +31,10 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_pwrite64,
     libc::SYS_pwritev,
     libc::SYS_fsync,
+    // A copy-on-write store (fs_drivers::cow): data before the metadata that points at it, and
+    // the store file grown as chunks are added.
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
     libc::SYS_fadvise64,
     // -o discard (FileDevice: punch hole, zero range); path not measured.
     libc::SYS_fallocate,

@@ -31,7 +31,9 @@ impl Transient {
             chunk,
             mem_chunks: memory_limit / chunk,
             memory: Mutex::new(Vec::new()),
-            spill: None,
+            // Made now, while the process may still create files: a sandboxed daemon
+            // (src/sandbox) cannot open one later. O_TMPFILE costs nothing until written.
+            spill: Some(FileStore(tempfile::tempfile()?)),
             next: 0,
             used: Vec::new(),
         })
@@ -101,8 +103,6 @@ impl ExceptionStore for Transient {
         if new < self.mem_chunks {
             self.memory()
                 .push(vec![0u8; self.chunk as usize].into_boxed_slice());
-        } else if self.spill.is_none() {
-            self.spill = Some(FileStore(tempfile::tempfile()?));
         }
         self.next += 1;
         Ok(new)
