@@ -157,7 +157,15 @@ pub fn open_overlay(origin: DeviceRef, opts: &CowOptions, mtime: Timespec) -> Re
             let store = DmPersistent::open(Box::new(io), chunk, Some(actual.clone()))
                 .map_err(|e| about(path, e))?;
             let mut warning = None;
-            if !store.created() {
+            if store.created() {
+                // The new file's name should survive a crash too, not only its contents.
+                // Best effort: a directory the user may write but not read cannot be opened.
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                let _ = File::open(dir).and_then(|d| d.sync_all());
+            } else {
                 if let Some(a) = asked.filter(|&a| a != store.chunk_size()) {
                     return Err(Error::Invalid(format!(
                         "{}: the store has {} KiB chunks, not {} KiB (-o chunk)",
