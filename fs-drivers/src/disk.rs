@@ -6,6 +6,7 @@
 //! holds one directory per partition.
 
 use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
+use crate::container::luks::{self, KeySource};
 use crate::container::{self, Layer, PeelContext};
 use crate::ext::{ExtFs, ExtOptions};
 use crate::fat::{FatFs, FatOptions};
@@ -205,7 +206,7 @@ impl Image {
 
     /// As `open`, over any device (tests use an in-memory disk); no container is peeled.
     pub fn from_device(raw: DeviceRef, cache_bytes: u64, mtime: Timespec) -> Result<Image> {
-        Self::from_layers(raw, Vec::new(), cache_bytes, mtime)
+        Self::from_layers(raw, Vec::new(), cache_bytes, mtime, None)
     }
 
     /// As `from_device`, peeling container layers first.
@@ -219,7 +220,7 @@ impl Image {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
         }
         let (raw, layers) = container::peel(raw, ctx)?;
-        Self::from_layers(raw, layers, cache_bytes, mtime)
+        Self::from_layers(raw, layers, cache_bytes, mtime, Some(ctx))
     }
 
     fn from_layers(
@@ -227,6 +228,7 @@ impl Image {
         layers: Vec<Layer>,
         cache_bytes: u64,
         mtime: Timespec,
+        ctx: Option<&PeelContext>,
     ) -> Result<Image> {
         if raw.size() == 0 {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
@@ -238,7 +240,8 @@ impl Image {
             (raw, None)
         };
         let table = partition::read_table(device.as_ref())?;
-        let volumes = list_volumes(&device, &table)?;
+        let keys = ctx.and_then(|c| c.luks_key.as_deref());
+        let volumes = list_volumes(&device, &table, keys)?;
         Ok(Image {
             device,
             layers,
@@ -433,7 +436,11 @@ fn message(e: &Error) -> String {
     }
 }
 
-fn list_volumes(device: &DeviceRef, table: &PartitionTable) -> Result<Vec<Volume>> {
+fn list_volumes(
+    device: &DeviceRef,
+    table: &PartitionTable,
+    keys: Option<&KeySource>,
+) -> Result<Vec<Volume>> {
     if table.scheme == Scheme::None {
         let mut v = Volume {
             index: None,
@@ -472,10 +479,30 @@ fn list_volumes(device: &DeviceRef, table: &PartitionTable) -> Result<Vec<Volume
         };
         if !container {
             probe_into(&mut v);
+            if let Some(keys) = keys {
+                unlock_volume(&mut v, keys)?;
+            }
         }
         out.push(v);
     }
     Ok(out)
+}
+
+/// A LUKS partition (the full-disk-encryption layout: ESP, /boot, LUKS root) is unlocked in
+/// place: its device becomes the decrypted data and is probed again. The one key source is
+/// tried on every encrypted partition.
+fn unlock_volume(v: &mut Volume, keys: &KeySource) -> Result<()> {
+    if v.probe.as_ref().map(|p| p.kind) != Some(FsKind::Luks) {
+        return Ok(());
+    }
+    if let Some(h) =
+        luks::read_header(v.device.as_ref()).map_err(|e| in_context(&v.describe(), e))?
+    {
+        v.device =
+            luks::open_with(&v.device, &h, keys).map_err(|e| in_context(&v.describe(), e))?;
+        probe_into(v);
+    }
+    Ok(())
 }
 
 fn probe_into(v: &mut Volume) {

@@ -11,6 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod luks;
+
 /// One peeled layer, for `info`: `format` names it ("qcow2 v3"), `detail` says what matters
 /// about this instance ("64 KiB clusters, zstd, backing: base.qcow2"), empty when nothing does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct PeelContext {
     /// (device, inode) of every file opened on the way here (the image, then each backing
     /// file it named): a reference back to one of them is a loop.
     pub opened: Vec<(u64, u64)>,
+    /// Where a LUKS passphrase comes from; `None`: LUKS volumes stay locked.
+    pub luks_key: Option<Arc<luks::KeySource>>,
 }
 
 /// How many files a chain of backing/parent references may span (qemu's limit is similar).
@@ -109,7 +113,7 @@ impl PeelContext {
 pub type Detector = fn(&DeviceRef, &PeelContext) -> Result<Option<(DeviceRef, Layer)>>;
 
 /// Every container format, tried in order on each layer.
-const DETECTORS: &[Detector] = &[];
+const DETECTORS: &[Detector] = &[luks::detect];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes
 /// into itself, or a hostile stack of wrappers).
