@@ -96,6 +96,8 @@ pub struct MountArgs {
     /// Create the mount point if it does not exist, and remove it at unmount.
     #[arg(long)]
     pub mkdir: bool,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +130,8 @@ pub struct RunArgs {
     /// Log file for the mount daemon (default: syslog).
     #[arg(long = "log", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
     /// The disk image file.
     pub image: PathBuf,
     /// The command to run, after '--', with its arguments.
@@ -140,6 +144,8 @@ pub struct InfoArgs {
     /// Machine-readable output (schema in README.md).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
@@ -165,6 +171,8 @@ pub struct LsArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// File or directory in the image to list (default: /).
@@ -177,6 +185,8 @@ pub struct CatArgs {
     /// disk's paths start with p1/, p2/, ...
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// Files in the image to write out, in order.
@@ -199,6 +209,8 @@ pub struct ExtractArgs {
     /// Replace files that already exist under DEST.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub key: crate::key::KeyArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).

@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod key;
 mod mount;
 mod report;
 mod run;
@@ -24,6 +25,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
+    key::init(&cli);
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
         Some(Command::Umount(a)) => umount::run(&a).map_err(Failure::msg),

@@ -145,16 +145,14 @@ fn shared_luks1() -> Option<&'static (PathBuf, PathBuf)> {
             if !have_all(&["qemu-img", "mkfs.fat", "mcopy"]) {
                 return None;
             }
-            let dir = TempDir(
-                Path::new(env!("CARGO_TARGET_TMPDIR"))
-                    .join(format!("luks1-{}", std::process::id())),
-            );
+            let dir = TempDir(Path::new(env!("CARGO_TARGET_TMPDIR")).join("luks1-shared"));
             let _ = std::fs::remove_dir_all(&dir.0);
             std::fs::create_dir_all(&dir.0).unwrap();
             let plain = fat_plain(&dir);
             let enc = dir.join("xts.luks");
             qemu_encrypt(&plain, &enc, PASS, "cipher-alg=aes-256,cipher-mode=xts");
-            // Kept for the whole run (a static is never dropped); target/tmp is cargo's scratch.
+            // Kept for the whole run (a static is never dropped); one fixed directory in cargo's
+            // scratch space, replaced by the next run.
             let keep = (plain, enc);
             std::mem::forget(dir);
             Some(keep)

@@ -11,8 +11,11 @@ use std::path::Path;
 
 /// Opens an image for a command, read-only unless `writable`, with the default cache.
 pub fn open_image(path: &Path, writable: bool) -> Result<Image, Failure> {
-    Image::open(path, writable, BlockCache::DEFAULT_CAPACITY)
-        .map_err(|e| Failure::new(path.display(), &e))
+    Image::open_with(
+        path,
+        &crate::key::image_options(writable, BlockCache::DEFAULT_CAPACITY),
+    )
+    .map_err(|e| Failure::new(path.display(), &e))
 }
 
 /// The CLI's `-p` value as the library's selection (for ls/cat/extract and the mount).

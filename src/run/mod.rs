@@ -76,6 +76,7 @@ pub fn run(args: &cli::RunArgs) -> i32 {
         log: args.log.clone(),
         pid_file: None,
         mkdir: false,
+        key: args.key.clone(),
     };
     // The daemon unmounts and removes our directory itself if this process is killed
     // outright (SIGKILL, the OOM killer): the one way out that skips `cleanup`.

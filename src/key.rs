@@ -1,0 +1,93 @@
+//! Where the passphrase of a LUKS-encrypted image comes from: `--key-file FILE` (`-`: standard
+//! input), else a no-echo prompt when standard input is a terminal, else one line saying a key
+//! is needed. It is asked for only when a LUKS header is found, at most once per run, and
+//! lives in zeroized memory.
+
+use clap::Args;
+use fs_drivers::container::luks::KeySource;
+use fs_drivers::container::PeelContext;
+use fs_drivers::disk::ImageOptions;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use zeroize::Zeroizing;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeyArgs {
+    /// Passphrase of a LUKS-encrypted image, read whole from FILE ('-': standard input), as cryptsetup --key-file reads it.
+    #[arg(long = "key-file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+static KEYS: OnceLock<Option<Arc<KeySource>>> = OnceLock::new();
+
+/// Chooses this run's key source from the command line. `info` asks only with --key-file:
+/// without one it shows the LUKS header and leaves the volume locked.
+pub fn init(cli: &crate::cli::Cli) {
+    use crate::cli::Command;
+    let (args, image, ask) = match &cli.command {
+        Some(Command::Info(a)) => (&a.key, &a.image, false),
+        Some(Command::Ls(a)) => (&a.key, &a.image, true),
+        Some(Command::Cat(a)) => (&a.key, &a.image, true),
+        Some(Command::Extract(a)) => (&a.key, &a.image, true),
+        Some(Command::Run(a)) => (&a.key, &a.image, true),
+        Some(Command::Umount(_)) => return,
+        None => match &cli.mount.image {
+            Some(image) => (&cli.mount.key, image, true),
+            None => return,
+        },
+    };
+    let source = match (&args.key_file, ask) {
+        (Some(file), _) => Some(from_file(file.clone())),
+        (None, true) => Some(prompt_or_refuse(image)),
+        (None, false) => None,
+    };
+    let _ = KEYS.set(source);
+}
+
+fn from_file(file: PathBuf) -> Arc<KeySource> {
+    Arc::new(KeySource::new(move || {
+        let mut key = Zeroizing::new(Vec::new());
+        let read = if file == Path::new("-") {
+            std::io::stdin().lock().read_to_end(&mut key)
+        } else {
+            std::fs::File::open(&file).and_then(|mut f| f.read_to_end(&mut key))
+        };
+        read.map_err(|e| format!("cannot read the key file {}: {}", file.display(), e.kind()))?;
+        if key.is_empty() {
+            return Err(format!("the key file {} is empty", file.display()));
+        }
+        Ok(key)
+    }))
+}
+
+fn prompt_or_refuse(image: &Path) -> Arc<KeySource> {
+    let shown = image.display().to_string();
+    Arc::new(KeySource::new(move || {
+        if !std::io::stdin().is_terminal() {
+            return Err(
+                "the image is LUKS-encrypted and a key is needed: give --key-file FILE ('-' for standard input)"
+                    .into(),
+            );
+        }
+        let line = rpassword::prompt_password(format!("Passphrase for {shown}: "))
+            .map_err(|e| format!("cannot read the passphrase: {}", e.kind()))?;
+        Ok(Zeroizing::new(line.into_bytes()))
+    }))
+}
+
+/// The peel context every image open of this run uses.
+pub fn peel_context() -> PeelContext {
+    PeelContext {
+        luks_key: KEYS.get().cloned().flatten(),
+        ..PeelContext::default()
+    }
+}
+
+/// `ImageOptions` for an image this run opens.
+pub fn image_options(writable: bool, cache_bytes: u64) -> ImageOptions {
+    ImageOptions {
+        peel: peel_context(),
+        ..ImageOptions::new(writable, cache_bytes)
+    }
+}
