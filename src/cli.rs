@@ -97,7 +97,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub mkdir: bool,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
 }
 
 #[derive(Args, Debug)]
@@ -131,7 +131,7 @@ pub struct RunArgs {
     #[arg(long = "log", value_name = "FILE")]
     pub log: Option<PathBuf>,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file.
     pub image: PathBuf,
     /// The command to run, after '--', with its arguments.
@@ -145,7 +145,7 @@ pub struct InfoArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
@@ -172,7 +172,7 @@ pub struct LsArgs {
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// File or directory in the image to list (default: /).
@@ -186,7 +186,7 @@ pub struct CatArgs {
     #[arg(short = 'p', long = "partition", value_name = "N")]
     pub partition: Option<PartitionSel>,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// Files in the image to write out, in order.
@@ -210,7 +210,7 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]
-    pub key: crate::key::KeyArgs,
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).

@@ -1,6 +1,6 @@
 mod cli;
 mod commands;
-mod key;
+mod image_open;
 mod mount;
 mod report;
 mod run;
@@ -25,7 +25,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
-    key::init(&cli);
+    image_open::init(&cli);
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
         Some(Command::Umount(a)) => umount::run(&a).map_err(Failure::msg),

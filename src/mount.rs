@@ -149,8 +149,11 @@ fn open_filesystem(
     if opts.rw {
         // Say why rw is refused before opening the image read-write (which could fail first
         // for an unrelated reason such as a read-only image file).
-        let ro = Image::open_with(image, &crate::key::image_options(false, cache))
-            .map_err(|e| fail(&e))?;
+        let ro = Image::open_with(
+            image,
+            &crate::image_open::image_options(false, cache, opts.direct),
+        )
+        .map_err(|e| fail(&e))?;
         if only_ext_selected(&ro, sel) {
             return Err(format!(
                 "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
@@ -158,8 +161,12 @@ fn open_filesystem(
             ));
         }
     }
-    let img = Image::open_with(image, &crate::key::image_options(opts.rw, cache))
-        .map_err(|e| fail(&e))?;
+    let img = Image::open_with(
+        image,
+        &crate::image_open::image_options(opts.rw, cache, opts.direct),
+    )
+    .map_err(|e| fail(&e))?;
+    crate::image_open::warn_fallback(&img, image);
     let base = host::fs_options();
     let fs_opts = FsOptions {
         writable: opts.rw,

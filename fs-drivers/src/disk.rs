@@ -5,7 +5,7 @@
 //! linear `Slice` over the cache. A disk opened without `-p` becomes a `MultiFs` whose root
 //! holds one directory per partition.
 
-use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
+use crate::block::{BlockCache, CacheStats, DeviceRef, DirectFileDevice, FileDevice, Slice};
 use crate::container::luks::{self, KeySource};
 use crate::container::{self, Layer, PeelContext};
 use crate::ext::{ExtFs, ExtOptions};
@@ -144,6 +144,8 @@ pub struct ImageOptions {
     /// What container detectors get: the index cache and whom to tell progress. Its `path` is
     /// filled in by `Image::open`.
     pub peel: PeelContext,
+    /// Open the image O_DIRECT (buffered when the host filesystem refuses).
+    pub direct: bool,
 }
 
 impl ImageOptions {
@@ -164,6 +166,8 @@ pub struct Image {
     table: PartitionTable,
     volumes: Vec<Volume>,
     mtime: Timespec,
+    /// `direct` was asked for and the host filesystem refused O_DIRECT.
+    direct_fallback: bool,
 }
 
 impl Image {
@@ -196,12 +200,24 @@ impl Image {
                 )
             })
             .unwrap_or_default();
-        let raw: DeviceRef = Arc::new(file);
+        let mut direct_fallback = false;
+        let raw: DeviceRef = match opts.direct {
+            false => Arc::new(file),
+            true => match DirectFileDevice::open(path, opts.writable)? {
+                Some(direct) => Arc::new(direct),
+                None => {
+                    direct_fallback = true;
+                    Arc::new(file)
+                }
+            },
+        };
         let ctx = PeelContext {
             path: Some(path.to_path_buf()),
             ..opts.peel.clone()
         };
-        Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)
+        let mut img = Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)?;
+        img.direct_fallback = direct_fallback;
+        Ok(img)
     }
 
     /// As `open`, over any device (tests use an in-memory disk); no container is peeled.
@@ -249,6 +265,7 @@ impl Image {
             table,
             volumes,
             mtime,
+            direct_fallback: false,
         })
     }
 
@@ -266,6 +283,11 @@ impl Image {
             "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
             self.device.size()
         )))
+    }
+
+    /// Whether O_DIRECT was asked for and refused (the image is read buffered).
+    pub fn direct_fallback(&self) -> bool {
+        self.direct_fallback
     }
 
     /// Container layers peeled off the file, outermost first (empty for a raw image).

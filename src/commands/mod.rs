@@ -11,11 +11,13 @@ use std::path::Path;
 
 /// Opens an image for a command, read-only unless `writable`, with the default cache.
 pub fn open_image(path: &Path, writable: bool) -> Result<Image, Failure> {
-    Image::open_with(
+    let img = Image::open_with(
         path,
-        &crate::key::image_options(writable, BlockCache::DEFAULT_CAPACITY),
+        &crate::image_open::image_options(writable, BlockCache::DEFAULT_CAPACITY, false),
     )
-    .map_err(|e| Failure::new(path.display(), &e))
+    .map_err(|e| Failure::new(path.display(), &e))?;
+    crate::image_open::warn_fallback(&img, path);
+    Ok(img)
 }
 
 /// The CLI's `-p` value as the library's selection (for ls/cat/extract and the mount).

@@ -16,10 +16,12 @@ pub struct MountOpts {
     pub discard: bool,
     /// Unmount after this long without a request (`idle_timeout=SECONDS`).
     pub idle_timeout: Option<std::time::Duration>,
+    /// Open the image O_DIRECT (`direct`).
+    pub direct: bool,
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, direct, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -50,6 +52,7 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
             ("utc", None) => o.tz_minutes = Some(0),
             ("discard", None) => o.discard = true,
+            ("direct", None) => o.direct = true,
             ("idle_timeout", Some(v)) => o.idle_timeout = Some(parse_seconds(key, v)?),
             ("tz", Some(v)) => {
                 o.tz_minutes = Some(crate::host::parse_tz(v).ok_or_else(|| {

@@ -43,7 +43,8 @@ impl SectorCipher {
     pub fn new(spec: &str, key: &[u8]) -> Result<SectorCipher> {
         let unsupported = || {
             Error::Unsupported(format!(
-                "LUKS cipher '{spec}' with a {}-bit key (imgmount knows aes-xts-plain64, aes-xts-plain, aes-cbc-essiv:sha256, aes-cbc-plain64, aes-cbc-plain)",
+                "LUKS cipher '{}' with a {}-bit key (imgmount knows aes-xts-plain64, aes-xts-plain, aes-cbc-essiv:sha256, aes-cbc-plain64, aes-cbc-plain)",
+                spec.escape_default(),
                 key.len() * 8
             ))
         };

@@ -17,7 +17,11 @@ fn be32(b: &[u8], at: usize) -> u32 {
 /// A NUL-padded text field.
 fn text(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    // Shown in one-line messages: no control characters from an untrusted header.
+    String::from_utf8_lossy(&b[..end])
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Parses a LUKS1 header; `dev_size` bounds every offset it names.

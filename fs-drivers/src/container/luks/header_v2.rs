@@ -35,7 +35,11 @@ fn be64(b: &[u8], at: usize) -> u64 {
 
 fn text(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    // Shown in one-line messages: no control characters from an untrusted header.
+    String::from_utf8_lossy(&b[..end])
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// One header copy that passed its checksum: its sequence id and its parsed metadata.
@@ -102,7 +106,8 @@ fn read_copy(dev: &dyn BlockDevice, at: u64, dev_size: u64, magic: &[u8; 6]) -> 
     let csum_alg = text(&bin[72..104]);
     if csum_alg != "sha256" {
         return Err(Error::Unsupported(format!(
-            "LUKS2 header checksum '{csum_alg}'"
+            "LUKS2 header checksum '{}'",
+            csum_alg.escape_default()
         )));
     }
     let mut all = vec![0u8; hdr_size as usize];
@@ -208,7 +213,7 @@ struct JDigest {
 
 fn num(s: &str, what: &str) -> Result<u64> {
     s.parse()
-        .map_err(|_| Error::Invalid(format!("{what} '{s}' is not a number")))
+        .map_err(|_| Error::Invalid(format!("{what} '{}' is not a number", s.escape_default())))
 }
 
 fn b64(s: &str, what: &str) -> Result<Vec<u8>> {
@@ -230,7 +235,7 @@ fn convert(meta: Meta, dev_size: u64) -> Result<Header> {
     if seg.kind != "crypt" {
         return Err(Error::Unsupported(format!(
             "LUKS2 segment type '{}'",
-            seg.kind
+            seg.kind.escape_default()
         )));
     }
     if seg.integrity.is_some() {
@@ -305,7 +310,10 @@ fn convert(meta: Meta, dev_size: u64) -> Result<Header> {
                 salt,
             },
             other => {
-                return Err(Error::Unsupported(format!("LUKS2 kdf '{other}'")));
+                return Err(Error::Unsupported(format!(
+                    "LUKS2 kdf '{}'",
+                    other.escape_default()
+                )));
             }
         };
         kdf.check()?;

@@ -23,7 +23,8 @@ impl HashAlg {
             "sha256" => Ok(HashAlg::Sha256),
             "sha512" => Ok(HashAlg::Sha512),
             other => Err(Error::Unsupported(format!(
-                "LUKS hash '{other}' (imgmount knows sha1, sha256, sha512)"
+                "LUKS hash '{}' (imgmount knows sha1, sha256, sha512)",
+                other.escape_default()
             ))),
         }
     }

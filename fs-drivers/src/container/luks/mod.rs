@@ -85,6 +85,14 @@ impl Header {
 
     /// The data segment's length on a device of `dev_size` bytes.
     fn data_size(&self, dev_size: u64) -> Result<u64> {
+        // Data over the header would let a write destroy it (a detached header, which has
+        // offset 0, is not supported).
+        if self.payload_offset < 4096 {
+            return Err(Error::Invalid(format!(
+                "LUKS data segment at offset {} overlaps the header",
+                self.payload_offset
+            )));
+        }
         let avail = dev_size.saturating_sub(self.payload_offset);
         let size = match self.payload_size {
             Some(s) if s <= avail => s,

@@ -13,13 +13,17 @@ use std::sync::{Arc, OnceLock};
 use zeroize::Zeroizing;
 
 #[derive(Args, Debug, Clone, Default)]
-pub struct KeyArgs {
+pub struct OpenArgs {
     /// Passphrase of a LUKS-encrypted image, read whole from FILE ('-': standard input), as cryptsetup --key-file reads it.
     #[arg(long = "key-file", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Read and write the image file with O_DIRECT, bypassing the host page cache.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 static KEYS: OnceLock<Option<Arc<KeySource>>> = OnceLock::new();
+static DIRECT: OnceLock<bool> = OnceLock::new();
 
 /// Chooses this run's key source from the command line. `info` asks only with --key-file:
 /// without one it shows the LUKS header and leaves the volume locked.
@@ -43,6 +47,7 @@ pub fn init(cli: &crate::cli::Cli) {
         (None, false) => None,
     };
     let _ = KEYS.set(source);
+    let _ = DIRECT.set(args.direct);
 }
 
 fn from_file(file: PathBuf) -> Arc<KeySource> {
@@ -84,10 +89,22 @@ pub fn peel_context() -> PeelContext {
     }
 }
 
-/// `ImageOptions` for an image this run opens.
-pub fn image_options(writable: bool, cache_bytes: u64) -> ImageOptions {
+/// `ImageOptions` for an image this run opens; `direct` adds to `--direct` (a mount's
+/// `-o direct`).
+pub fn image_options(writable: bool, cache_bytes: u64, direct: bool) -> ImageOptions {
     ImageOptions {
         peel: peel_context(),
+        direct: direct || DIRECT.get().copied().unwrap_or(false),
         ..ImageOptions::new(writable, cache_bytes)
+    }
+}
+
+/// The one warning a direct open that fell back to buffered I/O gives.
+pub fn warn_fallback(img: &fs_drivers::disk::Image, image: &Path) {
+    if img.direct_fallback() {
+        eprintln!(
+            "imgmount: {}: the host filesystem refuses O_DIRECT; using buffered I/O",
+            image.display()
+        );
     }
 }
