@@ -370,3 +370,65 @@ fn mount_reads_and_writes_through_luks() {
         "{listing}"
     );
 }
+
+/// Runs a command on a fresh pseudo-terminal, answers its passphrase prompt with the text of
+/// argv[1], and prints everything the terminal showed.
+const PY_PTY: &str = r#"
+import os, pty, sys, time
+answer = sys.argv[1].encode() + b"\n"
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+out = b""
+def more():
+    global out
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        return False
+    out += chunk
+    return bool(chunk)
+while b"Passphrase" not in out and more():
+    pass
+time.sleep(0.5)  # the prompt is written just before echo is turned off
+os.write(fd, answer)
+while more():
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn terminal_prompt_without_echo() {
+    if !require_tool("python3") {
+        return;
+    }
+    let Some(im) = images("tty") else { return };
+    let run = |answer: &str| {
+        run_with_timeout(
+            Command::new("python3")
+                .args(["-c", PY_PTY, answer])
+                .arg(imgmount_bin())
+                .arg("ls")
+                .arg(&im.enc),
+            Duration::from_secs(60),
+        )
+    };
+    let r = run(PASS);
+    assert!(r.ok(), "{r:?}");
+    assert!(r.stdout.contains("Passphrase for"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("a.txt") && r.stdout.contains("dir"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains(PASS),
+        "the passphrase was echoed: {}",
+        r.stdout
+    );
+    let r = run("wrong one");
+    assert!(!r.ok());
+    assert!(r.stdout.contains("wrong passphrase"), "{}", r.stdout);
+}
