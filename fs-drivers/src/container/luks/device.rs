@@ -9,6 +9,9 @@ use std::sync::Mutex;
 
 /// How many bytes one zero-filling write encrypts at a time.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Reads at least this long are decrypted on several threads (a FUSE read is up to 128 KiB).
+const PARALLEL_MIN: usize = 128 << 10;
+const MAX_THREADS: usize = 4;
 
 pub struct LuksDevice {
     inner: DeviceRef,
@@ -50,11 +53,33 @@ impl LuksDevice {
     /// Reads and decrypts the whole sectors at `pos` (aligned) into `buf`.
     fn read_sectors(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
         self.inner.read_at(self.offset + pos, buf)?;
+        let threads = if buf.len() >= PARALLEL_MIN {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+        } else {
+            1
+        };
+        if threads == 1 {
+            self.decrypt_run(pos, buf);
+            return Ok(());
+        }
+        // Sectors are independent: a large read is decrypted in pieces on scoped threads,
+        // all joined before returning (so no thread outlives the call, e.g. across a fork).
+        let sectors = buf.len() / self.sector as usize;
+        let per = sectors.div_ceil(threads) * self.sector as usize;
+        std::thread::scope(|scope| {
+            for (k, piece) in buf.chunks_mut(per).enumerate() {
+                let start = pos + (k * per) as u64;
+                scope.spawn(move || self.decrypt_run(start, piece));
+            }
+        });
+        Ok(())
+    }
+
+    fn decrypt_run(&self, pos: u64, buf: &mut [u8]) {
         for (i, s) in buf.chunks_mut(self.sector as usize).enumerate() {
             self.cipher
                 .decrypt(self.iv_sector(pos + i as u64 * self.sector), s);
         }
-        Ok(())
     }
 
     /// Encrypts `buf` (whole sectors at aligned `pos`) in place and writes it.
