@@ -110,6 +110,8 @@ pub struct MountArgs {
     /// Create the mount point if it does not exist, and remove it at unmount.
     #[arg(long)]
     pub mkdir: bool,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
 }
 
 #[derive(Args, Debug)]
@@ -148,6 +150,8 @@ pub struct RunArgs {
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file.
     pub image: PathBuf,
     /// The command to run, after '--', with its arguments.
@@ -166,6 +170,8 @@ pub struct InfoArgs {
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
@@ -197,6 +203,8 @@ pub struct LsArgs {
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// File or directory in the image to list (default: /).
@@ -215,6 +223,8 @@ pub struct CatArgs {
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// Files in the image to write out, in order.
@@ -243,6 +253,8 @@ pub struct ExtractArgs {
     /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub offset: u64,
+    #[command(flatten)]
+    pub key: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).

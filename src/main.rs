@@ -1,5 +1,6 @@
 mod cli;
 mod commands;
+mod image_open;
 mod index_cache;
 mod mount;
 mod report;
@@ -25,6 +26,7 @@ fn main() {
         Err(e) => usage_error(e),
     };
     index_cache::configure(cli.cache_dir.clone(), cli.no_index_cache);
+    image_open::init(&cli);
     let result: CmdResult = match cli.command {
         Some(Command::Info(args)) => commands::info::run(&args),
         Some(Command::Umount(a)) => umount::run(&a).map_err(Failure::msg),

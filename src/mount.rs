@@ -14,7 +14,6 @@ use imgmount::fuse::service::{self, Service};
 use imgmount::fuse::{kernel, lifecycle, ServeConfig};
 use imgmount::host;
 
-use crate::index_cache;
 use crate::report::Failure;
 use crate::{cli, commands};
 
@@ -162,7 +161,7 @@ fn open_filesystem(
                 store,
                 chunk_size: opts.cow_chunk,
             }),
-            ..index_cache::image_options(rw && overlay.is_none(), cache)
+            ..crate::image_open::image_options(rw && overlay.is_none(), cache, opts.direct)
         };
         Image::open_with(image, &io)
     };
@@ -178,6 +177,7 @@ fn open_filesystem(
         }
     }
     let img = open(opts.rw, true).map_err(|e| fail(&e))?;
+    crate::image_open::warn_fallback(&img, image);
     if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
         eprintln!("imgmount: warning: {w}");
     }

@@ -5,7 +5,8 @@
 //! linear `Slice` over the cache. A disk opened without `-p` becomes a `MultiFs` whose root
 //! holds one directory per partition.
 
-use crate::block::{BlockCache, CacheStats, DeviceRef, FileDevice, Slice};
+use crate::block::{BlockCache, CacheStats, DeviceRef, DirectFileDevice, FileDevice, Slice};
+use crate::container::luks::{self, KeySource};
 use crate::container::{self, Layer, PeelContext};
 use crate::cow::{self, CowOptions, Overlay};
 use crate::ext::{ExtFs, ExtOptions};
@@ -157,6 +158,8 @@ pub struct ImageOptions {
     /// A copy-on-write overlay over the image (which is then opened read-only, with a shared
     /// lock): writes go to the store, never to the image.
     pub cow: Option<CowOptions>,
+    /// Open the image O_DIRECT (buffered when the host filesystem refuses).
+    pub direct: bool,
 }
 
 impl ImageOptions {
@@ -178,6 +181,8 @@ pub struct Image {
     volumes: Vec<Volume>,
     mtime: Timespec,
     overlay: Option<Overlay>,
+    /// `direct` was asked for and the host filesystem refused O_DIRECT.
+    direct_fallback: bool,
 }
 
 impl Image {
@@ -213,7 +218,17 @@ impl Image {
                 )
             })
             .unwrap_or_default();
-        let mut raw: DeviceRef = Arc::new(file);
+        let mut direct_fallback = false;
+        let mut raw: DeviceRef = match opts.direct {
+            false => Arc::new(file),
+            true => match DirectFileDevice::open(path, opts.writable && opts.cow.is_none())? {
+                Some(direct) => Arc::new(direct),
+                None => {
+                    direct_fallback = true;
+                    Arc::new(file)
+                }
+            },
+        };
         if opts.offset > 0 {
             let size = raw.size();
             if opts.offset >= size {
@@ -229,7 +244,9 @@ impl Image {
             ..opts.peel.clone()
         };
         let Some(cow_opts) = &opts.cow else {
-            return Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime);
+            let mut img = Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)?;
+            img.direct_fallback = direct_fallback;
+            return Ok(img);
         };
         if raw.size() == 0 {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
@@ -238,8 +255,9 @@ impl Image {
         let (raw, layers) = container::peel(raw, &ctx)?;
         let overlay = cow::open_overlay(raw, cow_opts, mtime)?;
         let dev: DeviceRef = overlay.snapshot.clone();
-        let mut img = Self::from_layers(dev, layers, opts.cache_bytes, mtime)?;
+        let mut img = Self::from_layers(dev, layers, opts.cache_bytes, mtime, Some(&ctx))?;
         img.overlay = Some(overlay);
+        img.direct_fallback = direct_fallback;
         Ok(img)
     }
 
@@ -250,7 +268,7 @@ impl Image {
 
     /// As `open`, over any device (tests use an in-memory disk); no container is peeled.
     pub fn from_device(raw: DeviceRef, cache_bytes: u64, mtime: Timespec) -> Result<Image> {
-        Self::from_layers(raw, Vec::new(), cache_bytes, mtime)
+        Self::from_layers(raw, Vec::new(), cache_bytes, mtime, None)
     }
 
     /// As `from_device`, peeling container layers first.
@@ -264,7 +282,7 @@ impl Image {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
         }
         let (raw, layers) = container::peel(raw, ctx)?;
-        Self::from_layers(raw, layers, cache_bytes, mtime)
+        Self::from_layers(raw, layers, cache_bytes, mtime, Some(ctx))
     }
 
     fn from_layers(
@@ -272,6 +290,7 @@ impl Image {
         layers: Vec<Layer>,
         cache_bytes: u64,
         mtime: Timespec,
+        ctx: Option<&PeelContext>,
     ) -> Result<Image> {
         if raw.size() == 0 {
             return Err(Error::Invalid("the file is empty, not a disk image".into()));
@@ -283,7 +302,8 @@ impl Image {
             (raw, None)
         };
         let table = partition::read_table(device.as_ref())?;
-        let mut volumes = list_volumes(&device, &table)?;
+        let keys = ctx.and_then(|c| c.luks_key.as_deref());
+        let mut volumes = list_volumes(&device, &table, keys)?;
         // A hybrid ISO: the whole-disk ISO 9660 view comes first (see hybrid.rs).
         if let Some(iso) = crate::hybrid::iso_over_table(&device, &table)? {
             volumes.insert(0, iso);
@@ -296,6 +316,7 @@ impl Image {
             volumes,
             mtime,
             overlay: None,
+            direct_fallback: false,
         })
     }
 
@@ -318,6 +339,11 @@ impl Image {
             "no partition table and no filesystem imgmount knows in these {} bytes (is it a disk image?)",
             self.device.size()
         )))
+    }
+
+    /// Whether O_DIRECT was asked for and refused (the image is read buffered).
+    pub fn direct_fallback(&self) -> bool {
+        self.direct_fallback
     }
 
     /// Container layers peeled off the file, outermost first (empty for a raw image).
@@ -495,7 +521,11 @@ fn message(e: &Error) -> String {
     }
 }
 
-fn list_volumes(device: &DeviceRef, table: &PartitionTable) -> Result<Vec<Volume>> {
+fn list_volumes(
+    device: &DeviceRef,
+    table: &PartitionTable,
+    keys: Option<&KeySource>,
+) -> Result<Vec<Volume>> {
     if table.scheme == Scheme::None {
         let mut v = Volume {
             index: None,
@@ -534,10 +564,30 @@ fn list_volumes(device: &DeviceRef, table: &PartitionTable) -> Result<Vec<Volume
         };
         if !container {
             probe_into(&mut v);
+            if let Some(keys) = keys {
+                unlock_volume(&mut v, keys)?;
+            }
         }
         out.push(v);
     }
     Ok(out)
+}
+
+/// A LUKS partition (the full-disk-encryption layout: ESP, /boot, LUKS root) is unlocked in
+/// place: its device becomes the decrypted data and is probed again. The one key source is
+/// tried on every encrypted partition.
+fn unlock_volume(v: &mut Volume, keys: &KeySource) -> Result<()> {
+    if v.probe.as_ref().map(|p| p.kind) != Some(FsKind::Luks) {
+        return Ok(());
+    }
+    if let Some(h) =
+        luks::read_header(v.device.as_ref()).map_err(|e| in_context(&v.describe(), e))?
+    {
+        v.device =
+            luks::open_with(&v.device, &h, keys).map_err(|e| in_context(&v.describe(), e))?;
+        probe_into(v);
+    }
+    Ok(())
 }
 
 fn probe_into(v: &mut Volume) {

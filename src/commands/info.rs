@@ -118,6 +118,7 @@ fn volume_report(v: &Volume) -> VolumeReport {
         Some("extended partition: holds the logical partitions".into())
     } else {
         match &v.probe {
+            Some(p) if p.kind == fs_drivers::probe::FsKind::Luks => Some(luks_note(v)),
             Some(p) if !p.kind.is_supported() => {
                 Some(format!("{} (not readable by imgmount)", p.kind.name()))
             }
@@ -141,6 +142,16 @@ fn volume_report(v: &Volume) -> VolumeReport {
         container: v.container,
         filesystem,
         note,
+    }
+}
+
+/// A locked LUKS volume: what its header says (no key is needed for that), and that nothing
+/// below it can be seen without one.
+fn luks_note(v: &Volume) -> String {
+    match fs_drivers::container::luks::read_header(v.device.as_ref()) {
+        Ok(Some(h)) => format!("{}; locked (--key-file shows what is inside)", h.summary()),
+        Ok(None) => "LUKS".into(),
+        Err(e) => format!("LUKS header unreadable: {}", crate::report::describe(&e)),
     }
 }
 

@@ -33,9 +33,10 @@ pub fn open_image_at(
             store: CowStore::File(store.to_path_buf()),
             chunk_size: None,
         }),
-        ..crate::index_cache::image_options(writable, BlockCache::DEFAULT_CAPACITY)
+        ..crate::image_open::image_options(writable, BlockCache::DEFAULT_CAPACITY, false)
     };
     let img = Image::open_with(path, &opts).map_err(|e| Failure::new(path.display(), &e))?;
+    crate::image_open::warn_fallback(&img, path);
     if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
         eprintln!("imgmount: warning: {w}");
     }

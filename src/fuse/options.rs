@@ -20,10 +20,12 @@ pub struct MountOpts {
     pub cow: Option<fs_drivers::cow::CowStore>,
     /// `-o chunk=SIZE`: the chunk size of a new COW store.
     pub cow_chunk: Option<u64>,
+    /// Open the image O_DIRECT (`direct`).
+    pub direct: bool,
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, cow[=FILE], chunk=SIZE, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, cow[=FILE], chunk=SIZE, direct, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -54,6 +56,7 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("cache", Some(v)) => o.cache_bytes = Some(parse_size(v)?),
             ("utc", None) => o.tz_minutes = Some(0),
             ("discard", None) => o.discard = true,
+            ("direct", None) => o.direct = true,
             ("idle_timeout", Some(v)) => o.idle_timeout = Some(parse_seconds(key, v)?),
             ("cow", None) => o.cow = Some(fs_drivers::cow::CowStore::Transient),
             ("cow", Some("")) => {

@@ -3,12 +3,14 @@
 //! the write-back cache that sits over any of them).
 
 mod cache;
+mod direct;
 mod fault;
 mod file;
 mod mem;
 mod slice;
 
 pub use cache::{BlockCache, CacheStats};
+pub use direct::{DirectFileDevice, DIRECT_ALIGN};
 pub use fault::{FaultDevice, FaultOp};
 pub use file::FileDevice;
 pub use mem::MemDevice;

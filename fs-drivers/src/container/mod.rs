@@ -22,6 +22,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod luks;
+
 /// One peeled layer, for `info`: `format` names it ("qcow2 v3"), `detail` says what matters
 /// about this instance ("64 KiB clusters, zstd, backing: base.qcow2"), empty when nothing does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct PeelContext {
     /// (device, inode) of every file opened on the way here (the image, then each backing
     /// file it named): a reference back to one of them is a loop.
     pub opened: Vec<(u64, u64)>,
+    /// Where a LUKS passphrase comes from; `None`: LUKS volumes stay locked.
+    pub luks_key: Option<Arc<luks::KeySource>>,
 }
 
 /// How many files a chain of backing/parent references may span (qemu's limit is similar).
@@ -133,6 +137,7 @@ const DETECTORS: &[Detector] = &[
     compressed::detect_xz,
     compressed::detect_zstd,
     compressed::detect_bzip2,
+    luks::detect,
 ];
 
 /// How many layers may be peeled; a chain deeper than this is refused (a file that decodes

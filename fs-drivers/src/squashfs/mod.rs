@@ -246,6 +246,52 @@ impl SquashFs {
             .clone()
     }
 
+    /// SEEK_DATA/SEEK_HOLE: a listed block of stored size 0 is a hole (as the kernel's
+    /// squashfs reports it); every other block and a fragment tail are data. The block list
+    /// is walked in batches, so a huge sparse file costs its list, never its size.
+    fn seek_file(&self, r: u64, i: &Inode, offset: u64, data: bool) -> Result<Option<u64>> {
+        let Body::File {
+            blocks_start,
+            fragment,
+            list_pos,
+            ..
+        } = &i.body
+        else {
+            return Err(Error::IsDir);
+        };
+        if offset >= i.size {
+            return Ok(None);
+        }
+        let bs = u64::from(self.sb.block_size);
+        let full_blocks = if fragment.is_some() {
+            i.size / bs
+        } else {
+            i.size.div_ceil(bs)
+        };
+        let mut b = offset / bs;
+        if b < full_blocks {
+            let map = self.block_map(r, *list_pos, *blocks_start);
+            let mut map = lock(&map);
+            while b < full_blocks {
+                let n = (full_blocks - b).min(1024);
+                let words = map.blocks(&self.meta, self.sb.directory_table, b, n)?;
+                for (k, (_, w)) in words.iter().enumerate() {
+                    if (w & (data::RAW - 1) != 0) == data {
+                        return Ok(Some(((b + k as u64) * bs).max(offset)));
+                    }
+                }
+                b += n;
+            }
+        }
+        // Past the listed blocks only a fragment tail remains, which is data.
+        let tail = (full_blocks * bs).max(offset);
+        Ok(match (data, tail < i.size) {
+            (true, true) => Some(tail),
+            (true, false) => None,
+            (false, _) => Some(i.size),
+        })
+    }
+
     fn read_file(&self, r: u64, i: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let Body::File {
             blocks_start,
@@ -393,6 +439,16 @@ impl FileSystem for SquashFs {
         let i = self.inode(r)?;
         match i.kind {
             FileType::Regular => self.read_file(r, &i, offset, buf),
+            FileType::Directory => Err(Error::IsDir),
+            _ => Err(Error::Invalid("not a regular file".into())),
+        }
+    }
+
+    fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let r = self.inode_ref(ino)?;
+        let i = self.inode(r)?;
+        match i.kind {
+            FileType::Regular => self.seek_file(r, &i, offset, data),
             FileType::Directory => Err(Error::IsDir),
             _ => Err(Error::Invalid("not a regular file".into())),
         }
