@@ -9,36 +9,13 @@ mod container_common;
 use container_common::*;
 use fs_drivers::block::{BlockDevice, DeviceRef, MemDevice};
 use fs_drivers::container::{self, PeelContext};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The peak is process-wide: the tests that measure it take turns.
-static MEASURE: Mutex<()> = Mutex::new(());
+#[path = "support/heap.rs"]
+mod heap;
+use heap::{LIVE, MEASURE, PEAK};
 
 /// The most any one mutated image may make the reader hold at once: the decoded-cluster
 /// cache (16 MiB), a parallel batch of 2 MiB clusters and the L2/grain-table caches.

@@ -12,46 +12,14 @@ use fs_drivers::block::{DeviceRef, MemDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::fat::FatFs;
 use fs_drivers::vfs::{FileSystem, FileType};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The peak is process-wide: the tests that measure it take turns.
-static MEASURE: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns how far live heap bytes rose above where they started.
-fn peak_growth(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    f();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+#[path = "support/heap.rs"]
+mod heap;
+use heap::{peak_growth, MEASURE};
 
 const ALLOC_BOUND: usize = 32 << 20;
 

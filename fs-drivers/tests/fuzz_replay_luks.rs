@@ -4,36 +4,14 @@
 
 include!("../../fuzz/harness/luks.rs");
 
-use std::path::Path;
+mod support;
+use support::replay::{inputs, replay};
 
-fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+use std::path::Path;
 
 #[test]
 fn replay_luks_header_corpus_and_regressions() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let seeds = inputs(&root.join("corpus/luks_header"));
-    assert!(
-        seeds.len() >= 3,
-        "fuzz/corpus/luks_header has too few seeds"
-    );
-    for p in seeds
-        .iter()
-        .chain(&inputs(&root.join("regressions/luks_header")))
-    {
-        let data = std::fs::read(p).unwrap();
-        let r = std::panic::catch_unwind(|| fuzz_luks_header(&data));
-        assert!(r.is_ok(), "{} panics", p.display());
-    }
+    replay("luks_header", fuzz_luks_header, 3);
 }
 
 /// The seeds must parse, so the fuzzer starts from headers that reach the keyslots.

@@ -4,47 +4,15 @@
 
 include!("../../fuzz/harness/vdisk.rs");
 
+mod support;
+use support::replay::{inputs, replay};
+
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-const MAX_PER_INPUT: Duration = Duration::from_secs(10);
-
-fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.file_name().is_none_or(|n| n != ".keep"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 #[test]
 fn replay_vdisk_corpus_and_regressions() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     for (name, target) in VDISK_TARGETS {
-        let seeds = inputs(&root.join("corpus").join(name));
-        let crashes = inputs(&root.join("regressions").join(name));
-        assert!(!seeds.is_empty(), "fuzz/corpus/{name} has no seeds");
-        for p in seeds.iter().chain(&crashes) {
-            let data = std::fs::read(p).expect("read input");
-            let t = Instant::now();
-            let r = std::panic::catch_unwind(|| target(&data));
-            assert!(r.is_ok(), "{name}: {} panics", p.display());
-            assert!(
-                t.elapsed() < MAX_PER_INPUT,
-                "{name}: {} took {:?}",
-                p.display(),
-                t.elapsed()
-            );
-        }
-        eprintln!(
-            "{name}: {} seeds, {} regressions",
-            seeds.len(),
-            crashes.len()
-        );
+        replay(name, target, 1);
     }
 }
 

@@ -12,39 +12,16 @@ use fs_drivers::erofs::ErofsFs;
 use fs_drivers::iso9660::IsoFs;
 use fs_drivers::vfs::{FileSystem, FileType};
 use ro_common::*;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The peak is process-wide: the tests take turns.
-static MEASURE: Mutex<()> = Mutex::new(());
+#[path = "support/heap.rs"]
+mod heap;
+use heap::{LIVE, MEASURE, PEAK};
 
 const ALLOC_BOUND: usize = 48 << 20;
 const TIME_BOUND: Duration = Duration::from_secs(5);

@@ -11,40 +11,16 @@ mod vdisk_util;
 use fs_drivers::block::{BlockDevice, DeviceRef};
 use fs_drivers::container::{peel, PeelContext};
 use fs_drivers::{Error, Result};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vdisk_util::*;
 
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::Relaxed) + l.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// The peak is process-wide: the tests take turns (each holds this from its start, so no
-/// other test's setup allocates while one measures).
-static MEASURE: Mutex<()> = Mutex::new(());
+#[path = "support/heap.rs"]
+mod heap;
+use heap::{LIVE, MEASURE, PEAK};
 
 /// Heap growth allowed while one mutant is opened and read: a few times the largest table a
 /// file of these sizes (at most 7 MiB) can hold, and far below what the on-disk numbers a

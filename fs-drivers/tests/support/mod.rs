@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod corpus;
+pub mod replay;
 pub mod tools;
 
 pub use corpus::{corpus_images, inflated, workspace_root};
