@@ -15,14 +15,19 @@ use std::time::{Duration, Instant};
 use common::{imgmount, require_tool, run_with_timeout, tool, Run, TempDir};
 use mount_support::{is_mounted, skip_reason, wait_until};
 
-fn ready() -> bool {
+/// The tests take turns (the returned guard), as tests/sandbox.rs does: a child that one test
+/// forks holds copies of another's descriptors until it execs, and under load that kept
+/// mounts and daemons alive past the point a parallel test checked them.
+fn ready() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if let Some(why) = skip_reason() {
         eprintln!("SKIP: {why}");
-        return false;
+        return None;
     }
     ["mkfs.vfat", "fsck.fat", "mcopy", "mtype"]
         .iter()
         .all(|t| require_tool(t))
+        .then(|| SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// A 16 MiB FAT16 image holding hello.txt ("hello\n") and sub/data.bin.
@@ -121,9 +126,9 @@ fn stderr_of(child: &mut Child) -> String {
 
 #[test]
 fn exit_status_cwd_and_root() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-status");
     let img = fat_image(&dir);
     // The command sees the image's files in its working directory, which is $IMGMOUNT_ROOT
@@ -210,9 +215,9 @@ fn exit_status_cwd_and_root() {
 /// reach the command, which dies of it (128+N), and the mount and directory still go away.
 #[test]
 fn signals_to_run_reach_the_command_and_it_cleans_up() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-term");
     let img = fat_image(&dir);
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
@@ -247,9 +252,9 @@ fn signals_to_run_reach_the_command_and_it_cleans_up() {
 
 #[test]
 fn killed_command_is_cleaned_up() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-kill");
     let img = fat_image(&dir);
     let mut child = spawn_sh(
@@ -277,9 +282,9 @@ fn killed_command_is_cleaned_up() {
 /// (`cd /`), as a killed process group's would have.
 #[test]
 fn run_killed_outright_leaves_nothing_mounted() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-sigkill");
     let img = fat_image(&dir);
     let mut child = spawn_sh(
@@ -316,9 +321,9 @@ fn run_killed_outright_leaves_nothing_mounted() {
 /// starts --kill-after, then SIGKILL.
 #[test]
 fn stuck_command_is_killed_after_the_second_signal() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-stuck");
     let img = fat_image(&dir);
     let mut child = spawn_sh(
@@ -355,9 +360,9 @@ fn stuck_command_is_killed_after_the_second_signal() {
 /// fsck.fat finds nothing wrong.
 #[test]
 fn rw_changes_are_in_the_image() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-rw");
     let img = fat_image(&dir);
     let r = run_sh(
@@ -392,9 +397,9 @@ fn rw_changes_are_in_the_image() {
 /// command leaves behind in the mount gets it detached, not a hang.
 #[test]
 fn chosen_mountpoint_and_leftover_processes() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-mnt");
     let img = fat_image(&dir);
     let mnt = dir.join("mnt");
@@ -440,7 +445,8 @@ fn chosen_mountpoint_and_leftover_processes() {
 /// /dev/fuse node is bound over it, so the machine's /dev/fuse permissions stay untouched.
 #[test]
 fn as_an_ordinary_user() {
-    if !ready() || !require_tool("unshare") || !require_tool("setpriv") {
+    let Some(_turn) = ready() else { return };
+    if !require_tool("unshare") || !require_tool("setpriv") {
         return;
     }
     let dir = TempDir::new("run-user");
@@ -483,7 +489,8 @@ exit $st
 /// and names the commands that work without FUSE; nothing runs.
 #[test]
 fn without_dev_fuse_one_line_names_the_alternatives() {
-    if !ready() || !require_tool("unshare") {
+    let Some(_turn) = ready() else { return };
+    if !require_tool("unshare") {
         return;
     }
     let dir = TempDir::new("run-nofuse");
@@ -554,9 +561,9 @@ fn spawn_on_pty(img: &Path, extra: &[&str], out: &Path, script: &str) -> (Child,
 /// that ignores it is killed --kill-after the second Ctrl-C. Cleanup follows either way.
 #[test]
 fn terminal_ctrl_c() {
-    if !ready() {
+    let Some(_turn) = ready() else {
         return;
-    }
+    };
     let dir = TempDir::new("run-tty");
     let img = fat_image(&dir);
     let ctrl_c = |master: i32| {
