@@ -344,3 +344,41 @@ fn a_compressed_image_mounts_and_reads_like_the_raw_disk() {
     imgmount(["umount".as_ref(), mnt.as_os_str()]).expect_ok();
     assert_eq!(got.unwrap(), want.unwrap());
 }
+
+/// The fsck test images of ../shared/corpus ship as `.img.gz`, written by many gzip versions
+/// over the years: a sample of them, opened as they are, must decode to what `gzip -dc` gives.
+#[test]
+fn corpus_gzip_files_decode_like_gzip() {
+    let _turn = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
+    let root = repo_root().join("../shared/corpus");
+    if !root.is_dir() || !have_tool("gzip") {
+        eprintln!("SKIP: no ../shared/corpus or no gzip");
+        return;
+    }
+    let mut paths: Vec<PathBuf> = ["e2fsprogs", "dosfstools"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".img.gz"))
+        .collect();
+    paths.sort();
+    let mut checked = 0;
+    // gzip's trailer holds the size mod 4 GiB: the large sparse images are left out, for time.
+    let small = |p: &PathBuf| {
+        let b = std::fs::read(p).unwrap();
+        let isize = u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap());
+        isize <= 64 << 20
+    };
+    for p in paths.iter().filter(|p| small(p)).step_by(8) {
+        let want = cli_decompress("gzip", p);
+        let (dev, layers) = open_layer(p, None).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(layers.starts_with("gzip"), "{}: {layers}", p.display());
+        assert!(
+            read_all(&dev).unwrap() == want,
+            "{}: bytes differ",
+            p.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} corpus files");
+}

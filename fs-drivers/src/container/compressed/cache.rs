@@ -145,6 +145,15 @@ pub fn evict(dir: &Path, budget: u64, keep: &[&Path]) {
         .flatten()
         .filter_map(|d| {
             let p = d.path();
+            if d.file_name().to_string_lossy().starts_with(".tmp-") {
+                // A writer killed mid-way left it; a live one touched it within the day.
+                let m = d.metadata().ok()?;
+                let age = m.modified().ok()?.elapsed().ok()?;
+                if age > std::time::Duration::from_secs(24 * 3600) {
+                    let _ = fs::remove_file(&p);
+                }
+                return None;
+            }
             let ext = p.extension()?.to_str()?;
             if ext != "idx" && ext != "dat" {
                 return None;
@@ -179,7 +188,10 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        for (i, name) in ["a.idx", "b.dat", "c.idx", "d.txt"].iter().enumerate() {
+        for (i, name) in ["a.idx", "b.dat", "c.idx", "d.txt", ".tmp-1-1"]
+            .iter()
+            .enumerate()
+        {
             let p = dir.join(name);
             fs::write(&p, vec![1u8; 8192]).unwrap();
             let f = File::options().append(true).open(&p).unwrap();
@@ -192,6 +204,10 @@ mod tests {
         assert!(!dir.join("b.dat").exists(), "oldest unkept entry stayed");
         assert!(!dir.join("c.idx").exists());
         assert!(dir.join("d.txt").exists(), "a foreign file was removed");
+        assert!(
+            !dir.join(".tmp-1-1").exists(),
+            "a stale temporary file stayed"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
