@@ -3,41 +3,14 @@
 
 include!("../../fuzz/harness/compressed.rs");
 
+mod support;
+use support::replay::{inputs, replay};
+
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-const MAX_PER_INPUT: Duration = Duration::from_secs(10);
-
-fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 #[test]
 fn replay_compressed_corpus_and_regressions() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let seeds = inputs(&root.join("corpus/compressed"));
-    let crashes = inputs(&root.join("regressions/compressed"));
-    assert!(seeds.len() >= 8, "fuzz/corpus/compressed has too few seeds");
-    for p in seeds.iter().chain(&crashes) {
-        let data = std::fs::read(p).expect("read input");
-        let t = Instant::now();
-        let r = std::panic::catch_unwind(|| fuzz_compressed(&data));
-        assert!(r.is_ok(), "{} panics", p.display());
-        assert!(
-            t.elapsed() < MAX_PER_INPUT,
-            "{} took {:?}",
-            p.display(),
-            t.elapsed()
-        );
-    }
+    replay("compressed", fuzz_compressed, 8);
 }
 
 /// The codec seeds must open as what they are, so the fuzzer starts past the detectors.
