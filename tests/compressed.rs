@@ -96,10 +96,15 @@ fn all_cases(tmp: &TempDir) -> Option<Vec<(PathBuf, &'static str)>> {
         .map(|(n, t)| (dir.join(n), *t))
         .filter(|(p, t)| p.exists() && have_tool(t))
         .collect();
-    let raw = std::fs::read(disk("gpt.img")?).unwrap();
-    let seekable = tmp.join("gpt.img.seekable.zst");
-    write_seekable(&raw, &seekable);
-    v.push((seekable, "zstd"));
+    // The seekable format is written here (the CLI cannot) and checked with the zstd CLI.
+    if have_tool("zstd") {
+        let raw = std::fs::read(disk("gpt.img")?).unwrap();
+        let seekable = tmp.join("gpt.img.seekable.zst");
+        write_seekable(&raw, &seekable);
+        v.push((seekable, "zstd"));
+    } else {
+        eprintln!("SKIP: the seekable zstd case: 'zstd' is not installed");
+    }
     Some(v)
 }
 

@@ -95,6 +95,9 @@ fn fsck(kind: &str, file: &Path) {
         c
     } else if kind == "squashfs" {
         // No fsck for squashfs: a full listing reads every inode and directory.
+        if !require_tool("unsquashfs") {
+            return;
+        }
         let mut c = tool("unsquashfs");
         c.arg("-lls");
         c
