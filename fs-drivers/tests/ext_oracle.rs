@@ -2,6 +2,7 @@
 //! our reader; every attribute, symlink target, xattr and byte of content must agree.
 
 mod ext_common;
+mod support;
 
 use ext_common::{images, open, read_chunks, show, walk, Node};
 use fs_drivers::vfs::{FileSystem, FileType, Timespec};
@@ -12,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::kernel_view::{kind_of, xattrs_tree};
 
 struct Mount {
     dir: PathBuf,
@@ -45,82 +47,6 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg(&self.dir).status();
         let _ = std::fs::remove_dir(&self.dir);
     }
-}
-
-fn kind_of(ft: std::fs::FileType) -> FileType {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else if ft.is_fifo() {
-        FileType::Fifo
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::Regular
-    }
-}
-
-/// getfattr's path quoting: backslash-octal escapes.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).expect("octal"));
-            i += 4;
-        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn kernel_xattrs(root: &Path) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> {
-    let out = Command::new("getfattr")
-        .args(["-R", "-h", "-d", "-m", "-", "--absolute-names", "-e", "hex"])
-        .arg(root)
-        .output()
-        .expect("getfattr");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let prefix = root.as_os_str().as_bytes().to_vec();
-    let mut all = BTreeMap::new();
-    let mut cur: Option<Vec<u8>> = None;
-    for line in text.lines() {
-        if let Some(p) = line.strip_prefix("# file: ") {
-            let full = unescape(p);
-            let rel = full[prefix.len()..]
-                .strip_prefix(b"/")
-                .unwrap_or(&full[prefix.len()..])
-                .to_vec();
-            cur = Some(rel);
-        } else if let (Some(path), Some((name, val))) = (&cur, line.split_once('=')) {
-            let v = match val.strip_prefix("0x") {
-                Some(h) => (0..h.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
-                    .collect(),
-                None => Vec::new(),
-            };
-            all.entry(path.clone())
-                .or_insert_with(BTreeMap::new)
-                .insert(unescape(name), v);
-        }
-    }
-    all
 }
 
 fn ts(sec: i64, nsec: i64) -> Timespec {
@@ -181,7 +107,7 @@ fn compare(img: &Path, kernel_img: &Path, opts: &str) {
     let ours = walk(&fs);
     let mut theirs = BTreeMap::new();
     kernel_walk(&mnt.dir, b"", &mut theirs);
-    let kx = kernel_xattrs(&mnt.dir);
+    let kx = xattrs_tree(&mnt.dir);
     let our_paths: Vec<_> = ours.keys().collect();
     let their_paths: Vec<_> = theirs.keys().collect();
     assert_eq!(

@@ -3,6 +3,7 @@
 //! (as root) the kernel's own `mount -o loop,ro` on every path and field.
 
 mod squashfs_common;
+mod support;
 
 use fs_drivers::vfs::{FileSystem, FileType, Timespec};
 use squashfs_common::{
@@ -11,9 +12,10 @@ use squashfs_common::{
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::kernel_view::{kind_of, xattrs_tree};
 
 /// (name, mksquashfs options, whether this kernel can mount it: it has no lzma support).
 const IMAGES: &[(&str, &[&str], bool)] = &[
@@ -96,77 +98,7 @@ fn build(tag: &str) -> Option<Built> {
     })
 }
 
-fn kind_of(ft: std::fs::FileType) -> FileType {
-    if ft.is_dir() {
-        FileType::Directory
-    } else if ft.is_symlink() {
-        FileType::Symlink
-    } else if ft.is_char_device() {
-        FileType::CharDevice
-    } else if ft.is_block_device() {
-        FileType::BlockDevice
-    } else if ft.is_fifo() {
-        FileType::Fifo
-    } else if ft.is_socket() {
-        FileType::Socket
-    } else {
-        FileType::Regular
-    }
-}
-
-/// getfattr's path quoting: backslash-octal escapes.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap());
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 type XattrMap = BTreeMap<Vec<u8>, Vec<u8>>;
-
-/// Every xattr under `root` by relative path, from one `getfattr -R` (one process per path
-/// would dominate the run).
-fn xattrs_tree(root: &Path) -> BTreeMap<Vec<u8>, XattrMap> {
-    let out = Command::new("getfattr")
-        .args(["-R", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names"])
-        .arg(root)
-        .output()
-        .expect("getfattr");
-    let prefix = root.as_os_str().as_bytes().len();
-    let mut all = BTreeMap::new();
-    let mut cur = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(p) = line.strip_prefix("# file: ") {
-            let full = unescape(p);
-            cur = full[prefix..]
-                .strip_prefix(b"/")
-                .unwrap_or(&full[prefix..])
-                .to_vec();
-        } else if let Some((k, v)) = line.split_once('=') {
-            let v = v.strip_prefix("0x").unwrap_or("");
-            let bytes = (0..v.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&v[i..i + 2], 16).unwrap())
-                .collect();
-            all.entry(cur.clone())
-                .or_insert_with(BTreeMap::new)
-                .insert(unescape(k), bytes);
-        }
-    }
-    all
-}
 
 /// The mode string `ls -l` (and unsquashfs -lln) prints.
 fn mode_string(kind: FileType, perm: u16) -> String {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod corpus;
+pub mod kernel_view;
 pub mod replay;
 pub mod tools;
 
