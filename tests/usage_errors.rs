@@ -97,6 +97,20 @@ fn extract() {
 }
 
 #[test]
+fn merge() {
+    usage_error(&["merge", "x.img"], "<STORE>");
+    usage_error(
+        &["merge", "x.img", "s.cow", "more"],
+        "unexpected argument 'more'",
+    );
+}
+
+#[test]
+fn help_subcommand_with_an_unknown_name() {
+    usage_error(&["help", "frob"], "frob");
+}
+
+#[test]
 fn unknown_subcommand_options_still_one_line() {
     usage_error(
         &["ls", "--json", "--frob", "x.img"],
