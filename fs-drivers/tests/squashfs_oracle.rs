@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::kernel_view::{kind_of, xattrs_tree};
+use support::kernel_view::{kernel_walk, kind_of, xattrs_tree};
 
 /// (name, mksquashfs options, whether this kernel can mount it: it has no lzma support).
 const IMAGES: &[(&str, &[&str], bool)] = &[
@@ -339,39 +339,6 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-fn kernel_walk(
-    root: &Path,
-    rel: &[u8],
-    out: &mut BTreeMap<Vec<u8>, (std::fs::Metadata, Option<Vec<u8>>)>,
-) {
-    let p = if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(rel))
-    };
-    let m = std::fs::symlink_metadata(&p).expect("kernel stat");
-    let target = m.file_type().is_symlink().then(|| {
-        std::fs::read_link(&p)
-            .unwrap()
-            .as_os_str()
-            .as_bytes()
-            .to_vec()
-    });
-    let is_dir = m.is_dir();
-    out.insert(rel.to_vec(), (m, target));
-    if is_dir {
-        for e in std::fs::read_dir(&p).expect("kernel readdir") {
-            let name = e.unwrap().file_name();
-            let child = if rel.is_empty() {
-                name.as_bytes().to_vec()
-            } else {
-                [rel, b"/", name.as_bytes()].concat()
-            };
-            kernel_walk(root, &child, out);
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use fs_drivers::vfs::FileType;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -79,4 +80,39 @@ pub fn xattrs_tree(root: &Path) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>
         }
     }
     all
+}
+
+/// What the kernel shows under `root` (its mount), from `rel` down: each path (relative,
+/// "/"-joined bytes; "" is `root`) with its lstat and symlink target.
+pub fn kernel_walk(
+    root: &Path,
+    rel: &[u8],
+    out: &mut BTreeMap<Vec<u8>, (std::fs::Metadata, Option<Vec<u8>>)>,
+) {
+    let p = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    };
+    let m = std::fs::symlink_metadata(&p).expect("kernel stat");
+    let target = m.file_type().is_symlink().then(|| {
+        std::fs::read_link(&p)
+            .expect("readlink")
+            .as_os_str()
+            .as_bytes()
+            .to_vec()
+    });
+    let is_dir = m.is_dir();
+    out.insert(rel.to_vec(), (m, target));
+    if is_dir {
+        for e in std::fs::read_dir(&p).expect("kernel readdir") {
+            let name = e.expect("entry").file_name();
+            let child = if rel.is_empty() {
+                name.as_bytes().to_vec()
+            } else {
+                [rel, b"/", name.as_bytes()].concat()
+            };
+            kernel_walk(root, &child, out);
+        }
+    }
 }
