@@ -95,9 +95,6 @@ pub struct MountArgs {
     /// Filesystem type.
     #[arg(short = 't', long = "type", value_enum, default_value = "auto")]
     pub fs_type: FsTypeArg,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     /// Stay in the foreground.
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
@@ -111,7 +108,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub mkdir: bool,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
 }
 
 #[derive(Args, Debug)]
@@ -147,11 +144,8 @@ pub struct RunArgs {
     /// Log file for the mount daemon (default: syslog).
     #[arg(long = "log", value_name = "FILE")]
     pub log: Option<PathBuf>,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
     /// The disk image file.
     pub image: PathBuf,
     /// The command to run, after '--', with its arguments.
@@ -167,11 +161,8 @@ pub struct InfoArgs {
     /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
     #[arg(long, value_name = "FILE")]
     pub cow: Option<PathBuf>,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
 }
@@ -200,11 +191,8 @@ pub struct LsArgs {
     /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
     #[arg(long, value_name = "FILE")]
     pub cow: Option<PathBuf>,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// File or directory in the image to list (default: /).
@@ -220,11 +208,8 @@ pub struct CatArgs {
     /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
     #[arg(long, value_name = "FILE")]
     pub cow: Option<PathBuf>,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// Files in the image to write out, in order.
@@ -250,11 +235,8 @@ pub struct ExtractArgs {
     /// Read through this copy-on-write store (created when missing; see `-o cow=FILE`).
     #[arg(long, value_name = "FILE")]
     pub cow: Option<PathBuf>,
-    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub offset: u64,
     #[command(flatten)]
-    pub key: crate::image_open::OpenArgs,
+    pub open: crate::image_open::OpenArgs,
     /// The disk image file (raw disk or bare filesystem).
     pub image: PathBuf,
     /// PATH in the image to copy; given alone, it is DEST and PATH is / (`extract IMAGE DEST`).

@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use zeroize::Zeroizing;
 
+/// How to open the image file, the same for the mount and every command.
 #[derive(Args, Debug, Clone, Default)]
 pub struct OpenArgs {
+    /// Byte offset of the image inside the file (e.g. an AppImage's squashfs; `info` names it).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub offset: u64,
     /// Passphrase of a LUKS-encrypted image, read whole from FILE ('-': standard input), as cryptsetup --key-file reads it.
     #[arg(long = "key-file", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
@@ -29,14 +33,14 @@ static DIRECT: OnceLock<bool> = OnceLock::new();
 pub fn init(cli: &crate::cli::Cli) {
     use crate::cli::Command;
     let (args, image, ask) = match &cli.command {
-        Some(Command::Info(a)) => (&a.key, &a.image, false),
-        Some(Command::Ls(a)) => (&a.key, &a.image, true),
-        Some(Command::Cat(a)) => (&a.key, &a.image, true),
-        Some(Command::Extract(a)) => (&a.key, &a.image, true),
-        Some(Command::Run(a)) => (&a.key, &a.image, true),
+        Some(Command::Info(a)) => (&a.open, &a.image, false),
+        Some(Command::Ls(a)) => (&a.open, &a.image, true),
+        Some(Command::Cat(a)) => (&a.open, &a.image, true),
+        Some(Command::Extract(a)) => (&a.open, &a.image, true),
+        Some(Command::Run(a)) => (&a.open, &a.image, true),
         Some(Command::Umount(_) | Command::Merge(_)) => return,
         None => match &cli.mount.image {
-            Some(image) => (&cli.mount.key, image, true),
+            Some(image) => (&cli.mount.open, image, true),
             None => return,
         },
     };

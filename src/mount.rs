@@ -156,7 +156,7 @@ fn open_filesystem(
     let open = |rw: bool, cow: bool| {
         let overlay = opts.cow.clone().filter(|_| cow);
         let io = ImageOptions {
-            offset: args.offset,
+            offset: args.open.offset,
             cow: overlay.clone().map(|store| CowOptions {
                 store,
                 chunk_size: opts.cow_chunk,

@@ -15,7 +15,7 @@ pub fn run(args: &CatArgs) -> i32 {
         "cat",
         &args.image,
         args.partition,
-        args.offset,
+        args.open.offset,
         args.cow.as_deref(),
     ) {
         Ok(fs) => fs,

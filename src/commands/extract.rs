@@ -50,7 +50,7 @@ pub fn run(args: &ExtractArgs) -> i32 {
         "extract",
         &args.image,
         args.partition,
-        args.offset,
+        args.open.offset,
         args.cow.as_deref(),
     ) {
         Ok(fs) => fs,

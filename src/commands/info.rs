@@ -58,7 +58,7 @@ pub struct FsReport {
 }
 
 pub fn run(args: &InfoArgs) -> CmdResult {
-    let image = open_image_at(&args.image, false, args.offset, args.cow.as_deref())?;
+    let image = open_image_at(&args.image, false, args.open.offset, args.cow.as_deref())?;
     let shown = args.image.display().to_string();
     image
         .check_recognised()

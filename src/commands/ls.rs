@@ -23,7 +23,7 @@ pub fn run(args: &LsArgs) -> i32 {
         "ls",
         &args.image,
         args.partition,
-        args.offset,
+        args.open.offset,
         args.cow.as_deref(),
     ) {
         Ok(fs) => fs,

@@ -81,8 +81,7 @@ pub fn run(args: &cli::RunArgs) -> i32 {
         log: args.log.clone(),
         pid_file: None,
         mkdir: false,
-        offset: args.offset,
-        key: args.key.clone(),
+        open: args.open.clone(),
     };
     // The daemon unmounts and removes our directory itself if this process is killed
     // outright (SIGKILL, the OOM killer): the one way out that skips `cleanup`.
