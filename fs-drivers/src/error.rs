@@ -31,6 +31,9 @@ pub enum Error {
     NoData,
     Invalid(String),
     OutOfRange,
+    /// The operation is never allowed on this object (EPERM): a hard link to a directory,
+    /// chown by a non-owner, a node type the filesystem cannot hold.
+    NotPermitted(String),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Error::NoData => libc::ENODATA,
             Error::Invalid(_) => libc::EINVAL,
             Error::OutOfRange => libc::EINVAL,
+            Error::NotPermitted(_) => libc::EPERM,
         }
     }
 }
@@ -82,6 +86,7 @@ impl fmt::Display for Error {
             Error::NoData => f.write_str("no such attribute"),
             Error::Invalid(s) => write!(f, "invalid argument: {s}"),
             Error::OutOfRange => f.write_str("access beyond the end of the device"),
+            Error::NotPermitted(s) => write!(f, "operation not permitted: {s}"),
         }
     }
 }

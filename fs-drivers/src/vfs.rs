@@ -146,6 +146,53 @@ pub struct SetAttr {
     pub mtime: Option<Timespec>,
 }
 
+/// A node to make (mknod, create, mkdir): the front end has applied the umask and decided
+/// the owner (the caller's ids, or 0 under fakeroot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewNode {
+    pub kind: FileType,
+    /// Permission bits including setuid/setgid/sticky.
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number (`makedev` encoding) for char/block devices, else 0.
+    pub rdev: u64,
+}
+
+/// renameat2's flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// RENAME_NOREPLACE: fail with EEXIST if the target exists.
+    pub noreplace: bool,
+    /// RENAME_EXCHANGE: swap the two names atomically (both must exist).
+    pub exchange: bool,
+}
+
+/// setxattr's flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XattrSet {
+    #[default]
+    Either,
+    /// XATTR_CREATE: fail with EEXIST if it exists.
+    Create,
+    /// XATTR_REPLACE: fail with ENODATA if it does not exist.
+    Replace,
+}
+
+/// fallocate's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallocate {
+    /// Allocate (unwritten, reads as zeros) and extend the size if the range passes EOF.
+    Allocate,
+    /// FALLOC_FL_KEEP_SIZE: allocate without changing the size.
+    KeepSize,
+    /// FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: free the range; it reads as zeros.
+    PunchHole,
+    /// FALLOC_FL_ZERO_RANGE (KEEP_SIZE when `keep_size`): the range reads as zeros and
+    /// stays allocated.
+    ZeroRange { keep_size: bool },
+}
+
 /// An inode-based filesystem. All methods take `&self` and the type is `Send + Sync`, so
 /// several FUSE threads can call it at once.
 ///
@@ -204,6 +251,77 @@ pub trait FileSystem: Send + Sync {
     /// POSIX rename: an existing target of a compatible type is replaced.
     fn rename(&self, _parent: Ino, _name: &[u8], _new_parent: Ino, _new_name: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)
+    }
+    /// renameat2. Drivers that keep the default support no flags.
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        if flags != RenameFlags::default() {
+            return Err(Error::Invalid("rename flags not supported here".into()));
+        }
+        self.rename(parent, name, new_parent, new_name)
+    }
+    /// Makes a node of any type with the given owner. The default serves drivers that know
+    /// only files and directories and store no owners (FAT).
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        match node.kind {
+            FileType::Regular => self.create(parent, name, u32::from(node.perm)),
+            FileType::Directory => self.mkdir(parent, name, u32::from(node.perm)),
+            _ if !self.is_writable() => Err(Error::ReadOnly),
+            _ => Err(Error::NotPermitted(
+                "this filesystem cannot hold that file type".into(),
+            )),
+        }
+    }
+    fn symlink(
+        &self,
+        _parent: Ino,
+        _name: &[u8],
+        _target: &[u8],
+        _uid: u32,
+        _gid: u32,
+    ) -> Result<Attr> {
+        self.unsupported_write("symbolic links")
+    }
+    /// A hard link to `ino` named `new_name` in `new_parent`.
+    fn link(&self, _ino: Ino, _new_parent: Ino, _new_name: &[u8]) -> Result<Attr> {
+        self.unsupported_write("hard links")
+    }
+    fn setxattr(&self, _ino: Ino, _name: &[u8], _value: &[u8], _how: XattrSet) -> Result<()> {
+        if self.is_writable() {
+            Err(Error::Unsupported("extended attributes".into()))
+        } else {
+            Err(Error::ReadOnly)
+        }
+    }
+    fn removexattr(&self, _ino: Ino, _name: &[u8]) -> Result<()> {
+        if self.is_writable() {
+            Err(Error::Unsupported("extended attributes".into()))
+        } else {
+            Err(Error::ReadOnly)
+        }
+    }
+    fn fallocate(&self, _ino: Ino, _offset: u64, _len: u64, _mode: Fallocate) -> Result<()> {
+        if self.is_writable() {
+            Err(Error::Unsupported("fallocate".into()))
+        } else {
+            Err(Error::ReadOnly)
+        }
+    }
+    /// EROFS on a read-only object, EPERM where the filesystem cannot hold the thing.
+    fn unsupported_write(&self, what: &str) -> Result<Attr> {
+        if self.is_writable() {
+            Err(Error::NotPermitted(format!(
+                "this filesystem has no {what}"
+            )))
+        } else {
+            Err(Error::ReadOnly)
+        }
     }
     /// Writes all of `data` at `offset` (past EOF zero-fills); returns the count.
     fn write(&self, _ino: Ino, _offset: u64, _data: &[u8]) -> Result<usize> {

@@ -1,0 +1,3 @@
+//! The ext2/3/4 writer (work in progress): see `io` for the interface its pieces share.
+
+pub(crate) mod io;
