@@ -344,6 +344,108 @@ fn fat_workload_through_a_cow_store_then_merge() {
     umount(&mnt);
 }
 
+fn qemu_img(args: &[&OsStr]) -> Run {
+    run_with_timeout(tool("qemu-img").args(args), Duration::from_secs(60))
+}
+
+#[test]
+fn fat_workload_through_a_qcow2_store_qemu_reads_and_commits_it() {
+    if !ready() || !require_tool("qemu-img") {
+        return;
+    }
+    let t = TempDir::new("cow-qcow2");
+    let img = make_image(t.path(), "fat.img", 3);
+    let store = t.path().join("changes.qcow2");
+    let before = stamp(&img);
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    let opts = format!("rw,cow={}", store.display());
+
+    mount(&img, &mnt, &opts).expect_ok();
+    let mut model = walk(&mnt);
+    workload(&mnt, &mut model, 11);
+    assert_eq!(walk(&mnt), model);
+    umount(&mnt);
+    assert_eq!(
+        stamp(&img),
+        before,
+        "the image changed under -o cow=FILE.qcow2"
+    );
+    qemu_img(&[OsStr::new("check"), store.as_os_str()]).expect_ok();
+    let info = qemu_img(&[
+        OsStr::new("info"),
+        OsStr::new("--output=json"),
+        store.as_os_str(),
+    ])
+    .expect_ok();
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+    let abs = fs::canonicalize(&img).unwrap();
+    assert_eq!(info["backing-filename"], abs.to_str().unwrap());
+    assert_eq!(info["backing-filename-format"], "raw");
+
+    // A second session continues the store.
+    mount(&img, &mnt, &opts).expect_ok();
+    assert_eq!(walk(&mnt), model, "a remount with the store lost changes");
+    fs::write(mnt.join("second.txt"), b"second session\n").unwrap();
+    model.insert("second.txt".into(), Some(b"second session\n".to_vec()));
+    umount(&mnt);
+    assert_eq!(stamp(&img), before);
+    qemu_img(&[OsStr::new("check"), store.as_os_str()]).expect_ok();
+
+    // What qemu reads through the overlay is a clean filesystem with the model's tree.
+    let rebuilt = t.path().join("rebuilt.img");
+    qemu_img(&[
+        OsStr::new("convert"),
+        OsStr::new("-O"),
+        OsStr::new("raw"),
+        store.as_os_str(),
+        rebuilt.as_os_str(),
+    ])
+    .expect_ok();
+    assert_fsck_clean(&rebuilt);
+    assert_eq!(mtools_tree(&rebuilt, t.path()), model);
+
+    let info = imgmount([
+        OsStr::new("info"),
+        OsStr::new("--cow"),
+        store.as_os_str(),
+        img.as_os_str(),
+    ])
+    .expect_ok();
+    for want in [
+        "cow (qcow2 v3)",
+        "64 KiB clusters",
+        "origin checked",
+        "backing file",
+    ] {
+        assert!(info.stdout.contains(want), "{want}: {}", info.stdout);
+    }
+
+    // imgmount merge: the image becomes what qemu read; the store is emptied and clean.
+    imgmount([OsStr::new("merge"), img.as_os_str(), store.as_os_str()]).expect_ok();
+    assert!(fs::read(&img).unwrap() == fs::read(&rebuilt).unwrap());
+    qemu_img(&[OsStr::new("check"), store.as_os_str()]).expect_ok();
+    mount(&img, &mnt, &opts).expect_ok();
+    assert_eq!(walk(&mnt), model);
+    umount(&mnt);
+
+    // qemu-img commit merges a store imgmount wrote.
+    let other = t.path().join("other.qcow2");
+    mount(&img, &mnt, &format!("rw,cow={}", other.display())).expect_ok();
+    fs::write(mnt.join("committed.txt"), b"by qemu-img commit\n").unwrap();
+    umount(&mnt);
+    qemu_img(&[OsStr::new("commit"), other.as_os_str()]).expect_ok();
+    let cat = imgmount([
+        OsStr::new("cat"),
+        img.as_os_str(),
+        OsStr::new("/committed.txt"),
+    ])
+    .expect_ok();
+    assert_eq!(cat.stdout, "by qemu-img commit\n");
+    assert_fsck_clean(&img);
+}
+
 #[test]
 fn a_store_is_refused_for_another_or_changed_image_and_while_in_use() {
     if !ready() {

@@ -253,7 +253,12 @@ impl Image {
         }
         // The overlay goes over what the containers hold and under the cache.
         let (raw, layers) = container::peel(raw, &ctx)?;
-        let overlay = cow::open_overlay(raw, cow_opts, mtime)?;
+        let origin_file = cow::OriginFile {
+            path,
+            offset: opts.offset,
+            layers: &layers,
+        };
+        let overlay = cow::open_overlay(raw, cow_opts, mtime, Some(&origin_file))?;
         let dev: DeviceRef = overlay.snapshot.clone();
         let mut img = Self::from_layers(dev, layers, opts.cache_bytes, mtime, Some(&ctx))?;
         img.overlay = Some(overlay);

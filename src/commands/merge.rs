@@ -6,7 +6,7 @@ use crate::cli::MergeArgs;
 use crate::report::{CmdResult, Failure};
 use fs_drivers::block::{DeviceRef, FileDevice};
 use fs_drivers::container::{self, PeelContext};
-use fs_drivers::cow::{self, DmPersistent, FileStore, MergeProgress};
+use fs_drivers::cow::{self, DmPersistent, FileStore, MergeProgress, MergeStore, Qcow2Store};
 use fs_drivers::vfs::Timespec;
 use nix::fcntl::FlockArg;
 use std::io::{IsTerminal, Write};
@@ -80,19 +80,23 @@ pub fn run(args: &MergeArgs) -> CmdResult {
     }
     let store_file = cow::open_store_file(store).map_err(|e| Failure::new(image.display(), &e))?;
     let store_fail = |e: &fs_drivers::Error| Failure::new(store.display(), e);
-    let mut dm = DmPersistent::open(Box::new(FileStore(store_file)), cow::DEFAULT_CHUNK, None)
-        .map_err(|e| store_fail(&e))?;
+    let io = Box::new(FileStore(store_file));
+    let mut opened: Box<dyn MergeStore> = if cow::is_qcow2_name(store) {
+        Box::new(Qcow2Store::open(io, None).map_err(|e| store_fail(&e))?)
+    } else {
+        Box::new(DmPersistent::open(io, cow::DEFAULT_CHUNK, None).map_err(|e| store_fail(&e))?)
+    };
     let bar = Bar;
     let progress: Option<&dyn MergeProgress> = if std::io::stderr().is_terminal() {
         Some(&bar)
     } else {
         None
     };
-    let report = cow::merge(raw.as_ref(), &mut dm, &|| mtime_of(image), progress)
+    let report = cow::merge(raw.as_ref(), opened.as_mut(), &|| mtime_of(image), progress)
         .map_err(|e| store_fail(&e))?;
     if report.unchecked {
         eprintln!(
-            "imgmount: warning: {}: the store did not record its image (written by the kernel?); merged without checking it belongs to {}",
+            "imgmount: warning: {}: the store did not record its image (written by the kernel or qemu-img?); merged without checking it belongs to {}",
             store.display(),
             image.display()
         );

@@ -424,6 +424,7 @@ impl ExceptionStore for DmPersistent {
             chunk_size: self.chunk,
             chunks_used: self.exceptions.len() as u64,
             origin_checked: self.record.is_some(),
+            names_origin: None,
         }
     }
 }

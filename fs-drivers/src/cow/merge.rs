@@ -9,6 +9,7 @@
 
 use super::dm_persistent::DmPersistent;
 use super::origin_record::OriginRecord;
+use super::qcow2_store::Qcow2Store;
 use super::snapshot::ExceptionStore;
 use crate::block::BlockDevice;
 use crate::vfs::Timespec;
@@ -16,6 +17,48 @@ use crate::{Error, Result};
 
 /// Bytes copied between two commits of progress: what a rerun after a crash may copy again.
 pub const BATCH_BYTES: u64 = 32 << 20;
+
+/// A persistent store a merge can drain: its origin record, and cutting its exception list.
+pub trait MergeStore: ExceptionStore {
+    fn record(&self) -> Option<&OriginRecord>;
+    /// Replaces the origin record and makes it durable.
+    fn set_record(&mut self, record: Option<OriginRecord>) -> Result<()>;
+    /// Keeps the first `keep` exceptions of `committed()`, durably; a crash leaves a prefix
+    /// of the old list no shorter than `keep`.
+    fn truncate_to(&mut self, keep: u64) -> Result<()>;
+    /// Empties the store.
+    fn reset(&mut self) -> Result<()>;
+}
+
+impl MergeStore for DmPersistent {
+    fn record(&self) -> Option<&OriginRecord> {
+        DmPersistent::record(self)
+    }
+    fn set_record(&mut self, record: Option<OriginRecord>) -> Result<()> {
+        DmPersistent::set_record(self, record)
+    }
+    fn truncate_to(&mut self, keep: u64) -> Result<()> {
+        DmPersistent::truncate_to(self, keep)
+    }
+    fn reset(&mut self) -> Result<()> {
+        DmPersistent::reset(self)
+    }
+}
+
+impl MergeStore for Qcow2Store {
+    fn record(&self) -> Option<&OriginRecord> {
+        Qcow2Store::record(self)
+    }
+    fn set_record(&mut self, record: Option<OriginRecord>) -> Result<()> {
+        Qcow2Store::set_record(self, record)
+    }
+    fn truncate_to(&mut self, keep: u64) -> Result<()> {
+        Qcow2Store::truncate_to(self, keep)
+    }
+    fn reset(&mut self) -> Result<()> {
+        Qcow2Store::reset(self)
+    }
+}
 
 /// Told to the front end; the library only reports.
 pub trait MergeProgress {
@@ -36,7 +79,7 @@ pub struct MergeReport {
 /// modification time: checked against the store's record before, recorded again after.
 pub fn merge(
     origin: &dyn BlockDevice,
-    store: &mut DmPersistent,
+    store: &mut dyn MergeStore,
     mtime: &dyn Fn() -> Result<Timespec>,
     progress: Option<&dyn MergeProgress>,
 ) -> Result<MergeReport> {
@@ -47,7 +90,7 @@ pub fn merge(
 /// `merge` with `batch` chunks between commits (tests use small ones to cut between many).
 pub fn merge_in_batches(
     origin: &dyn BlockDevice,
-    store: &mut DmPersistent,
+    store: &mut dyn MergeStore,
     mtime: &dyn Fn() -> Result<Timespec>,
     progress: Option<&dyn MergeProgress>,
     batch: u64,

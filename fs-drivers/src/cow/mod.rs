@@ -1,23 +1,29 @@
 //! Copy-on-write overlays: device-mapper's snapshot target in userspace. A `Snapshot` is a
-//! writable device over the read-only image; changed chunks go to an exception store, either
-//! the kernel's persistent dm-snapshot format in a file (`-o cow=FILE`) or a transient one
-//! discarded at the end (`-o cow`). `merge` writes a store's chunks back into its image.
+//! writable device over the read-only image; changed chunks go to an exception store: the
+//! kernel's persistent dm-snapshot format in a file (`-o cow=FILE`), a qcow2 overlay backed
+//! by the image (`-o cow=FILE.qcow2`), or a transient one discarded at the end (`-o cow`).
+//! `merge` writes a store's chunks back into its image.
 
 mod dm_persistent;
 mod merge;
 mod origin_record;
+mod qcow2_store;
 mod snapshot;
 mod store_io;
 mod transient;
 
 pub use dm_persistent::{looks_like_store, DmPersistent};
-pub use merge::{merge, MergeProgress, MergeReport};
+pub use merge::{merge, merge_in_batches, MergeProgress, MergeReport, MergeStore};
 pub use origin_record::OriginRecord;
+pub use qcow2_store::{
+    is_qcow2_name, qemu_backing, BackingFile, NewStore, Qcow2Store, DEFAULT_CLUSTER,
+};
 pub use snapshot::{ExceptionStore, Snapshot, StoreInfo};
 pub use store_io::{DeviceStore, FileStore, StoreIo};
 pub use transient::{Transient, DEFAULT_MEMORY_LIMIT};
 
 use crate::block::DeviceRef;
+use crate::container::Layer;
 use crate::vfs::Timespec;
 use crate::{Error, Result};
 use nix::fcntl::FlockArg;
@@ -36,7 +42,8 @@ pub const MAX_NEW_CHUNK: u64 = 512 << 10;
 pub enum CowStore {
     /// Changed chunks in memory, then an unlinked temporary file; gone at the end.
     Transient,
-    /// A dm-snapshot persistent store in this file, created when missing.
+    /// A persistent store in this file, created when missing: qcow2 when the name ends in
+    /// `.qcow2`, else dm-snapshot's.
     File(PathBuf),
 }
 
@@ -44,7 +51,7 @@ pub enum CowStore {
 pub struct CowOptions {
     pub store: CowStore,
     /// For a new store; an existing store keeps its own (and a different explicit one is
-    /// refused). `None`: `DEFAULT_CHUNK`.
+    /// refused). `None`: `DEFAULT_CHUNK` (`DEFAULT_CLUSTER` for qcow2).
     pub chunk_size: Option<u64>,
 }
 
@@ -135,77 +142,156 @@ pub fn lock_image_shared(image: &File) -> Result<()> {
     }
 }
 
+/// The file the origin comes from, as a qcow2 store names it for qemu.
+pub struct OriginFile<'a> {
+    pub path: &'a Path,
+    /// Where the origin starts in the file.
+    pub offset: u64,
+    /// The containers peeled off it, outermost first.
+    pub layers: &'a [Layer],
+}
+
 /// Puts an overlay over `origin` (the image after its containers were peeled); `mtime` is
-/// the image file's, part of the fingerprint a persistent store keeps.
-pub fn open_overlay(origin: DeviceRef, opts: &CowOptions, mtime: Timespec) -> Result<Overlay> {
+/// the image file's, part of the fingerprint a persistent store keeps; `file` is where the
+/// origin comes from (a new qcow2 store names it as its backing file; `None`: in memory).
+pub fn open_overlay(
+    origin: DeviceRef,
+    opts: &CowOptions,
+    mtime: Timespec,
+    file: Option<&OriginFile>,
+) -> Result<Overlay> {
     let asked = opts.chunk_size;
-    let chunk = asked.unwrap_or(DEFAULT_CHUNK);
-    match &opts.store {
+    let path = match &opts.store {
         CowStore::Transient => {
-            let store = Transient::new(chunk, DEFAULT_MEMORY_LIMIT)?;
-            Ok(Overlay {
+            let store = Transient::new(asked.unwrap_or(DEFAULT_CHUNK), DEFAULT_MEMORY_LIMIT)?;
+            return Ok(Overlay {
                 snapshot: Arc::new(Snapshot::new(origin, Box::new(store))?),
                 path: None,
                 warning: None,
                 _lock: None,
-            })
+            });
         }
-        CowStore::File(path) => {
-            let lock = open_store_file(path)?;
-            let io = FileStore(lock.try_clone()?);
-            let actual = OriginRecord::of(origin.as_ref(), mtime)?;
-            let store = DmPersistent::open(Box::new(io), chunk, Some(actual.clone()))
-                .map_err(|e| about(path, e))?;
-            let mut warning = None;
-            if store.created() {
-                // The new file's name should survive a crash too, not only its contents.
-                // Best effort: a directory the user may write but not read cannot be opened.
-                let dir = match path.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => Path::new("."),
-                };
-                let _ = File::open(dir).and_then(|d| d.sync_all());
-            } else {
-                if let Some(a) = asked.filter(|&a| a != store.chunk_size()) {
+        CowStore::File(path) => path,
+    };
+    let lock = open_store_file(path)?;
+    let io = FileStore(lock.try_clone()?);
+    let actual = OriginRecord::of(origin.as_ref(), mtime)?;
+    let opened = if is_qcow2_name(path) {
+        open_qcow2(io, &origin, asked, &actual, file)
+    } else {
+        DmPersistent::open(
+            Box::new(io),
+            asked.unwrap_or(DEFAULT_CHUNK),
+            Some(actual.clone()),
+        )
+        .map(|s| Opened {
+            created: s.created(),
+            record: s.record().cloned(),
+            chunk: s.chunk_size(),
+            unrecorded: "written by the kernel?",
+            store: Box::new(s),
+        })
+    };
+    let opened = opened.map_err(|e| about(path, e))?;
+    let mut warning = None;
+    if opened.created {
+        // The new file's name should survive a crash too, not only its contents.
+        // Best effort: a directory the user may write but not read cannot be opened.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    } else {
+        if let Some(a) = asked.filter(|&a| a != opened.chunk) {
+            return Err(Error::Invalid(format!(
+                "{}: the store has {} KiB chunks, not {} KiB (-o chunk)",
+                path.display(),
+                opened.chunk >> 10,
+                a >> 10
+            )));
+        }
+        match &opened.record {
+            Some(r) if r.merging => {
+                return Err(Error::Invalid(format!(
+                    "{}: a merge of this store into its image was interrupted; run imgmount merge again to finish it",
+                    path.display()
+                )))
+            }
+            Some(r) => {
+                if let Some(why) = r.mismatch(&actual) {
                     return Err(Error::Invalid(format!(
-                        "{}: the store has {} KiB chunks, not {} KiB (-o chunk)",
-                        path.display(),
-                        store.chunk_size() >> 10,
-                        a >> 10
+                        "{}: refusing the COW store: {why}",
+                        path.display()
                     )));
                 }
-                match store.record() {
-                    Some(r) if r.merging => {
-                        return Err(Error::Invalid(format!(
-                            "{}: a merge of this store into its image was interrupted; run imgmount merge again to finish it",
-                            path.display()
-                        )))
-                    }
-                    Some(r) => {
-                        if let Some(why) = r.mismatch(&actual) {
-                            return Err(Error::Invalid(format!(
-                                "{}: refusing the COW store: {why}",
-                                path.display()
-                            )));
-                        }
-                    }
-                    None => {
-                        warning = Some(format!(
-                            "{}: the COW store does not record its image (written by the kernel?); cannot check it belongs to this one",
-                            path.display()
-                        ))
-                    }
-                }
             }
-            let snapshot = Snapshot::new(origin, Box::new(store)).map_err(|e| about(path, e))?;
-            Ok(Overlay {
-                snapshot: Arc::new(snapshot),
-                path: Some(path.clone()),
-                warning,
-                _lock: Some(lock),
-            })
+            None => {
+                warning = Some(format!(
+                    "{}: the COW store does not record its image ({}); cannot check it belongs to this one",
+                    path.display(),
+                    opened.unrecorded
+                ))
+            }
         }
     }
+    let snapshot = Snapshot::new(origin, opened.store).map_err(|e| about(path, e))?;
+    Ok(Overlay {
+        snapshot: Arc::new(snapshot),
+        path: Some(path.clone()),
+        warning,
+        _lock: Some(lock),
+    })
+}
+
+/// A persistent store just opened, and what `open_overlay` checks of it.
+struct Opened {
+    store: Box<dyn ExceptionStore>,
+    created: bool,
+    record: Option<OriginRecord>,
+    chunk: u64,
+    /// Why a store may lack an origin record, for the warning.
+    unrecorded: &'static str,
+}
+
+fn open_qcow2(
+    io: FileStore,
+    origin: &DeviceRef,
+    asked: Option<u64>,
+    actual: &OriginRecord,
+    file: Option<&OriginFile>,
+) -> Result<Opened> {
+    let new = if qcow2_store::is_blank(&io)? {
+        let Some(f) = file else {
+            return Err(Error::Invalid(
+                "a qcow2 store needs an image file to name as its backing file".into(),
+            ));
+        };
+        Some(NewStore {
+            cluster_size: asked.unwrap_or(DEFAULT_CLUSTER),
+            size: origin.size(),
+            backing: qemu_backing(f.path, f.offset, f.layers)?,
+            record: Some(actual.clone()),
+        })
+    } else {
+        None
+    };
+    let store = Qcow2Store::open(Box::new(io), new)?;
+    // qemu sizes disks in sectors: an overlay of an image of odd length is rounded up.
+    if store.size().div_ceil(512) != origin.size().div_ceil(512) {
+        return Err(Error::Invalid(format!(
+            "the qcow2 store's disk is {} bytes, the image {}",
+            store.size(),
+            origin.size()
+        )));
+    }
+    Ok(Opened {
+        created: store.created(),
+        record: store.record().cloned(),
+        chunk: store.chunk_size(),
+        unrecorded: "made by qemu-img?",
+        store: Box::new(store),
+    })
 }
 
 #[cfg(test)]

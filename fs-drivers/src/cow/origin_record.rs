@@ -52,8 +52,13 @@ impl OriginRecord {
     /// Parses the record from the header chunk; `None` when there is none (or it is damaged,
     /// which is the same for checking: nothing to check against).
     pub fn parse(header: &[u8]) -> Option<Self> {
-        let b = header.get(OFFSET..OFFSET + LEN)?;
-        if &b[..16] != MAGIC || crc32c::crc32c(&b[..LEN - 4]) != le32(b, LEN - 4) {
+        Self::from_bytes(header.get(OFFSET..OFFSET + LEN)?)
+    }
+
+    /// Parses the record's own `LEN` bytes (a qcow2 store keeps them in a header extension).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != LEN || &b[..16] != MAGIC || crc32c::crc32c(&b[..LEN - 4]) != le32(b, LEN - 4)
+        {
             return None;
         }
         let mut head = [0u8; 32];
@@ -71,8 +76,12 @@ impl OriginRecord {
 
     /// Writes the record into the header chunk.
     pub fn encode(&self, header: &mut [u8]) {
-        let b = &mut header[OFFSET..OFFSET + LEN];
-        b.fill(0);
+        header[OFFSET..OFFSET + LEN].copy_from_slice(&self.to_bytes());
+    }
+
+    /// The record's `LEN` bytes.
+    pub fn to_bytes(&self) -> [u8; LEN] {
+        let mut b = [0u8; LEN];
         b[..16].copy_from_slice(MAGIC);
         b[16..24].copy_from_slice(&self.size.to_le_bytes());
         b[24..32].copy_from_slice(&self.mtime.sec.to_le_bytes());
@@ -83,6 +92,7 @@ impl OriginRecord {
         b[72..104].copy_from_slice(&self.tail);
         let crc = crc32c::crc32c(&b[..LEN - 4]);
         b[LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        b
     }
 
     /// Why `actual` is not the origin this record describes, if it is not.

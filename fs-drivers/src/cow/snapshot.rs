@@ -23,6 +23,8 @@ pub struct StoreInfo {
     pub chunks_used: u64,
     /// The store records which origin it belongs to, and this origin matched.
     pub origin_checked: bool,
+    /// The origin as the store names it for other tools (a qcow2 backing file and format).
+    pub names_origin: Option<String>,
 }
 
 /// Where changed chunks live: the exception store behind dm-snapshot's small interface.
@@ -41,7 +43,22 @@ pub trait ExceptionStore: Send + Sync {
     fn contiguous(&self) -> bool {
         false
     }
-    /// Makes every chunk written so far durable, then records `added`.
+    /// A chunk id that reads as zeros and takes no space (qcow2's zero clusters), for whole
+    /// chunks discarded or zeroed; `None` when the format has no such thing.
+    fn zero_placeholder(&self) -> Option<u64> {
+        None
+    }
+    /// Whether `new` is a placeholder (it reads, but a write needs a real chunk first).
+    fn is_placeholder(&self, _new: u64) -> bool {
+        false
+    }
+    /// A real chunk for an exception that has the placeholder `p` now; it is recorded by
+    /// the next `commit` like a new one.
+    fn replace_placeholder(&mut self, _p: u64) -> Result<u64> {
+        self.allocate()
+    }
+    /// Makes every chunk written so far durable, then records `added` (in order: a chunk
+    /// may appear twice, a placeholder and then its real chunk; the last one counts).
     fn commit(&mut self, added: &[(u64, u64)]) -> Result<()>;
     fn info(&self) -> StoreInfo;
 }
@@ -139,13 +156,20 @@ impl Snapshot {
     /// The chunk's store location, copying the origin's bytes into a new one first when it
     /// has none (skipped when `whole` says the caller overwrites all of it).
     fn exception(&self, st: &mut State, c: u64, whole: bool) -> Result<u64> {
-        if let Some(&new) = st.map.get(&c) {
-            return Ok(new);
-        }
-        let new = st.store.allocate()?;
+        let placeholder = match st.map.get(&c) {
+            Some(&new) if !st.store.is_placeholder(new) => return Ok(new),
+            other => other.copied(),
+        };
+        let new = match placeholder {
+            Some(p) => st.store.replace_placeholder(p)?,
+            None => st.store.allocate()?,
+        };
         if !whole {
             let mut buf = vec![0u8; self.chunk_len(c) as usize];
-            self.origin.read_at(c * self.chunk, &mut buf)?;
+            match placeholder {
+                Some(p) => st.store.read_chunk(p, 0, &mut buf)?,
+                None => self.origin.read_at(c * self.chunk, &mut buf)?,
+            }
             st.store.write_chunk(new, 0, &buf)?;
         }
         st.map.insert(c, new);
@@ -171,6 +195,17 @@ impl Snapshot {
         let len = usize::try_from(len).map_err(|_| Error::OutOfRange)?;
         self.pieces(offset, len, |c, off, r| {
             if off == 0 && r.len() as u64 == self.chunk_len(c) {
+                if let Some(z) = st.store.zero_placeholder() {
+                    return match st.map.get(&c) {
+                        Some(&new) if !st.store.is_placeholder(new) => st.store.zero_chunk(new),
+                        Some(_) => Ok(()),
+                        None => {
+                            st.map.insert(c, z);
+                            st.pending.push((c, z));
+                            Ok(())
+                        }
+                    };
+                }
                 let new = self.exception(&mut st, c, true)?;
                 st.store.zero_chunk(new)
             } else {

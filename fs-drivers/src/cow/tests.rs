@@ -353,17 +353,20 @@ fn a_store_for_another_image_is_refused() {
     let b: DeviceRef = Arc::new(MemDevice::read_only(origin(1 << 20, 2)));
     let t = Timespec::new(5, 0);
     {
-        let o = open_overlay(a.clone(), &opts, t).unwrap();
+        let o = open_overlay(a.clone(), &opts, t, None).unwrap();
         assert!(o.warning.is_none());
         o.snapshot.write_at(0, b"x").unwrap();
         o.snapshot.flush().unwrap();
         // The store is locked while in use.
-        let e = open_overlay(a.clone(), &opts, t).err().unwrap().to_string();
+        let e = open_overlay(a.clone(), &opts, t, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("in use"), "{e}");
     }
-    let e = open_overlay(b, &opts, t).err().unwrap().to_string();
+    let e = open_overlay(b, &opts, t, None).err().unwrap().to_string();
     assert!(e.contains("another image"), "{e}");
-    let e = open_overlay(a.clone(), &opts, Timespec::new(6, 0))
+    let e = open_overlay(a.clone(), &opts, Timespec::new(6, 0), None)
         .err()
         .unwrap()
         .to_string();
@@ -372,12 +375,12 @@ fn a_store_for_another_image_is_refused() {
         chunk_size: Some(64 << 10),
         ..opts.clone()
     };
-    let e = open_overlay(a.clone(), &asked, t)
+    let e = open_overlay(a.clone(), &asked, t, None)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("4 KiB chunks"), "{e}");
-    let o = open_overlay(a, &opts, t).unwrap();
+    let o = open_overlay(a, &opts, t, None).unwrap();
     let mut x = [0u8; 1];
     o.snapshot.read_at(0, &mut x).unwrap();
     assert_eq!(&x, b"x");

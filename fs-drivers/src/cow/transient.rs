@@ -120,6 +120,7 @@ impl ExceptionStore for Transient {
             chunk_size: self.chunk,
             chunks_used: self.next,
             origin_checked: true,
+            names_origin: None,
         }
     }
 }

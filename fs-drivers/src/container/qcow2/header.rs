@@ -8,17 +8,19 @@ use crate::{Error, Result};
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Incompatible feature bits (header offset 72, version 3).
-const INCOMPAT_DIRTY: u64 = 1 << 0;
-const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub(crate) const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub(crate) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 =
     INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
-const EXT_END: u32 = 0;
-const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
+pub(crate) const EXT_END: u32 = 0;
+pub(crate) const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Extensions whose payload the writer of a COW store keeps (qemu keeps unknown ones too).
+const MAX_KEPT_EXTENSION: u64 = 4096;
 
 /// QEMU refuses L1 tables above 32 MiB (QCOW_MAX_L1_SIZE); so do we, whatever the file size.
 const MAX_L1_BYTES: u64 = 32 << 20;
@@ -45,6 +47,16 @@ pub struct Header {
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
     pub data_file: Option<String>,
+    /// What a writer needs besides the mapping (the COW store in crate::cow::qcow2_store).
+    pub incompatible: u64,
+    pub autoclear: u64,
+    pub refcount_order: u32,
+    pub refcount_table_offset: u64,
+    pub refcount_table_clusters: u32,
+    pub nb_snapshots: u32,
+    /// Extensions this reader does not interpret: (type, payload offset, payload), payloads
+    /// of up to 4 KiB only.
+    pub other_extensions: Vec<(u32, u64, Vec<u8>)>,
 }
 
 fn be32(b: &[u8], at: usize) -> u32 {
@@ -175,6 +187,13 @@ impl Header {
             backing_file: None,
             backing_format: None,
             data_file: None,
+            incompatible: incompat,
+            autoclear: if version == 3 { be64(&fixed, 88) } else { 0 },
+            refcount_order: if version == 3 { be32(&fixed, 96) } else { 4 },
+            refcount_table_offset: be64(&fixed, 48),
+            refcount_table_clusters: be32(&fixed, 56),
+            nb_snapshots: be32(&fixed, 60),
+            other_extensions: Vec::new(),
         };
         let backing_offset = be64(&fixed, 8);
         let backing_len = u64::from(be32(&fixed, 16));
@@ -231,6 +250,10 @@ impl Header {
                 } else {
                     self.data_file = Some(text(v, "data file name")?);
                 }
+            } else if len <= MAX_KEPT_EXTENSION {
+                let mut v = vec![0u8; len as usize];
+                dev.read_at(data_at, &mut v)?;
+                self.other_extensions.push((kind, data_at, v));
             }
             at = data_at + len.div_ceil(8) * 8;
         }

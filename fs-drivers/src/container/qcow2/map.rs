@@ -9,10 +9,10 @@ use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-const COPIED: u64 = 1 << 63;
-const COMPRESSED: u64 = 1 << 62;
-const ZERO: u64 = 1;
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) const COPIED: u64 = 1 << 63;
+pub(crate) const COMPRESSED: u64 = 1 << 62;
+pub(crate) const ZERO: u64 = 1;
 /// Bytes of L2 slices kept. A 4 KiB slice of 8-byte entries maps 512 clusters (32 MiB with
 /// 64 KiB clusters), so 4 MiB of slices maps 32 GiB of such a disk without a re-read.
 const L2_CACHE_BYTES: usize = 4 << 20;
@@ -29,6 +29,73 @@ pub enum Mapping {
     Data(u64),
     /// A compressed cluster: its descriptor's host offset and the bytes it may span.
     Compressed { offset: u64, len: u64 },
+}
+
+/// What a standard (not extended) L2 entry says about its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// Not in this image.
+    Unallocated,
+    /// Reads as zeros (version 3); `host` is the cluster it keeps allocated, if any.
+    Zero {
+        host: Option<u64>,
+    },
+    /// At this host offset (cluster-aligned).
+    Data(u64),
+    Compressed {
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Decodes a standard L2 entry; host offsets are checked against `file_size` and alignment.
+pub(crate) fn classify(
+    entry: u64,
+    cluster_bits: u32,
+    file_size: u64,
+    external_data: bool,
+) -> Result<Entry> {
+    let cs = 1u64 << cluster_bits;
+    if entry & COMPRESSED != 0 {
+        // Bits 0..x-1: host byte offset; x..61: extra 512-byte sectors (x = 62 - (cb - 8)).
+        let x = 62 - (cluster_bits - 8);
+        let offset = entry & ((1u64 << x) - 1);
+        let sectors = (entry & !(COPIED | COMPRESSED)) >> x;
+        let len = (sectors + 1) * 512 - (offset & 511);
+        if offset >= file_size {
+            return Err(corrupt(format!(
+                "compressed cluster at {offset} is outside the file"
+            )));
+        }
+        let len = len.min(file_size - offset);
+        return Ok(Entry::Compressed { offset, len });
+    }
+    let host = entry & OFFSET_MASK;
+    let allocated = host != 0 || (external_data && entry & COPIED != 0);
+    if allocated && host % cs != 0 {
+        return Err(corrupt(format!("data cluster at {host} is misaligned")));
+    }
+    if entry & ZERO != 0 {
+        return Ok(Entry::Zero {
+            host: allocated.then_some(host),
+        });
+    }
+    if allocated {
+        return Ok(Entry::Data(host));
+    }
+    Ok(Entry::Unallocated)
+}
+
+/// The L1 table's entries (the header checked where it lies and its size).
+pub(crate) fn read_l1(h: &Header, file: &dyn BlockDevice) -> Result<Vec<u64>> {
+    let mut raw = vec![0u8; (h.l1_size * 8) as usize];
+    if !raw.is_empty() {
+        file.read_at(h.l1_offset, &mut raw)?;
+    }
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
 }
 
 pub struct Mapper {
@@ -49,14 +116,7 @@ fn corrupt(why: String) -> Error {
 impl Mapper {
     pub fn new(h: &Header, file: DeviceRef) -> Result<Mapper> {
         // The header checked l1_offset + l1_size * 8 against the file and 32 MiB.
-        let mut raw = vec![0u8; (h.l1_size * 8) as usize];
-        if !raw.is_empty() {
-            file.read_at(h.l1_offset, &mut raw)?;
-        }
-        let l1 = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        let l1 = read_l1(h, file.as_ref())?;
         let slice_bytes = SLICE_BYTES.min(h.cluster_size());
         let count = (L2_CACHE_BYTES / slice_bytes as usize).max(1);
         Ok(Mapper {
@@ -118,27 +178,12 @@ impl Mapper {
             0
         };
         let in_cluster = pos & (cs - 1);
-
-        if entry & COMPRESSED != 0 {
-            // Bits 0..x-1: host byte offset; x..61: extra 512-byte sectors (x = 62 - (cb - 8)).
-            let x = 62 - (self.cluster_bits - 8);
-            let offset = entry & ((1u64 << x) - 1);
-            let sectors = (entry & !(COPIED | COMPRESSED)) >> x;
-            let len = (sectors + 1) * 512 - (offset & 511);
-            if offset >= self.file_size {
-                return Err(corrupt(format!(
-                    "compressed cluster at {offset} is outside the file"
-                )));
+        if self.extended && entry & COMPRESSED == 0 {
+            let host = entry & OFFSET_MASK;
+            let allocated = host != 0 || (self.external_data && entry & COPIED != 0);
+            if allocated && host % cs != 0 {
+                return Err(corrupt(format!("data cluster at {host} is misaligned")));
             }
-            let len = len.min(self.file_size - offset);
-            return Ok(Mapping::Compressed { offset, len });
-        }
-        let host = entry & OFFSET_MASK;
-        let allocated = host != 0 || (self.external_data && entry & COPIED != 0);
-        if allocated && host % cs != 0 {
-            return Err(corrupt(format!("data cluster at {host} is misaligned")));
-        }
-        if self.extended {
             let sc = in_cluster / (cs / 32);
             if bitmap & (1 << (32 + sc)) != 0 {
                 return Ok(Mapping::Zero);
@@ -153,13 +198,14 @@ impl Mapper {
             }
             return Ok(Mapping::Backing);
         }
-        if entry & ZERO != 0 {
-            return Ok(Mapping::Zero);
-        }
-        if allocated {
-            return Ok(Mapping::Data(host + in_cluster));
-        }
-        Ok(Mapping::Backing)
+        Ok(
+            match classify(entry, self.cluster_bits, self.file_size, self.external_data)? {
+                Entry::Compressed { offset, len } => Mapping::Compressed { offset, len },
+                Entry::Zero { .. } => Mapping::Zero,
+                Entry::Data(host) => Mapping::Data(host + in_cluster),
+                Entry::Unallocated => Mapping::Backing,
+            },
+        )
     }
 
     fn slice(&self, start: u64) -> Result<Arc<Vec<u8>>> {

@@ -4,8 +4,8 @@
 //! compressed.rs. Backing files and an external data file are opened through
 //! `PeelContext::open_referenced`, which bounds the chain and refuses loops.
 
-mod header;
-mod map;
+pub(crate) mod header;
+pub(crate) mod map;
 
 use super::cluster_cache::{self, Codec, Decoder};
 use super::{Layer, PeelContext};
