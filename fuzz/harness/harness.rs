@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vmdk", fuzz_vmdk),
     ("squashfs_walk", fuzz_squashfs_walk),
     ("cow_store", fuzz_cow_store),
+    ("cow_qcow2", fuzz_cow_qcow2),
 ];
 
 include!("containers.rs");

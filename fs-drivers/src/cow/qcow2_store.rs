@@ -382,12 +382,21 @@ impl Qcow2Store {
                 used.push(check(off, "a refcount block")?);
             }
         }
+        // Checked before any is read: L1 entries naming one table many times would have it
+        // read (and kept) as often.
+        let mut tables = Vec::new();
         for &e in &self.l1 {
             let off = e & qm::OFFSET_MASK;
             if off != 0 {
-                check(off, "an L2 table")?;
-                self.io.prefetch(off, cs);
+                tables.push(check(off, "an L2 table")?);
             }
+        }
+        tables.sort_unstable();
+        if let Some(w) = tables.windows(2).find(|w| w[0] == w[1]) {
+            return Err(corrupt(format!("L2 table at cluster {} is used twice", w[0])));
+        }
+        for &c in &tables {
+            self.io.prefetch(c * cs, cs);
         }
         let zb = self.zero_base();
         let per = self.l2_entries();
@@ -623,7 +632,14 @@ impl Qcow2Store {
         if self.refblocks.contains_key(&k) {
             return Ok(());
         }
-        let off = self.reftable[k as usize] & REFT_OFFSET_MASK;
+        let off = self.reftable.get(k as usize).map_or(0, |e| e & REFT_OFFSET_MASK);
+        if off == 0 {
+            // A referenced cluster that no refcount block covers.
+            return Err(corrupt(format!(
+                "no refcount block for clusters from {}",
+                k * self.per_block()
+            )));
+        }
         let mut b = vec![0u8; self.cs() as usize];
         self.io.read_at(off, &mut b)?;
         self.refblocks.insert(k, b);
