@@ -3,6 +3,7 @@
 with their baselines. A benchmark, not a test: it prints a markdown table and exits 0.
 
     sudo python3 benches/cow.py [--size-mib 256] [--runs 3] [--imgmount target/release/imgmount]
+                                [--store-ext .cow|.qcow2] [--chunk SIZE]
 
 Rows (median of --runs):
   read      cat a file of unchanged data: through -o cow=FILE vs the same mount without cow
@@ -10,6 +11,8 @@ Rows (median of --runs):
             dd of the same bytes into a raw file with conv=fsync (the disk's own pace)
   merge     imgmount merge of --size-mib of changed chunks vs cp --sparse=always of the store
   mount     mount + first stat with a store holding --size-mib of exceptions vs without
+The store is dm-snapshot's (--store-ext .cow, the default) or qcow2 (--store-ext .qcow2);
+--chunk passes -o chunk=SIZE for the new stores.
 Needs root (FUSE mounts as the tests do), mkfs.vfat.
 """
 
@@ -53,6 +56,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--imgmount", default=os.path.join(REPO, "target/release/imgmount"))
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--store-ext", default=".cow")
+    ap.add_argument("--chunk", default=None)
     a = ap.parse_args()
     if not os.path.exists(a.imgmount):
         run(["cargo", "build", "--release"], cwd=REPO)
@@ -74,6 +79,9 @@ def main():
             f.truncate(size * 3 + (64 << 20))
         run(["mkfs.vfat", "-F", "32", "-s", "8", img])
 
+    def cow_opt(store):
+        return "cow=" + store + ("" if a.chunk is None else ",chunk=" + a.chunk)
+
     def mount(*opts):
         run([im, img, mnt] + [x for o in opts for x in ("-o", o)])
 
@@ -87,13 +95,13 @@ def main():
     mount("rw")
     shutil.copyfile(payload, os.path.join(mnt, "big.bin"))
     umount()
-    store = os.path.join(wd, "s.cow")
+    store = os.path.join(wd, "s" + a.store_ext)
     plain, cow = [], []
     for _ in range(a.runs):
         for kind, out in (("plain", plain), ("cow", cow)):
             if os.path.exists(store):
                 os.unlink(store)
-            mount("ro") if kind == "plain" else mount("cow=" + store)
+            mount("ro") if kind == "plain" else mount(cow_opt(store))
             drop_caches()
             out.append(timed(lambda: subprocess.run(
                 ["cat", os.path.join(mnt, "big.bin")], stdout=subprocess.DEVNULL, check=True)))
@@ -109,7 +117,7 @@ def main():
         fresh_image()
         if os.path.exists(store):
             os.unlink(store)
-        mount("cow=" + store)
+        mount(cow_opt(store))
         cw.append(timed(lambda: (shutil.copyfile(payload, os.path.join(mnt, "w.bin")), umount())))
         raw = os.path.join(wd, "raw.bin")
         dd.append(timed(lambda: run(["dd", "if=" + payload, "of=" + raw, "bs=1M", "conv=fsync,notrunc"])))
@@ -120,7 +128,7 @@ def main():
     lat_cow, lat_plain = [], []
     for _ in range(a.runs):
         drop_caches()
-        lat_cow.append(timed(lambda: (mount("cow=" + store), os.stat(os.path.join(mnt, "w.bin")))))
+        lat_cow.append(timed(lambda: (mount(cow_opt(store)), os.stat(os.path.join(mnt, "w.bin")))))
         umount()
         drop_caches()
         lat_plain.append(timed(lambda: (mount("ro"), os.listdir(mnt))))
@@ -131,7 +139,7 @@ def main():
     # merge of the changed chunks vs cp --sparse=always of the store.
     mg, cp = [], []
     base_img = os.path.join(wd, "base.img")
-    base_store = os.path.join(wd, "base.cow")
+    base_store = os.path.join(wd, "base" + a.store_ext)
     # copy2 keeps the image's mtime, which the store records.
     shutil.copy2(img, base_img)
     shutil.copyfile(store, base_store)

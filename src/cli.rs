@@ -251,6 +251,6 @@ pub struct ExtractArgs {
 pub struct MergeArgs {
     /// The image the store was made over (written in place).
     pub image: PathBuf,
-    /// The dm-snapshot COW store (`-o cow=FILE`).
+    /// The COW store (`-o cow=FILE`): dm-snapshot's, or qcow2 when named *.qcow2.
     pub store: PathBuf,
 }

@@ -453,6 +453,15 @@ fn the_origin_record_survives_qemu_and_refuses_another_image() {
     };
     let o = open_overlay(origin_dev(&orig), &opts, t, Some(&f)).unwrap();
     assert!(o.warning.unwrap().contains("does not record its image"));
+    // Under another name it would be taken for a dm-snapshot store: the error says why not.
+    let misnamed = dir.path().join("theirs.cow");
+    std::fs::copy(dir.path().join("theirs.qcow2"), &misnamed).unwrap();
+    let opts = CowOptions {
+        store: CowStore::File(misnamed),
+        chunk_size: None,
+    };
+    let e = open_overlay(origin_dev(&orig), &opts, t, Some(&f));
+    assert!(e.err().unwrap().to_string().contains("named *.qcow2"));
     // The backing file names the container qemu must read the image as.
     let q = |f: &str| Layer {
         format: f.into(),

@@ -6,7 +6,7 @@ use crate::cli::MergeArgs;
 use crate::report::{CmdResult, Failure};
 use fs_drivers::block::{DeviceRef, FileDevice};
 use fs_drivers::container::{self, PeelContext};
-use fs_drivers::cow::{self, DmPersistent, FileStore, MergeProgress, MergeStore, Qcow2Store};
+use fs_drivers::cow::{self, MergeProgress};
 use fs_drivers::vfs::Timespec;
 use nix::fcntl::FlockArg;
 use std::io::{IsTerminal, Write};
@@ -80,12 +80,7 @@ pub fn run(args: &MergeArgs) -> CmdResult {
     }
     let store_file = cow::open_store_file(store).map_err(|e| Failure::new(image.display(), &e))?;
     let store_fail = |e: &fs_drivers::Error| Failure::new(store.display(), e);
-    let io = Box::new(FileStore(store_file));
-    let mut opened: Box<dyn MergeStore> = if cow::is_qcow2_name(store) {
-        Box::new(Qcow2Store::open(io, None).map_err(|e| store_fail(&e))?)
-    } else {
-        Box::new(DmPersistent::open(io, cow::DEFAULT_CHUNK, None).map_err(|e| store_fail(&e))?)
-    };
+    let mut opened = cow::open_for_merge(store_file, store).map_err(|e| store_fail(&e))?;
     let bar = Bar;
     let progress: Option<&dyn MergeProgress> = if std::io::stderr().is_terminal() {
         Some(&bar)

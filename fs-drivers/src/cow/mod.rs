@@ -178,6 +178,8 @@ pub fn open_overlay(
     let actual = OriginRecord::of(origin.as_ref(), mtime)?;
     let opened = if is_qcow2_name(path) {
         open_qcow2(io, &origin, asked, &actual, file)
+    } else if let Err(e) = not_misnamed_qcow2(&io) {
+        Err(e)
     } else {
         DmPersistent::open(
             Box::new(io),
@@ -242,6 +244,31 @@ pub fn open_overlay(
         warning,
         _lock: Some(lock),
     })
+}
+
+/// A qcow2 file named otherwise would be taken for a dm-snapshot store and refused with
+/// "no SnAp magic": say what would work instead.
+fn not_misnamed_qcow2(io: &dyn StoreIo) -> Result<()> {
+    let mut head = [0u8; 4];
+    io.read_at(0, &mut head)?;
+    if head == *b"QFI\xfb" {
+        return Err(Error::Invalid(
+            "a qcow2 file: a store named *.qcow2 is opened as a qcow2 overlay".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens an existing persistent store for `merge`, its format chosen by `path`'s name.
+pub fn open_for_merge(file: File, path: &Path) -> Result<Box<dyn MergeStore>> {
+    let io = FileStore(file);
+    let store: Box<dyn MergeStore> = if is_qcow2_name(path) {
+        Box::new(Qcow2Store::open(Box::new(io), None)?)
+    } else {
+        not_misnamed_qcow2(&io)?;
+        Box::new(DmPersistent::open(Box::new(io), DEFAULT_CHUNK, None)?)
+    };
+    Ok(store)
 }
 
 /// A persistent store just opened, and what `open_overlay` checks of it.

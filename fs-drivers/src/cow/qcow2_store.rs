@@ -393,7 +393,10 @@ impl Qcow2Store {
         }
         tables.sort_unstable();
         if let Some(w) = tables.windows(2).find(|w| w[0] == w[1]) {
-            return Err(corrupt(format!("L2 table at cluster {} is used twice", w[0])));
+            return Err(corrupt(format!(
+                "L2 table at cluster {} is used twice",
+                w[0]
+            )));
         }
         for &c in &tables {
             self.io.prefetch(c * cs, cs);
@@ -632,7 +635,10 @@ impl Qcow2Store {
         if self.refblocks.contains_key(&k) {
             return Ok(());
         }
-        let off = self.reftable.get(k as usize).map_or(0, |e| e & REFT_OFFSET_MASK);
+        let off = self
+            .reftable
+            .get(k as usize)
+            .map_or(0, |e| e & REFT_OFFSET_MASK);
         if off == 0 {
             // A referenced cluster that no refcount block covers.
             return Err(corrupt(format!(
