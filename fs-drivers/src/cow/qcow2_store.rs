@@ -205,7 +205,20 @@ fn be64s(raw: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-/// Sets refcount `i` of a block (qemu packs sub-byte widths from the low bits of each byte).
+/// Refcount `i` of a block (qemu packs sub-byte widths from the low bits of each byte).
+fn get_rc(block: &[u8], i: u64, bits: u64) -> u64 {
+    if bits >= 8 {
+        let n = (bits / 8) as usize;
+        let at = i as usize * n;
+        block[at..at + n]
+            .iter()
+            .fold(0u64, |v, &b| (v << 8) | u64::from(b))
+    } else {
+        let bit = i * bits;
+        u64::from(block[(bit / 8) as usize] >> (bit % 8)) & ((1 << bits) - 1)
+    }
+}
+
 fn set_rc(block: &mut [u8], i: u64, bits: u64, v: u64) {
     if bits >= 8 {
         let n = (bits / 8) as usize;
@@ -692,8 +705,15 @@ impl Qcow2Store {
                 self.next_free = c + 1;
                 continue;
             }
-            self.set_refcount(c, 1)?;
+            self.load_refblock(k)?;
             self.next_free = c + 1;
+            let bits = self.refcount_bits;
+            if self.refblocks.get(&k).is_some_and(|b| get_rc(b, c % per, bits) != 0) {
+                // Counted but referenced by nothing this store reads: clusters a crash leaked,
+                // or ones qemu keeps for what imgmount does not read (bitmaps). Left alone.
+                continue;
+            }
+            self.set_refcount(c, 1)?;
             return Ok(c);
         }
     }
