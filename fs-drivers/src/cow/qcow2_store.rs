@@ -708,7 +708,11 @@ impl Qcow2Store {
             self.load_refblock(k)?;
             self.next_free = c + 1;
             let bits = self.refcount_bits;
-            if self.refblocks.get(&k).is_some_and(|b| get_rc(b, c % per, bits) != 0) {
+            if self
+                .refblocks
+                .get(&k)
+                .is_some_and(|b| get_rc(b, c % per, bits) != 0)
+            {
                 // Counted but referenced by nothing this store reads: clusters a crash leaked,
                 // or ones qemu keeps for what imgmount does not read (bitmaps). Left alone.
                 continue;
