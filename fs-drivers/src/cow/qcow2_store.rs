@@ -42,6 +42,8 @@ const REFCOUNT_ORDER: u32 = 4;
 const SLICE: u64 = 4096;
 /// Refcount table entries: the offset bits (qemu's REFT_OFFSET_MASK).
 const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// qemu's limit on the L1 table (QCOW_MAX_L1_SIZE), which the reader enforces too.
+const MAX_L1_BYTES: u64 = 32 << 20;
 /// qemu's limit on the refcount table (QCOW_MAX_REFTABLE_SIZE).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 
@@ -482,6 +484,11 @@ impl Qcow2Store {
         let cluster_bits = cs.trailing_zeros();
         let per_l2 = cs / 8;
         let l1_size = n.size.div_ceil(cs * per_l2);
+        if l1_size * 8 > MAX_L1_BYTES {
+            return Err(Error::Invalid(
+                "the image is too large for a qcow2 store with this cluster size (a larger -o chunk)".into(),
+            ));
+        }
         let l1_clusters = (l1_size * 8).div_ceil(cs);
         let per_block = cs * 8 / (1 << REFCOUNT_ORDER);
         // The refcount table never grows: it covers the most clusters the store can need
@@ -500,7 +507,7 @@ impl Qcow2Store {
         }
         if rt_clusters * cs > MAX_REFTABLE_BYTES {
             return Err(Error::Invalid(
-                "the image is too large for a qcow2 store with this cluster size".into(),
+                "the image is too large for a qcow2 store with this cluster size (a larger -o chunk)".into(),
             ));
         }
         let reftable_offset = cs;
