@@ -738,3 +738,16 @@ fn merge_drains_a_qcow2_store_into_its_image() {
     assert!(q.record().is_some_and(|r| !r.merging));
     let _: PathBuf = store;
 }
+
+#[test]
+fn a_store_too_large_for_its_cluster_size_is_refused() {
+    let dev: DeviceRef = Arc::new(MemDevice::new(1 << 20));
+    let n = NewStore {
+        cluster_size: 4096,
+        size: 16 << 40,
+        backing: raw_backing(Path::new("/nowhere.img")),
+        record: None,
+    };
+    let e = Qcow2Store::open(Box::new(DeviceStore(dev)), Some(n));
+    assert!(e.err().unwrap().to_string().contains("larger -o chunk"));
+}
