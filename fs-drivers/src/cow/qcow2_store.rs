@@ -861,8 +861,16 @@ impl Qcow2Store {
             self.set_refcount(c, 0)?;
         }
         self.write_refcounts()?;
-        for &c in &freed {
-            self.io.punch(c * self.cs(), self.cs())?;
+        // One punch per run of consecutive clusters (a file written in order frees runs).
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let mut n = 1;
+            while i + n < freed.len() && freed[i + n] == freed[i] + n as u64 {
+                n += 1;
+            }
+            self.io.punch(freed[i] * self.cs(), n as u64 * self.cs())?;
+            i += n;
         }
         self.io.sync()
     }
