@@ -97,9 +97,15 @@ pub fn run(args: &MergeArgs) -> CmdResult {
         );
     }
     println!(
-        "{}: merged {} chunks into {}{}",
+        "{}: merged {} {} into {}{}",
         store.display(),
         report.chunks,
+        // qemu's word for a qcow2 store's chunks.
+        if cow::is_qcow2_name(store) {
+            "clusters"
+        } else {
+            "chunks"
+        },
         image.display(),
         if report.resumed {
             " (finishing an interrupted merge)"
