@@ -8,6 +8,7 @@ mod dm_persistent;
 mod merge;
 mod origin_record;
 mod qcow2_store;
+mod qemu_backing;
 mod snapshot;
 mod store_io;
 mod transient;
@@ -15,9 +16,8 @@ mod transient;
 pub use dm_persistent::{looks_like_store, DmPersistent};
 pub use merge::{merge, merge_in_batches, MergeProgress, MergeReport, MergeStore};
 pub use origin_record::OriginRecord;
-pub use qcow2_store::{
-    is_qcow2_name, qemu_backing, BackingFile, NewStore, Qcow2Store, DEFAULT_CLUSTER,
-};
+pub use qcow2_store::{NewStore, Qcow2Store, DEFAULT_CLUSTER};
+pub use qemu_backing::{is_qcow2_name, qemu_backing, BackingFile};
 pub use snapshot::{ExceptionStore, Snapshot, StoreInfo};
 pub use store_io::{DeviceStore, FileStore, StoreIo};
 pub use transient::{Transient, DEFAULT_MEMORY_LIMIT};

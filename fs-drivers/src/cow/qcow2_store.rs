@@ -19,16 +19,15 @@
 //! L2 entries are refused: qemu does not put them in an overlay it writes.
 
 use super::origin_record::{self, OriginRecord};
+use super::qemu_backing::BackingFile;
 use super::snapshot::{ExceptionStore, StoreInfo};
 use super::store_io::StoreIo;
 use crate::block::{check_range, BlockDevice};
 use crate::container::qcow2::header::{self as qh, Header};
 use crate::container::qcow2::map::{self as qm, Entry};
-use crate::container::Layer;
 use crate::{Error, Result};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 
 /// The header extension holding imgmount's origin record ("imgm"); qemu keeps extensions it
 /// does not know when it rewrites a header.
@@ -46,85 +45,6 @@ const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// qemu's limit on the refcount table (QCOW_MAX_REFTABLE_SIZE).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
-
-/// How qemu finds and reads the origin: the backing file name and format a store records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackingFile {
-    pub name: String,
-    /// `None` for a `json:` name, which says its driver itself.
-    pub format: Option<String>,
-}
-
-impl std::fmt::Display for BackingFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.format {
-            Some(fmt) => write!(f, "{} ({fmt})", self.name),
-            None => write!(f, "{}", self.name),
-        }
-    }
-}
-
-/// Whether a store file name asks for this format.
-pub fn is_qcow2_name(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("qcow2"))
-}
-
-/// The backing file a store over the image at `path` names: the image's absolute path and
-/// the format qemu must read it as, which is that of the container imgmount peeled (a qcow2
-/// image is backed as qcow2, so qemu reads the same guest disk the overlay was made over).
-/// Refused when qemu could not read the same bytes (a compressed image, nested containers).
-pub fn qemu_backing(path: &Path, offset: u64, layers: &[Layer]) -> Result<BackingFile> {
-    let abs = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?;
-    let Some(name) = abs.to_str().map(str::to_owned) else {
-        return Err(Error::Unsupported(
-            "a qcow2 store names its image, whose path is not UTF-8".into(),
-        ));
-    };
-    let refuse = |what: &str| {
-        Error::Unsupported(format!(
-            "qemu cannot read {what} as a backing file; name the store other than *.qcow2 for a dm-snapshot store"
-        ))
-    };
-    match layers {
-        [] if offset == 0 => Ok(BackingFile {
-            name,
-            format: Some("raw".into()),
-        }),
-        [] => Ok(BackingFile {
-            name: format!(
-                "json:{}",
-                serde_json::json!({
-                    "driver": "raw",
-                    "offset": offset,
-                    "file": {"driver": "file", "filename": name},
-                })
-            ),
-            format: None,
-        }),
-        [one] if offset == 0 => {
-            let f = &one.format;
-            let fmt = if f.starts_with("qcow2") {
-                "qcow2"
-            } else if f == "vhd" {
-                "vpc"
-            } else if f == "vmdk" || f == "vhdx" || f == "vdi" {
-                f.as_str()
-            } else if f.starts_with("LUKS") {
-                "luks"
-            } else {
-                return Err(refuse(&format!("a {f} image")));
-            };
-            Ok(BackingFile {
-                name,
-                format: Some(fmt.into()),
-            })
-        }
-        _ => Err(refuse(
-            "this image (a container at an offset, or nested containers)",
-        )),
-    }
-}
 
 /// What a new store is made with.
 pub struct NewStore {
