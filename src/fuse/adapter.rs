@@ -1028,6 +1028,62 @@ mod tests {
         assert_eq!(fuse_rdev(vfs::makedev(259, 0x12345)), 0x12310345);
     }
 
+    /// Only the root's number matters to the inode mapping.
+    struct RootAt(Ino);
+
+    impl FileSystem for RootAt {
+        fn root(&self) -> Ino {
+            self.0
+        }
+        fn info(&self) -> vfs::FsInfo {
+            vfs::FsInfo::default()
+        }
+        fn lookup(&self, _: Ino, _: &[u8]) -> fs_drivers::Result<Attr> {
+            Err(Error::NotFound)
+        }
+        fn getattr(&self, _: Ino) -> fs_drivers::Result<Attr> {
+            Err(Error::NotFound)
+        }
+        fn readdir(
+            &self,
+            _: Ino,
+            _: u64,
+            _: &mut dyn FnMut(vfs::DirEntry) -> bool,
+        ) -> fs_drivers::Result<()> {
+            Err(Error::NotFound)
+        }
+        fn read(&self, _: Ino, _: u64, _: &mut [u8]) -> fs_drivers::Result<usize> {
+            Err(Error::NotFound)
+        }
+        fn readlink(&self, _: Ino) -> fs_drivers::Result<Vec<u8>> {
+            Err(Error::NotFound)
+        }
+        fn statfs(&self) -> fs_drivers::Result<vfs::StatFs> {
+            Err(Error::NotFound)
+        }
+    }
+
+    #[test]
+    fn a_non_root_inode_numbered_1_gets_a_number_no_other_inode_has() {
+        // squashfs numbers its root last and may number a file 1; FUSE's root must be node 1
+        // and fuser makes the node id the st_ino, so the two trade places: a bijection, the
+        // same every time, and nothing else moves.
+        let a = Adapter::new(Arc::new(RootAt(5)), false, Ownership::default());
+        assert_eq!(a.to_fuse(5), INodeNo(1));
+        assert_eq!(a.to_fuse(1), INodeNo(5));
+        let seen: std::collections::HashSet<u64> = (1..=64).map(|n| a.to_fuse(n).0).collect();
+        assert_eq!(seen.len(), 64, "two inodes share a FUSE number");
+        for n in 1..=64 {
+            assert_eq!(a.to_fs(a.to_fuse(n)), n);
+            if n != 1 && n != 5 {
+                assert_eq!(a.to_fuse(n), INodeNo(n));
+            }
+        }
+        // A driver whose root is 1 (ext's is 2, FAT's is 1) keeps every number.
+        let a = Adapter::new(Arc::new(RootAt(1)), false, Ownership::default());
+        assert!((1..=64).all(|n| a.to_fuse(n) == INodeNo(n) && a.to_fs(INodeNo(n)) == n));
+    }
+
     #[test]
     fn negative_times_round_trip() {
         for t in [

@@ -33,14 +33,30 @@ use zmap::ZInfo;
 
 const INODE_CACHE: usize = 4096;
 /// Decompressed extents kept for sequential readers (each at most 255x its cluster).
-const EXTENT_CACHE: usize = 32;
+const EXTENT_CACHE: usize = 256;
 /// Bytes of decompressed extents kept at most.
 const EXTENT_CACHE_BYTES: usize = 16 << 20;
 const MAX_SYMLINK: u64 = 65536;
 /// Directory entries are `block` bytes apart in a cookie.
 const COOKIE_SHIFT: u32 = 16;
+/// Bytes of directory blocks kept parsed (1,024 blocks of 4 KiB; the parsed form takes about
+/// three times that), so warm lookups neither copy nor parse a block again.
+const DIR_BLOCK_CACHE_BYTES: usize = 4 << 20;
+/// A directory's contiguous blocks read in one device read the first time it is searched
+/// (a binary search touches log2(blocks) of them scattered over the directory, each a
+/// separate disk read when cold).
+const DIR_READAHEAD: u64 = 256 << 10;
+/// Inodes sit together in the metadata area (mkfs.erofs writes a directory's children side
+/// by side): the window around an inode read on a miss, so stats of a directory's entries
+/// cost one disk read per window instead of one per block.
+const INODE_READAHEAD: u64 = 32 << 10;
+/// Physical bytes of consecutive compressed clusters read in one device read by a reader
+/// that wants more than one cluster (mkfs.erofs's default cluster is one block).
+const CLUSTER_BATCH: u64 = 1 << 20;
 
 type ExtentCache = LruCache<(u64, u64), (Arc<Vec<u8>>, u64)>;
+/// Parsed blocks by (directory nid, block index).
+type DirBlockCache = LruCache<(u64, u64), Arc<Vec<Dirent>>>;
 
 pub struct ErofsFs {
     dev: DeviceRef,
@@ -48,6 +64,10 @@ pub struct ErofsFs {
     inodes: Mutex<LruCache<u64, Arc<Inode>>>,
     zinfo: Mutex<LruCache<u64, Arc<ZInfo>>>,
     extents: Mutex<ExtentCache>,
+    dir_blocks: Mutex<DirBlockCache>,
+    /// Image offsets of the windows prefetched already: a window is read ahead once, not
+    /// copied out of the block cache on every later miss of the caches above it.
+    prefetched: Mutex<LruCache<u64, ()>>,
 }
 
 fn cache<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
@@ -59,12 +79,15 @@ fn cache<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<LruCache<K, V>> {
 impl ErofsFs {
     pub fn open(dev: DeviceRef) -> Result<ErofsFs> {
         let sb = Superblock::read(dev.as_ref())?;
+        let dir_blocks = cache(DIR_BLOCK_CACHE_BYTES >> sb.blkszbits);
         let fs = ErofsFs {
             dev,
             sb,
             inodes: cache(INODE_CACHE),
             zinfo: cache(INODE_CACHE),
             extents: cache(EXTENT_CACHE),
+            dir_blocks,
+            prefetched: cache(INODE_CACHE),
         };
         let root = fs.inode(fs.sb.root_nid)?;
         if root.kind != FileType::Directory {
@@ -82,11 +105,39 @@ impl ErofsFs {
         {
             return Ok(i);
         }
+        self.prefetch_inodes(nid);
         let i = Arc::new(Inode::read(self.dev.as_ref(), &self.sb, nid)?);
         if let Ok(mut c) = self.inodes.lock() {
             c.put(nid, i.clone());
         }
         Ok(i)
+    }
+
+    /// Reads the window of inode blocks around `nid` into the block cache below in one
+    /// device read (the cache fetches only the blocks it lacks).
+    fn prefetch_inodes(&self, nid: u64) {
+        let base = u64::from(self.sb.meta_blkaddr) << self.sb.blkszbits;
+        let Some(loc) = nid.checked_mul(32).and_then(|o| o.checked_add(base)) else {
+            return;
+        };
+        let start = (loc - base) / INODE_READAHEAD * INODE_READAHEAD + base;
+        self.prefetch(start, INODE_READAHEAD);
+    }
+
+    /// Best effort: a failure here shows up on the read that needs the bytes.
+    fn prefetch(&self, start: u64, len: u64) {
+        let first = self
+            .prefetched
+            .lock()
+            .is_ok_and(|mut done| done.put(start, ()).is_none());
+        if !first {
+            return;
+        }
+        let len = len.min(self.dev.size().saturating_sub(start));
+        if len > 0 {
+            let mut scratch = vec![0u8; len as usize];
+            let _ = self.dev.read_at(start, &mut scratch);
+        }
     }
 
     fn zinfo(&self, ino: &Inode) -> Result<Arc<ZInfo>> {
@@ -195,31 +246,82 @@ impl ErofsFs {
         });
         let (la, bytes) = match hit {
             Some(((_, la), (d, _))) => (la, d),
-            None => {
-                let ext = z.map(self.dev.as_ref(), &self.sb, ino, pos)?;
-                let mut raw = vec![0u8; ext.plen as usize];
-                self.read_bytes(ino, ext.pa, &mut raw)?;
-                let d = Arc::new(decompress::decode(
-                    &ext,
-                    &raw,
-                    self.sb.block_size(),
-                    self.sb.has(incompat::ZERO_PADDING),
-                )?);
-                if let Ok(mut c) = self.extents.lock() {
-                    c.put((ino.nid, ext.la), (d.clone(), ext.plen));
-                    while c.len() > 1
-                        && c.iter().map(|(_, (d, _))| d.len()).sum::<usize>() > EXTENT_CACHE_BYTES
-                    {
-                        c.pop_lru();
-                    }
-                }
-                (ext.la, d)
-            }
+            None => self.decode_run(ino, &z, pos, out.len() as u64)?,
         };
         let from = (pos - la) as usize;
         let n = out.len().min(bytes.len() - from);
         out[..n].copy_from_slice(&bytes[from..from + n]);
         Ok(n)
+    }
+
+    /// Decodes the extent holding `pos` and, for a reader that wants `want` bytes, the
+    /// extents after it whose clusters follow it on disk: one device read for the run, every
+    /// extent into the cache. Returns the first extent.
+    fn decode_run(
+        &self,
+        ino: &Inode,
+        z: &ZInfo,
+        pos: u64,
+        want: u64,
+    ) -> Result<(u64, Arc<Vec<u8>>)> {
+        let dev = self.dev.as_ref();
+        let first = z.map(dev, &self.sb, ino, pos)?;
+        let mut run = vec![first];
+        let mut plen = first.plen;
+        let mut end = first.la + first.llen;
+        while end < ino.size && end < pos.saturating_add(want) {
+            let Ok(next) = z.map(dev, &self.sb, ino, end) else {
+                break;
+            };
+            let last = run[run.len() - 1];
+            if next.la != end
+                || next.llen == 0
+                || Some(next.pa) != last.pa.checked_add(last.plen)
+                || plen + next.plen > CLUSTER_BATCH
+            {
+                break;
+            }
+            plen += next.plen;
+            end += next.llen;
+            run.push(next);
+        }
+        let mut raw = vec![0u8; plen as usize];
+        self.read_bytes(ino, first.pa, &mut raw)?;
+        if run.len() > 1 {
+            // A sequential reader: start the host reading the clusters after this run.
+            dev.readahead(first.pa + plen, CLUSTER_BATCH);
+        }
+        let mut at = 0usize;
+        let mut decoded = Vec::with_capacity(run.len());
+        for ext in &run {
+            let stored = &raw[at..at + ext.plen as usize];
+            at += ext.plen as usize;
+            let d = decompress::decode(
+                ext,
+                stored,
+                self.sb.block_size(),
+                self.sb.has(incompat::ZERO_PADDING),
+            );
+            match d {
+                Ok(d) => decoded.push((ext.la, ext.plen, Arc::new(d))),
+                // Only the extent asked for must decode; a later one fails when read.
+                Err(e) if decoded.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        if let Ok(mut c) = self.extents.lock() {
+            for (la, plen, d) in decoded.iter().rev() {
+                c.put((ino.nid, *la), (d.clone(), *plen));
+            }
+            let mut bytes: usize = c.iter().map(|(_, (d, _))| d.len()).sum();
+            while c.len() > decoded.len() && bytes > EXTENT_CACHE_BYTES {
+                if let Some((_, (d, _))) = c.pop_lru() {
+                    bytes -= d.len();
+                }
+            }
+        }
+        let (la, _, d) = decoded.swap_remove(0);
+        Ok((la, d))
     }
 
     fn dir_inode(&self, nid: u64) -> Result<Arc<Inode>> {
@@ -231,14 +333,33 @@ impl ErofsFs {
     }
 
     /// Directory block `b`, cut to the directory's size.
-    fn dir_block(&self, dir: &Inode, b: u64) -> Result<Vec<Dirent>> {
+    fn dir_block(&self, dir: &Inode, b: u64) -> Result<Arc<Vec<Dirent>>> {
+        if let Some(e) = self
+            .dir_blocks
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&(dir.nid, b)).cloned())
+        {
+            return Ok(e);
+        }
         let bs = self.sb.block_size();
         let start = b * bs;
+        if !dir.is_compressed() && dir.size > bs {
+            let window = start / DIR_READAHEAD * DIR_READAHEAD;
+            if let Ok(Piece::Data { pa, len }) = data::map(self.dev.as_ref(), &self.sb, dir, window)
+            {
+                self.prefetch(pa, len.min(DIR_READAHEAD));
+            }
+        }
         let len = bs.min(dir.size - start) as usize;
         let mut blk = vec![0u8; len];
         let n = self.read_data(dir, start, &mut blk)?;
         blk.truncate(n);
-        dir::parse(&blk)
+        let ents = Arc::new(dir::parse(&blk)?);
+        if let Ok(mut c) = self.dir_blocks.lock() {
+            c.put((dir.nid, b), ents.clone());
+        }
+        Ok(ents)
     }
 
     fn dir_blocks(&self, dir: &Inode) -> Result<u64> {

@@ -1,0 +1,121 @@
+//! How many device reads EROFS lookups and sequential reads cost: load does not change these
+//! counts, so they guard the cold-cache work the benchmarks time (docs/erofs.md, "Reads").
+
+#[path = "ro_common/mod.rs"]
+mod ro_common;
+
+use fs_drivers::block::{BlockCache, BlockDevice, DeviceRef, FileDevice};
+use fs_drivers::erofs::ErofsFs;
+use fs_drivers::vfs::FileSystem;
+use ro_common::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// The image file: counts the reads that reach it (each one a pread, a disk read when cold).
+struct Counting {
+    inner: FileDevice,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counting {
+    fn take(&self) -> (u64, u64) {
+        (self.reads.swap(0, Relaxed), self.bytes.swap(0, Relaxed))
+    }
+}
+
+impl BlockDevice for Counting {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> fs_drivers::Result<()> {
+        self.reads.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.inner.read_at(offset, buf)
+    }
+    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> fs_drivers::Result<()> {
+        self.reads.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(buf.len() as u64, Relaxed);
+        self.inner.read_direct_at(offset, buf)
+    }
+    fn write_at(&self, _: u64, _: &[u8]) -> fs_drivers::Result<()> {
+        Err(fs_drivers::Error::ReadOnly)
+    }
+    fn flush(&self) -> fs_drivers::Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
+        Err(fs_drivers::Error::ReadOnly)
+    }
+    fn write_zeroes(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
+        Err(fs_drivers::Error::ReadOnly)
+    }
+    fn is_writable(&self) -> bool {
+        false
+    }
+}
+
+/// The benchmark's shapes, smaller: a 5,000-entry directory of empty files and a file of
+/// compressible text, packed with LZ4HC as benches/compare.py packs its tree.
+fn image(tmp: &TempDir) -> (Arc<Counting>, ErofsFs) {
+    let src = tmp.0.join("src");
+    let big = src.join("bigdir");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..5000 {
+        std::fs::write(big.join(format!("entry-{i:06}")), b"").unwrap();
+    }
+    std::fs::write(src.join("text"), bytes(8 << 20, 7, true)).unwrap();
+    let img = tmp.0.join("img");
+    run(Command::new("mkfs.erofs")
+        .args(["--quiet", "-zlz4hc", "-T1700000000"])
+        .arg(&img)
+        .arg(&src));
+    let dev = Arc::new(Counting {
+        inner: FileDevice::open(&img, false).unwrap(),
+        reads: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+    });
+    let cached: DeviceRef = Arc::new(BlockCache::with_defaults(dev.clone()));
+    let fs = ErofsFs::open(cached).unwrap();
+    (dev, fs)
+}
+
+#[test]
+fn lookups_and_sequential_reads_cost_few_device_reads() {
+    if !have("mkfs.erofs") {
+        eprintln!("SKIP: erofs-utils is not installed");
+        return;
+    }
+    let tmp = TempDir::new("erofs-reads");
+    let (dev, fs) = image(&tmp);
+    let dir = fs.lookup(fs.root(), b"bigdir").unwrap();
+    dev.take();
+    let mut x = 1u64;
+    for _ in 0..500 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let name = format!("entry-{:06}", (x >> 33) % 5000);
+        fs.lookup(dir.ino, name.as_bytes()).unwrap();
+    }
+    let (reads, bytes) = dev.take();
+    eprintln!("500 lookups in 5000 entries: {reads} device reads, {bytes} bytes");
+    // The directory (~30 blocks) in one read, its children's inodes (~40 blocks) in windows
+    // of 8 blocks; one read per block searched and inode block was 67.
+    assert!(reads <= 12, "{reads} device reads for 500 lookups");
+
+    let f = fs.lookup(fs.root(), b"text").unwrap();
+    dev.take();
+    let mut buf = vec![0u8; 128 << 10];
+    let mut off = 0;
+    while off < f.size {
+        off += fs.read(f.ino, off, &mut buf).unwrap() as u64;
+    }
+    let (reads, bytes) = dev.take();
+    eprintln!("8 MiB sequential (lz4hc): {reads} device reads, {bytes} bytes");
+    // Clusters are one block each: read one by one that was ~1,400 reads, batched it is one
+    // per 128 KiB asked for.
+    assert!(reads <= 2 * 64 + 8, "{reads} device reads for 8 MiB");
+    assert!(bytes <= 8 << 20, "{bytes} bytes read for 8 MiB of text");
+}
