@@ -1024,7 +1024,6 @@ impl FileSystem for ExtFs {
     fn sync(&self) -> Result<()> {
         self.sync_rw(false)
     }
-
 }
 
 impl Drop for ExtFs {

@@ -78,7 +78,9 @@ pub fn read_block(dev: &TxDevice, sb: &Superblock, blk: u64) -> Result<Vec<u8>> 
 
 pub fn write_block(dev: &TxDevice, sb: &Superblock, blk: u64, data: &[u8]) -> Result<()> {
     if blk >= sb.blocks_count || blk == 0 && sb.block_size > 1024 && data.len() < 1024 {
-        return Err(Error::corrupt(format!("write of block {blk} outside the fs")));
+        return Err(Error::corrupt(format!(
+            "write of block {blk} outside the fs"
+        )));
     }
     dev.write_at(blk * u64::from(sb.block_size), data)
 }
@@ -106,10 +108,20 @@ impl Groups {
             };
             let d = &block[off..off + sb.desc_size as usize];
             let lohi32 = |lo: usize, hi: usize| {
-                u64::from(u32_at(d, lo)) | if wide { u64::from(u32_at(d, hi)) << 32 } else { 0 }
+                u64::from(u32_at(d, lo))
+                    | if wide {
+                        u64::from(u32_at(d, hi)) << 32
+                    } else {
+                        0
+                    }
             };
             let lohi16 = |lo: usize, hi: usize| {
-                u64::from(u16_at(d, lo)) | if wide { u64::from(u16_at(d, hi)) << 16 } else { 0 }
+                u64::from(u16_at(d, lo))
+                    | if wide {
+                        u64::from(u16_at(d, hi)) << 16
+                    } else {
+                        0
+                    }
             };
             groups.push(Group {
                 block_bitmap: lohi32(0x0, 0x20),
@@ -118,7 +130,11 @@ impl Groups {
                 free_blocks: lohi16(0xC, 0x2C),
                 free_inodes: lohi16(0xE, 0x2E),
                 used_dirs: lohi16(0x10, 0x30),
-                flags: if has_group_csum(sb) { u16_at(d, 0x12) } else { 0 },
+                flags: if has_group_csum(sb) {
+                    u16_at(d, 0x12)
+                } else {
+                    0
+                },
                 itable_unused: lohi16(0x1C, 0x32),
             });
         }
@@ -271,7 +287,9 @@ impl Groups {
         let mut blk = first;
         let end = first + count;
         if first < u64::from(sb.first_data_block) || end > sb.blocks_count {
-            return Err(Error::corrupt(format!("freeing blocks {first}+{count} outside the fs")));
+            return Err(Error::corrupt(format!(
+                "freeing blocks {first}+{count} outside the fs"
+            )));
         }
         while blk < end {
             let g = self.group_of_block(sb, blk);
@@ -291,7 +309,9 @@ impl Groups {
             self.free_blocks += freed;
             self.write_block_bitmap(dev, sb, g, &bits)?;
             if freed != to - blk {
-                return Err(Error::corrupt(format!("block {blk}..{to}: freeing free blocks")));
+                return Err(Error::corrupt(format!(
+                    "block {blk}..{to}: freeing free blocks"
+                )));
             }
             blk = to;
         }
@@ -347,7 +367,9 @@ impl Groups {
         let ipg = sb.inodes_per_group;
         let parent_group = parent_ino.saturating_sub(1) / ipg;
         let n = self.groups.len() as u32;
-        let first = self.pick_group(sb, parent_group, dir).ok_or(Error::NoSpace)?;
+        let first = self
+            .pick_group(sb, parent_group, dir)
+            .ok_or(Error::NoSpace)?;
         for i in 0..n {
             let g = (first + i) % n;
             if self.groups[g as usize].free_inodes == 0 {
@@ -355,7 +377,11 @@ impl Groups {
             }
             let mut bits = self.inode_bitmap(dev, sb, g)?;
             // Reserved inodes (below first_ino) are never handed out.
-            let min = if g == 0 { u64::from(sb.first_ino) - 1 } else { 0 };
+            let min = if g == 0 {
+                u64::from(sb.first_ino) - 1
+            } else {
+                0
+            };
             let Some(idx) = find_zero(&bits, min, u64::from(ipg)) else {
                 continue;
             };
@@ -383,7 +409,13 @@ impl Groups {
         Err(Error::NoSpace)
     }
 
-    pub fn free_inode(&mut self, dev: &TxDevice, sb: &Superblock, ino: u32, dir: bool) -> Result<()> {
+    pub fn free_inode(
+        &mut self,
+        dev: &TxDevice,
+        sb: &Superblock,
+        ino: u32,
+        dir: bool,
+    ) -> Result<()> {
         let ipg = sb.inodes_per_group;
         let g = (ino - 1) / ipg;
         let idx = u64::from((ino - 1) % ipg);
@@ -522,11 +554,7 @@ impl Groups {
 }
 
 /// Read-modify-write of the primary superblock (with its checksum) in the transaction.
-pub fn update_superblock(
-    dev: &TxDevice,
-    sb: &Superblock,
-    f: impl FnOnce(&mut [u8]),
-) -> Result<()> {
+pub fn update_superblock(dev: &TxDevice, sb: &Superblock, f: impl FnOnce(&mut [u8])) -> Result<()> {
     let mut raw = vec![0; 1024];
     dev.read_at(1024, &mut raw)?;
     f(&mut raw);
@@ -538,7 +566,8 @@ pub fn update_superblock(
 }
 
 fn bit(bits: &[u8], i: u64) -> bool {
-    bits.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0)
+    bits.get((i / 8) as usize)
+        .is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
 
 fn set_bit(bits: &mut [u8], i: u64, on: bool) {

@@ -93,12 +93,10 @@ pub fn truncate(cx: &mut Ctx, inode: &mut Inode, from: u64) -> Result<()> {
     let mut span = per;
     for (slot, level) in [(12usize, 0u32), (13, 1), (14, 2)] {
         let p = u64::from(u32_at(&inode.block, slot * 4));
-        if p != 0 && base + span > from {
-            if trunc_node(cx, p, level, base, from, per, &mut freed)? {
-                cx.free(p, 1)?;
-                freed += 1;
-                inode.block[slot * 4..slot * 4 + 4].fill(0);
-            }
+        if p != 0 && base + span > from && trunc_node(cx, p, level, base, from, per, &mut freed)? {
+            cx.free(p, 1)?;
+            freed += 1;
+            inode.block[slot * 4..slot * 4 + 4].fill(0);
         }
         base += span;
         span = span.saturating_mul(per);

@@ -132,7 +132,13 @@ impl Ctx<'_> {
 
     /// Adds `name -> ino`; the caller has checked the name is not there. May grow `dir`
     /// (its size and i_blocks; the caller writes the inode).
-    pub(crate) fn dir_add(&mut self, dir: &mut Inode, name: &[u8], ino: u32, kind: FileType) -> Result<()> {
+    pub(crate) fn dir_add(
+        &mut self,
+        dir: &mut Inode,
+        name: &[u8],
+        ino: u32,
+        kind: FileType,
+    ) -> Result<()> {
         let bs = self.sb().block_size as usize;
         let area = self.dir_area(bs);
         let need = rec_size(name.len());
@@ -149,7 +155,8 @@ impl Ctx<'_> {
                 } else {
                     let cur = block[r.pos + 4..r.pos + 6].to_vec();
                     let _ = cur;
-                    block[r.pos + 4..r.pos + 6].copy_from_slice(&enc_rec_len(used, bs).to_le_bytes());
+                    block[r.pos + 4..r.pos + 6]
+                        .copy_from_slice(&enc_rec_len(used, bs).to_le_bytes());
                     put_rec(&mut block, r.pos + used, r.len - used, ino, name, code, bs);
                 }
                 self.seal_dir_block(dir, &mut block);
@@ -200,7 +207,13 @@ impl Ctx<'_> {
     }
 
     /// Points the existing entry `name` at `ino`.
-    pub(crate) fn dir_retarget(&mut self, dir: &Inode, name: &[u8], ino: u32, kind: FileType) -> Result<()> {
+    pub(crate) fn dir_retarget(
+        &mut self,
+        dir: &Inode,
+        name: &[u8],
+        ino: u32,
+        kind: FileType,
+    ) -> Result<()> {
         let (pblk, mut block, pos, _) = self.dir_find(dir, name)?;
         block[pos..pos + 4].copy_from_slice(&ino.to_le_bytes());
         block[pos + 7] = self.type_byte(type_code(kind));

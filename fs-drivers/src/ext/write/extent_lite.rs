@@ -265,7 +265,10 @@ pub fn mark_written(list: &mut Vec<Ext>, from: u64, to: u64) {
         let a = from.max(e.lblk);
         let b = to.min(e.end());
         if e.lblk < a {
-            out.push(Ext { len: a - e.lblk, ..e });
+            out.push(Ext {
+                len: a - e.lblk,
+                ..e
+            });
         }
         out.push(Ext {
             lblk: a,
@@ -302,7 +305,10 @@ mod tests {
     fn merge_split_and_remove() {
         let mut l = vec![x(0, 10, 100), x(10, 5, 110), x(20, 40000, 1000)];
         normalise(&mut l);
-        assert_eq!(l, vec![x(0, 15, 100), x(20, 32768, 1000), x(32788, 7232, 33768)]);
+        assert_eq!(
+            l,
+            vec![x(0, 15, 100), x(20, 32768, 1000), x(32788, 7232, 33768)]
+        );
         let freed = remove_range(&mut l, 5, 25);
         assert_eq!(freed, vec![(105, 10), (1000, 5)]);
         assert_eq!(l[0], x(0, 5, 100));

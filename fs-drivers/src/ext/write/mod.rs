@@ -214,7 +214,10 @@ impl Shared {
 impl ExtFs {
     /// Opens `dev` for writing: refuses unsupported features before anything is written,
     /// marks the filesystem in use and processes the orphan list.
-    pub(crate) fn open_rw_inner(dev: crate::block::DeviceRef, opts: super::ExtOptions) -> Result<ExtFs> {
+    pub(crate) fn open_rw_inner(
+        dev: crate::block::DeviceRef,
+        opts: super::ExtOptions,
+    ) -> Result<ExtFs> {
         if !dev.is_writable() {
             return Err(Error::ReadOnly);
         }
@@ -232,7 +235,11 @@ impl ExtFs {
             groups,
             last_orphan: u32::from_le_bytes([raw[0xE8], raw[0xE9], raw[0xEA], raw[0xEB]]),
             open: HashMap::new(),
-            want_extra_isize: if u32::from(fs.sb.inode_size) > 128 { want } else { 0 },
+            want_extra_isize: if u32::from(fs.sb.inode_size) > 128 {
+                want
+            } else {
+                0
+            },
             last_commit: Instant::now(),
             failed: false,
             gen_counter: std::time::SystemTime::now()
@@ -244,7 +251,11 @@ impl ExtFs {
         fs.rw = Some(shared.clone());
         {
             let mut st = shared.write_lock();
-            let mut cx = Ctx { fs: &fs, st: &mut st, tx: shared.tx.clone() };
+            let mut cx = Ctx {
+                fs: &fs,
+                st: &mut st,
+                tx: shared.tx.clone(),
+            };
             cx.mark_mounted(true)?;
             cx.process_orphans()?;
             cx.finish()?;
@@ -264,13 +275,21 @@ impl ExtFs {
             return Err(Error::Io(std::io::Error::other("an earlier write failed")));
         }
         {
-            let mut cx = Ctx { fs: self, st: &mut st, tx: sh.tx.clone() };
+            let mut cx = Ctx {
+                fs: self,
+                st: &mut st,
+                tx: sh.tx.clone(),
+            };
             cx.mark_mounted(false)?;
             cx.finish()?;
         }
         sh.commit(&mut st)?;
         if !clean {
-            let mut cx = Ctx { fs: self, st: &mut st, tx: sh.tx.clone() };
+            let mut cx = Ctx {
+                fs: self,
+                st: &mut st,
+                tx: sh.tx.clone(),
+            };
             cx.mark_mounted(true)?;
             cx.finish()?;
             // Left in the transaction: the next commit says "in use" again before any
@@ -375,7 +394,11 @@ impl Ctx<'_> {
     }
 
     /// Writes `inode` back (fields, checksum) and refreshes the reader's cached copy.
-    pub(crate) fn write_inode_dtime(&mut self, inode: &Inode, dtime: Option<u32>) -> Result<Arc<Inode>> {
+    pub(crate) fn write_inode_dtime(
+        &mut self,
+        inode: &Inode,
+        dtime: Option<u32>,
+    ) -> Result<Arc<Inode>> {
         let (blk, off) = self.inode_loc(inode.ino)?;
         let isz = usize::from(self.fs.sb.inode_size);
         let mut block = self.read_meta(blk)?;
@@ -399,7 +422,12 @@ impl Ctx<'_> {
     pub(crate) fn dtime(&self, ino: u32) -> Result<u32> {
         let (blk, off) = self.inode_loc(ino)?;
         let b = self.read_meta(blk)?;
-        Ok(u32::from_le_bytes([b[off + 0x14], b[off + 0x15], b[off + 0x16], b[off + 0x17]]))
+        Ok(u32::from_le_bytes([
+            b[off + 0x14],
+            b[off + 0x15],
+            b[off + 0x16],
+            b[off + 0x17],
+        ]))
     }
 
     /// A fresh record for `ino` (zeroed, new generation), not yet linked anywhere.
@@ -437,7 +465,11 @@ impl Ctx<'_> {
             .extent_nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let keys: Vec<(u32, u64)> = c.iter().filter(|(k, _)| k.0 == ino).map(|(k, _)| *k).collect();
+        let keys: Vec<(u32, u64)> = c
+            .iter()
+            .filter(|(k, _)| k.0 == ino)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             c.pop(&k);
         }
@@ -464,4 +496,3 @@ impl io::Store for Ctx<'_> {
         self.free(first, count)
     }
 }
-

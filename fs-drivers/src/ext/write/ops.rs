@@ -137,7 +137,9 @@ impl ExtFs {
         }
         check_name(new_name)?;
         if flags.exchange && flags.noreplace {
-            return Err(Error::Invalid("RENAME_EXCHANGE with RENAME_NOREPLACE".into()));
+            return Err(Error::Invalid(
+                "RENAME_EXCHANGE with RENAME_NOREPLACE".into(),
+            ));
         }
         self.with_writer(|cx| cx.rename(parent, name, new_parent, new_name, flags))
     }
@@ -146,7 +148,9 @@ impl ExtFs {
         if data.is_empty() {
             return Ok(0);
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(Error::FileTooBig)?;
         if end > self.max_file_size() {
             return Err(Error::FileTooBig);
         }
@@ -446,7 +450,11 @@ impl Ctx<'_> {
     /// One name of `inode` is gone: fewer links, and freed (or orphaned while open) at 0.
     fn drop_link(&mut self, inode: &mut Inode, is_dir: bool) -> Result<()> {
         inode.ctime = now();
-        inode.links = if is_dir { 0 } else { inode.links.saturating_sub(1) };
+        inode.links = if is_dir {
+            0
+        } else {
+            inode.links.saturating_sub(1)
+        };
         if inode.links > 0 {
             self.write_inode(inode)?;
             return Ok(());
@@ -518,7 +526,10 @@ impl Ctx<'_> {
     /// Frees an unlinked inode: its blocks, its xattr block, its bitmap bit.
     pub(crate) fn free_inode(&mut self, ino: u32) -> Result<()> {
         let mut inode = self.get(ino)?;
-        let is_dir = inode.kind().map(|k| k == FileType::Directory).unwrap_or(false);
+        let is_dir = inode
+            .kind()
+            .map(|k| k == FileType::Directory)
+            .unwrap_or(false);
         self.release_blocks(&mut inode)?;
         if inode.file_acl != 0 {
             self.release_xattr_block(inode.file_acl)?;
@@ -586,7 +597,11 @@ impl Ctx<'_> {
         let src = self.fs.lookup_ino(parent, name)?;
         let dst = self.exists(new_parent, new_name)?;
         if parent == new_parent && name == new_name {
-            return if fl.noreplace { Err(Error::Exists) } else { Ok(()) };
+            return if fl.noreplace {
+                Err(Error::Exists)
+            } else {
+                Ok(())
+            };
         }
         let s_inode = self.get(src)?;
         let s_kind = s_inode.kind()?;
@@ -756,16 +771,23 @@ impl Ctx<'_> {
         } else {
             self.write_mapped(inode, offset, data, first, last)
         };
-        match &res {
-            Ok(()) => inode.size = inode.size.max(end),
-            Err(_) => {}
+        if res.is_ok() {
+            inode.size = inode.size.max(end);
         }
         res
     }
 
     /// Writes the part of `data` (at file `offset`) that falls in blocks `lblk..lblk+n`
     /// stored at `pblk..`; `fresh` blocks get zeros around the data.
-    fn put_data(&self, offset: u64, data: &[u8], lblk: u64, n: u64, pblk: u64, fresh: bool) -> Result<()> {
+    fn put_data(
+        &self,
+        offset: u64,
+        data: &[u8],
+        lblk: u64,
+        n: u64,
+        pblk: u64,
+        fresh: bool,
+    ) -> Result<()> {
         let bs = u64::from(self.fs.sb.block_size);
         let start = offset.max(lblk * bs);
         let stop = (offset + data.len() as u64).min((lblk + n) * bs);
@@ -781,7 +803,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn write_extents(&mut self, inode: &mut Inode, offset: u64, data: &[u8], first: u64, last: u64) -> Result<()> {
+    fn write_extents(
+        &mut self,
+        inode: &mut Inode,
+        offset: u64,
+        data: &[u8],
+        first: u64,
+        last: u64,
+    ) -> Result<()> {
         let sectors = u64::from(self.fs.sb.block_size / 512);
         let (mut list, nodes) = extent_lite::load(self, inode)?;
         let mut goal = None;
@@ -849,7 +878,14 @@ impl Ctx<'_> {
         result
     }
 
-    fn write_mapped(&mut self, inode: &mut Inode, offset: u64, data: &[u8], first: u64, last: u64) -> Result<()> {
+    fn write_mapped(
+        &mut self,
+        inode: &mut Inode,
+        offset: u64,
+        data: &[u8],
+        first: u64,
+        last: u64,
+    ) -> Result<()> {
         let sectors = u64::from(self.fs.sb.block_size / 512);
         let mut lblk = first;
         while lblk <= last {
@@ -867,7 +903,8 @@ impl Ctx<'_> {
                         Ok(r) => r,
                         Err(e) => {
                             let bs = u64::from(self.fs.sb.block_size);
-                            inode.size = inode.size.max((lblk * bs).min(offset + data.len() as u64));
+                            inode.size =
+                                inode.size.max((lblk * bs).min(offset + data.len() as u64));
                             return Err(e);
                         }
                     };
@@ -896,7 +933,10 @@ impl Ctx<'_> {
                 let lblk = size / bs;
                 let written = if inode.has_flag(flags::EXTENTS) {
                     let (list, _) = extent_lite::load(self, inode)?;
-                    extent_lite::find(&list, lblk).ok().filter(|e| !e.unwritten).map(|e| e.pblk + (lblk - e.lblk))
+                    extent_lite::find(&list, lblk)
+                        .ok()
+                        .filter(|e| !e.unwritten)
+                        .map(|e| e.pblk + (lblk - e.lblk))
                 } else {
                     match self.fs.map(inode, lblk)? {
                         Run::Mapped { pblk, .. } => Some(pblk),
@@ -905,7 +945,8 @@ impl Ctx<'_> {
                 };
                 if let Some(p) = written {
                     let skip = size % bs;
-                    self.tx().write_direct_at(p * bs + skip, &vec![0; (bs - skip) as usize])?;
+                    self.tx()
+                        .write_direct_at(p * bs + skip, &vec![0; (bs - skip) as usize])?;
                 }
             }
         }

@@ -16,6 +16,9 @@ pub struct TxDevice {
     dirty: Mutex<Dirty>,
 }
 
+/// A transaction's blocks in order, and the blocks it revokes.
+pub type Snapshot = (Vec<(u64, Arc<Vec<u8>>)>, Vec<u64>);
+
 #[derive(Default)]
 pub struct Dirty {
     /// Block number -> its new contents.
@@ -50,7 +53,11 @@ impl TxDevice {
     /// hold a new owner's file data by the time this transaction commits.
     pub fn forget(&self, first: u64, count: u64) {
         let mut d = self.lock();
-        let keys: Vec<u64> = d.blocks.range(first..first + count).map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = d
+            .blocks
+            .range(first..first + count)
+            .map(|(k, _)| *k)
+            .collect();
         for k in keys {
             d.blocks.remove(&k);
             d.revoked.insert(k);
@@ -66,7 +73,7 @@ impl TxDevice {
 
     /// The transaction's contents, sorted by block, for commit. They stay visible to reads
     /// until `clear` (after they are home or in the journal).
-    pub fn snapshot(&self) -> (Vec<(u64, Arc<Vec<u8>>)>, Vec<u64>) {
+    pub fn snapshot(&self) -> Snapshot {
         let d = self.lock();
         let blocks = d.blocks.iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut revoked: Vec<u64> = d.revoked.iter().copied().collect();
@@ -91,9 +98,8 @@ impl TxDevice {
             let from = bstart.max(offset);
             let to = (bstart + self.bs).min(end);
             if from < to {
-                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
-                    &data[(from - bstart) as usize..(to - bstart) as usize],
-                );
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&data[(from - bstart) as usize..(to - bstart) as usize]);
             }
         }
     }
