@@ -9,6 +9,7 @@ pub(crate) mod dir_lite;
 pub(crate) mod extent_lite;
 pub(crate) mod inode_update;
 pub(crate) mod io;
+pub(crate) mod journal;
 mod ops;
 pub(crate) mod tx;
 
