@@ -14,6 +14,8 @@ mod walk;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_rng;
 
 use super::io::Store;
 use super::mapped::{push_run, MappedRun};
