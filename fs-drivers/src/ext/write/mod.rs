@@ -2,6 +2,10 @@
 
 pub(crate) mod block_map_write;
 pub(crate) mod extent_tree;
+#[cfg(test)]
+mod image_store;
+#[cfg(test)]
+mod image_tests;
 pub(crate) mod io;
 pub(crate) mod mapped;
 #[cfg(test)]
