@@ -4,6 +4,15 @@
 //! pieces take) and `commit` moves the transaction to the image.
 
 pub(crate) mod alloc;
+pub(crate) mod block_map_write;
+pub(crate) mod extent_tree;
+#[cfg(test)]
+mod image_store;
+#[cfg(test)]
+mod image_tests;
+pub(crate) mod mapped;
+#[cfg(test)]
+pub(crate) mod mem_store;
 pub(crate) mod block_map_lite;
 pub(crate) mod dir_lite;
 pub(crate) mod extent_lite;
