@@ -1,3 +1,7 @@
 //! The ext2/3/4 writer (work in progress): see `io` for the interface its pieces share.
 
+#[cfg(test)]
+pub(crate) mod dir_testing;
+pub(crate) mod dir_update;
+pub(crate) mod htree_update;
 pub(crate) mod io;
