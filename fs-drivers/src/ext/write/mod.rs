@@ -14,7 +14,13 @@ pub(crate) mod mapped;
 #[cfg(test)]
 pub(crate) mod mem_store;
 pub(crate) mod block_map_lite;
+#[cfg(test)]
+mod dir_image_tests;
+#[cfg(test)]
+pub(crate) mod dir_testing;
 pub(crate) mod dir_lite;
+pub(crate) mod dir_update;
+pub(crate) mod htree_update;
 pub(crate) mod extent_lite;
 pub(crate) mod inode_update;
 pub(crate) mod io;
