@@ -390,3 +390,6 @@ fn ea_inode_unsupported() -> Error {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod image_tests;
