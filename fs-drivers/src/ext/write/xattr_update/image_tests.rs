@@ -435,3 +435,146 @@ fn ext4_without_metadata_csum() {
 fn ext2_with_ext_attr() {
     scenario("mkfs.ext2", &["-O", "ext_attr", "-I", "128", "-b", "1024"]);
 }
+
+impl Img {
+    /// Runs `script` (sh) with $M the image's read-write loop mount; false when not root.
+    fn with_kernel_rw(&self, script: &str) -> bool {
+        if !unsafe_free_is_root() {
+            eprintln!("SKIP kernel-written xattrs: not root");
+            return false;
+        }
+        let mnt = self._dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let m = mnt.to_str().unwrap();
+        let out = run("mount", &["-o", "loop", self.p(), m]);
+        assert!(out.status.success(), "mount: {out:?}");
+        let out = Command::new("sh")
+            .args(["-ec", script])
+            .env("M", m)
+            .output()
+            .unwrap();
+        let un = run("umount", &[m]);
+        assert!(out.status.success(), "script: {out:?}");
+        assert!(un.status.success(), "umount: {un:?}");
+        true
+    }
+
+    fn file_acl(&self, path: &str) -> u64 {
+        let out = self.debugfs(&format!("stat {path}"), false);
+        let s = out.split("File ACL: ").nth(1).expect("File ACL");
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn refcount(&self, blk: u64) -> u32 {
+        let mut b = vec![0u8; self.bs()];
+        std::fs::File::open(&self.path)
+            .unwrap()
+            .read_exact_at(&mut b, blk * self.bs() as u64)
+            .unwrap();
+        u32_at(&b, H_REFCOUNT)
+    }
+}
+
+/// A block the kernel shares among three inodes (identical attributes, found in its
+/// mbcache): changing one inode copies it, removing another's last attribute only drops
+/// its reference, and dropping the last reference frees it.
+#[test]
+fn kernel_shared_block_copy_on_write() {
+    if !tools::require_tools(&["mkfs.ext4", "debugfs", "e2fsck", "getfattr", "setfattr"]) {
+        return;
+    }
+    let img = Img::new("mkfs.ext4", &["-I", "128", "-b", "1024"], &["a", "b", "c"]);
+    if !img.with_kernel_rw("for f in a b c; do setfattr -n user.same -v shared $M/$f; done") {
+        return;
+    }
+    let shared = img.file_acl("a");
+    assert!(shared != 0 && img.file_acl("b") == shared && img.file_acl("c") == shared);
+    assert_eq!(
+        img.refcount(shared),
+        3,
+        "the kernel did not share the block"
+    );
+
+    img.edit("a", |store, ctx, raw| {
+        set(store, ctx, raw, b"user.mine", b"1", XattrSet::Create).unwrap()
+    });
+    assert_ne!(img.file_acl("a"), shared);
+    assert_eq!(img.refcount(shared), 2);
+    img.edit("b", |store, ctx, raw| {
+        remove(store, ctx, raw, b"user.same").unwrap()
+    });
+    assert_eq!(img.file_acl("b"), 0);
+    assert_eq!(img.refcount(shared), 1);
+    img.fsck_clean();
+
+    let same = (b"user.same".to_vec(), b"shared".to_vec());
+    let expect: BTreeMap<String, Attrs> = [
+        (
+            "a",
+            Attrs::from([same.clone(), (b"user.mine".to_vec(), b"1".to_vec())]),
+        ),
+        ("b", Attrs::new()),
+        ("c", Attrs::from([same])),
+    ]
+    .into_iter()
+    .map(|(p, a)| (p.to_string(), a))
+    .collect();
+    assert_eq!(img.reader_view(&["a", "b", "c"]), expect);
+    let (kernel, _) = img.kernel_view(&["a", "b", "c"]).unwrap();
+    assert_eq!(kernel, expect);
+
+    let free = free_blocks(&img);
+    img.edit("c", |store, ctx, raw| drop_block(store, ctx, raw).unwrap());
+    assert_eq!(free_blocks(&img), free + 1);
+    // The last reference gone, the block is free again for e2fsck's bitmap check.
+    assert_eq!(img.file_acl("c"), 0);
+    img.fsck_clean();
+}
+
+/// Attributes the kernel laid out (in-inode and block, an ACL from setfacl) are kept intact
+/// when other ones change around them.
+#[test]
+fn kernel_written_attributes_survive_updates() {
+    let tools_needed = [
+        "mkfs.ext4",
+        "debugfs",
+        "e2fsck",
+        "getfattr",
+        "setfattr",
+        "setfacl",
+    ];
+    if !tools::require_tools(&tools_needed) {
+        return;
+    }
+    let img = Img::new("mkfs.ext4", &["-I", "256", "-b", "1024"], &["f"]);
+    let script = "setfattr -n user.k1 -v one $M/f; \
+                  setfattr -n user.k2 -v 0x$(printf '%0600d' 7) $M/f; \
+                  setfattr -n trusted.k3 -v three $M/f; \
+                  setfacl -m u:1234:rwx $M/f";
+    if !img.with_kernel_rw(script) {
+        return;
+    }
+    let (before, _) = img.kernel_view(&["f"]).unwrap();
+    let before = before["f"].clone();
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert_ne!(
+        img.file_acl("f"),
+        0,
+        "the kernel put the long value in a block"
+    );
+    let mut model = before.clone();
+    img.edit("f", |store, ctx, raw| {
+        let mut d = remove(store, ctx, raw, b"user.k1").unwrap();
+        d += set(store, ctx, raw, b"user.new", &[5; 50], XattrSet::Create).unwrap();
+        d += set(store, ctx, raw, b"trusted.k3", b"3", XattrSet::Replace).unwrap();
+        d
+    });
+    model.remove(&b"user.k1".to_vec());
+    model.insert(b"user.new".to_vec(), vec![5; 50]);
+    model.insert(b"trusted.k3".to_vec(), b"3".to_vec());
+    img.fsck_clean();
+    assert_eq!(img.reader_view(&["f"])["f"], model);
+    let (kernel, acl_text) = img.kernel_view(&["f"]).unwrap();
+    assert_eq!(kernel["f"], model);
+    assert!(acl_text.contains("user:1234:rwx"), "{acl_text}");
+}
