@@ -569,7 +569,7 @@ fn kernel_written_attributes_survive_updates() {
         d += set(store, ctx, raw, b"trusted.k3", b"3", XattrSet::Replace).unwrap();
         d
     });
-    model.remove(&b"user.k1".to_vec());
+    model.remove(b"user.k1".as_slice());
     model.insert(b"user.new".to_vec(), vec![5; 50]);
     model.insert(b"trusted.k3".to_vec(), b"3".to_vec());
     img.fsck_clean();
