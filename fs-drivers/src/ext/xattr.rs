@@ -1,7 +1,7 @@
 //! Extended attributes: the in-inode area after the extra fields and the external block,
-//! both a list of entries with values elsewhere in the same area; and the conversions
-//! between the ext4 on-disk POSIX ACL format and the kernel's xattr form. Parsing serves the
-//! reader; encoding, hashes and name splitting serve the writer (`write::xattr_update`).
+//! both a list of entries with values elsewhere in the same area (ACL values: see `acl`).
+//! Parsing serves the reader; encoding, hashes and name splitting serve the writer
+//! (`write::xattr_update`).
 
 use super::checksum::crc32c_raw;
 use super::le::{u16_at, u32_at, u8_at};
@@ -240,123 +240,9 @@ pub fn full_name(index: u8, name: &[u8]) -> Option<Vec<u8>> {
     Some(n)
 }
 
-const ACL_USER_OBJ: u16 = 1;
-const ACL_USER: u16 = 2;
-const ACL_GROUP_OBJ: u16 = 4;
-const ACL_GROUP: u16 = 8;
-const ACL_MASK: u16 = 0x10;
-const ACL_OTHER: u16 = 0x20;
-
-/// ext4's on-disk ACL (version 1, short entries for the owner/group/mask/other tags) to the
-/// kernel's `posix_acl_xattr` form (version 2, every entry tag/perm/id).
-pub fn acl_to_xattr(disk: &[u8]) -> Result<Vec<u8>> {
-    if disk.len() < 4 || u32_at(disk, 0) != 1 {
-        return Err(Error::corrupt("ACL: bad version"));
-    }
-    let mut out = 2u32.to_le_bytes().to_vec();
-    let mut pos = 4;
-    while pos < disk.len() {
-        if pos + 4 > disk.len() {
-            return Err(Error::corrupt("ACL: truncated entry"));
-        }
-        let tag = u16_at(disk, pos);
-        let perm = u16_at(disk, pos + 2);
-        let id = if tag == ACL_USER || tag == ACL_GROUP {
-            if pos + 8 > disk.len() {
-                return Err(Error::corrupt("ACL: truncated entry"));
-            }
-            let id = u32_at(disk, pos + 4);
-            pos += 8;
-            id
-        } else {
-            pos += 4;
-            u32::MAX
-        };
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    Ok(out)
-}
-
-/// The kernel's `posix_acl_xattr` form (version 2, 8-byte entries) to ext4's on-disk ACL
-/// (version 1, short entries for the owner/group/mask/other tags), after the checks of the
-/// kernel's posix_acl_from_xattr and posix_acl_valid (EINVAL; another version EOPNOTSUPP).
-/// None for an ACL without entries, which the kernel takes as removing the ACL.
-pub fn acl_from_xattr(x: &[u8]) -> Result<Option<Vec<u8>>> {
-    let bad = |s: &str| Err(Error::Invalid(format!("ACL: {s}")));
-    if x.len() < 4 || (x.len() - 4) % 8 != 0 {
-        return bad("size is not a header and whole entries");
-    }
-    if u32_at(x, 0) != 2 {
-        return Err(Error::Unsupported("ACL xattr version other than 2".into()));
-    }
-    if x.len() == 4 {
-        return Ok(None);
-    }
-    // posix_acl_valid's order: user_obj, users, group_obj, groups, mask, other; a mask is
-    // required once named entries exist.
-    #[derive(Clone, Copy, PartialEq)]
-    enum State {
-        UserObj,
-        User,
-        Group,
-        Other,
-        Done,
-    }
-    let mut state = State::UserObj;
-    let mut needs_mask = false;
-    let mut out = 1u32.to_le_bytes().to_vec();
-    for e in x[4..].chunks_exact(8) {
-        let tag = u16_at(e, 0);
-        let perm = u16_at(e, 2);
-        if perm & !7 != 0 {
-            return bad("permission bits beyond rwx");
-        }
-        state = match (tag, state) {
-            (ACL_USER_OBJ, State::UserObj) => State::User,
-            (ACL_USER, State::User) | (ACL_GROUP, State::Group) => {
-                needs_mask = true;
-                state
-            }
-            (ACL_GROUP_OBJ, State::User) => State::Group,
-            (ACL_MASK, State::Group) => State::Other,
-            (ACL_OTHER, State::Other) => State::Done,
-            (ACL_OTHER, State::Group) if !needs_mask => State::Done,
-            _ => return bad("entries out of order, repeated or of an unknown tag"),
-        };
-        out.extend_from_slice(&e[..4]);
-        if tag == ACL_USER || tag == ACL_GROUP {
-            out.extend_from_slice(&e[4..8]);
-        }
-    }
-    if state != State::Done {
-        return bad("incomplete");
-    }
-    Ok(Some(out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn acl_gets_version_2_and_full_entries() {
-        // user::rw-, user:1000:rw-, group::r--, mask::rw-, other::---
-        let mut disk = 1u32.to_le_bytes().to_vec();
-        disk.extend([1, 0, 6, 0]);
-        disk.extend([2, 0, 6, 0, 0xe8, 3, 0, 0]);
-        disk.extend([4, 0, 4, 0]);
-        disk.extend([0x10, 0, 6, 0]);
-        disk.extend([0x20, 0, 0, 0]);
-        let x = acl_to_xattr(&disk).unwrap();
-        assert_eq!(x.len(), 4 + 5 * 8);
-        assert_eq!(&x[..4], &2u32.to_le_bytes());
-        assert_eq!(&x[4..12], &[1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(&x[12..20], &[2, 0, 6, 0, 0xe8, 3, 0, 0]);
-        assert!(acl_to_xattr(&disk[..disk.len() - 2]).is_err());
-        assert!(acl_to_xattr(&2u32.to_le_bytes()).is_err());
-    }
 
     #[test]
     fn names_by_index() {

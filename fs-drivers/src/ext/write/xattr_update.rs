@@ -15,6 +15,7 @@
 //! optimisation; unshared blocks are equally valid).
 
 use super::io::Store;
+use crate::ext::acl;
 use crate::ext::le::{u16_at, u32_at};
 use crate::ext::xattr::{self, Entry, Value};
 use crate::vfs::XattrSet;
@@ -35,17 +36,25 @@ pub struct XattrCtx {
 }
 
 const GOOD_OLD_INODE_SIZE: usize = 128;
+const S_IFMT: u16 = 0o170_000;
+const S_IFDIR: u16 = 0o040_000;
 const I_FILE_ACL_LO: usize = 0x68;
 const I_FILE_ACL_HI: usize = 0x76;
 const H_REFCOUNT: usize = 4;
 const H_HASH: usize = 0x0C;
 const H_CHECKSUM: usize = 0x10;
 
-/// Sets `name` (full name, e.g. `user.x`, `system.posix_acl_access`) to `value`. POSIX ACLs
-/// arrive in the kernel's xattr form and are stored in ext4's form; an ACL without entries
-/// removes the attribute, as the kernel does. Returns the change of the inode's block count
-/// in filesystem blocks (+1 when an xattr block was added, -1 when one was dropped); the
-/// caller adjusts i_blocks, ctime, and sets COMPAT_EXT_ATTR in the superblock if missing.
+/// Sets `name` (full name, e.g. `user.x`, `system.posix_acl_access`) to `value`.
+///
+/// POSIX ACLs arrive in the kernel's xattr form and are stored in ext4's form, with
+/// ext4_set_acl's rules: the flags are ignored; an ACL without entries removes the
+/// attribute; an access ACL sets the permission bits of i_mode (bytes 0..2 of the raw
+/// inode) and is not stored when those bits say it all; a default ACL on a non-directory is
+/// EACCES. Clearing S_ISGID for callers outside the group stays the caller's business.
+///
+/// Returns the change of the inode's block count in filesystem blocks (+1 when an xattr
+/// block was added, -1 when one was dropped); the caller adjusts i_blocks and ctime, and
+/// sets COMPAT_EXT_ATTR in the superblock if missing, as ext4_xattr_update_super_block.
 pub fn set(
     store: &mut dyn Store,
     ctx: &XattrCtx,
@@ -55,15 +64,46 @@ pub fn set(
     how: XattrSet,
 ) -> Result<i64> {
     let (index, suffix) = xattr::split_name(name)?;
-    let op = if index == 2 || index == 3 {
-        match xattr::acl_from_xattr(value)? {
-            Some(disk) => Op::Set(disk),
-            None => Op::Remove { missing_ok: true },
-        }
-    } else {
-        Op::Set(value.to_vec())
+    if index != 2 && index != 3 {
+        return update(
+            store,
+            ctx,
+            raw_inode,
+            index,
+            suffix,
+            Op::Set(value.to_vec()),
+            how,
+        );
+    }
+    let Some(disk) = acl::from_xattr(value)? else {
+        let op = Op::Remove { missing_ok: true };
+        return update(store, ctx, raw_inode, index, suffix, op, XattrSet::Either);
     };
-    update(store, ctx, raw_inode, index, suffix, op, how)
+    let mode = u16_at(raw_inode, 0);
+    if index == 3 {
+        if mode & S_IFMT != S_IFDIR {
+            return Err(Error::Access("default ACL on a non-directory".into()));
+        }
+        return update(
+            store,
+            ctx,
+            raw_inode,
+            index,
+            suffix,
+            Op::Set(disk),
+            XattrSet::Either,
+        );
+    }
+    let (perms, equiv) = acl::equiv_mode(value);
+    let op = if equiv {
+        Op::Remove { missing_ok: true }
+    } else {
+        Op::Set(disk)
+    };
+    let delta = update(store, ctx, raw_inode, index, suffix, op, XattrSet::Either)?;
+    let mode = (mode & !0o777) | perms;
+    raw_inode[0..2].copy_from_slice(&mode.to_le_bytes());
+    Ok(delta)
 }
 
 /// Removes `name`; `Error::NoData` when the inode does not have it. Returns the block-count

@@ -161,6 +161,12 @@ impl Img {
         all
     }
 
+    fn perm(&self, path: &str) -> u16 {
+        let dev = Arc::new(FileDevice::open(&self.path, false).unwrap());
+        let fs = ExtFs::open(dev, ExtOptions::default()).unwrap();
+        fs.lookup(fs.root(), path.as_bytes()).unwrap().perm
+    }
+
     /// The attributes of each path as the kernel shows them, and getfacl's text for the
     /// first one; None when not root.
     fn kernel_view(&self, paths: &[&str]) -> Option<(BTreeMap<String, Attrs>, String)> {
@@ -360,7 +366,7 @@ fn scenario(mkfs: &str, opts: &[&str]) {
         ("f1", b"security.s", Some(vec![0; 40])),
         ("f1", b"system.posix_acl_access", Some(access.clone())),
         ("d", b"system.posix_acl_default", Some(default.clone())),
-        ("d", b"system.posix_acl_access", Some(default.clone())),
+        ("d", b"system.posix_acl_access", Some(access.clone())),
         ("f1", b"user.small", Some(vec![9; 120])),
         ("f1", b"user.big", Some(b"now small".to_vec())),
         ("f1", b"trusted.t", None),
@@ -381,7 +387,21 @@ fn scenario(mkfs: &str, opts: &[&str]) {
             None => attrs.remove(name),
         };
     }
+    // An ACL the mode says all of only sets the mode.
+    img.edit("f2", |store, ctx, raw| {
+        set(
+            store,
+            ctx,
+            raw,
+            b"system.posix_acl_access",
+            &default,
+            XattrSet::Create,
+        )
+        .unwrap()
+    });
     img.fsck_clean();
+    assert_eq!(img.perm("f2") & 0o777, 0o750);
+    assert_eq!(img.perm("f1") & 0o777, 0o664, "the mask is the group bits");
     assert_eq!(img.reader_view(&paths), model, "reader");
     if let Some((kernel, acl_text)) = img.kernel_view(&paths) {
         assert_eq!(kernel, model, "kernel");

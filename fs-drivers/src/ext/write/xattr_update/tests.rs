@@ -120,7 +120,7 @@ fn view(store: &mut MemStore, raw: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     for e in all {
         let Value::Inline(v) = e.value else { panic!() };
         let v = if e.index == 2 || e.index == 3 {
-            xattr::acl_to_xattr(&v).unwrap()
+            acl::to_xattr(&v).unwrap()
         } else {
             v
         };
@@ -343,6 +343,7 @@ const U: u32 = u32::MAX;
 fn acls_are_stored_in_ext4_form() {
     let mut s = MemStore::new(1024, 16);
     let mut raw = inode(256);
+    raw[0..2].copy_from_slice(&0o104_644u16.to_le_bytes());
     let a = acl(&[
         (1, 6, U),
         (2, 6, 1000),
@@ -350,7 +351,15 @@ fn acls_are_stored_in_ext4_form() {
         (0x10, 6, U),
         (0x20, 0, U),
     ]);
-    set_either(&mut s, &mut raw, b"system.posix_acl_access", &a).unwrap();
+    set(
+        &mut s,
+        &ctx(),
+        &mut raw,
+        b"system.posix_acl_access",
+        &a,
+        XattrSet::Replace,
+    )
+    .unwrap();
     let e = &xattr::parse_ibody(&raw[160..]).unwrap()[0];
     assert_eq!((e.index, e.name.len()), (2, 0));
     let Value::Inline(disk) = &e.value else {
@@ -358,6 +367,23 @@ fn acls_are_stored_in_ext4_form() {
     };
     assert_eq!(disk.len(), 4 + 4 + 8 + 4 + 4 + 4);
     assert_eq!(view(&mut s, &raw)[&b"system.posix_acl_access".to_vec()], a);
+    // The mask becomes the group bits; the file type and setuid stay.
+    assert_eq!(u16_at(&raw, 0), 0o104_660);
+    // An ACL the mode says all of is not kept, only the mode.
+    let plain = acl(&[(1, 7, U), (4, 5, U), (0x20, 4, U)]);
+    set_either(&mut s, &mut raw, b"system.posix_acl_access", &plain).unwrap();
+    assert!(view(&mut s, &raw).is_empty());
+    assert_eq!(u16_at(&raw, 0), 0o104_754);
+    // Default ACLs only on directories.
+    let r = set_either(&mut s, &mut raw, b"system.posix_acl_default", &plain);
+    assert!(matches!(r, Err(Error::Access(_))));
+    raw[0..2].copy_from_slice(&0o040_755u16.to_le_bytes());
+    set_either(&mut s, &mut raw, b"system.posix_acl_default", &plain).unwrap();
+    assert_eq!(
+        view(&mut s, &raw)[&b"system.posix_acl_default".to_vec()],
+        plain
+    );
+    assert_eq!(u16_at(&raw, 0), 0o040_755);
     // A header without entries removes the ACL (and is fine when there is none).
     let empty = acl(&[]);
     set_either(&mut s, &mut raw, b"system.posix_acl_access", &empty).unwrap();
@@ -378,18 +404,15 @@ fn invalid_acls_are_refused() {
     ];
     for x in bad {
         assert!(
-            matches!(xattr::acl_from_xattr(&x), Err(Error::Invalid(_))),
+            matches!(acl::from_xattr(&x), Err(Error::Invalid(_))),
             "{x:?}"
         );
     }
     let v1 = [1u32.to_le_bytes().to_vec(), acl(&[(1, 6, U)])[4..].to_vec()].concat();
-    assert!(matches!(
-        xattr::acl_from_xattr(&v1),
-        Err(Error::Unsupported(_))
-    ));
+    assert!(matches!(acl::from_xattr(&v1), Err(Error::Unsupported(_))));
     let ok = acl(&[(1, 7, U), (4, 5, U), (8, 1, 7), (0x10, 5, U), (0x20, 5, U)]);
-    let disk = xattr::acl_from_xattr(&ok).unwrap().unwrap();
-    assert_eq!(xattr::acl_to_xattr(&disk).unwrap(), ok);
+    let disk = acl::from_xattr(&ok).unwrap().unwrap();
+    assert_eq!(acl::to_xattr(&disk).unwrap(), ok);
 }
 
 /// Random sets and removes of names and value sizes that exercise both areas, against a
