@@ -124,6 +124,49 @@ pub fn equiv_mode(x: &[u8]) -> (u16, bool) {
     (mode, equiv)
 }
 
+/// The kernel's posix_acl_create_masq: a new inode's access ACL from its directory's default
+/// ACL (valid, xattr form) and the mode the creator asked for. Returns the ACL (None when
+/// the mode says all of it, so none is stored) and the mode's new permission bits.
+pub fn create_masq(default: &[u8], mode: u16) -> (Option<Vec<u8>>, u16) {
+    let mut acl = default.to_vec();
+    let mut mode = mode & 0o777;
+    let mut not_equiv = false;
+    let (mut group_obj, mut mask) = (None, None);
+    for (i, e) in default.get(4..).unwrap_or(&[]).chunks_exact(8).enumerate() {
+        let at = 4 + i * 8 + 2;
+        let perm = u16_at(e, 2) & 7;
+        match u16_at(e, 0) {
+            ACL_USER_OBJ => {
+                let p = perm & (mode >> 6);
+                mode &= (p << 6) | !0o700;
+                set_perm(&mut acl, at, p);
+            }
+            ACL_OTHER => {
+                let p = perm & mode;
+                mode &= p | !0o007;
+                set_perm(&mut acl, at, p);
+            }
+            ACL_GROUP_OBJ => group_obj = Some(at),
+            ACL_MASK => {
+                mask = Some(at);
+                not_equiv = true;
+            }
+            _ => not_equiv = true,
+        }
+    }
+    // The mask, or else the owning group, is what the group bits meet.
+    if let Some(at) = mask.or(group_obj) {
+        let p = u16_at(&acl, at) & (mode >> 3) & 7;
+        mode &= (p << 3) | !0o070;
+        set_perm(&mut acl, at, p);
+    }
+    (not_equiv.then_some(acl), mode)
+}
+
+fn set_perm(acl: &mut [u8], at: usize, perm: u16) {
+    acl[at..at + 2].copy_from_slice(&perm.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +206,17 @@ mod tests {
         // The mask stands for the group bits once named entries exist.
         let named = xattr(&[(1, 6, 0), (2, 7, 9), (4, 4, 0), (0x10, 6, 0), (0x20, 0, 0)]);
         assert_eq!(equiv_mode(&named), (0o660, false));
+    }
+
+    #[test]
+    fn new_inode_acl_meets_the_create_mode() {
+        let dflt = xattr(&[(1, 7, 0), (2, 7, 9), (4, 7, 0), (0x10, 7, 0), (0x20, 5, 0)]);
+        let (acl, mode) = create_masq(&dflt, 0o640);
+        assert_eq!(mode, 0o640);
+        let want = xattr(&[(1, 6, 0), (2, 7, 9), (4, 7, 0), (0x10, 4, 0), (0x20, 0, 0)]);
+        assert_eq!(acl.unwrap(), want);
+        // Without named entries the ACL is the mode, and not kept.
+        let plain = xattr(&[(1, 7, 0), (4, 5, 0), (0x20, 0, 0)]);
+        assert_eq!(create_masq(&plain, 0o666), (None, 0o640));
     }
 }

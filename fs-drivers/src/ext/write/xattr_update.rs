@@ -135,6 +135,74 @@ pub fn drop_block(store: &mut dyn Store, ctx: &XattrCtx, raw_inode: &mut [u8]) -
     Ok(-1)
 }
 
+/// Gives a new inode the ACLs its directory's default ACL implies, as the kernel's
+/// posix_acl_create and ext4_init_acl: with a default ACL on `parent_raw`, the child's
+/// access ACL is that ACL met with the requested mode (the permission bits of the child's
+/// i_mode on entry), the mode becomes what the ACL allows, and a directory child inherits
+/// the default ACL too; the umask is not applied. Without one, the umask is applied to the
+/// mode and nothing else changes. Returns the child's block-count change.
+pub fn inherit_acls(
+    store: &mut dyn Store,
+    ctx: &XattrCtx,
+    parent_raw: &[u8],
+    child_raw: &mut [u8],
+    umask: u16,
+) -> Result<i64> {
+    let mode = u16_at(child_raw, 0);
+    let Some(disk) = get(store, ctx, parent_raw, 3, b"")? else {
+        let mode = mode & !(umask & 0o777);
+        child_raw[0..2].copy_from_slice(&mode.to_le_bytes());
+        return Ok(0);
+    };
+    let dflt = acl::to_xattr(&disk)?;
+    if acl::from_xattr(&dflt).is_err() {
+        return Err(Error::corrupt(format!(
+            "inode {}: invalid default ACL",
+            ctx.ino
+        )));
+    }
+    let (access, perms) = acl::create_masq(&dflt, mode);
+    let mut delta = 0;
+    if mode & S_IFMT == S_IFDIR {
+        let op = Op::Set(disk);
+        delta += update(store, ctx, child_raw, 3, b"", op, XattrSet::Either)?;
+    }
+    if let Some(x) = access.map(|a| acl::from_xattr(&a)).transpose()?.flatten() {
+        delta += update(store, ctx, child_raw, 2, b"", Op::Set(x), XattrSet::Either)?;
+    }
+    let mode = (mode & !0o777) | perms;
+    child_raw[0..2].copy_from_slice(&mode.to_le_bytes());
+    Ok(delta)
+}
+
+/// The stored value of one attribute (ACLs in ext4's form), from either area.
+fn get(
+    store: &mut dyn Store,
+    ctx: &XattrCtx,
+    raw_inode: &[u8],
+    index: u8,
+    name: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let mut entries = match ibody_offset(ctx, raw_inode)? {
+        Some(at) => xattr::parse_ibody(&raw_inode[at..])?,
+        None => Vec::new(),
+    };
+    if let Some(b) = XBlock::load(store, ctx, raw_inode)? {
+        entries.extend(b.entries);
+    }
+    match entries
+        .into_iter()
+        .find(|e| e.index == index && e.name == name)
+    {
+        None => Ok(None),
+        Some(Entry {
+            value: Value::Inline(v),
+            ..
+        }) => Ok(Some(v)),
+        Some(_) => Err(ea_inode_unsupported()),
+    }
+}
+
 enum Op {
     Set(Vec<u8>),
     /// `missing_ok`: an empty ACL set on an inode without one is not an error.

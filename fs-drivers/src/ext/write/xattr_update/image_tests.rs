@@ -150,7 +150,7 @@ impl Img {
         let fs = ExtFs::open(dev, ExtOptions::default()).unwrap();
         let mut all = BTreeMap::new();
         for p in paths {
-            let ino = fs.lookup(fs.root(), p.as_bytes()).unwrap().ino;
+            let ino = walk(&fs, p).ino;
             let mut attrs = Attrs::new();
             for n in fs.listxattr(ino).unwrap() {
                 let v = fs.getxattr(ino, &n).unwrap();
@@ -164,7 +164,7 @@ impl Img {
     fn perm(&self, path: &str) -> u16 {
         let dev = Arc::new(FileDevice::open(&self.path, false).unwrap());
         let fs = ExtFs::open(dev, ExtOptions::default()).unwrap();
-        fs.lookup(fs.root(), path.as_bytes()).unwrap().perm
+        walk(&fs, path).perm
     }
 
     /// The attributes of each path as the kernel shows them, and getfacl's text for the
@@ -196,6 +196,14 @@ impl Img {
         eprintln!("SKIP kernel view: not root");
         None
     }
+}
+
+fn walk(fs: &ExtFs, path: &str) -> crate::vfs::Attr {
+    let mut attr = fs.getattr(fs.root()).unwrap();
+    for c in path.split('/') {
+        attr = fs.lookup(attr.ino, c.as_bytes()).unwrap();
+    }
+    attr
 }
 
 /// Whether we run as root, from /proc (the crate forbids unsafe, so no geteuid).
@@ -597,4 +605,59 @@ fn kernel_written_attributes_survive_updates() {
     let (kernel, acl_text) = img.kernel_view(&["f"]).unwrap();
     assert_eq!(kernel["f"], model);
     assert!(acl_text.contains("user:1234:rwx"), "{acl_text}");
+}
+
+impl Img {
+    fn raw_inode(&self, path: &str) -> Vec<u8> {
+        let (_, pos) = self.locate(path);
+        let mut raw = vec![0u8; usize::from(self.sb.inode_size)];
+        std::fs::File::open(&self.path)
+            .unwrap()
+            .read_exact_at(&mut raw, pos)
+            .unwrap();
+        raw
+    }
+}
+
+/// New inodes under a directory with a default ACL get what the kernel gives its own new
+/// inodes there: the same ACLs and the same mode, for a file (asked mode 0666) and a
+/// directory (0777), umask ignored; and the umask alone where there is no default ACL.
+#[test]
+fn inherited_acls_match_the_kernel() {
+    let needed = ["mkfs.ext4", "debugfs", "e2fsck", "getfattr", "setfacl"];
+    if !tools::require_tools(&needed) {
+        return;
+    }
+    for inode_size in ["256", "128"] {
+        let files = ["p/", "p/of", "p/od/", "q/", "q/of"];
+        let img = Img::new("mkfs.ext4", &["-I", inode_size, "-b", "1024"], &files);
+        let script = "umask 022; setfacl -d -m u:1234:rwx,g::r-x,m::rwx,o::r-- $M/p; \
+                      touch $M/p/kf; mkdir $M/p/kd; touch $M/q/kf";
+        if !img.with_kernel_rw(script) {
+            return;
+        }
+        let children = [
+            ("p/of", 0o100_666u16, "p"),
+            ("p/od", 0o040_777, "p"),
+            ("q/of", 0o100_666, "q"),
+        ];
+        for (child, asked, parent) in children {
+            let parent_raw = img.raw_inode(parent);
+            img.edit(child, |store, ctx, raw| {
+                raw[0..2].copy_from_slice(&asked.to_le_bytes());
+                inherit_acls(store, ctx, &parent_raw, raw, 0o022).unwrap()
+            });
+        }
+        img.fsck_clean();
+        let paths = ["p/of", "p/kf", "p/od", "p/kd", "q/of", "q/kf"];
+        let (kernel, _) = img.kernel_view(&paths).unwrap();
+        assert_eq!(kernel["p/of"], kernel["p/kf"]);
+        assert_eq!(kernel["p/od"], kernel["p/kd"]);
+        assert_eq!(kernel["p/od"].len(), 2, "{:?}", kernel["p/od"]);
+        assert_eq!(kernel["q/of"], kernel["q/kf"]);
+        for (ours, theirs) in [("p/of", "p/kf"), ("p/od", "p/kd"), ("q/of", "q/kf")] {
+            assert_eq!(img.perm(ours), img.perm(theirs), "{ours}");
+        }
+        assert_eq!(img.reader_view(&paths)["p/of"], kernel["p/kf"]);
+    }
 }
