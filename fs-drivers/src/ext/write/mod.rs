@@ -27,6 +27,7 @@ pub(crate) mod io;
 pub(crate) mod journal;
 mod ops;
 pub(crate) mod tx;
+pub(crate) mod xattr_update;
 
 use super::inode::Inode;
 use super::superblock::{compat, incompat, ro_compat, Superblock};
