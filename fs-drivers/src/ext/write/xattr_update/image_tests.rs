@@ -3,8 +3,7 @@
 //! with their checksum redone here; blocks are allocated and freed through debugfs, which
 //! keeps the bitmaps, counters and their checksums right.
 
-#[path = "../../../../tests/support/tools.rs"]
-mod tools;
+use crate::ext::write::test_tools as tools;
 
 use super::*;
 use crate::block::FileDevice;
