@@ -3,6 +3,8 @@
 
 pub mod corpus;
 pub mod kernel_view;
+pub mod model;
+pub mod random_ops;
 pub mod replay;
 pub mod tools;
 
