@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod corpus;
+pub mod crash;
 pub mod ext_rw;
 pub mod kernel_view;
 pub mod model;
