@@ -74,7 +74,7 @@ fn workload(fs: &dyn FileSystem, seed: u64) -> Synced {
             };
             let name = format!("synced{i}.bin").into_bytes();
             let ino = fs.create(dir, &name, 0o644)?.ino;
-            let len = 1 + rng.below(if i % 4 == 0 { 300_000 } else { 30_000 }) as usize;
+            let len = 1 + rng.below(if i % 4 == 0 { 120_000 } else { 20_000 }) as usize;
             let data = rng.bytes(len);
             for (n, part) in data.chunks(16_384).enumerate() {
                 fs.write(ino, (n * 16_384) as u64, part)?;

@@ -4,21 +4,21 @@
 //! pieces take) and `commit` moves the transaction to the image.
 
 pub(crate) mod alloc;
+pub(crate) mod block_map_lite;
 pub(crate) mod block_map_write;
+pub(crate) mod dir_lite;
+pub(crate) mod extent_lite;
 pub(crate) mod extent_tree;
 #[cfg(test)]
 mod image_store;
 #[cfg(test)]
 mod image_tests;
-pub(crate) mod mapped;
-#[cfg(test)]
-pub(crate) mod mem_store;
-pub(crate) mod block_map_lite;
-pub(crate) mod dir_lite;
-pub(crate) mod extent_lite;
 pub(crate) mod inode_update;
 pub(crate) mod io;
 pub(crate) mod journal;
+pub(crate) mod mapped;
+#[cfg(test)]
+pub(crate) mod mem_store;
 mod ops;
 pub(crate) mod tx;
 
