@@ -21,6 +21,7 @@
 //! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
 //! orphan processing, computing the overhead when the superblock does not record it.
 
+mod acl;
 mod block_map;
 mod casefold;
 mod checksum;
@@ -713,7 +714,7 @@ impl ExtFs {
             }
         };
         if e.index == 2 || e.index == 3 {
-            return xattr::acl_to_xattr(&raw);
+            return acl::to_xattr(&raw);
         }
         Ok(raw)
     }
