@@ -66,6 +66,8 @@ fn workload(fs: &dyn FileSystem, seed: u64) -> Synced {
         let root = fs.root();
         let sub = fs.mkdir(root, b"sub", 0o755)?.ino;
         let mut scratch: Vec<(u64, Vec<u8>)> = Vec::new();
+        // What each synced file holds now, unsynced appends included.
+        let mut current: BTreeMap<Vec<Vec<u8>>, Vec<u8>> = BTreeMap::new();
         for i in 0..14u32 {
             let (dir, dpath) = if i % 3 == 1 {
                 (sub, vec![b"sub".to_vec()])
@@ -118,6 +120,7 @@ fn workload(fs: &dyn FileSystem, seed: u64) -> Synced {
             fs.fsync(ino)?;
             let mut path = dpath.clone();
             path.push(name);
+            current.insert(path.clone(), data.clone());
             synced.insert(
                 path,
                 Expect {
@@ -125,23 +128,21 @@ fn workload(fs: &dyn FileSystem, seed: u64) -> Synced {
                     may_grow: false,
                 },
             );
-            // An earlier synced file grows; sometimes that is synced too.
+            // An earlier synced file grows at its current end (past earlier unsynced
+            // appends); sometimes that is synced too.
             if i % 2 == 1 {
-                let k = rng.below(synced.len() as u64) as usize;
-                let (p, e) = synced
-                    .iter()
-                    .nth(k)
-                    .map(|(p, e)| (p.clone(), e.clone()))
-                    .unwrap();
+                let k = rng.below(current.len() as u64) as usize;
+                let p = current.keys().nth(k).cloned().expect("k < len");
                 let ino = lookup_path(fs, &p)?;
                 let len = 1 + rng.below(10_000) as usize;
                 let more = rng.bytes(len);
-                synced.get_mut(&p).unwrap().may_grow = true;
-                fs.write(ino, e.data.len() as u64, &more)?;
+                synced.get_mut(&p).expect("synced").may_grow = true;
+                let now = current.get_mut(&p).expect("current");
+                fs.write(ino, now.len() as u64, &more)?;
+                now.extend_from_slice(&more);
                 if rng.chance(2) {
                     fs.fsync(ino)?;
-                    let mut data = e.data;
-                    data.extend_from_slice(&more);
+                    let data = now.clone();
                     synced.insert(
                         p,
                         Expect {
