@@ -377,6 +377,17 @@ fn update(
         }
     }
 
+    // Lists parsed from damaged areas (values overlapping each other) can be larger than
+    // their area once laid out properly.
+    let too_big = |entries: &[Entry], room: usize| xattr::space(entries) > room;
+    if (block_changed && too_big(&bentries, store.block_size() - xattr::BLOCK_HEADER))
+        || (ibody_changed && ibody_at.is_some_and(|at| too_big(&ibody, raw_inode.len() - at - 4)))
+    {
+        return Err(Error::corrupt(format!(
+            "inode {}: xattr entries overlap",
+            ctx.ino
+        )));
+    }
     // The block first: it is the part that can fail (allocation); the inode bytes change
     // only once it has succeeded.
     let delta = if block_changed {

@@ -483,3 +483,43 @@ fn random_ops_match_a_model() {
         assert_eq!(file_acl(&raw), 0);
     }
 }
+
+/// Damaged in-inode areas and blocks (random bytes behind valid magics) give errors or
+/// well-formed results, never a panic.
+#[test]
+fn damaged_areas_never_panic() {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..3000 {
+        let mut s = MemStore::new(1024, 8);
+        let mut raw = inode(256);
+        // A plausible start (a few real entries) then random damage.
+        set_either(&mut s, &mut raw, b"user.a", b"0123456789").unwrap();
+        let mut raw128 = inode(128);
+        set_either(&mut s, &mut raw128, b"user.b", &[7; 100]).unwrap();
+        let blk = file_acl(&raw128) as usize;
+        for _ in 0..1 + rnd() % 6 {
+            let i = 164 + (rnd() % 92) as usize;
+            raw[i] = rnd() as u8;
+            let j = 32 + (rnd() % 992) as usize;
+            s.blocks[blk][j] = rnd() as u8;
+        }
+        // Keep the checksum valid so the damage reaches the parser.
+        let mut b = s.blocks[blk].clone();
+        set_block_csum(&mut b, &ctx(), blk as u64);
+        s.blocks[blk] = b;
+        raw[0x68..0x6C].copy_from_slice(&(blk as u32).to_le_bytes());
+        let name = [b"user.".to_vec(), vec![b'a' + (rnd() % 3) as u8]].concat();
+        let value = vec![1u8; (rnd() % 300) as usize];
+        let _ = match round % 3 {
+            0 => set_either(&mut s, &mut raw, &name, &value),
+            1 => remove(&mut s, &ctx(), &mut raw, &name),
+            _ => drop_block(&mut s, &ctx(), &mut raw),
+        };
+    }
+}
