@@ -77,6 +77,7 @@ fn ctx() -> XattrCtx {
 /// A raw inode of `size` bytes with i_extra_isize 32 when it has an extra area.
 fn inode(size: usize) -> Vec<u8> {
     let mut r = vec![0u8; size];
+    r[0..2].copy_from_slice(&0o100_644u16.to_le_bytes());
     if size > 128 {
         r[0x80] = 32;
     }
@@ -377,6 +378,12 @@ fn acls_are_stored_in_ext4_form() {
     // Default ACLs only on directories.
     let r = set_either(&mut s, &mut raw, b"system.posix_acl_default", &plain);
     assert!(matches!(r, Err(Error::Access(_))));
+    // User attributes only on files and directories; others namespaces anywhere.
+    let mut link = inode(256);
+    link[0..2].copy_from_slice(&0o120_777u16.to_le_bytes());
+    let r = set_either(&mut s, &mut link, b"user.x", b"1");
+    assert!(matches!(r, Err(Error::NotPermitted(_))));
+    set_either(&mut s, &mut link, b"trusted.x", b"1").unwrap();
     raw[0..2].copy_from_slice(&0o040_755u16.to_le_bytes());
     set_either(&mut s, &mut raw, b"system.posix_acl_default", &plain).unwrap();
     assert_eq!(
