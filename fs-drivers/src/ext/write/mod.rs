@@ -27,6 +27,7 @@ pub(crate) mod io;
 pub(crate) mod journal;
 mod ops;
 pub(crate) mod tx;
+mod xattr_ops;
 pub(crate) mod xattr_update;
 
 use super::inode::Inode;
