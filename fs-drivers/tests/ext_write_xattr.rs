@@ -273,3 +273,10 @@ fn ext3_defaults() {
 fn ext2_defaults() {
     run_variant("ext2", "ext2", &[]);
 }
+
+/// Without the ext_attr feature the first attribute turns it on, as the kernel does;
+/// e2fsck would otherwise call every xattr block invalid.
+#[test]
+fn ext2_without_ext_attr_feature() {
+    run_variant("ext2_noea", "ext2", &["-O", "^ext_attr", "-I", "128"]);
+}
