@@ -427,7 +427,13 @@ fn invalid_acls_are_refused() {
 /// block leaks.
 #[test]
 fn random_ops_match_a_model() {
-    for (isize, bs) in [(256, 1024), (128, 1024), (512, 4096), (160, 1024)] {
+    for (isize, bs) in [
+        (256, 1024),
+        (128, 1024),
+        (512, 4096),
+        (160, 1024),
+        (256, 65536),
+    ] {
         let mut s = MemStore::new(bs, 64);
         let mut raw = inode(isize);
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -439,7 +445,8 @@ fn random_ops_match_a_model() {
             x ^= x << 17;
             x % n
         };
-        for step in 0..3000 {
+        let steps = if bs > 4096 { 500 } else { 3000 };
+        for step in 0..steps {
             let ns = ["user.", "trusted.", "security."][rnd(3) as usize];
             let name = format!("{ns}{}", "n".repeat(1 + rnd(12) as usize)).into_bytes();
             let r = if rnd(3) == 0 {
@@ -452,7 +459,7 @@ fn random_ops_match_a_model() {
                     }
                 }
             } else {
-                let len = [0, 1, 3, 4, 17, 60, 200, 700][rnd(8) as usize];
+                let len = [0, 1, 3, 4, 17, 60, 200, 700, bs / 3][rnd(9) as usize];
                 let value = vec![rnd(256) as u8; len];
                 match set_either(&mut s, &mut raw, &name, &value) {
                     Ok(d) => {
