@@ -31,6 +31,7 @@ mod ops;
 #[path = "../../../tests/support/tools.rs"]
 pub(crate) mod test_tools;
 pub(crate) mod tx;
+mod xattr_ops;
 pub(crate) mod xattr_update;
 
 use super::inode::Inode;
