@@ -17,6 +17,10 @@ use support::model::{check_model, compare_views, driver_view};
 use support::random_ops::{run, Caps, Config};
 
 fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
+    ext_with(tag, mkfs_args, Caps::ext(block), extents, seed)
+}
+
+fn ext_with(tag: &str, mkfs_args: &[&str], mut caps: Caps, extents: bool, seed: u64) {
     let Some(img) = mkfs(tag, mkfs_args, 64) else {
         return;
     };
@@ -26,7 +30,6 @@ fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
         let _ = std::fs::remove_file(&img);
         return;
     }
-    let mut caps = Caps::ext(block);
     caps.name = tag.into();
     caps.fallocate_punch_only = !extents;
     reduce_caps(&mut caps);
@@ -103,6 +106,18 @@ fn random_ops_ext3() {
 #[test]
 fn random_ops_ext4() {
     ext("ext4", &["-t", "ext4", "-T", "default"], 4096, true, 0xE4);
+}
+
+/// 128-byte inodes: no extra fields, so whole-second times within 32 bits.
+#[test]
+fn random_ops_ext4_128_byte_inodes() {
+    let mut caps = Caps::ext(4096);
+    caps.mtime_gran_ns = 1_000_000_000;
+    caps.atime_gran_ns = 1_000_000_000;
+    caps.time_min = -(1 << 31);
+    caps.time_max = (1 << 31) - 1;
+    let args = ["-t", "ext4", "-T", "default", "-I", "128"];
+    ext_with("ext4-128", &args, caps, true, 0xE128);
 }
 
 #[test]
