@@ -981,7 +981,13 @@ impl Inode {
 }
 
 impl ExtFs {
-    pub(crate) fn w_fallocate(&self, ino: u32, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+    pub(crate) fn w_fallocate(
+        &self,
+        ino: u32,
+        offset: u64,
+        len: u64,
+        mode: Fallocate,
+    ) -> Result<()> {
         if len == 0 {
             return Err(Error::Invalid("fallocate of 0 bytes".into()));
         }
@@ -998,7 +1004,9 @@ impl ExtFs {
             }
             let extents = inode.has_flag(flags::EXTENTS);
             if !extents && mode != Fallocate::PunchHole {
-                return Err(Error::Unsupported("fallocate on a block-mapped file".into()));
+                return Err(Error::Unsupported(
+                    "fallocate on a block-mapped file".into(),
+                ));
             }
             let bs = u64::from(cx.fs.sb.block_size);
             // Whole blocks inside the range; the partial edges are zeroed in place.
@@ -1105,6 +1113,9 @@ impl Ctx<'_> {
     /// blocks only: holes and unwritten extents already read as zeros).
     fn zero_edges(&mut self, inode: &Inode, from: u64, to: u64) -> Result<()> {
         let bs = u64::from(self.fs.sb.block_size);
+        if from >= to {
+            return Ok(());
+        }
         let mut edges = vec![(from, to.min((from / bs + 1) * bs))];
         if to % bs != 0 && to / bs != from / bs {
             edges.push(((to / bs) * bs, to));
@@ -1114,7 +1125,8 @@ impl Ctx<'_> {
                 continue;
             }
             if let Some(p) = self.written_block(inode, a / bs)? {
-                self.tx().write_direct_at(p * bs + a % bs, &vec![0; (b - a) as usize])?;
+                self.tx()
+                    .write_direct_at(p * bs + a % bs, &vec![0; (b - a) as usize])?;
             }
         }
         Ok(())
