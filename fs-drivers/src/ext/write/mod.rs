@@ -567,9 +567,11 @@ impl Ctx<'_> {
         Ok(inode)
     }
 
+}
+
+impl ExtFs {
     pub(crate) fn invalidate_extents(&self, ino: u32) {
         let mut c = self
-            .fs
             .extent_nodes
             .lock()
             .unwrap_or_else(|p| p.into_inner());
