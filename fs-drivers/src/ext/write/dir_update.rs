@@ -379,7 +379,7 @@ fn linear_locate(
         let (pblk, block) = read_block(store, dir, ctx, lblk)?;
         if indexed
             && crate::ext::htree::is_dx_block(&block, lblk)
-            && dir::tail_start(&block).is_none()
+            && (lblk == 0 || dir::tail_start(&block).is_none())
         {
             // Index nodes hold no names (the root's "." and ".." are never looked up here).
             continue;
@@ -524,7 +524,10 @@ pub fn is_empty(store: &mut dyn Store, dir: &mut dyn DirFile, ctx: &DirCtx) -> R
     let indexed = dir.indexed();
     for lblk in 0..dir.block_count() {
         let (_, b) = read_block(store, dir, ctx, lblk)?;
-        if indexed && crate::ext::htree::is_dx_block(&b, lblk) && dir::tail_start(&b).is_none() {
+        if indexed
+            && crate::ext::htree::is_dx_block(&b, lblk)
+            && (lblk == 0 || dir::tail_start(&b).is_none())
+        {
             // An index node, or the dx root ("." and ".." then the index).
             continue;
         }
