@@ -131,6 +131,8 @@ struct Case<'a> {
     mkfs: &'a [&'a str],
     n: usize,
     long: bool,
+    /// The index depth the workload must reach (dx_root_info.indirect_levels).
+    levels: u8,
 }
 
 /// Fills one directory with `n` names, removes every other, checks the result, and
@@ -389,6 +391,7 @@ fn ext4_default_20k() {
         mkfs: &["mkfs.ext4", "-b", "4096"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -399,6 +402,7 @@ fn ext4_1k_blocks_20k() {
         mkfs: &["mkfs.ext4", "-b", "1024"],
         n: 20_000,
         long: false,
+        levels: 1,
     });
 }
 
@@ -409,6 +413,7 @@ fn ext4_no_csum_20k() {
         mkfs: &["mkfs.ext4", "-b", "4096", "-O", "^metadata_csum"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -419,6 +424,7 @@ fn ext2_20k() {
         mkfs: &["mkfs.ext2", "-b", "4096"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -429,6 +435,19 @@ fn ext2_linear_3k() {
         mkfs: &["mkfs.ext2", "-O", "^dir_index"],
         n: 3_000,
         long: false,
+        levels: 0,
+    });
+}
+
+#[test]
+fn ext4_64k_blocks() {
+    run_case(&Case {
+        label: "ext4-64k",
+        mkfs: &["mkfs.ext4", "-b", "65536"],
+        // Every add copies whole 64 KiB blocks: fewer names keep the test short.
+        n: 4_000,
+        long: false,
+        levels: 0,
     });
 }
 
@@ -445,6 +464,7 @@ fn ext4_100k() {
             mkfs: &["mkfs.ext4", "-b", "4096"],
             n: 100_000,
             long: false,
+            levels: 1,
         });
     }
 }
@@ -458,6 +478,7 @@ fn ext4_large_dir_three_levels() {
             mkfs: &["mkfs.ext4", "-b", "1024", "-O", "large_dir"],
             n: 60_000,
             long: true,
+            levels: 2,
         });
     }
 }

@@ -435,6 +435,11 @@ pub fn add_entry(
     if ctx.is_dx(dir) {
         return htree_update::add(store, dir, ctx, name, ino, ft);
     }
+    if dir.indexed() {
+        // An index on a filesystem without dir_index means nothing (e2fsck clears the flag);
+        // linear updates may overwrite it, so it must not stay claimed.
+        dir.set_indexed(false);
+    }
     let blocks = dir.block_count();
     if blocks == 0 {
         return Err(Error::corrupt(format!(

@@ -149,7 +149,10 @@ fn version_of(root_version: u8, ctx: &DirCtx) -> u8 {
 }
 
 fn name_hash(name: &[u8], version: u8, ctx: &DirCtx) -> Result<u32> {
-    htree::hash(name, version, &ctx.hash_seed)
+    let h = htree::hash(name, version, &ctx.hash_seed)?;
+    #[cfg(test)]
+    let h = h & tests::HASH_MASK.with(|m| m.get());
+    Ok(h)
 }
 
 fn corrupt(ctx: &DirCtx, what: &str) -> Error {
@@ -548,7 +551,14 @@ mod tests {
     use super::super::dir_update::{add_entry, is_empty, lookup, remove_entry, set_parent};
     use super::*;
     use crate::vfs::FileType;
+    use std::cell::Cell;
     use std::collections::HashSet;
+
+    thread_local! {
+        /// Narrows every name hash, so tests get long runs of equal hashes (collisions
+        /// spanning leaves), which real hashes make too rare to test.
+        pub static HASH_MASK: Cell<u32> = const { Cell::new(!0) };
+    }
 
     /// Walks the whole index as e2fsck's pass 2 does: limits and checksums of every node,
     /// uniform depth, every leaf referenced once, and every name inside the hash range its
@@ -725,6 +735,45 @@ mod tests {
         );
         assert_eq!(lookup(&mut s, &mut d, &c, &name(3, false)).unwrap(), None);
         assert_eq!(all_entries(&mut s, &d, &c).len(), 4_002);
+    }
+
+    #[test]
+    fn equal_hashes_spanning_many_leaves() {
+        // 16 distinct hashes for 6,000 names: runs of ~375 equal hashes over many leaves,
+        // split with the continuation bit and found by walking on through it.
+        HASH_MASK.with(|m| m.set(0xF000_0000));
+        let c = ctx(1024, true, true);
+        let mut s = MemStore::new(1024, true);
+        let mut d = new_dir(&mut s, &c);
+        fill(&mut s, &mut d, &c, 6_000, false);
+        let (levels, leaves) = check_tree(&mut s, &mut d, &c);
+        assert!(leaves > 100, "{leaves}");
+        let (frames, _, _) = probe(&mut s, &mut d, &c, b"x").unwrap();
+        let last = &frames[levels - 1];
+        assert!(
+            (1..last.count()).any(|i| last.hash(i) & 1 == 1),
+            "some index entry continues a run"
+        );
+        for i in (0..6_000).step_by(2) {
+            remove_entry(&mut s, &mut d, &c, &name(i, false)).unwrap();
+        }
+        for i in 0..6_000 {
+            let want = (i % 2 == 1).then_some((1000 + i as u32, 1));
+            assert_eq!(
+                lookup(&mut s, &mut d, &c, &name(i, false)).unwrap(),
+                want,
+                "{i}"
+            );
+        }
+        for i in (0..2_000).step_by(2) {
+            add_entry(&mut s, &mut d, &c, &name(i, false), 5, FileType::Fifo).unwrap();
+        }
+        check_tree(&mut s, &mut d, &c);
+        assert_eq!(
+            lookup(&mut s, &mut d, &c, &name(0, false)).unwrap(),
+            Some((5, 5))
+        );
+        HASH_MASK.with(|m| m.set(!0));
     }
 
     #[test]
