@@ -508,28 +508,10 @@ pub(crate) fn make_indexed(
         })
         .collect();
     let leaf = pack_leaf(ctx, &moved.iter().collect::<Vec<_>>());
-    let (lblk1, pblk1) = dir.append_block(store)?;
-
-    let mut root = vec![0; bs];
-    put_entry(&mut root, ctx, 0, 12, recs[0].inode, b".", 2);
-    put_entry(&mut root, ctx, 12, bs - 12, recs[1].inode, b"..", 2);
-    root[0x1C] = ctx.def_hash_version;
-    root[0x1D] = 8;
-    put_u16(&mut root, ROOT_COUNT, root_limit(ctx) as u16);
-    put_u16(&mut root, ROOT_COUNT + 2, 1);
-    put_u32(&mut root, ROOT_COUNT + 4, lblk1 as u32);
-    let mut f = Frame {
-        pblk: pblk0,
-        buf: root,
-        off: ROOT_COUNT,
-        at: 0,
-    };
-
+    // Everything that can fail on the data (hash version, split) before the directory grows.
     let version = version_of(ctx.def_hash_version, ctx);
     let hash = name_hash(name, version, ctx)?;
     let (mut lower, mut upper, hash2) = split_leaf(&leaf, ctx, version)?;
-    let (lblk2, pblk2) = dir.append_block(store)?;
-    f.insert_after(0, hash2, lblk2 as u32);
     let target = if hash >= hash2 {
         &mut upper
     } else {
@@ -538,9 +520,30 @@ pub(crate) fn make_indexed(
     if !leaf_insert(target, ctx, name, ino, ft)? {
         return Err(corrupt(ctx, "no room after the first split"));
     }
+    let (lblk1, pblk1) = dir.append_block(store)?;
+    let (lblk2, pblk2) = match dir.append_block(store) {
+        Ok(b) => b,
+        Err(e) => {
+            // The directory stays linear and whole: its new block is an empty leaf.
+            write_leaf(store, ctx, pblk1, empty_leaf(ctx))?;
+            return Err(e);
+        }
+    };
+
+    let mut root = vec![0; bs];
+    put_entry(&mut root, ctx, 0, 12, recs[0].inode, b".", 2);
+    put_entry(&mut root, ctx, 12, bs - 12, recs[1].inode, b"..", 2);
+    root[0x1C] = ctx.def_hash_version;
+    root[0x1D] = 8;
+    put_u16(&mut root, ROOT_COUNT, root_limit(ctx) as u16);
+    put_u16(&mut root, ROOT_COUNT + 2, 2);
+    put_u32(&mut root, ROOT_COUNT + 4, lblk1 as u32);
+    put_u32(&mut root, ROOT_COUNT + 8, hash2);
+    put_u32(&mut root, ROOT_COUNT + 12, lblk2 as u32);
     write_leaf(store, ctx, pblk1, lower)?;
     write_leaf(store, ctx, pblk2, upper)?;
-    f.write(store, ctx)?;
+    seal_root(&mut root, ctx)?;
+    store.write_meta(pblk0, root)?;
     dir.set_indexed(true);
     Ok(())
 }
@@ -774,6 +777,32 @@ mod tests {
             Some((5, 5))
         );
         HASH_MASK.with(|m| m.set(!0));
+    }
+
+    #[test]
+    fn enospc_during_conversion_leaves_a_whole_linear_directory() {
+        let c = ctx(1024, true, true);
+        let mut s = MemStore::new(1024, true);
+        let mut d = new_dir(&mut s, &c);
+        d.max_blocks = Some(2);
+        let mut n = 0;
+        let err = loop {
+            match add_entry(&mut s, &mut d, &c, &name(n, false), 9, FileType::Regular) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::NoSpace), "{err:?}");
+        assert!(!d.indexed);
+        assert_eq!(d.map.len(), 2);
+        // All earlier names stay, and the empty second block takes new ones.
+        assert_eq!(all_entries(&mut s, &d, &c).len(), n + 2);
+        add_entry(&mut s, &mut d, &c, b"after", 4, FileType::Regular).unwrap();
+        assert_eq!(lookup(&mut s, &mut d, &c, b"after").unwrap(), Some((4, 1)));
+        assert_eq!(
+            lookup(&mut s, &mut d, &c, &name(0, false)).unwrap(),
+            Some((9, 1))
+        );
     }
 
     #[test]
