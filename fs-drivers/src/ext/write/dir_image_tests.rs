@@ -63,17 +63,17 @@ struct ImgDir {
     indexed: bool,
 }
 
-impl DirFile for ImgDir {
+impl DirFile<ImgStore> for ImgDir {
     fn block_count(&self) -> u64 {
         self.used
     }
-    fn pblk(&mut self, _store: &mut dyn Store, lblk: u64) -> Result<u64> {
+    fn pblk(&mut self, _store: &mut ImgStore, lblk: u64) -> Result<u64> {
         if lblk >= self.used {
             return Err(Error::corrupt("past the directory"));
         }
         Ok(self.pblks[lblk as usize])
     }
-    fn append_block(&mut self, _store: &mut dyn Store) -> Result<(u64, u64)> {
+    fn append_block(&mut self, _store: &mut ImgStore) -> Result<(u64, u64)> {
         let Some(&p) = self.pblks.get(self.used as usize) else {
             return Err(Error::NoSpace);
         };

@@ -132,7 +132,7 @@ impl Frame {
         self.set_count(count + 1);
     }
 
-    fn write(mut self, store: &mut dyn Store, ctx: &DirCtx) -> Result<()> {
+    fn write<S: Store + ?Sized>(mut self, store: &mut S, ctx: &DirCtx) -> Result<()> {
         seal_dx(&mut self.buf, self.off, ctx)?;
         store.write_meta(self.pblk, self.buf)
     }
@@ -175,9 +175,9 @@ fn check_entries(b: &[u8], off: usize, want_limit: usize, ctx: &DirCtx) -> Resul
     Ok(())
 }
 
-fn read_node(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn read_node<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     lblk: u32,
 ) -> Result<Frame> {
@@ -199,9 +199,9 @@ fn read_node(
 }
 
 /// The path from the root to the leaf for `hash` (dx_probe), and the hash version.
-fn probe(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn probe<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<(Vec<Frame>, u32, u8)> {
@@ -233,7 +233,11 @@ fn probe(
     Ok((frames, hash, version))
 }
 
-fn leaf_lblk(frames: &[Frame], dir: &dyn DirFile, ctx: &DirCtx) -> Result<u64> {
+fn leaf_lblk<S: Store + ?Sized>(
+    frames: &[Frame],
+    dir: &dyn DirFile<S>,
+    ctx: &DirCtx,
+) -> Result<u64> {
     let f = &frames[frames.len() - 1];
     let lblk = u64::from(f.block(f.at));
     if lblk == 0 || lblk >= dir.block_count() {
@@ -244,9 +248,9 @@ fn leaf_lblk(frames: &[Frame], dir: &dyn DirFile, ctx: &DirCtx) -> Result<u64> {
 
 /// Finds `name` in its leaf, going on into the following leaves while their start hash
 /// says the run of equal hashes continues (ext4_htree_next_block).
-pub(crate) fn locate(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn locate<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<Located>> {
@@ -364,9 +368,9 @@ fn split_leaf(leaf: &[u8], ctx: &DirCtx, version: u8) -> Result<(Vec<u8>, Vec<u8
 
 /// Makes room in the index above a full leaf: splits the lowest full node whose parent has
 /// room, or, when every level is full, adds a level under the root. The caller probes again.
-fn grow_index(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn grow_index<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     mut frames: Vec<Frame>,
 ) -> Result<()> {
@@ -429,9 +433,9 @@ fn grow_index(
 }
 
 /// Adds `name` to an indexed directory.
-pub(crate) fn add(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn add<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
     ino: u32,
@@ -476,9 +480,9 @@ pub(crate) fn add(
 /// move to block 1, block 0 becomes the dx root, block 1 is split at once, then `name` is
 /// added.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn make_indexed(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn make_indexed<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     pblk0: u64,
     block0: Vec<u8>,
