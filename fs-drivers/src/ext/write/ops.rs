@@ -290,9 +290,9 @@ impl Ctx<'_> {
         if d.links == 0 {
             return Err(Error::NotFound);
         }
-        if d.has_flag(flags::INDEX) || d.has_flag(flags::INLINE_DATA) {
+        if d.has_flag(flags::INLINE_DATA) {
             return Err(Error::Unsupported(format!(
-                "directory {ino} is indexed (htree); updating it is not supported yet"
+                "directory {ino} has inline data; updating it is not supported yet"
             )));
         }
         Ok(d)
