@@ -11,7 +11,7 @@ use super::htree_update;
 use super::io::Store;
 use crate::ext::checksum::crc32c_raw;
 use crate::ext::dir::{self, Record};
-use crate::ext::inode::{flags, Inode};
+use crate::ext::inode::Inode;
 use crate::ext::le::{u16_at, u32_at};
 use crate::ext::superblock::{compat, incompat, Superblock};
 use crate::vfs::FileType;
@@ -87,11 +87,6 @@ impl DirCtx {
     pub(crate) fn is_dx<S: Store + ?Sized>(&self, dir: &dyn DirFile<S>) -> bool {
         self.dir_index && dir.indexed()
     }
-}
-
-/// Whether an inode's flags say it is an indexed directory (for `DirFile::indexed`).
-pub fn inode_indexed(inode: &Inode) -> bool {
-    inode.has_flag(flags::INDEX)
 }
 
 /// The on-disk file type code of `ft` (EXT4_FT_*).
