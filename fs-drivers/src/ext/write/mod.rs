@@ -6,9 +6,9 @@
 pub(crate) mod alloc;
 pub(crate) mod block_map_lite;
 pub(crate) mod block_map_write;
+pub(crate) mod core_dir;
 #[cfg(test)]
 mod dir_image_tests;
-pub(crate) mod dir_lite;
 #[cfg(test)]
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;

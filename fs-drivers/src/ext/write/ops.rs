@@ -292,7 +292,7 @@ impl Ctx<'_> {
         }
         if d.has_flag(flags::INLINE_DATA) {
             return Err(Error::Unsupported(format!(
-                "directory {ino} holds inline data; updating it is not supported"
+                "directory {ino} has inline data; updating it is not supported yet"
             )));
         }
         Ok(d)
