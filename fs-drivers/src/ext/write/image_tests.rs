@@ -215,6 +215,9 @@ impl Image {
             "{what}: e2fsck -fn: {}",
             out.lines().take(30).collect::<Vec<_>>().join("\n")
         );
+        for l in out.lines().filter(|l| l.contains("could be")) {
+            eprintln!("{what}: {l}");
+        }
         let fs = ExtFs::open(
             Arc::new(MemDevice::from_vec(self.store.img.clone())),
             ExtOptions::default(),
