@@ -14,6 +14,7 @@ pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
 pub(crate) mod extent_lite;
 pub(crate) mod extent_tree;
+mod file_blocks;
 pub(crate) mod htree_update;
 #[cfg(test)]
 mod image_store;

@@ -1,8 +1,9 @@
 //! The write operations behind `vfs::FileSystem` for ext: namespace changes, file data,
 //! truncation, attributes, and freeing inodes (with the orphan list for open ones).
 
-use super::extent_lite::{self, Ext};
-use super::{alloc, block_map_lite, now, Ctx};
+use super::extent_tree;
+use super::mapped::MappedRun;
+use super::{alloc, now, Ctx};
 use crate::block::BlockDevice;
 use crate::ext::inode::{flags, Inode};
 use crate::ext::superblock::incompat;
@@ -345,7 +346,7 @@ impl Ctx<'_> {
             match node.kind {
                 FileType::Regular | FileType::Directory | FileType::Symlink if extents => {
                     inode.flags |= flags::EXTENTS;
-                    extent_lite::store(self, &mut inode, &[], Vec::new())?;
+                    extent_tree::init_root(&mut inode.block);
                 }
                 FileType::CharDevice | FileType::BlockDevice => {
                     let (ma, mi) = (crate::vfs::major(node.rdev), crate::vfs::minor(node.rdev));
@@ -736,27 +737,14 @@ impl Ctx<'_> {
     /// Allocates and maps one block at `lblk` (directories); returns it.
     pub(crate) fn map_new_block(&mut self, inode: &mut Inode, lblk: u64) -> Result<u64> {
         let goal = self.goal(inode, lblk);
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let (pblk, _) = self.alloc(goal, 1)?;
-        let res = if inode.has_flag(flags::EXTENTS) {
-            let (mut list, nodes) = extent_lite::load(self, inode)?;
-            list.push(Ext {
-                lblk,
-                len: 1,
-                pblk,
-                unwritten: false,
-            });
-            extent_lite::normalise(&mut list);
-            extent_lite::store(self, inode, &list, nodes)
-        } else {
-            block_map_lite::set(self, inode, lblk, pblk)
-        };
-        if let Err(e) = res {
-            self.free(pblk, 1)?;
-            return Err(e);
+        let runs = self.map_range(inode, lblk, 1, goal, false)?;
+        match runs.first() {
+            Some(r) if !r.unwritten => Ok(r.pblk),
+            _ => Err(Error::corrupt(format!(
+                "inode {}: block {lblk} to map is unwritten",
+                inode.ino
+            ))),
         }
-        inode.blocks += sectors;
-        Ok(pblk)
     }
 
     /// Writes `data` at `offset`, allocating holes (contiguously from a goal); the size grows
@@ -811,71 +799,38 @@ impl Ctx<'_> {
         first: u64,
         last: u64,
     ) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let (mut list, nodes) = extent_lite::load(self, inode)?;
-        let mut goal = None;
-        let mut lblk = first;
-        let mut result = Ok(());
-        while lblk <= last {
-            match extent_lite::find(&list, lblk) {
-                Ok(e) => {
-                    let n = e.end().min(last + 1) - lblk;
-                    let pblk = e.pblk + (lblk - e.lblk);
-                    if let Err(err) = self.put_data(offset, data, lblk, n, pblk, e.unwritten) {
-                        result = Err(err);
-                        break;
-                    }
-                    if e.unwritten {
-                        extent_lite::mark_written(&mut list, lblk, lblk + n);
-                    }
-                    goal = Some(pblk + n);
-                    lblk += n;
-                }
-                Err(gap) => {
-                    let want = gap.min(last + 1 - lblk);
-                    let g = match goal {
-                        Some(g) => g,
-                        None => {
-                            let i = list.partition_point(|e| e.lblk <= lblk);
-                            match i.checked_sub(1).map(|j| list[j]) {
-                                Some(prev) => prev.pblk + prev.len + (lblk - prev.end()),
-                                None => self.goal(inode, 0),
-                            }
-                        }
-                    };
-                    let (pblk, n) = match self.alloc(g, want) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    };
-                    list.push(Ext {
-                        lblk,
-                        len: n,
-                        pblk,
-                        unwritten: false,
-                    });
-                    list.sort_by_key(|e| e.lblk);
-                    inode.blocks += n * sectors;
-                    if let Err(err) = self.put_data(offset, data, lblk, n, pblk, true) {
-                        result = Err(err);
-                        break;
-                    }
-                    goal = Some(pblk + n);
-                    lblk += n;
-                }
+        let goal = self.goal(inode, 0);
+        let runs = self.map_range(inode, first, last + 1 - first, goal, false)?;
+        self.put_runs(inode, offset, data, first, last, &runs)
+    }
+
+    /// Writes `data` into the runs mapped for it (unwritten ones become written after
+    /// their data is out); when space ran out before `last`, the size covers what was
+    /// written and the error is ENOSPC.
+    fn put_runs(
+        &mut self,
+        inode: &mut Inode,
+        offset: u64,
+        data: &[u8],
+        first: u64,
+        last: u64,
+        runs: &[MappedRun],
+    ) -> Result<()> {
+        let mut done = first;
+        for r in runs {
+            let (lblk, n) = (u64::from(r.lblk), u64::from(r.len));
+            self.put_data(offset, data, lblk, n, r.pblk, r.fresh || r.unwritten)?;
+            if r.unwritten {
+                self.mark_written(inode, lblk, n)?;
             }
+            done = lblk + n;
         }
-        extent_lite::normalise(&mut list);
-        let stored = extent_lite::store(self, inode, &list, nodes);
-        if result.is_err() {
-            // Whatever was written stays mapped; the size covers it so nothing leaks.
+        if done <= last {
             let bs = u64::from(self.fs.sb.block_size);
-            inode.size = inode.size.max((lblk * bs).min(offset + data.len() as u64));
+            inode.size = inode.size.max((done * bs).min(offset + data.len() as u64));
+            return Err(Error::NoSpace);
         }
-        stored?;
-        result
+        Ok(())
     }
 
     fn write_mapped(
@@ -886,41 +841,9 @@ impl Ctx<'_> {
         first: u64,
         last: u64,
     ) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let mut lblk = first;
-        while lblk <= last {
-            match self.fs.map(inode, lblk)? {
-                Run::Mapped { pblk, len } => {
-                    let n = len.max(1).min(last + 1 - lblk);
-                    self.put_data(offset, data, lblk, n, pblk, false)?;
-                    lblk += n;
-                }
-                Run::Hole(len) => {
-                    let want = len.max(1).min(last + 1 - lblk);
-                    let goal = self.goal(inode, lblk);
-                    let r = self.alloc(goal, want);
-                    let (pblk, n) = match r {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let bs = u64::from(self.fs.sb.block_size);
-                            inode.size =
-                                inode.size.max((lblk * bs).min(offset + data.len() as u64));
-                            return Err(e);
-                        }
-                    };
-                    for i in 0..n {
-                        if let Err(e) = block_map_lite::set(self, inode, lblk + i, pblk + i) {
-                            self.free(pblk + i, n - i)?;
-                            return Err(e);
-                        }
-                        inode.blocks += sectors;
-                    }
-                    self.put_data(offset, data, lblk, n, pblk, true)?;
-                    lblk += n;
-                }
-            }
-        }
-        Ok(())
+        let goal = self.goal(inode, first);
+        let runs = self.map_range(inode, first, last + 1 - first, goal, false)?;
+        self.put_runs(inode, offset, data, first, last, &runs)
     }
 
     /// Changes the size: blocks past the new end are freed, the tail of a partial last block
@@ -931,17 +854,9 @@ impl Ctx<'_> {
             self.truncate_blocks(inode, size.div_ceil(bs))?;
             if size % bs != 0 {
                 let lblk = size / bs;
-                let written = if inode.has_flag(flags::EXTENTS) {
-                    let (list, _) = extent_lite::load(self, inode)?;
-                    extent_lite::find(&list, lblk)
-                        .ok()
-                        .filter(|e| !e.unwritten)
-                        .map(|e| e.pblk + (lblk - e.lblk))
-                } else {
-                    match self.fs.map(inode, lblk)? {
-                        Run::Mapped { pblk, .. } => Some(pblk),
-                        Run::Hole(_) => None,
-                    }
+                let written = match self.lookup_block(inode, lblk)? {
+                    Some((p, false)) => Some(p),
+                    _ => None,
                 };
                 if let Some(p) = written {
                     let skip = size % bs;
@@ -956,21 +871,7 @@ impl Ctx<'_> {
 
     /// Frees the blocks mapped at logical block `keep` and beyond.
     pub(crate) fn truncate_blocks(&mut self, inode: &mut Inode, keep: u64) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        if inode.has_flag(flags::EXTENTS) {
-            let (mut list, nodes) = extent_lite::load(self, inode)?;
-            let freed = extent_lite::remove_range(&mut list, keep, u64::MAX);
-            if freed.is_empty() {
-                return Ok(());
-            }
-            for (p, n) in freed {
-                self.free(p, n)?;
-                inode.blocks = inode.blocks.saturating_sub(n * sectors);
-            }
-            extent_lite::store(self, inode, &list, nodes)
-        } else {
-            block_map_lite::truncate(self, inode, keep)
-        }
+        self.unmap_range(inode, keep, u64::MAX)
     }
 }
 
