@@ -4,7 +4,6 @@
 //! pieces take) and `commit` moves the transaction to the image.
 
 pub(crate) mod alloc;
-pub(crate) mod block_map_lite;
 pub(crate) mod block_map_write;
 #[cfg(test)]
 mod dir_image_tests;
@@ -12,7 +11,6 @@ pub(crate) mod dir_lite;
 #[cfg(test)]
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
-pub(crate) mod extent_lite;
 pub(crate) mod extent_tree;
 mod file_blocks;
 pub(crate) mod htree_update;
