@@ -364,3 +364,43 @@ fn corrupt_trees_are_errors() {
     bad[6] = 5;
     assert!(punch(&mut f.store, &mut bad, OWNER, 0, u32::MAX).is_err());
 }
+
+#[test]
+fn corrupt_blocks_give_errors_not_panics() {
+    for seed in 0..60u64 {
+        let mut rng = Rng::new(seed);
+        // No checksums, so damage reaches the parsers instead of stopping at the crc.
+        let mut f = Fixture::new(1024, 1 << 14, false);
+        for i in 0..300u32 {
+            f.map(i * 2, 1 + (i % 3), i % 5 == 0);
+        }
+        let w = f.check();
+        f.store.lenient = true;
+        let mut targets = w.tree_blocks.clone();
+        targets.push(0); // the root
+        for _ in 0..1 + rng.below(4) {
+            let t = targets[rng.below(targets.len() as u64) as usize];
+            let at = rng.below(if t == 0 { 60 } else { 1024 }) as usize;
+            let v = rng.next() as u8;
+            if t == 0 {
+                f.root[at] = v;
+            } else {
+                f.store.blocks[t as usize][at] = v;
+            }
+        }
+        for _ in 0..30 {
+            let l = rng.below(1000) as u32;
+            let n = 1 + rng.below(50) as u32;
+            let (store, root) = (&mut f.store, &mut f.root);
+            let _ = match rng.below(5) {
+                0 => map_alloc(store, root, OWNER, l, n, 0, false).map(|_| ()),
+                1 => map_alloc(store, root, OWNER, l, n, 0, true).map(|_| ()),
+                2 => convert_written(store, root, OWNER, l, n).map(|_| ()),
+                3 => punch(store, root, OWNER, l, l + n).map(|_| ()),
+                _ => lookup(store, root, OWNER, l).map(|_| ()),
+            };
+        }
+        let _ = walk(&mut f.store, &f.root, OWNER);
+        let _ = punch(&mut f.store, &mut f.root, OWNER, 0, u32::MAX);
+    }
+}
