@@ -1052,6 +1052,16 @@ impl FileSystem for ExtFs {
         self.w_fsync()
     }
 
+    fn fallocate(
+        &self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        mode: crate::vfs::Fallocate,
+    ) -> Result<()> {
+        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
+    }
+
     fn sync(&self) -> Result<()> {
         self.sync_rw(false)
     }

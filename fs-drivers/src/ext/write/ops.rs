@@ -267,7 +267,7 @@ impl ExtFs {
         sh.commit(&mut st)
     }
 
-    fn max_file_size(&self) -> u64 {
+    pub(crate) fn max_file_size(&self) -> u64 {
         let bs = u64::from(self.sb.block_size);
         if self.sb.has_incompat(incompat::EXTENTS) {
             (1u64 << 32) * bs - bs
@@ -724,7 +724,7 @@ impl Ctx<'_> {
     }
 
     /// A block near the inode's data (its last block) or its group.
-    fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
+    pub(crate) fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
         if lblk > 0 {
             if let Ok(Run::Mapped { pblk, .. }) = self.fs.map(inode, lblk - 1) {
                 return pblk + 1;
