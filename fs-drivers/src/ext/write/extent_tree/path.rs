@@ -166,6 +166,141 @@ impl Plan {
         Ok(pos..pos + 1)
     }
 
+    /// Moves the entries an overfull node cannot hold into a neighbour (same parent) with
+    /// room for them, instead of splitting: nodes stay full, so a tree that grows in the
+    /// middle does not collect half-empty blocks (which e2fsck offers to "narrow").
+    /// Returns the parent entries both nodes replace, or None when neither neighbour fits.
+    fn shift_to_sibling(
+        &mut self,
+        store: &mut dyn Store,
+        owner: Owner,
+        parent: &Level,
+        blk: u64,
+        depth: u16,
+        entries: &mut Vec<Entry>,
+    ) -> Result<Option<(Range<usize>, Vec<Entry>)>> {
+        let cap = block_capacity(store.block_size());
+        let over = entries.len() - cap;
+        let pos = parent.pos;
+        for sib in [pos.wrapping_sub(1), pos + 1] {
+            let Some(e) = parent.node.entries.get(sib) else {
+                continue;
+            };
+            let sblk = index_child(e);
+            if sblk == blk || sblk == 0 {
+                return Err(Error::corrupt(format!(
+                    "inode {}: extent index points at block {sblk} twice",
+                    owner.ino
+                )));
+            }
+            let mut s = read_block(store, sblk, owner)?;
+            if s.depth != depth || s.entries.len() + over > cap {
+                continue;
+            }
+            let mine = std::mem::take(entries);
+            let (left, lblk, right, rblk, range) = if sib < pos {
+                let mut mine = mine;
+                let keep = mine.split_off(over);
+                s.entries.extend(mine);
+                (s.entries, sblk, keep, blk, pos - 1..pos + 1)
+            } else {
+                let mut keep = mine;
+                let mut moved = keep.split_off(cap);
+                moved.extend(s.entries);
+                (keep, blk, moved, sblk, pos..pos + 2)
+            };
+            let rep = vec![
+                index_entry(key(&left[0]), lblk),
+                index_entry(key(&right[0]), rblk),
+            ];
+            self.writes.push((
+                lblk,
+                Node {
+                    depth,
+                    entries: left,
+                },
+            ));
+            self.writes.push((
+                rblk,
+                Node {
+                    depth,
+                    entries: right,
+                },
+            ));
+            return Ok(Some((range, rep)));
+        }
+        Ok(None)
+    }
+
+    /// When the root is full and one of its children overflows, spreads the entries of all
+    /// its children evenly over the same blocks if they fit there, instead of growing the
+    /// tree a level (e2fsck would offer to make it shallower again).
+    fn respread_root_children(
+        &mut self,
+        store: &mut dyn Store,
+        owner: Owner,
+        root: &Level,
+        depth: u16,
+        entries: &mut Vec<Entry>,
+    ) -> Result<Option<(Range<usize>, Vec<Entry>)>> {
+        let cap = block_capacity(store.block_size());
+        let k = root.node.entries.len();
+        if k != ROOT_MAX {
+            return Ok(None);
+        }
+        let mut blocks = Vec::with_capacity(k);
+        let mut others = Vec::with_capacity(k);
+        for (i, e) in root.node.entries.iter().enumerate() {
+            let blk = index_child(e);
+            if blocks.contains(&blk) || blk == 0 {
+                return Err(Error::corrupt(format!(
+                    "inode {}: extent index points at block {blk} twice",
+                    owner.ino
+                )));
+            }
+            blocks.push(blk);
+            if i == root.pos {
+                others.push(Vec::new());
+                continue;
+            }
+            let child = read_block(store, blk, owner)?;
+            if child.depth != depth {
+                return Err(Error::corrupt(format!(
+                    "inode {}: extent tree depth mismatch",
+                    owner.ino
+                )));
+            }
+            others.push(child.entries);
+        }
+        let total = entries.len() + others.iter().map(Vec::len).sum::<usize>();
+        if total > k * cap {
+            return Ok(None);
+        }
+        let mut all = Vec::with_capacity(total);
+        for (i, o) in others.into_iter().enumerate() {
+            if i == root.pos {
+                all.append(entries);
+            } else {
+                all.extend(o);
+            }
+        }
+        let mut rep = Vec::with_capacity(k);
+        for (i, blk) in blocks.into_iter().enumerate() {
+            let n = all.len() / (k - i) + usize::from(all.len() % (k - i) != 0);
+            let rest = all.split_off(n.min(all.len()));
+            let chunk = std::mem::replace(&mut all, rest);
+            rep.push(index_entry(key(&chunk[0]), blk));
+            self.writes.push((
+                blk,
+                Node {
+                    depth,
+                    entries: chunk,
+                },
+            ));
+        }
+        Ok(Some((0..k, rep)))
+    }
+
     /// Splits `entries` over `first` (if any) and new blocks; returns the parent's entries.
     fn spread(
         &mut self,
@@ -286,6 +421,18 @@ fn plan_levels(
         } else if entries.len() <= cap {
             rep = Some((range, vec![index_entry(key(&entries[0]), b)]));
             plan.writes.push((b, Node { depth, entries }));
+        } else if let Some(shifted) = (!tail && range.len() == 1)
+            .then(|| plan.shift_to_sibling(store, owner, parent, b, depth, &mut entries))
+            .transpose()?
+            .flatten()
+        {
+            rep = Some(shifted);
+        } else if let Some(spread) = (range.len() == 1 && parent.blk.is_none())
+            .then(|| plan.respread_root_children(store, owner, parent, depth, &mut entries))
+            .transpose()?
+            .flatten()
+        {
+            rep = Some(spread);
         } else {
             let children = plan.spread(store, entries, depth, Some(b), tail, goal)?;
             rep = Some((range, children));
