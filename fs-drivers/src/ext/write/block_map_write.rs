@@ -121,10 +121,7 @@ pub(crate) fn map_alloc(
     if end > max_blocks(bs) {
         return Err(Error::FileTooBig);
     }
-    let mut goal = match lblk.checked_sub(1) {
-        Some(prev) => lookup(store, i_block, prev)?.map_or(goal, |p| p + 1),
-        None => goal,
-    };
+    let mut goal = goal;
     let mut runs = Vec::new();
     let mut delta = 0i64;
     let mut cur = u64::from(lblk);
@@ -180,6 +177,15 @@ pub(crate) fn map_alloc(
         let leaf_len = if idxs.is_empty() { DIRECT } else { per } as usize;
         let stop = leaf_first + ((end - cur) as usize).min(leaf_len - leaf_first);
         let base = cur - leaf_first as u64;
+        if cur == u64::from(lblk) && failed.is_none() && !chain.new.last().unwrap_or(&false) {
+            // Like the kernel's ext2_find_near: follow the nearest block mapped before us
+            // in the same array, else put the data right after its indirect block.
+            let arr: &[u8] = chain.bufs.last().map_or(&i_block[..], |b| b);
+            goal = match (0..leaf_first).rev().find(|&j| ptr(arr, j) != 0) {
+                Some(j) => u64::from(ptr(arr, j)) + (leaf_first - j) as u64,
+                None => chain.blks.last().map_or(goal, |b| b + 1),
+            };
+        }
         if failed.is_none() {
             let mut i = leaf_first;
             while i < stop {

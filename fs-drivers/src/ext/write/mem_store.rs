@@ -15,6 +15,9 @@ pub(crate) struct MemStore {
     /// When set, allocation fails with NoSpace once this many blocks are in use.
     pub limit: Option<u64>,
     pub meta_writes: u64,
+    /// Misuse (writing or freeing a free block) is an error instead of a test failure:
+    /// for feeding the writers corrupt trees, where only panics are bugs.
+    pub lenient: bool,
 }
 
 impl MemStore {
@@ -30,6 +33,7 @@ impl MemStore {
             reserved,
             limit: None,
             meta_writes: 0,
+            lenient: false,
         }
     }
 
@@ -66,6 +70,9 @@ impl Store for MemStore {
 
     fn write_meta(&mut self, blk: u64, data: Vec<u8>) -> Result<()> {
         assert_eq!(data.len(), self.bs);
+        if self.lenient && (!self.is_used(blk) || blk < self.reserved) {
+            return Err(Error::corrupt(format!("write of unallocated block {blk}")));
+        }
         assert!(self.is_used(blk), "write of unallocated block {blk}");
         assert!(blk >= self.reserved);
         self.meta_writes += 1;
@@ -100,6 +107,13 @@ impl Store for MemStore {
     }
 
     fn free_blocks(&mut self, first: u64, count: u64) -> Result<()> {
+        if self.lenient
+            && (first..first.saturating_add(count)).any(|b| b < self.reserved || !self.is_used(b))
+        {
+            return Err(Error::corrupt(format!(
+                "free of free blocks {first}+{count}"
+            )));
+        }
         for b in first..first + count {
             assert!(b >= self.reserved, "free of reserved block {b}");
             assert!(self.is_used(b), "double free of block {b}");

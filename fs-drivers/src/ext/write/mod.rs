@@ -4,7 +4,6 @@
 //! pieces take) and `commit` moves the transaction to the image.
 
 pub(crate) mod alloc;
-pub(crate) mod block_map_lite;
 pub(crate) mod block_map_write;
 pub(crate) mod core_dir;
 #[cfg(test)]
@@ -12,8 +11,9 @@ mod dir_image_tests;
 #[cfg(test)]
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
-pub(crate) mod extent_lite;
 pub(crate) mod extent_tree;
+mod fallocate;
+mod file_blocks;
 pub(crate) mod htree_update;
 #[cfg(test)]
 mod image_store;

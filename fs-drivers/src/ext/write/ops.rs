@@ -1,13 +1,14 @@
 //! The write operations behind `vfs::FileSystem` for ext: namespace changes, file data,
 //! truncation, attributes, and freeing inodes (with the orphan list for open ones).
 
-use super::extent_lite::{self, Ext};
-use super::{alloc, block_map_lite, block_map_write, now, Ctx};
+use super::extent_tree;
+use super::mapped::MappedRun;
+use super::{alloc, now, Ctx};
 use crate::block::BlockDevice;
 use crate::ext::inode::{flags, Inode};
 use crate::ext::superblock::incompat;
 use crate::ext::{ExtFs, Run};
-use crate::vfs::{Attr, Fallocate, FileType, NewNode, RenameFlags, SetAttr};
+use crate::vfs::{Attr, FileType, NewNode, RenameFlags, SetAttr};
 use crate::{Error, Result};
 
 /// The most links an inode may have (EXT4_LINK_MAX); directories past it count as 1
@@ -266,7 +267,7 @@ impl ExtFs {
         sh.commit(&mut st)
     }
 
-    fn max_file_size(&self) -> u64 {
+    pub(crate) fn max_file_size(&self) -> u64 {
         let bs = u64::from(self.sb.block_size);
         if self.sb.has_incompat(incompat::EXTENTS) {
             (1u64 << 32) * bs - bs
@@ -345,8 +346,7 @@ impl Ctx<'_> {
             match node.kind {
                 FileType::Regular | FileType::Directory | FileType::Symlink if extents => {
                     inode.flags |= flags::EXTENTS;
-                    let fs = self.fs;
-                    extent_lite::store(self, fs, &mut inode, &[], Vec::new())?;
+                    extent_tree::init_root(&mut inode.block);
                 }
                 FileType::CharDevice | FileType::BlockDevice => {
                     let (ma, mi) = (crate::vfs::major(node.rdev), crate::vfs::minor(node.rdev));
@@ -724,7 +724,7 @@ impl Ctx<'_> {
     }
 
     /// A block near the inode's data (its last block) or its group.
-    fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
+    pub(crate) fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
         if lblk > 0 {
             if let Ok(Run::Mapped { pblk, .. }) = self.fs.map(inode, lblk - 1) {
                 return pblk + 1;
@@ -737,28 +737,14 @@ impl Ctx<'_> {
     /// Allocates and maps one block at `lblk` (directories); returns it.
     pub(crate) fn map_new_block(&mut self, inode: &mut Inode, lblk: u64) -> Result<u64> {
         let goal = self.goal(inode, lblk);
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let (pblk, _) = self.alloc(goal, 1)?;
-        let res = if inode.has_flag(flags::EXTENTS) {
-            let (mut list, nodes) = extent_lite::load(self, inode)?;
-            list.push(Ext {
-                lblk,
-                len: 1,
-                pblk,
-                unwritten: false,
-            });
-            extent_lite::normalise(&mut list);
-            let fs = self.fs;
-            extent_lite::store(self, fs, inode, &list, nodes)
-        } else {
-            block_map_lite::set(self, inode, lblk, pblk)
-        };
-        if let Err(e) = res {
-            self.free(pblk, 1)?;
-            return Err(e);
+        let runs = self.map_range(inode, lblk, 1, goal, false)?;
+        match runs.first() {
+            Some(r) if !r.unwritten => Ok(r.pblk),
+            _ => Err(Error::corrupt(format!(
+                "inode {}: block {lblk} to map is unwritten",
+                inode.ino
+            ))),
         }
-        inode.blocks += sectors;
-        Ok(pblk)
     }
 
     /// Writes `data` at `offset`, allocating holes (contiguously from a goal); the size grows
@@ -813,72 +799,38 @@ impl Ctx<'_> {
         first: u64,
         last: u64,
     ) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let (mut list, nodes) = extent_lite::load(self, inode)?;
-        let mut goal = None;
-        let mut lblk = first;
-        let mut result = Ok(());
-        while lblk <= last {
-            match extent_lite::find(&list, lblk) {
-                Ok(e) => {
-                    let n = e.end().min(last + 1) - lblk;
-                    let pblk = e.pblk + (lblk - e.lblk);
-                    if let Err(err) = self.put_data(offset, data, lblk, n, pblk, e.unwritten) {
-                        result = Err(err);
-                        break;
-                    }
-                    if e.unwritten {
-                        extent_lite::mark_written(&mut list, lblk, lblk + n);
-                    }
-                    goal = Some(pblk + n);
-                    lblk += n;
-                }
-                Err(gap) => {
-                    let want = gap.min(last + 1 - lblk);
-                    let g = match goal {
-                        Some(g) => g,
-                        None => {
-                            let i = list.partition_point(|e| e.lblk <= lblk);
-                            match i.checked_sub(1).map(|j| list[j]) {
-                                Some(prev) => prev.pblk + prev.len + (lblk - prev.end()),
-                                None => self.goal(inode, 0),
-                            }
-                        }
-                    };
-                    let (pblk, n) = match self.alloc(g, want) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    };
-                    list.push(Ext {
-                        lblk,
-                        len: n,
-                        pblk,
-                        unwritten: false,
-                    });
-                    list.sort_by_key(|e| e.lblk);
-                    inode.blocks += n * sectors;
-                    if let Err(err) = self.put_data(offset, data, lblk, n, pblk, true) {
-                        result = Err(err);
-                        break;
-                    }
-                    goal = Some(pblk + n);
-                    lblk += n;
-                }
+        let goal = self.goal(inode, 0);
+        let runs = self.map_range(inode, first, last + 1 - first, goal, false)?;
+        self.put_runs(inode, offset, data, first, last, &runs)
+    }
+
+    /// Writes `data` into the runs mapped for it (unwritten ones become written after
+    /// their data is out); when space ran out before `last`, the size covers what was
+    /// written and the error is ENOSPC.
+    fn put_runs(
+        &mut self,
+        inode: &mut Inode,
+        offset: u64,
+        data: &[u8],
+        first: u64,
+        last: u64,
+        runs: &[MappedRun],
+    ) -> Result<()> {
+        let mut done = first;
+        for r in runs {
+            let (lblk, n) = (u64::from(r.lblk), u64::from(r.len));
+            self.put_data(offset, data, lblk, n, r.pblk, r.fresh || r.unwritten)?;
+            if r.unwritten {
+                self.mark_written(inode, lblk, n)?;
             }
+            done = lblk + n;
         }
-        extent_lite::normalise(&mut list);
-        let fs = self.fs;
-        let stored = extent_lite::store(self, fs, inode, &list, nodes);
-        if result.is_err() {
-            // Whatever was written stays mapped; the size covers it so nothing leaks.
+        if done <= last {
             let bs = u64::from(self.fs.sb.block_size);
-            inode.size = inode.size.max((lblk * bs).min(offset + data.len() as u64));
+            inode.size = inode.size.max((done * bs).min(offset + data.len() as u64));
+            return Err(Error::NoSpace);
         }
-        stored?;
-        result
+        Ok(())
     }
 
     fn write_mapped(
@@ -889,41 +841,9 @@ impl Ctx<'_> {
         first: u64,
         last: u64,
     ) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let mut lblk = first;
-        while lblk <= last {
-            match self.fs.map(inode, lblk)? {
-                Run::Mapped { pblk, len } => {
-                    let n = len.max(1).min(last + 1 - lblk);
-                    self.put_data(offset, data, lblk, n, pblk, false)?;
-                    lblk += n;
-                }
-                Run::Hole(len) => {
-                    let want = len.max(1).min(last + 1 - lblk);
-                    let goal = self.goal(inode, lblk);
-                    let r = self.alloc(goal, want);
-                    let (pblk, n) = match r {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let bs = u64::from(self.fs.sb.block_size);
-                            inode.size =
-                                inode.size.max((lblk * bs).min(offset + data.len() as u64));
-                            return Err(e);
-                        }
-                    };
-                    for i in 0..n {
-                        if let Err(e) = block_map_lite::set(self, inode, lblk + i, pblk + i) {
-                            self.free(pblk + i, n - i)?;
-                            return Err(e);
-                        }
-                        inode.blocks += sectors;
-                    }
-                    self.put_data(offset, data, lblk, n, pblk, true)?;
-                    lblk += n;
-                }
-            }
-        }
-        Ok(())
+        let goal = self.goal(inode, first);
+        let runs = self.map_range(inode, first, last + 1 - first, goal, false)?;
+        self.put_runs(inode, offset, data, first, last, &runs)
     }
 
     /// Changes the size: blocks past the new end are freed, the tail of a partial last block
@@ -934,17 +854,9 @@ impl Ctx<'_> {
             self.truncate_blocks(inode, size.div_ceil(bs))?;
             if size % bs != 0 {
                 let lblk = size / bs;
-                let written = if inode.has_flag(flags::EXTENTS) {
-                    let (list, _) = extent_lite::load(self, inode)?;
-                    extent_lite::find(&list, lblk)
-                        .ok()
-                        .filter(|e| !e.unwritten)
-                        .map(|e| e.pblk + (lblk - e.lblk))
-                } else {
-                    match self.fs.map(inode, lblk)? {
-                        Run::Mapped { pblk, .. } => Some(pblk),
-                        Run::Hole(_) => None,
-                    }
+                let written = match self.lookup_block(inode, lblk)? {
+                    Some((p, false)) => Some(p),
+                    _ => None,
                 };
                 if let Some(p) = written {
                     let skip = size % bs;
@@ -959,197 +871,12 @@ impl Ctx<'_> {
 
     /// Frees the blocks mapped at logical block `keep` and beyond.
     pub(crate) fn truncate_blocks(&mut self, inode: &mut Inode, keep: u64) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        if inode.has_flag(flags::EXTENTS) {
-            let (mut list, nodes) = extent_lite::load(self, inode)?;
-            let freed = extent_lite::remove_range(&mut list, keep, u64::MAX);
-            if freed.is_empty() {
-                return Ok(());
-            }
-            for (p, n) in freed {
-                self.free(p, n)?;
-                inode.blocks = inode.blocks.saturating_sub(n * sectors);
-            }
-            let fs = self.fs;
-            extent_lite::store(self, fs, inode, &list, nodes)
-        } else {
-            block_map_lite::truncate(self, inode, keep)
-        }
+        self.unmap_range(inode, keep, u64::MAX)
     }
 }
 
 impl Inode {
     fn dtime_now(&mut self) {
         self.ctime = now();
-    }
-}
-
-impl ExtFs {
-    pub(crate) fn w_fallocate(
-        &self,
-        ino: u32,
-        offset: u64,
-        len: u64,
-        mode: Fallocate,
-    ) -> Result<()> {
-        if len == 0 {
-            return Err(Error::Invalid("fallocate of 0 bytes".into()));
-        }
-        let end = offset.checked_add(len).ok_or(Error::FileTooBig)?;
-        if end > self.max_file_size() {
-            return Err(Error::FileTooBig);
-        }
-        self.with_writer(|cx| {
-            let mut inode = cx.get(ino)?;
-            match inode.kind()? {
-                FileType::Regular => {}
-                FileType::Directory => return Err(Error::IsDir),
-                _ => return Err(Error::Invalid("not a regular file".into())),
-            }
-            let extents = inode.has_flag(flags::EXTENTS);
-            if !extents && mode != Fallocate::PunchHole {
-                return Err(Error::Unsupported(
-                    "fallocate on a block-mapped file".into(),
-                ));
-            }
-            let bs = u64::from(cx.fs.sb.block_size);
-            // Whole blocks inside the range; the partial edges are zeroed in place.
-            let full_from = offset.div_ceil(bs);
-            let full_to = end / bs;
-            match mode {
-                Fallocate::Allocate | Fallocate::KeepSize => {
-                    cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
-                    if mode == Fallocate::Allocate && end > inode.size {
-                        inode.size = end;
-                    }
-                }
-                Fallocate::PunchHole => {
-                    let stop = end.min(inode.size);
-                    if offset < stop {
-                        cx.zero_edges(&inode, offset, stop)?;
-                        if full_from < full_to {
-                            cx.unmap(&mut inode, full_from, full_to)?;
-                        }
-                    }
-                }
-                Fallocate::ZeroRange { keep_size } => {
-                    let stop = if keep_size { end.min(inode.size) } else { end };
-                    if offset < stop {
-                        let size = inode.size;
-                        cx.zero_edges(&inode, offset, stop.min(size))?;
-                        if full_from < full_to {
-                            cx.unmap(&mut inode, full_from, full_to)?;
-                        }
-                        cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
-                    }
-                    if !keep_size && end > inode.size {
-                        inode.size = end;
-                    }
-                }
-            }
-            let t = now();
-            inode.ctime = t;
-            inode.mtime = t;
-            cx.write_inode(&inode)?;
-            Ok(())
-        })
-    }
-}
-
-impl Ctx<'_> {
-    /// Unwritten extents over the holes of `from..to` (logical blocks).
-    fn alloc_unwritten(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        let (mut list, nodes) = extent_lite::load(self, inode)?;
-        let mut lblk = from;
-        let mut result = Ok(());
-        while lblk < to {
-            match extent_lite::find(&list, lblk) {
-                Ok(e) => lblk = e.end(),
-                Err(gap) => {
-                    let want = gap.min(to - lblk);
-                    let goal = self.goal(inode, lblk);
-                    match self.alloc(goal, want) {
-                        Ok((pblk, n)) => {
-                            list.push(Ext {
-                                lblk,
-                                len: n,
-                                pblk,
-                                unwritten: true,
-                            });
-                            list.sort_by_key(|e| e.lblk);
-                            inode.blocks += n * sectors;
-                            lblk += n;
-                        }
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        extent_lite::normalise(&mut list);
-        let fs = self.fs;
-        extent_lite::store(self, fs, inode, &list, nodes)?;
-        result
-    }
-
-    /// Frees the blocks of `from..to` (logical), leaving a hole.
-    fn unmap(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
-        let sectors = u64::from(self.fs.sb.block_size / 512);
-        if inode.has_flag(flags::EXTENTS) {
-            let (mut list, nodes) = extent_lite::load(self, inode)?;
-            let freed = extent_lite::remove_range(&mut list, from, to);
-            for (p, n) in freed {
-                self.free(p, n)?;
-                inode.blocks = inode.blocks.saturating_sub(n * sectors);
-            }
-            let fs = self.fs;
-            return extent_lite::store(self, fs, inode, &list, nodes);
-        }
-        let from = u32::try_from(from).map_err(|_| Error::FileTooBig)?;
-        let to = u32::try_from(to).unwrap_or(u32::MAX - 1);
-        let delta = block_map_write::punch(self, &mut inode.block, from, to)?;
-        inode.blocks = (inode.blocks as i64 + delta * sectors as i64).max(0) as u64;
-        Ok(())
-    }
-
-    /// Zeros the bytes of `from..to` that share a block with bytes outside it (written
-    /// blocks only: holes and unwritten extents already read as zeros).
-    fn zero_edges(&mut self, inode: &Inode, from: u64, to: u64) -> Result<()> {
-        let bs = u64::from(self.fs.sb.block_size);
-        if from >= to {
-            return Ok(());
-        }
-        let mut edges = vec![(from, to.min((from / bs + 1) * bs))];
-        if to % bs != 0 && to / bs != from / bs {
-            edges.push(((to / bs) * bs, to));
-        }
-        for (a, b) in edges {
-            if a >= b || (a % bs == 0 && b % bs == 0) {
-                continue;
-            }
-            if let Some(p) = self.written_block(inode, a / bs)? {
-                self.tx()
-                    .write_direct_at(p * bs + a % bs, &vec![0; (b - a) as usize])?;
-            }
-        }
-        Ok(())
-    }
-
-    fn written_block(&self, inode: &Inode, lblk: u64) -> Result<Option<u64>> {
-        if inode.has_flag(flags::EXTENTS) {
-            let (list, _) = extent_lite::load(self, inode)?;
-            Ok(extent_lite::find(&list, lblk)
-                .ok()
-                .filter(|e| !e.unwritten)
-                .map(|e| e.pblk + (lblk - e.lblk)))
-        } else {
-            Ok(match self.fs.map(inode, lblk)? {
-                Run::Mapped { pblk, .. } => Some(pblk),
-                Run::Hole(_) => None,
-            })
-        }
     }
 }

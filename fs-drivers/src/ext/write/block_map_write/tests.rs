@@ -191,3 +191,38 @@ fn random_operations_match_the_model() {
         assert_eq!(f.owned, 0, "seed {seed}");
     }
 }
+
+#[test]
+fn corrupt_pointers_give_errors_not_panics() {
+    for seed in 0..60u64 {
+        let mut rng = Rng::new(seed);
+        let mut f = Fixture::new(1024, 1 << 14);
+        for i in 0..200u32 {
+            f.map(i * 37, 1 + i % 4);
+        }
+        let w = f.check();
+        f.store.lenient = true;
+        for _ in 0..1 + rng.below(4) {
+            let v = rng.next() as u32 % (1 << 15);
+            if rng.below(3) == 0 {
+                let slot = rng.below(15) as usize;
+                set_ptr(&mut f.i_block, slot, v);
+            } else {
+                let b = w.indirect[rng.below(w.indirect.len() as u64) as usize] as usize;
+                let at = rng.below(256) as usize;
+                set_ptr(&mut f.store.blocks[b], at, v);
+            }
+        }
+        for _ in 0..30 {
+            let l = rng.below(80_000) as u32;
+            let n = 1 + rng.below(50) as u32;
+            let _ = match rng.below(3) {
+                0 => map_alloc(&mut f.store, &mut f.i_block, l, n, 0).map(|_| ()),
+                1 => punch(&mut f.store, &mut f.i_block, l, l + n).map(|_| ()),
+                _ => lookup(&mut f.store, &f.i_block, l).map(|_| ()),
+            };
+        }
+        let _ = walk(&mut f.store, &f.i_block);
+        let _ = punch(&mut f.store, &mut f.i_block, 0, u32::MAX);
+    }
+}
