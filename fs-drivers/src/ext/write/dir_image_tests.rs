@@ -23,8 +23,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[path = "../../../tests/support/tools.rs"]
-mod tools;
+use super::test_tools as tools;
 
 struct ImgStore {
     img: Vec<u8>,

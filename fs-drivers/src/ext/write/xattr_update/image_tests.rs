@@ -3,10 +3,7 @@
 //! with their checksum redone here; blocks are allocated and freed through debugfs, which
 //! keeps the bitmaps, counters and their checksums right.
 
-// dir_image_tests loads the same file; each test module keeps its own copy.
-#[allow(clippy::duplicate_mod)]
-#[path = "../../../../tests/support/tools.rs"]
-mod tools;
+use crate::ext::write::test_tools as tools;
 
 use super::*;
 use crate::block::FileDevice;
