@@ -28,9 +28,9 @@ pub fn kind_of(ft: std::fs::FileType) -> FileType {
     }
 }
 
-/// getfattr's path quoting: backslash-octal escapes.
-pub fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+/// getfattr's quoting: backslash-octal escapes (other bytes, also non-UTF-8 ones in names,
+/// come through raw).
+pub fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -38,7 +38,7 @@ pub fn unescape(s: &str) -> Vec<u8> {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).expect("octal"));
+            out.push((b[i + 1] - b'0') << 6 | (b[i + 2] - b'0') << 3 | (b[i + 3] - b'0'));
             i += 4;
         } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
             out.push(b'\\');
@@ -61,15 +61,17 @@ pub fn xattrs_tree(root: &Path) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>
     let prefix = root.as_os_str().as_bytes().len();
     let mut all = BTreeMap::new();
     let mut cur = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(p) = line.strip_prefix("# file: ") {
+    // Bytes, not text: names that are not UTF-8 come through raw.
+    for line in out.stdout.split(|&c| c == b'\n') {
+        if let Some(p) = line.strip_prefix(b"# file: ") {
             let full = unescape(p);
             cur = full[prefix..]
                 .strip_prefix(b"/")
                 .unwrap_or(&full[prefix..])
                 .to_vec();
-        } else if let Some((k, v)) = line.split_once('=') {
-            let v = v.strip_prefix("0x").unwrap_or("");
+        } else if let Some(eq) = line.iter().position(|&c| c == b'=') {
+            let (k, v) = (&line[..eq], &line[eq + 1..]);
+            let v = String::from_utf8_lossy(v.strip_prefix(b"0x").unwrap_or(b""));
             let bytes = (0..v.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&v[i..i + 2], 16).expect("hex"))

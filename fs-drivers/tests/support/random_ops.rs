@@ -292,6 +292,26 @@ fn acl(rng: &mut Rng) -> Vec<u8> {
     v
 }
 
+/// The kernel's posix_acl_equiv_mode: the permission bits an ACL (xattr form) implies
+/// (owner; the mask, else the owning group; other) and whether it says no more than them.
+fn acl_mode(acl: &[u8]) -> (u16, bool) {
+    let (mut mode, mut equiv) = (0u16, true);
+    for e in acl[4..].chunks_exact(8) {
+        let perm = u16::from_le_bytes([e[2], e[3]]) & 7;
+        match u16::from_le_bytes([e[0], e[1]]) {
+            0x01 => mode |= perm << 6,
+            0x04 => mode |= perm << 3,
+            0x20 => mode |= perm,
+            0x10 => {
+                mode = (mode & !0o070) | perm << 3;
+                equiv = false;
+            }
+            _ => equiv = false,
+        }
+    }
+    (mode, equiv)
+}
+
 impl Tester {
     fn bump(&mut self, op: &'static str) {
         *self.counts.entry(op).or_default() += 1;
@@ -984,7 +1004,18 @@ impl Tester {
         );
         expect(&what, &r, want)?;
         if r.is_ok() {
-            self.model.node_mut(id).xattrs.insert(name, value);
+            let n = self.model.node_mut(id);
+            if name == b"system.posix_acl_access" {
+                // As ext4_set_acl (and a FUSE daemon, which the kernel leaves it to): the
+                // mode's rwx bits follow the ACL, and an ACL the mode says all of is not kept.
+                let (mode, equiv) = acl_mode(&value);
+                n.perm = (n.perm & !0o777) | mode;
+                if equiv {
+                    n.xattrs.remove(&name);
+                    return Ok(());
+                }
+            }
+            n.xattrs.insert(name, value);
         }
         Ok(())
     }
