@@ -8,14 +8,14 @@
 //! checks.
 
 use super::Journal;
-use crate::block::{DeviceRef, MemDevice};
+use crate::block::{BlockDevice, DeviceRef, FaultDevice, FaultOp, FileDevice, MemDevice};
 use crate::ext::checksum::crc32c_raw;
 use crate::ext::jbd2::MAGIC;
 use crate::ext::{ExtFs, ExtOptions};
 use crate::Result;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const SB_OFFSET: usize = 1024;
 const INCOMPAT_RECOVER: u32 = 0x4;
@@ -269,7 +269,7 @@ fn e2fsck_replays_what_we_commit_in_every_format() {
         let f = facts(&image);
         force_jsb_bits(&mut image, &f, case.jsb_bits);
         let bs = f.bs;
-        let free = free_blocks(&path, 24);
+        let free = free_blocks(&path, 170);
         let (sb_blk, sb_at) = sb_block(bs);
         // As a mounted filesystem, the image says it needs recovery before any commit.
         let mut home_sb = block(&image, bs, sb_blk).to_vec();
@@ -282,7 +282,7 @@ fn e2fsck_replays_what_we_commit_in_every_format() {
         assert!(!j.needs_recovery());
         let mut new_sb = home_sb.clone();
         edit_sb(&mut new_sb, sb_at, true, Some("jtest"));
-        let t1: Vec<(u64, Vec<u8>)> = free[..10]
+        let t1: Vec<(u64, Vec<u8>)> = free[..150]
             .iter()
             .map(|&b| match b {
                 b if b == free[3] => (b, magic_pattern(bs, b)),
@@ -291,21 +291,34 @@ fn e2fsck_replays_what_we_commit_in_every_format() {
             .chain([(sb_blk, new_sb)])
             .collect();
         commit(&mut j, &t1, &[]);
-        // T2 rewrites half of T1's blocks and frees two of T1's blocks (revoked).
-        let t2: Vec<(u64, Vec<u8>)> = free[5..20]
+        // T2 rewrites some of T1's blocks and frees 140 others (revoke records that take
+        // two blocks with 1 KiB blocks and 64-bit records).
+        let t2: Vec<(u64, Vec<u8>)> = free[145..160]
             .iter()
             .map(|&b| (b, pattern(bs, b + 1000)))
             .collect();
-        commit(&mut j, &t2, &[free[0], free[1]]);
+        commit(&mut j, &t2, &free[..140]);
         // T3 logs a block it also frees and reuses (the revoke is cancelled) and a second
         // block with the magic.
         let t3 = vec![
-            (free[20], pattern(bs, 77)),
-            (free[21], magic_pattern(bs, 78)),
+            (free[160], pattern(bs, 77)),
+            (free[161], magic_pattern(bs, 78)),
         ];
-        commit(&mut j, &t3, &[free[20]]);
+        commit(&mut j, &t3, &[free[160]]);
         assert!(j.needs_recovery());
-        assert!(j.max_transaction_blocks() > 100, "{}", case.name);
+        // The largest transaction commit promises to take does not fit twice in the log,
+        // nor does a whole log's worth.
+        let max = j.max_transaction_blocks() as usize;
+        assert!(max > 100, "{}", case.name);
+        let huge: Vec<(u64, Vec<u8>)> = (0..max * 5)
+            .map(|i| (free[0] + i as u64, vec![0; bs]))
+            .collect();
+        let refs: Vec<(u64, &[u8])> = huge.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        assert!(
+            matches!(j.commit(&refs, &[]), Err(crate::Error::NoSpace)),
+            "{}",
+            case.name
+        );
         drop(j);
 
         // What replay must produce; the revoked blocks keep their old contents.
@@ -314,8 +327,8 @@ fn e2fsck_replays_what_we_commit_in_every_format() {
             expect.retain(|(x, _)| x != b);
             expect.push((*b, d.clone()));
         }
-        expect.retain(|(b, _)| *b != free[0] && *b != free[1]);
-        for &b in &free[..2] {
+        expect.retain(|(b, _)| !free[..140].contains(b));
+        for &b in &free[..140] {
             expect.push((b, block(&original, bs, b).to_vec()));
         }
 
@@ -365,4 +378,427 @@ fn e2fsck_replays_what_we_commit_in_every_format() {
 fn commit(j: &mut Journal, blocks: &[(u64, Vec<u8>)], revoked: &[u64]) {
     let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(b, d)| (*b, d.as_slice())).collect();
     j.commit(&refs, revoked).expect("commit");
+}
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mounted<'a>(&'a Path);
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+fn resolve(fs: &ExtFs, path: &str) -> Result<crate::vfs::Attr> {
+    use crate::vfs::FileSystem;
+    let mut attr = fs.getattr(fs.root())?;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        attr = fs.lookup(attr.ino, c.as_bytes())?;
+    }
+    Ok(attr)
+}
+
+fn read_file(fs: &ExtFs, path: &str) -> Vec<u8> {
+    use crate::vfs::FileSystem;
+    let a = resolve(fs, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut v = vec![0; a.size as usize];
+    let n = fs.read(a.ino, 0, &mut v).expect("read");
+    v.truncate(n);
+    v
+}
+
+#[test]
+fn recover_replays_a_log_the_kernel_wrote() {
+    if !have_tools(&["mke2fs", "e2fsck", "debugfs", "mount", "umount", "sync"]) {
+        return;
+    }
+    // Our effective uid owns /proc/self (a check without unsafe code).
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        eprintln!("SKIP: mounting a loop device needs root");
+        return;
+    }
+    let dir = scratch();
+    let base = dir.path().join("base.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mkfs(&base, 64, &["-t", "ext4", "-b", "4096"]);
+    let pre = std::fs::read(&base).unwrap();
+    let logged_copy = dir.path().join("k.img");
+    {
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&base)
+            .arg(&mnt)
+            .status()
+            .expect("mount");
+        if !st.success() {
+            eprintln!("SKIP: loop mount failed");
+            return;
+        }
+        let _guard = Mounted(&mnt);
+        std::fs::create_dir_all(mnt.join("new/sub")).unwrap();
+        for i in 1..=40 {
+            std::fs::write(mnt.join(format!("new/sub/f{i}")), format!("file {i}\n")).unwrap();
+        }
+        std::fs::write(mnt.join("one"), b"changed\n").unwrap();
+        std::fs::write(mnt.join("two"), vec![b'x'; 10000]).unwrap();
+        std::fs::remove_file(mnt.join("two")).unwrap();
+        let st = Command::new("sync")
+            .arg("-f")
+            .arg(mnt.join("one"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // Copied while mounted: the copy needs recovery and holds committed transactions.
+        std::fs::copy(&base, &logged_copy).unwrap();
+    }
+    // The kernel may have written some logged blocks home already: put their old contents
+    // back (all but block 0, whose superblock says recovery is needed), so only a correct
+    // replay shows the new tree.
+    let (_, dump) = run(
+        "debugfs",
+        &["-R", "logdump -a", logged_copy.to_str().unwrap()],
+    );
+    let logged: Vec<u64> = dump
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("FS block "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        logged.len() > 5,
+        "no kernel transactions in the copy:\n{dump}"
+    );
+    let mut image = std::fs::read(&logged_copy).unwrap();
+    let bs = 4096;
+    for &b in logged.iter().filter(|&&b| b != 0) {
+        image[b as usize * bs..][..bs].copy_from_slice(block(&pre, bs, b));
+    }
+    std::fs::write(&logged_copy, &image).unwrap();
+    let by_e2fsck = dir.path().join("e.img");
+    std::fs::write(&by_e2fsck, &image).unwrap();
+
+    let f = facts(&image);
+    let dev: DeviceRef = Arc::new(FileDevice::open(&logged_copy, true).unwrap());
+    let mut j = Journal::open(dev.clone(), bs as u32, f.runs.clone(), f.uuid).unwrap();
+    assert!(j.needs_recovery());
+    let written = j.recover().expect("recover");
+    assert!(!j.needs_recovery());
+    assert!(written >= 5, "only {written} blocks replayed");
+    // Our writer carries on after the kernel's log; it must not need recovery again.
+    drop(j);
+    let j = Journal::open(dev, bs as u32, f.runs.clone(), f.uuid).unwrap();
+    assert!(!j.needs_recovery());
+    drop(j);
+    // The caller's part: the superblock no longer says the journal needs recovery.
+    let mut image = std::fs::read(&logged_copy).unwrap();
+    let (sb_blk, sb_at) = sb_block(bs);
+    let mut sb = block(&image, bs, sb_blk).to_vec();
+    edit_sb(&mut sb, sb_at, false, None);
+    image[..bs].copy_from_slice(&sb);
+    std::fs::write(&logged_copy, &image).unwrap();
+    assert_clean(&logged_copy, "after recover");
+
+    let dev: DeviceRef = Arc::new(MemDevice::read_only(image.clone()));
+    let fs = ExtFs::open(dev, ExtOptions::default()).unwrap();
+    assert!(!fs.journal_replayed());
+    assert_eq!(read_file(&fs, "one"), b"changed\n");
+    for i in [1, 20, 40] {
+        assert_eq!(
+            read_file(&fs, &format!("new/sub/f{i}")),
+            format!("file {i}\n").as_bytes()
+        );
+    }
+    assert!(resolve(&fs, "two").is_err());
+
+    // e2fsprogs' own replay (debugfs' journal_run, the recovery code e2fsck runs) writes
+    // the same contents to every logged block.
+    let (code, out) = run("debugfs", &["-w", "-R", "jr", by_e2fsck.to_str().unwrap()]);
+    assert_eq!(code, 0, "debugfs jr:\n{out}");
+    let theirs = std::fs::read(&by_e2fsck).unwrap();
+    for &b in logged.iter().filter(|&&b| b != 0) {
+        assert!(
+            block(&image, bs, b) == block(&theirs, bs, b),
+            "block {b} differs from e2fsprogs' replay"
+        );
+    }
+}
+
+/// A disk with a volatile write cache: writes wait in `pending` until a flush makes them
+/// durable. After a power cut the disk holds the durable image plus any subset of the
+/// pending writes, block by block (the cache may have written some back, in any order).
+struct CachedDisk {
+    durable: Mutex<Vec<u8>>,
+    pending: Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl CachedDisk {
+    fn new(image: Vec<u8>) -> CachedDisk {
+        CachedDisk {
+            durable: Mutex::new(image),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The image after a power cut that kept the pending `bs`-sized pieces `keep` accepts.
+    fn after_power_cut(&self, bs: usize, mut keep: impl FnMut() -> bool) -> Vec<u8> {
+        let mut image = self.durable.lock().unwrap().clone();
+        for (off, data) in self.pending.lock().unwrap().iter() {
+            for (i, piece) in data.chunks(bs).enumerate() {
+                if keep() {
+                    let at = *off as usize + i * bs;
+                    image[at..at + piece.len()].copy_from_slice(piece);
+                }
+            }
+        }
+        image
+    }
+}
+
+impl BlockDevice for CachedDisk {
+    fn size(&self) -> u64 {
+        self.durable.lock().unwrap().len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let (start, end) = (offset as usize, offset as usize + buf.len());
+        buf.copy_from_slice(&self.durable.lock().unwrap()[start..end]);
+        for (off, data) in self.pending.lock().unwrap().iter() {
+            let (ws, we) = (*off as usize, *off as usize + data.len());
+            let (s, e) = (start.max(ws), end.min(we));
+            if s < e {
+                buf[s - start..e - start].copy_from_slice(&data[s - ws..e - ws]);
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        crate::block::check_range(offset, buf.len() as u64, self.size())?;
+        self.pending.lock().unwrap().push((offset, buf.to_vec()));
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        let mut durable = self.durable.lock().unwrap();
+        for (off, data) in self.pending.lock().unwrap().drain(..) {
+            durable[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_at(offset, &vec![0; len as usize])
+    }
+    fn is_writable(&self) -> bool {
+        true
+    }
+}
+
+/// (block number, contents) pairs.
+type Blocks = Vec<(u64, Vec<u8>)>;
+
+/// What must survive a crash: blocks whose last commit (or data write + flush) returned,
+/// and the operation under way when the power went, which may have happened or not but
+/// never in part.
+#[derive(Default)]
+struct Model {
+    durable: std::collections::HashMap<u64, Vec<u8>>,
+    label: String,
+    /// The transaction or data write being made: (block, new contents), new label.
+    in_flight: Option<(Blocks, Option<String>)>,
+}
+
+/// The crash workload: seven transactions (the fifth needs a checkpoint first and wraps
+/// around the log's end), revokes followed by reuse of the blocks for file data, an explicit
+/// checkpoint, and blocks that need escaping. Stops at the first error.
+fn crash_workload(
+    dev: DeviceRef,
+    f: &FsFacts,
+    free: &[u64],
+    new_sb: &[u8],
+    m: &mut Model,
+) -> Result<()> {
+    let bs = f.bs;
+    let (sb_blk, _) = sb_block(bs);
+    let mut j = open_journal(dev.clone(), f, true)?;
+    let blocks = |range: std::ops::Range<usize>, version: u64| -> Vec<(u64, Vec<u8>)> {
+        free[range]
+            .iter()
+            .map(|&b| match b % 97 {
+                0 => (b, magic_pattern(bs, b * 10 + version)),
+                _ => (b, pattern(bs, b * 10 + version)),
+            })
+            .collect()
+    };
+    let step = |j: &mut Journal,
+                m: &mut Model,
+                t: Vec<(u64, Vec<u8>)>,
+                revoked: &[u64],
+                label: Option<&str>|
+     -> Result<()> {
+        m.in_flight = Some((t.clone(), label.map(String::from)));
+        let mut all = t.clone();
+        if label.is_some() {
+            all.push((sb_blk, new_sb.to_vec()));
+        }
+        let refs: Vec<(u64, &[u8])> = all.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+        j.commit(&refs, revoked)?;
+        for b in revoked {
+            m.durable.remove(b);
+        }
+        m.durable.extend(t);
+        if let Some(l) = label {
+            m.label = l.into();
+        }
+        m.in_flight = None;
+        Ok(())
+    };
+    step(&mut j, m, blocks(0..200, 1), &[], None)?;
+    step(&mut j, m, blocks(100..300, 2), &[], Some("jtest"))?;
+    step(&mut j, m, blocks(300..450, 3), &free[0..8], None)?;
+    // The freed blocks become file data, written in place (data=ordered); nothing is
+    // promised about them until the flush returns.
+    let data = blocks(0..8, 9);
+    for (b, d) in &data {
+        dev.write_at(b * bs as u64, d)?;
+    }
+    dev.flush()?;
+    m.durable.extend(data);
+    step(&mut j, m, blocks(450..700, 4), &[], None)?;
+    step(&mut j, m, blocks(200..420, 5), &[], None)?;
+    j.checkpoint()?;
+    step(&mut j, m, blocks(700..720, 6), &[], None)?;
+    step(&mut j, m, blocks(0..3, 7), &[], None)?;
+    Ok(())
+}
+
+/// Checks a crashed image after its journal was replayed: clean, every durable block
+/// intact, the in-flight operation all there or not at all.
+fn check_crashed(path: &Path, f: &FsFacts, original: &[u8], m: &Model, what: &str) {
+    assert_clean(path, what);
+    let image = std::fs::read(path).unwrap();
+    let bs = f.bs;
+    let in_flight: std::collections::HashSet<u64> = m
+        .in_flight
+        .iter()
+        .flat_map(|(t, _)| t.iter().map(|(b, _)| *b))
+        .collect();
+    for (b, d) in m.durable.iter().filter(|(b, _)| !in_flight.contains(b)) {
+        assert!(
+            block(&image, bs, *b) == &d[..],
+            "{what}: block {b} lost (in flight: {:?})",
+            m.in_flight
+                .as_ref()
+                .map(|t| (t.0.len(), t.0.first().map(|x| x.0)))
+        );
+    }
+    let label = label_of(&image);
+    match &m.in_flight {
+        None => assert_eq!(label, m.label, "{what}: label"),
+        Some((t, new_label)) => {
+            let new = t.iter().all(|(b, d)| block(&image, bs, *b) == &d[..])
+                && new_label.as_ref().is_none_or(|l| *l == label);
+            let old = t.iter().all(|(b, _)| {
+                let before = m.durable.get(b).map(|d| &d[..]);
+                block(&image, bs, *b) == before.unwrap_or(block(original, bs, *b))
+            }) && label == m.label;
+            assert!(new || old, "{what}: a transaction was torn");
+        }
+    }
+}
+
+#[test]
+fn power_cut_at_every_write_loses_no_commit_and_tears_none() {
+    if !have_tools(&["mke2fs", "e2fsck", "debugfs"]) {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("c.img");
+    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
+    let mut original = std::fs::read(&path).unwrap();
+    let f = facts(&original);
+    let bs = f.bs;
+    let free = free_blocks(&path, 720);
+    let (sb_blk, sb_at) = sb_block(bs);
+    // Mounted read-write: the superblock says so before the first commit.
+    let mut home_sb = block(&original, bs, sb_blk).to_vec();
+    edit_sb(&mut home_sb, sb_at, true, None);
+    original[sb_blk as usize * bs..][..bs].copy_from_slice(&home_sb);
+    let mut new_sb = home_sb.clone();
+    edit_sb(&mut new_sb, sb_at, true, Some("jtest"));
+    let first_label = label_of(&original);
+
+    // A power cut just before write `n`, or instead of flush `n` (the writes since the
+    // previous flush are then in the cache only).
+    let run_to = |cut: Option<(FaultOp, u64)>| {
+        let disk = Arc::new(CachedDisk::new(original.clone()));
+        let fault = Arc::new(FaultDevice::new(disk.clone()));
+        if let Some((op, n)) = cut {
+            fault.fail_from(op, n);
+        }
+        let mut m = Model {
+            label: first_label.clone(),
+            ..Model::default()
+        };
+        let r = crash_workload(fault.clone(), &f, &free, &new_sb, &mut m);
+        (disk, fault, m, r)
+    };
+    let (_, fault, _, r) = run_to(None);
+    r.expect("the workload without faults");
+    let (writes, flushes) = (fault.count(FaultOp::Write), fault.count(FaultOp::Flush));
+    assert!(
+        writes > 20 && flushes > 10,
+        "{writes} writes, {flushes} flushes"
+    );
+
+    let mut cuts: Vec<(FaultOp, u64, &str)> = Vec::new();
+    for n in 1..=writes + 1 {
+        for variant in ["nothing", "everything", "a random part"] {
+            cuts.push((FaultOp::Write, n, variant));
+        }
+    }
+    // At a flush the cache holds the most; what survives is up to chance.
+    for n in 1..=flushes {
+        cuts.push((FaultOp::Flush, n, "a random part"));
+    }
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for &(op, n, variant) in &cuts {
+        let (disk, _, m, r) = run_to(Some((op, n)));
+        let total = if op == FaultOp::Write {
+            writes
+        } else {
+            flushes
+        };
+        assert_eq!(r.is_err(), n <= total, "{op:?} {n}");
+        let what = format!("power cut at {op:?} {n}/{total}, cache kept {variant}");
+        let image = disk.after_power_cut(bs, || match variant {
+            "nothing" => false,
+            "everything" => true,
+            _ => {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed & 1 == 1
+            }
+        });
+        if variant == "everything" {
+            // Our own recovery, then the caller's part: clear INCOMPAT_RECOVER.
+            let mem = Arc::new(MemDevice::from_vec(image));
+            let mut j = Journal::open(mem.clone(), bs as u32, f.runs.clone(), f.uuid)
+                .unwrap_or_else(|e| panic!("{what}: open: {e}"));
+            j.recover()
+                .unwrap_or_else(|e| panic!("{what}: recover: {e}"));
+            let mut image = mem.contents();
+            let at = sb_blk as usize * bs;
+            edit_sb(&mut image[at..at + bs], sb_at, false, None);
+            std::fs::write(&path, &image).unwrap();
+        } else {
+            std::fs::write(&path, &image).unwrap();
+            let (code, out) = fsck(&path, "y");
+            assert!(code <= 1, "{what}: e2fsck -fy {code}:\n{out}");
+        }
+        check_crashed(&path, &f, &original, &m, &what);
+    }
+    let points = cuts.len();
+    eprintln!("{points} crash images checked ({writes} writes, {flushes} flushes per run)");
 }
