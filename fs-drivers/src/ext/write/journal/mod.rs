@@ -97,7 +97,9 @@ impl Journal {
             end,
             // jbd2 starts one past the superblock's sequence when the log is empty.
             seq: sb.sequence().wrapping_add(1),
-            head: first,
+            // Continue the log where its last user stopped, as jbd2 does (old history stays
+            // readable for logdump); its blocks carry older sequences either way.
+            head: sb.head().filter(|_| sb.start() == 0).unwrap_or(first),
             used: 0,
             live: HashSet::new(),
             unrecovered: sb.start() != 0,
@@ -184,6 +186,7 @@ impl Journal {
         // Skip one sequence past the log's end, as jbd2 does, so an uncommitted
         // transaction's leftovers can never look like the next one.
         self.sb.set_log(0, scan.next_seq.wrapping_add(1));
+        self.sb.set_head(self.first);
         self.write_sb()?;
         self.dev.flush()?;
         self.aborted = false;
@@ -284,6 +287,7 @@ impl Journal {
         // superblock lets go of their log copies.
         self.dev.flush()?;
         self.sb.set_log(0, self.seq);
+        self.sb.set_head(self.head);
         self.write_sb()?;
         self.dev.flush()?;
         self.aborted = false;

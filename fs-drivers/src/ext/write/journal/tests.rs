@@ -802,3 +802,81 @@ fn power_cut_at_every_write_loses_no_commit_and_tears_none() {
     let points = cuts.len();
     eprintln!("{points} crash images checked ({writes} writes, {flushes} flushes per run)");
 }
+
+#[test]
+fn a_second_session_continues_the_log_and_e2fsck_replays_across_its_end() {
+    if !have_tools(&["mke2fs", "e2fsck", "debugfs"]) {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("s.img");
+    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
+    let mut image = std::fs::read(&path).unwrap();
+    let f = facts(&image);
+    let bs = f.bs;
+    let free = free_blocks(&path, 600);
+    let (sb_blk, sb_at) = sb_block(bs);
+    let at = sb_blk as usize * bs;
+    edit_sb(&mut image[at..at + bs], sb_at, true, None);
+    let mem = Arc::new(MemDevice::from_vec(image));
+
+    // Session one: three transactions (the third checkpoints the first two), then a clean
+    // checkpoint.
+    let mut j = open_journal(mem.clone(), &f, true).unwrap();
+    for v in 0..3u64 {
+        let t: Vec<_> = free[..300]
+            .iter()
+            .map(|&b| (b, pattern(bs, b + v)))
+            .collect();
+        commit(&mut j, &t, &[]);
+    }
+    j.checkpoint().unwrap();
+    assert!(!j.needs_recovery());
+    let head = j.head;
+    drop(j);
+    assert!(head > f.runs[0].1 as u32 / 2, "the log did not move on");
+    let between = mem.contents();
+
+    // Session two starts where one stopped and wraps around the log's end.
+    let mut j = open_journal(mem.clone(), &f, true).unwrap();
+    assert_eq!(j.head, head);
+    let t1: Vec<_> = free[300..560]
+        .iter()
+        .map(|&b| (b, pattern(bs, b * 3)))
+        .collect();
+    let t2: Vec<_> = free[500..600]
+        .iter()
+        .map(|&b| (b, magic_pattern(bs, b * 5)))
+        .collect();
+    commit(&mut j, &t1, &[]);
+    commit(&mut j, &t2, &[]);
+    assert!(j.head < head, "session two did not wrap");
+    drop(j);
+
+    // Crash before the home writes: only the log has session two.
+    let mut crashed = mem.contents();
+    for &b in &free[300..600] {
+        let at = b as usize * bs;
+        crashed[at..at + bs].copy_from_slice(block(&between, bs, b));
+    }
+    std::fs::write(&path, &crashed).unwrap();
+    let (_, dump) = run("debugfs", &["-R", "logdump", path.to_str().unwrap()]);
+    assert!(
+        dump.contains(&format!("Journal starts at block {head},")),
+        "logdump:\n{dump}"
+    );
+    assert_eq!(
+        dump.matches("(commit block)").count(),
+        2,
+        "logdump:\n{dump}"
+    );
+    let (code, out) = fsck(&path, "y");
+    assert!(code <= 1, "e2fsck -fy {code}:\n{out}");
+    assert_clean(&path, "after session two");
+    let after = std::fs::read(&path).unwrap();
+    let mut expect: std::collections::HashMap<u64, Vec<u8>> = t1.into_iter().collect();
+    expect.extend(t2);
+    for (b, d) in &expect {
+        assert!(block(&after, bs, *b) == &d[..], "block {b}");
+    }
+}
