@@ -220,6 +220,12 @@ impl Journal {
             if data.len() != bs {
                 return Err(Error::Invalid("journal block of the wrong size".into()));
             }
+            let end = blk.checked_add(1).and_then(|e| e.checked_mul(bs as u64));
+            if end.is_none_or(|e| e > self.dev.size()) {
+                return Err(Error::Invalid(format!(
+                    "block {blk} lies beyond the device"
+                )));
+            }
             match index.get(&blk) {
                 Some(&i) => logged[i].1 = data,
                 None => {
