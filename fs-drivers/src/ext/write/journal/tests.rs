@@ -896,3 +896,67 @@ fn a_second_session_continues_the_log_and_e2fsck_replays_across_its_end() {
         assert!(block(&after, bs, *b) == &d[..], "block {b}");
     }
 }
+
+#[test]
+fn sequence_numbers_wrap_past_u32_max_with_revokes_across_the_wrap() {
+    if !have_tools(&["mke2fs", "e2fsck", "debugfs"]) {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("w.img");
+    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
+    let mut image = std::fs::read(&path).unwrap();
+    let f = facts(&image);
+    let bs = f.bs;
+    let free = free_blocks(&path, 40);
+    let (sb_blk, sb_at) = sb_block(bs);
+    let at = sb_blk as usize * bs;
+    edit_sb(&mut image[at..at + bs], sb_at, true, None);
+    // The last transaction was 0xFFFF_FFFD: ours are 0xFFFF_FFFE, 0xFFFF_FFFF, 0, 1.
+    let jsb = f.runs[0].0 as usize * bs;
+    image[jsb + 0x18..jsb + 0x1C].copy_from_slice(&0xFFFF_FFFDu32.to_be_bytes());
+    let original = image.clone();
+    let mem = Arc::new(MemDevice::from_vec(image));
+    // enable_features rewrites the jsb with its checksum.
+    let mut j = open_journal(mem.clone(), &f, true).unwrap();
+    let version = |range: std::ops::Range<usize>, v: u64| -> Vec<(u64, Vec<u8>)> {
+        free[range]
+            .iter()
+            .map(|&b| (b, pattern(bs, b * 7 + v)))
+            .collect()
+    };
+    commit(&mut j, &version(0..10, 1), &[]);
+    commit(&mut j, &version(10..20, 2), &[]);
+    // Sequence 0 revokes blocks logged at 0xFFFF_FFFE; sequence 1 logs one of them again
+    // and revokes one logged at 0xFFFF_FFFF.
+    commit(&mut j, &version(20..30, 3), &free[0..4]);
+    commit(&mut j, &version(0..1, 4), &[free[10]]);
+    drop(j);
+    let mut expect: std::collections::HashMap<u64, Vec<u8>> = std::collections::HashMap::new();
+    for (r, v) in [(0..10, 1), (10..20, 2), (20..30, 3), (0..1, 4)] {
+        expect.extend(version(r, v));
+    }
+    for &b in free[1..4].iter().chain([&free[10]]) {
+        expect.insert(b, block(&original, bs, b).to_vec());
+    }
+    let mut crashed = mem.contents();
+    for &b in &free[..30] {
+        let at = b as usize * bs;
+        crashed[at..at + bs].copy_from_slice(block(&original, bs, b));
+    }
+    std::fs::write(&path, &crashed).unwrap();
+
+    let dev: DeviceRef = Arc::new(MemDevice::read_only(crashed.clone()));
+    let fs = ExtFs::open(dev, ExtOptions::default()).unwrap();
+    for (b, d) in &expect {
+        assert!(&fs.read_block(*b).unwrap() == d, "reader: block {b}");
+    }
+    drop(fs);
+    let (code, out) = fsck(&path, "y");
+    assert!(code <= 1, "e2fsck -fy {code}:\n{out}");
+    assert_clean(&path, "after the wrap");
+    let after = std::fs::read(&path).unwrap();
+    for (b, d) in &expect {
+        assert!(block(&after, bs, *b) == &d[..], "e2fsck: block {b}");
+    }
+}
