@@ -960,3 +960,62 @@ fn sequence_numbers_wrap_past_u32_max_with_revokes_across_the_wrap() {
         assert!(block(&after, bs, *b) == &d[..], "e2fsck: block {b}");
     }
 }
+
+#[test]
+fn corrupted_logs_give_errors_or_a_recovery_never_a_panic() {
+    if !have_tools(&["mke2fs", "debugfs"]) {
+        return;
+    }
+    let dir = scratch();
+    let path = dir.path().join("z.img");
+    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
+    let image = std::fs::read(&path).unwrap();
+    let f = facts(&image);
+    let bs = f.bs;
+    let free = free_blocks(&path, 200);
+    let mem = Arc::new(MemDevice::from_vec(image));
+    let mut j = open_journal(mem.clone(), &f, true).unwrap();
+    for v in 0..4u64 {
+        let t: Vec<_> = free[v as usize * 40..][..60]
+            .iter()
+            .map(|&b| (b, magic_pattern(bs, b + v)))
+            .collect();
+        commit(&mut j, &t, &free[..v as usize * 5]);
+    }
+    drop(j);
+    let logged = mem.contents();
+    // The journal's first run holds the superblock and the log written above.
+    let (jstart, jlen) = f.runs[0];
+    let span = (jlen.min(300) as usize) * bs;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut recovered, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let mut img = logged.clone();
+        for _ in 0..1 + next() % 6 {
+            let at = jstart as usize * bs + (next() as usize % span);
+            // Whole words from other blocks as often as random bytes: plausible values.
+            if next() % 2 == 0 {
+                img[at] ^= 1 << (next() % 8);
+            } else {
+                let v = (next() % 4096) as u32;
+                let at = at & !3;
+                img[at..at + 4].copy_from_slice(&v.to_be_bytes());
+            }
+        }
+        let dev = Arc::new(MemDevice::from_vec(img));
+        match Journal::open(dev, bs as u32, f.runs.clone(), f.uuid).and_then(|mut j| j.recover()) {
+            Ok(_) => recovered += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        recovered > 0 && refused > 0,
+        "{recovered} recovered, {refused} refused"
+    );
+}
