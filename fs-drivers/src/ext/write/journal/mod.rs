@@ -22,6 +22,8 @@ mod tests;
 
 use crate::block::DeviceRef;
 use crate::ext::jbd2::{self, Format, JournalSb, INCOMPAT_FAST_COMMIT, MAGIC};
+use crate::ext::superblock::compat;
+use crate::ext::ExtFs;
 use crate::{Error, Result};
 use layout::Layout;
 use std::collections::{HashMap, HashSet};
@@ -106,6 +108,24 @@ impl Journal {
             aborted: false,
             sb,
         })
+    }
+
+    /// The internal journal of `fs`, on the device `fs` reads through. External journals
+    /// are `Unsupported`. Follow with `recover` when `needs_recovery`, then, to log as the
+    /// kernel would, `enable_features(fs_64bit, metadata_csum)`.
+    pub fn open_fs(fs: &ExtFs) -> Result<Journal> {
+        if !fs.sb.has_compat(compat::HAS_JOURNAL) {
+            return Err(Error::Invalid("the filesystem has no journal".into()));
+        }
+        if fs.sb.journal_inum == 0 {
+            return Err(Error::Unsupported("external journal".into()));
+        }
+        Journal::open(
+            fs.dev.clone(),
+            fs.sb.block_size,
+            fs.journal_runs()?,
+            fs.sb.uuid,
+        )
     }
 
     /// Upgrades the journal's format as the kernel's ext4 does at mount: 64-bit tags when

@@ -44,6 +44,18 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(target).expect("tempdir")
 }
 
+/// For the power-cut tests' hundreds of small images: memory when the host has a tmpfs
+/// there (e2fsck's fsyncs then cost nothing), else `scratch`.
+fn fast_scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    match on_tmpfs {
+        true => tempfile::tempdir_in(shm).unwrap_or_else(|_| scratch()),
+        false => scratch(),
+    }
+}
+
 fn run(name: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(tool(name).expect(name))
         .args(args)
@@ -144,7 +156,7 @@ fn facts(image: &[u8]) -> FsFacts {
     FsFacts {
         bs: fs.block_size() as usize,
         runs: fs.journal_runs().expect("journal runs"),
-        uuid: fs.uuid(),
+        uuid: fs.sb.uuid,
         is_64bit: le32(sb, 0x60) & 0x80 != 0,
         csum: le32(sb, 0x64) & 0x400 != 0,
     }
@@ -153,14 +165,15 @@ fn facts(image: &[u8]) -> FsFacts {
 /// Deterministic block contents: `n` distinguishes blocks and versions.
 fn pattern(bs: usize, n: u64) -> Vec<u8> {
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..bs)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut out = Vec::with_capacity(bs);
+    while out.len() < bs {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(bs);
+    out
 }
 
 /// A block that starts with the jbd2 magic, which the log must escape.
@@ -480,7 +493,9 @@ fn recover_replays_a_log_the_kernel_wrote() {
 
     let f = facts(&image);
     let dev: DeviceRef = Arc::new(FileDevice::open(&logged_copy, true).unwrap());
-    let mut j = Journal::open(dev.clone(), bs as u32, f.runs.clone(), f.uuid).unwrap();
+    let fs = ExtFs::open(dev.clone(), ExtOptions::default()).unwrap();
+    let mut j = Journal::open_fs(&fs).unwrap();
+    drop(fs);
     assert!(j.needs_recovery());
     let written = j.recover().expect("recover");
     assert!(!j.needs_recovery());
@@ -728,9 +743,9 @@ fn power_cuts(mkfs_args: &[&str], variants: &[&'static str]) {
     if !have_tools(&["mke2fs", "e2fsck", "debugfs"]) {
         return;
     }
-    let dir = scratch();
+    let dir = fast_scratch();
     let path = dir.path().join("c.img");
-    mkfs(&path, 8, mkfs_args);
+    mkfs(&path, 4, mkfs_args);
     let mut original = std::fs::read(&path).unwrap();
     let f = facts(&original);
     let bs = f.bs;
