@@ -1066,3 +1066,83 @@ fn corrupted_logs_give_errors_or_a_recovery_never_a_panic() {
         "{recovered} recovered, {refused} refused"
     );
 }
+
+#[test]
+fn the_kernel_replays_our_log() {
+    if !have_tools(&["mke2fs", "e2fsck", "debugfs", "mount", "umount"]) {
+        return;
+    }
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        eprintln!("SKIP: mounting a loop device needs root");
+        return;
+    }
+    let dir = scratch();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    for (name, args, kernel_features) in [
+        ("ext4 (csum v3)", &["-t", "ext4", "-b", "4096"][..], true),
+        (
+            "ext3 1k (no checksums)",
+            &["-t", "ext3", "-b", "1024"][..],
+            false,
+        ),
+    ] {
+        let path = dir.path().join("k.img");
+        mkfs(&path, 32, args);
+        let mut image = std::fs::read(&path).unwrap();
+        let f = facts(&image);
+        let bs = f.bs;
+        let free = free_blocks(&path, 40);
+        let (sb_blk, sb_at) = sb_block(bs);
+        let at = sb_blk as usize * bs;
+        edit_sb(&mut image[at..at + bs], sb_at, true, None);
+        let original = image.clone();
+        let mut new_sb = block(&original, bs, sb_blk).to_vec();
+        edit_sb(&mut new_sb, sb_at, true, Some("kern"));
+        let mem = Arc::new(MemDevice::from_vec(image));
+        let mut j = open_journal(mem.clone(), &f, kernel_features).unwrap();
+        let t1: Vec<_> = free[..20]
+            .iter()
+            .map(|&b| (b, magic_pattern(bs, b)))
+            .chain([(sb_blk, new_sb)])
+            .collect();
+        let t2: Vec<_> = free[10..30]
+            .iter()
+            .map(|&b| (b, pattern(bs, b * 11)))
+            .collect();
+        commit(&mut j, &t1, &[]);
+        commit(&mut j, &t2, &free[..5]);
+        drop(j);
+        let mut expect: std::collections::HashMap<u64, Vec<u8>> =
+            t1.iter().chain(&t2).cloned().collect();
+        expect.remove(&sb_blk);
+        for &b in &free[..5] {
+            expect.insert(b, block(&original, bs, b).to_vec());
+        }
+        let mut crashed = mem.contents();
+        for &b in &free[..30] {
+            let at = b as usize * bs;
+            crashed[at..at + bs].copy_from_slice(block(&original, bs, b));
+        }
+        let at = sb_blk as usize * bs;
+        crashed[at..at + bs].copy_from_slice(block(&original, bs, sb_blk));
+        std::fs::write(&path, &crashed).unwrap();
+
+        // Mounting replays the journal (jbd2's recovery), unmounting leaves it clean.
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&path)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}: the kernel refused our log");
+        drop(Mounted(&mnt));
+        assert_clean(&path, name);
+        let after = std::fs::read(&path).unwrap();
+        for (b, d) in &expect {
+            assert!(block(&after, bs, *b) == &d[..], "{name}: block {b}");
+        }
+        assert_eq!(label_of(&after), "kern", "{name}");
+    }
+}
