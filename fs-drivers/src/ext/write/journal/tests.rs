@@ -1144,5 +1144,44 @@ fn the_kernel_replays_our_log() {
             assert!(block(&after, bs, *b) == &d[..], "{name}: block {b}");
         }
         assert_eq!(label_of(&after), "kern", "{name}");
+
+        // Our writer carries on after the kernel, empties its log, and the kernel carries
+        // on after us: its sequence continues from ours.
+        let dev: DeviceRef = Arc::new(FileDevice::open(&path, true).unwrap());
+        let mut j = open_journal(dev.clone(), &f, kernel_features).unwrap();
+        assert!(!j.needs_recovery(), "{name}");
+        let t3: Vec<_> = free[30..40]
+            .iter()
+            .map(|&b| (b, pattern(bs, b * 13)))
+            .collect();
+        commit(&mut j, &t3, &[]);
+        j.checkpoint().unwrap();
+        let ours = j.seq;
+        drop(j);
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&path)
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name}: the kernel refused our journal");
+        {
+            let _guard = Mounted(&mnt);
+            std::fs::write(mnt.join("after-us"), b"kernel\n").unwrap();
+            assert!(Command::new("sync")
+                .arg("-f")
+                .arg(mnt.join("after-us"))
+                .status()
+                .unwrap()
+                .success());
+        }
+        assert_clean(&path, name);
+        let image = std::fs::read(&path).unwrap();
+        let jsb = f.runs[0].0 as usize * bs;
+        let seq = u32::from_be_bytes(image[jsb + 0x18..jsb + 0x1C].try_into().unwrap());
+        assert!(
+            seq.wrapping_sub(ours) as i32 > 0,
+            "{name}: kernel sequence {seq}, ours {ours}"
+        );
     }
 }
