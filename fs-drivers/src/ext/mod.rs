@@ -41,7 +41,8 @@ mod xattr;
 
 use crate::block::DeviceRef;
 use crate::vfs::{
-    Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, XattrSet,
 };
 use crate::{Error, Result};
 use group_desc::GroupDesc;
@@ -1052,8 +1053,23 @@ impl FileSystem for ExtFs {
         self.w_fsync()
     }
 
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.w_setxattr(Self::ino32(ino)?, name, value, how)
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.w_removexattr(Self::ino32(ino)?, name)
+    }
+
     fn sync(&self) -> Result<()> {
         self.sync_rw(false)
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
     }
 }
 
