@@ -6,10 +6,10 @@
 
 use super::io::Store;
 use super::Ctx;
-use crate::ext::ExtFs;
 use crate::ext::checksum::crc32c_raw;
 use crate::ext::inode::Inode;
 use crate::ext::le::{u16_at, u32_at};
+use crate::ext::ExtFs;
 use crate::{Error, Result};
 
 const MAGIC: u16 = 0xF30A;
@@ -34,7 +34,14 @@ impl Ext {
 pub fn load(cx: &Ctx, inode: &Inode) -> Result<(Vec<Ext>, Vec<u64>)> {
     let mut out = Vec::new();
     let mut nodes = Vec::new();
-    walk(&mut |b| cx.read_meta(b), inode, &inode.block, 0, &mut out, &mut nodes)?;
+    walk(
+        &mut |b| cx.read_meta(b),
+        inode,
+        &inode.block,
+        0,
+        &mut out,
+        &mut nodes,
+    )?;
     Ok((out, nodes))
 }
 
@@ -42,7 +49,14 @@ pub fn load(cx: &Ctx, inode: &Inode) -> Result<(Vec<Ext>, Vec<u64>)> {
 pub fn load_from(st: &mut dyn Store, inode: &Inode) -> Result<(Vec<Ext>, Vec<u64>)> {
     let mut out = Vec::new();
     let mut nodes = Vec::new();
-    walk(&mut |b| st.read_meta(b), inode, &inode.block, 0, &mut out, &mut nodes)?;
+    walk(
+        &mut |b| st.read_meta(b),
+        inode,
+        &inode.block,
+        0,
+        &mut out,
+        &mut nodes,
+    )?;
     Ok((out, nodes))
 }
 

@@ -566,15 +566,11 @@ impl Ctx<'_> {
         self.write_meta(blk, &block)?;
         Ok(inode)
     }
-
 }
 
 impl ExtFs {
     pub(crate) fn invalidate_extents(&self, ino: u32) {
-        let mut c = self
-            .extent_nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.extent_nodes.lock().unwrap_or_else(|p| p.into_inner());
         let keys: Vec<(u32, u64)> = c
             .iter()
             .filter(|(k, _)| k.0 == ino)
