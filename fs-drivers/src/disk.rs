@@ -692,7 +692,11 @@ fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<d
     match driver {
         Driver::Ext => {
             if opts.writable {
-                return Err(Error::ReadOnly);
+                // The writer's own refusal (a feature it cannot write, say) replaces this
+                // once it exists.
+                return Err(Error::Unsupported(
+                    "ext2/3/4 is read-only in imgmount; mount without -o rw".into(),
+                ));
             }
             let ext_opts = ExtOptions {
                 verify_checksums: opts.verify_checksums,

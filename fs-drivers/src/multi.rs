@@ -7,7 +7,10 @@
 //! A partition that could not be opened still gets its directory (empty, read-only), so one
 //! broken or foreign partition never hides the others.
 
-use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, StatFs, Timespec};
+use crate::vfs::{
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, Timespec, XattrSet,
+};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -362,6 +365,67 @@ impl FileSystem for MultiFs {
             return Err(cross_device());
         }
         fs.rename(inner, name, new_inner, new_name)
+    }
+
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        let (new_slot, _, new_inner) = self.inner_dir(new_parent)?;
+        if slot != new_slot {
+            return Err(cross_device());
+        }
+        fs.rename_flags(inner, name, new_inner, new_name, flags)
+    }
+
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        Self::map_attr(slot, fs.make_node(inner, name, node)?)
+    }
+
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        Self::map_attr(slot, fs.symlink(inner, name, target, uid, gid)?)
+    }
+
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        let (new_slot, fs, new_inner) = self.inner_dir(new_parent)?;
+        match self.target(ino)? {
+            // The partition directories are directories: no hard links to them.
+            Target::Root | Target::Empty(_) => Err(Error::NotPermitted(
+                "hard links to directories are not allowed".into(),
+            )),
+            Target::Inner(slot, _, _) if slot != new_slot => Err(cross_device()),
+            Target::Inner(_, _, inner) => {
+                Self::map_attr(new_slot, fs.link(inner, new_inner, new_name)?)
+            }
+        }
+    }
+
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::ReadOnly),
+            Target::Inner(_, fs, inner) => fs.setxattr(inner, name, value, how),
+        }
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::ReadOnly),
+            Target::Inner(_, fs, inner) => fs.removexattr(inner, name),
+        }
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::IsDir),
+            Target::Inner(_, fs, inner) => fs.fallocate(inner, offset, len, mode),
+        }
     }
 
     fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {

@@ -144,6 +144,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<Timespec>,
     pub mtime: Option<Timespec>,
+    /// An explicit change time (the kernel sends its own only when it caches writes). Without
+    /// it a driver that keeps ctime sets it to the current time on any change, as the kernel
+    /// does; drivers without a change time (FAT) ignore it.
+    pub ctime: Option<Timespec>,
 }
 
 /// A node to make (mknod, create, mkdir): the front end has applied the umask and decided
@@ -252,7 +256,8 @@ pub trait FileSystem: Send + Sync {
     fn rename(&self, _parent: Ino, _name: &[u8], _new_parent: Ino, _new_name: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)
     }
-    /// renameat2. Drivers that keep the default support no flags.
+    /// renameat2. The default supports RENAME_NOREPLACE (over `lookup` and `rename`) but not
+    /// RENAME_EXCHANGE (EINVAL, as the kernel answers for filesystems without it).
     fn rename_flags(
         &self,
         parent: Ino,
@@ -261,8 +266,16 @@ pub trait FileSystem: Send + Sync {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        if flags != RenameFlags::default() {
-            return Err(Error::Invalid("rename flags not supported here".into()));
+        if flags.exchange {
+            return Err(Error::Invalid(
+                "RENAME_EXCHANGE is not supported here".into(),
+            ));
+        }
+        // The kernel holds both parents locked across a rename and has already looked the
+        // target up, so checking here cannot race with a create of the same name; this is
+        // how the kernel's own simple filesystems support NOREPLACE.
+        if flags.noreplace && self.lookup(new_parent, new_name).is_ok() {
+            return Err(Error::Exists);
         }
         self.rename(parent, name, new_parent, new_name)
     }

@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub fsname: String,
     pub writable: bool,
     pub allow_other: bool,
+    /// The kernel checks permissions against the owners and modes shown (always with
+    /// allow_other). Off, the mount's owner may do whatever the daemon allows (see
+    /// `Adapter::access`).
+    pub default_permissions: bool,
     pub owner: Ownership,
     /// fuser worker threads; the drivers are `Sync`, so parallel requests are safe.
     pub threads: usize,
@@ -186,6 +190,7 @@ pub fn serve(
         fsname: &cfg.fsname,
         writable: cfg.writable,
         allow_other: cfg.allow_other,
+        default_permissions: cfg.default_permissions || cfg.allow_other,
         direct: cfg.direct_mount,
     };
     let (fd, km) = match kernel::mount(&req) {
