@@ -691,16 +691,12 @@ fn in_context(what: &str, e: Error) -> Error {
 fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<dyn FileSystem>> {
     match driver {
         Driver::Ext => {
-            if opts.writable {
-                // The writer's own refusal (a feature it cannot write, say) replaces this
-                // once it exists.
-                return Err(Error::Unsupported(
-                    "ext2/3/4 is read-only in imgmount; mount without -o rw".into(),
-                ));
-            }
             let ext_opts = ExtOptions {
                 verify_checksums: opts.verify_checksums,
             };
+            if opts.writable {
+                return Ok(Arc::new(ExtFs::open_rw(dev, ext_opts)?));
+            }
             Ok(Arc::new(ExtFs::open(dev, ext_opts)?))
         }
         Driver::Fat => {

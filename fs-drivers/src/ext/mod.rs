@@ -32,13 +32,15 @@ mod inode;
 mod journal;
 mod le;
 mod superblock;
-// The writer's pieces land one by one; until the core wires them in, parts are unused.
+// The writer's pieces land one by one; some of their interfaces are not used yet.
 #[allow(dead_code)]
 mod write;
 mod xattr;
 
 use crate::block::DeviceRef;
-use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, StatFs};
+use crate::vfs::{
+    Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
+};
 use crate::{Error, Result};
 use group_desc::GroupDesc;
 use inode::{flags, Inode};
@@ -100,6 +102,8 @@ pub struct ExtFs {
     extent_nodes: Mutex<ExtentNodeCache>,
     /// Lookups whose htree was unusable and fell back to a linear scan.
     dx_fallbacks: AtomicU64,
+    /// The writer's state on a read-write filesystem (see `write`).
+    rw: Option<Arc<write::Shared>>,
 }
 
 impl ExtFs {
@@ -113,6 +117,17 @@ impl ExtFs {
             }
         }
         Ok(fs)
+    }
+
+    /// Opens for reading and writing (`-o rw`). Images with features the writer does not
+    /// handle are refused with one line naming the feature, before anything is written.
+    pub fn open_rw(dev: DeviceRef, opts: ExtOptions) -> Result<ExtFs> {
+        Self::open_rw_inner(dev, opts)
+    }
+
+    /// A read guard while a write operation may be half done (rw only).
+    fn guard(&self) -> Option<std::sync::RwLockReadGuard<'_, write::State>> {
+        self.rw.as_ref().map(|s| s.read_lock())
     }
 
     fn load(dev: DeviceRef, opts: ExtOptions, overlay: HashMap<u64, (u64, bool)>) -> Result<ExtFs> {
@@ -170,6 +185,7 @@ impl ExtFs {
                     .unwrap_or(NonZeroUsize::MIN),
             )),
             dx_fallbacks: AtomicU64::new(0),
+            rw: None,
         };
         fs.groups = fs.load_groups()?;
         Ok(fs)
@@ -732,6 +748,7 @@ impl FileSystem for ExtFs {
     }
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let _g = self.guard();
         let ino = self.lookup_ino(Self::ino32(parent)?, name)?;
         let inode = self.inode(ino)?;
         if inode.links == 0 {
@@ -743,6 +760,7 @@ impl FileSystem for ExtFs {
     }
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let _g = self.guard();
         self.attr_of(&*self.inode(Self::ino32(ino)?)?)
     }
 
@@ -759,6 +777,7 @@ impl FileSystem for ExtFs {
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        let _g = self.guard();
         let dir = self.dir_inode(Self::ino32(ino)?)?;
         let bs = self.sb.block_size as usize;
         let filetype = self.filetype();
@@ -796,6 +815,7 @@ impl FileSystem for ExtFs {
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         match inode.kind()? {
             FileType::Directory => return Err(Error::IsDir),
@@ -807,6 +827,7 @@ impl FileSystem for ExtFs {
     }
 
     fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         match inode.kind()? {
             FileType::Directory => return Err(Error::IsDir),
@@ -818,6 +839,7 @@ impl FileSystem for ExtFs {
     }
 
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         if inode.kind()? != FileType::Symlink {
             return Err(Error::Invalid("not a symlink".into()));
@@ -850,6 +872,7 @@ impl FileSystem for ExtFs {
     }
 
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         Ok(self
             .xattr_entries(&inode)?
@@ -859,6 +882,7 @@ impl FileSystem for ExtFs {
     }
 
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         for e in self.xattr_entries(&inode)? {
             if xattr::full_name(e.index, &e.name).as_deref() == Some(name) {
@@ -875,8 +899,16 @@ impl FileSystem for ExtFs {
         let sb = &self.sb;
         let ratio = u64::from(sb.cluster_size / sb.block_size);
         let clusters = sb.blocks_count / ratio;
-        let free: u64 = self.groups.iter().map(|g| g.free_clusters).sum();
-        let free_inodes: u64 = self.groups.iter().map(|g| g.free_inodes).sum();
+        let (free, free_inodes): (u64, u64) = match &self.rw {
+            Some(sh) => {
+                let st = sh.read_lock();
+                (st.groups.free_blocks, st.groups.free_inodes)
+            }
+            None => (
+                self.groups.iter().map(|g| g.free_clusters).sum(),
+                self.groups.iter().map(|g| g.free_inodes).sum(),
+            ),
+        };
         let resv = if sb.has_incompat(incompat::EXTENTS) {
             (clusters / 50).min(4096) * ratio
         } else {
@@ -894,5 +926,113 @@ impl FileSystem for ExtFs {
             files_free: free_inodes.min(u64::from(sb.inodes_count)),
             name_max: 255,
         })
+    }
+
+    fn open(&self, ino: Ino, _write: bool) -> Result<()> {
+        if self.rw.is_some() {
+            self.w_open(Self::ino32(ino)?);
+        }
+        Ok(())
+    }
+
+    fn release(&self, ino: Ino) -> Result<()> {
+        self.w_release(Self::ino32(ino)?)
+    }
+
+    fn is_writable(&self) -> bool {
+        self.rw.is_some()
+    }
+
+    fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let node = NewNode {
+            kind: FileType::Regular,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        };
+        self.make_node(parent, name, &node)
+    }
+
+    fn mkdir(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let node = NewNode {
+            kind: FileType::Directory,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        };
+        self.make_node(parent, name, &node)
+    }
+
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        self.w_make_node(Self::ino32(parent)?, name, node)
+    }
+
+    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.w_unlink(Self::ino32(parent)?, name, false)
+    }
+
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.w_unlink(Self::ino32(parent)?, name, true)
+    }
+
+    fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8]) -> Result<()> {
+        self.rename_flags(parent, name, new_parent, new_name, RenameFlags::default())
+    }
+
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.w_rename(
+            Self::ino32(parent)?,
+            name,
+            Self::ino32(new_parent)?,
+            new_name,
+            flags,
+        )
+    }
+
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        self.w_symlink(Self::ino32(parent)?, name, target, uid, gid)
+    }
+
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.w_link(Self::ino32(ino)?, Self::ino32(new_parent)?, new_name)
+    }
+
+    fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.w_write(Self::ino32(ino)?, offset, data)
+    }
+
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_setattr(Self::ino32(ino)?, changes)
+    }
+
+    fn fsync(&self, _ino: Ino) -> Result<()> {
+        self.w_fsync()
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_rw(false)
+    }
+}
+
+impl Drop for ExtFs {
+    /// A clean unmount: open orphans freed, everything committed, the state marked clean.
+    fn drop(&mut self) {
+        if let Some(sh) = &self.rw {
+            sh.stop_timer();
+            let _ = self.w_release_all();
+            let _ = self.sync_rw(true);
+        }
     }
 }

@@ -1,3 +1,498 @@
-//! The ext2/3/4 writer (work in progress): see `io` for the interface its pieces share.
+//! The ext2/3/4 writer. The reader works on top of `tx::TxDevice`, which holds the running
+//! transaction's metadata blocks, so every reader path sees the new state; the pieces here
+//! change metadata through `Ctx` (which is also the `io::Store` the tree and directory
+//! pieces take) and `commit` moves the transaction to the image.
 
+pub(crate) mod alloc;
+pub(crate) mod block_map_lite;
+pub(crate) mod dir_lite;
+pub(crate) mod extent_lite;
+pub(crate) mod inode_update;
 pub(crate) mod io;
+mod ops;
+pub(crate) mod tx;
+
+use super::inode::Inode;
+use super::superblock::{compat, incompat, ro_compat, Superblock};
+use super::ExtFs;
+use crate::block::BlockDevice;
+use crate::vfs::Timespec;
+use crate::{Error, Result};
+use alloc::Groups;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tx::TxDevice;
+
+/// Commit at least this often while changes are pending (the kernel's commit=5).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+/// Commit when the transaction holds this many blocks.
+const MAX_TX_BLOCKS: usize = 8192;
+/// s_state's "cleanly unmounted" bit.
+const STATE_VALID: u16 = 1;
+
+/// What an rw mount keeps besides the reader.
+pub(crate) struct Shared {
+    pub(crate) state: RwLock<State>,
+    pub(crate) tx: Arc<TxDevice>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+pub(crate) struct State {
+    pub(crate) groups: Groups,
+    pub(crate) last_orphan: u32,
+    /// Open handles per inode (unlinked inodes live until the last one goes).
+    pub(crate) open: HashMap<u32, u32>,
+    pub(crate) want_extra_isize: u16,
+    pub(crate) last_commit: Instant,
+    /// Set after an I/O error: the transaction is dropped, later writes fail.
+    pub(crate) failed: bool,
+    pub(crate) gen_counter: u32,
+}
+
+/// A write operation's view: the reader (through the transaction) plus the writer's state.
+pub(crate) struct Ctx<'a> {
+    pub(crate) fs: &'a ExtFs,
+    pub(crate) st: &'a mut State,
+    pub(crate) tx: Arc<TxDevice>,
+}
+
+/// The one-line reason `-o rw` is refused, or None when the writer handles the image.
+pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<String> {
+    let inc = [
+        (incompat::META_BG, "meta_bg"),
+        (incompat::MMP, "mmp"),
+        (incompat::EA_INODE, "ea_inode"),
+        (incompat::INLINE_DATA, "inline_data"),
+        (incompat::ENCRYPT, "encrypt"),
+        (incompat::CASEFOLD, "casefold"),
+        (0x8, "journal_dev"),
+        (0x1000, "dirdata"),
+        (0x1, "compression"),
+    ];
+    let ok_inc = incompat::FILETYPE
+        | incompat::RECOVER
+        | incompat::EXTENTS
+        | incompat::BIT64
+        | incompat::FLEX_BG
+        | incompat::CSUM_SEED
+        | incompat::LARGEDIR;
+    let ro = [
+        (ro_compat::BIGALLOC, "bigalloc"),
+        (0x100, "quota"),
+        (0x2000, "project"),
+        (0x8000, "verity"),
+        (0x80, "snapshot"),
+        (0x800, "replica"),
+        (0x1000, "read-only"),
+        (0x4000, "shared_blocks"),
+        (0x10000, "orphan_present"),
+    ];
+    let ok_ro = ro_compat::SPARSE_SUPER
+        | ro_compat::LARGE_FILE
+        | ro_compat::BTREE_DIR
+        | ro_compat::HUGE_FILE
+        | alloc::GDT_CSUM
+        | 0x20 // dir_nlink
+        | 0x40 // extra_isize
+        | ro_compat::METADATA_CSUM;
+    let name = |list: &[(u32, &str)], bits: u32, kind: &str| {
+        list.iter()
+            .find(|(f, _)| bits & f != 0)
+            .map(|(_, n)| (*n).to_string())
+            .unwrap_or_else(|| format!("{kind}_0x{bits:x}"))
+    };
+    let feature = if sb.feature_incompat & !ok_inc != 0 {
+        Some(name(&inc, sb.feature_incompat & !ok_inc, "incompat"))
+    } else if sb.feature_ro_compat & !ok_ro != 0 {
+        Some(name(&ro, sb.feature_ro_compat & !ok_ro, "ro_compat"))
+    } else if sb.has_compat(0x400) {
+        Some("fast_commit".to_string())
+    } else if sb.has_compat(compat::HAS_JOURNAL) && sb.journal_inum == 0 {
+        Some("an external journal".to_string())
+    } else if sb.has_incompat(incompat::RECOVER) {
+        // Until the journal writer can replay into the image.
+        Some("needs_recovery (run e2fsck to replay the journal first)".to_string())
+    } else if sb.rev_level == 0 {
+        Some("revision 0".to_string())
+    } else {
+        None
+    };
+    let _ = raw_sb;
+    feature.map(|f| format!("ext2/3/4 feature {f} is not supported for writing; mount read-only"))
+}
+
+impl Shared {
+    pub(crate) fn new(state: State, tx: Arc<TxDevice>) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: RwLock::new(state),
+            tx,
+            stop: (Mutex::new(false), Condvar::new()),
+        })
+    }
+
+    pub(crate) fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn read_lock(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the transaction home: data first (already written directly, made durable by
+    /// the flush), then the metadata blocks, then a flush.
+    pub(crate) fn commit(&self, st: &mut State) -> Result<()> {
+        st.last_commit = Instant::now();
+        if self.tx.len() == 0 {
+            return Ok(());
+        }
+        if st.failed {
+            return Err(Error::Io(std::io::Error::other("an earlier write failed")));
+        }
+        let inner = self.tx.inner();
+        let (blocks, _revoked) = self.tx.snapshot();
+        let res = (|| {
+            inner.flush()?;
+            let bs = blocks[0].1.len() as u64;
+            let mut i = 0;
+            while i < blocks.len() {
+                let mut j = i + 1;
+                while j < blocks.len() && blocks[j].0 == blocks[j - 1].0 + 1 && j - i < 64 {
+                    j += 1;
+                }
+                let bufs: Vec<&[u8]> = blocks[i..j].iter().map(|(_, b)| b.as_slice()).collect();
+                inner.write_vectored_at(blocks[i].0 * bs, &bufs)?;
+                i = j;
+            }
+            inner.flush()
+        })();
+        match res {
+            Ok(()) => {
+                self.tx.clear();
+                Ok(())
+            }
+            Err(e) => {
+                st.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the thread that commits every COMMIT_INTERVAL.
+    pub(crate) fn start_timer(self: &Arc<Shared>) {
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("ext-commit".into())
+            .spawn(move || loop {
+                let Some(sh) = weak.upgrade() else {
+                    return;
+                };
+                {
+                    let stop = sh.stop.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let (stop, _) = sh
+                        .stop
+                        .1
+                        .wait_timeout(stop, COMMIT_INTERVAL)
+                        .unwrap_or_else(|p| p.into_inner());
+                    if *stop {
+                        return;
+                    }
+                }
+                let mut st = sh.write_lock();
+                if st.last_commit.elapsed() >= COMMIT_INTERVAL {
+                    let _ = sh.commit(&mut st);
+                }
+            });
+    }
+
+    pub(crate) fn stop_timer(&self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+    }
+}
+
+impl ExtFs {
+    /// Opens `dev` for writing: refuses unsupported features before anything is written,
+    /// marks the filesystem in use and processes the orphan list.
+    pub(crate) fn open_rw_inner(
+        dev: crate::block::DeviceRef,
+        opts: super::ExtOptions,
+    ) -> Result<ExtFs> {
+        if !dev.is_writable() {
+            return Err(Error::ReadOnly);
+        }
+        let mut raw = vec![0; 1024];
+        dev.read_at(1024, &mut raw)?;
+        let sb = Superblock::parse(&raw)?;
+        if let Some(why) = unsupported_for_write(&sb, &raw) {
+            return Err(Error::Unsupported(why));
+        }
+        let tx = Arc::new(TxDevice::new(dev, sb.block_size));
+        let mut fs = Self::load(tx.clone(), opts, HashMap::new())?;
+        let groups = Groups::load(&tx, &fs.sb, &raw)?;
+        let want = u16::from_le_bytes([raw[0x15E], raw[0x15F]]).max(32);
+        let state = State {
+            groups,
+            last_orphan: u32::from_le_bytes([raw[0xE8], raw[0xE9], raw[0xEA], raw[0xEB]]),
+            open: HashMap::new(),
+            want_extra_isize: if u32::from(fs.sb.inode_size) > 128 {
+                want
+            } else {
+                0
+            },
+            last_commit: Instant::now(),
+            failed: false,
+            gen_counter: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+                .unwrap_or(1),
+        };
+        let shared = Shared::new(state, tx);
+        fs.rw = Some(shared.clone());
+        {
+            let mut st = shared.write_lock();
+            let mut cx = Ctx {
+                fs: &fs,
+                st: &mut st,
+                tx: shared.tx.clone(),
+            };
+            cx.mark_mounted(true)?;
+            cx.process_orphans()?;
+            cx.finish()?;
+            shared.commit(&mut st)?;
+        }
+        shared.start_timer();
+        Ok(fs)
+    }
+
+    /// Commits and marks the filesystem clean (sync and unmount).
+    pub(crate) fn sync_rw(&self, clean: bool) -> Result<()> {
+        let Some(sh) = &self.rw else {
+            return Ok(());
+        };
+        let mut st = sh.write_lock();
+        if st.failed {
+            return Err(Error::Io(std::io::Error::other("an earlier write failed")));
+        }
+        {
+            let mut cx = Ctx {
+                fs: self,
+                st: &mut st,
+                tx: sh.tx.clone(),
+            };
+            cx.mark_mounted(false)?;
+            cx.finish()?;
+        }
+        sh.commit(&mut st)?;
+        if !clean {
+            let mut cx = Ctx {
+                fs: self,
+                st: &mut st,
+                tx: sh.tx.clone(),
+            };
+            cx.mark_mounted(true)?;
+            cx.finish()?;
+            // Left in the transaction: the next commit says "in use" again before any
+            // other change reaches the image.
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec::new(d.as_secs() as i64, d.subsec_nanos())
+}
+
+impl Ctx<'_> {
+    pub(crate) fn sb(&self) -> &Superblock {
+        &self.fs.sb
+    }
+
+    pub(crate) fn tx(&self) -> &TxDevice {
+        &self.tx
+    }
+
+    /// Without a journal a crash leaves the image needing a full check, so while mounted
+    /// the superblock says "not clean" (s_state), as the kernel does for ext2.
+    fn mark_mounted(&mut self, mounted: bool) -> Result<()> {
+        let sb = self.fs.sb.clone();
+        let t = now();
+        alloc::update_superblock(self.tx(), &sb, |raw| {
+            let mut state = u16::from_le_bytes([raw[0x3A], raw[0x3B]]);
+            if mounted {
+                state &= !STATE_VALID;
+                raw[0x2C..0x30].copy_from_slice(&(t.sec as u32).to_le_bytes());
+            } else {
+                state |= STATE_VALID;
+            }
+            raw[0x3A..0x3C].copy_from_slice(&state.to_le_bytes());
+            raw[0x30..0x34].copy_from_slice(&(t.sec as u32).to_le_bytes());
+        })
+    }
+
+    /// Ends an operation: descriptors and superblock counters into the transaction, and a
+    /// commit when the transaction has grown big.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let sb = self.fs.sb.clone();
+        let tx = self.tx.clone();
+        self.st.groups.flush(&tx, &sb)
+    }
+
+    pub(crate) fn maybe_commit(&mut self) -> Result<()> {
+        if let Some(sh) = &self.fs.rw {
+            if sh.tx.len() >= MAX_TX_BLOCKS {
+                sh.commit(self.st)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn alloc(&mut self, goal: u64, want: u64) -> Result<(u64, u64)> {
+        let sb = self.fs.sb.clone();
+        let tx = self.tx_arc();
+        self.st.groups.alloc_blocks(&tx, &sb, goal, want)
+    }
+
+    pub(crate) fn free(&mut self, first: u64, count: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let sb = self.fs.sb.clone();
+        let tx = self.tx_arc();
+        self.st.groups.free_blocks(&tx, &sb, first, count)
+    }
+
+    pub(crate) fn tx_arc(&self) -> Arc<TxDevice> {
+        self.tx.clone()
+    }
+
+    pub(crate) fn read_meta(&self, blk: u64) -> Result<Vec<u8>> {
+        self.fs.read_block(blk)
+    }
+
+    pub(crate) fn write_meta(&self, blk: u64, data: &[u8]) -> Result<()> {
+        alloc::write_block(self.tx(), &self.fs.sb, blk, data)
+    }
+
+    /// Where inode `ino`'s record lives: (block, byte offset in it).
+    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+        let sb = &self.fs.sb;
+        if ino == 0 || ino > sb.inodes_count {
+            return Err(Error::corrupt(format!("inode {ino} out of range")));
+        }
+        let g = ((ino - 1) / sb.inodes_per_group) as usize;
+        let idx = u64::from((ino - 1) % sb.inodes_per_group);
+        let byte = idx * u64::from(sb.inode_size);
+        let bs = u64::from(sb.block_size);
+        Ok((
+            self.st.groups.groups[g].inode_table + byte / bs,
+            (byte % bs) as usize,
+        ))
+    }
+
+    /// Writes `inode` back (fields, checksum) and refreshes the reader's cached copy.
+    pub(crate) fn write_inode_dtime(
+        &mut self,
+        inode: &Inode,
+        dtime: Option<u32>,
+    ) -> Result<Arc<Inode>> {
+        let (blk, off) = self.inode_loc(inode.ino)?;
+        let isz = usize::from(self.fs.sb.inode_size);
+        let mut block = self.read_meta(blk)?;
+        let raw = &mut block[off..off + isz];
+        // The in-memory copy carries the extra area (in-inode xattrs) as the record holds it.
+        if raw.len() > 128 && inode.extra.len() == raw.len() - 128 {
+            raw[128..].copy_from_slice(&inode.extra);
+        }
+        inode_update::encode(&self.fs.sb, inode, dtime, raw)?;
+        let parsed = Arc::new(Inode::parse(&self.fs.sb, inode.ino, raw, false)?);
+        self.write_meta(blk, &block)?;
+        self.fs.cache().put(inode.ino, parsed.clone());
+        Ok(parsed)
+    }
+
+    pub(crate) fn write_inode(&mut self, inode: &Inode) -> Result<Arc<Inode>> {
+        self.write_inode_dtime(inode, None)
+    }
+
+    /// i_dtime of `ino` as stored (the orphan chain's link).
+    pub(crate) fn dtime(&self, ino: u32) -> Result<u32> {
+        let (blk, off) = self.inode_loc(ino)?;
+        let b = self.read_meta(blk)?;
+        Ok(u32::from_le_bytes([
+            b[off + 0x14],
+            b[off + 0x15],
+            b[off + 0x16],
+            b[off + 0x17],
+        ]))
+    }
+
+    /// A fresh record for `ino` (zeroed, new generation), not yet linked anywhere.
+    pub(crate) fn new_inode(&mut self, ino: u32, mode: u16, uid: u32, gid: u32) -> Result<Inode> {
+        let sb = self.fs.sb.clone();
+        let raw = inode_update::blank(&sb, self.st.want_extra_isize);
+        self.st.gen_counter = self
+            .st
+            .gen_counter
+            .wrapping_mul(1_103_515_245)
+            .wrapping_add(12345);
+        let mut r = raw.clone();
+        r[0x64..0x68].copy_from_slice(&self.st.gen_counter.to_le_bytes());
+        let mut inode = Inode::parse(&sb, ino, &r, false)?;
+        let t = now();
+        inode.mode = mode;
+        inode.uid = uid;
+        inode.gid = gid;
+        inode.links = 1;
+        inode.atime = t;
+        inode.mtime = t;
+        inode.ctime = t;
+        inode.crtime = Some(t);
+        // The whole record is rewritten (a lazily initialised table may hold garbage).
+        let (blk, off) = self.inode_loc(ino)?;
+        let mut block = self.read_meta(blk)?;
+        block[off..off + raw.len()].copy_from_slice(&r);
+        self.write_meta(blk, &block)?;
+        Ok(inode)
+    }
+
+    pub(crate) fn invalidate_extents(&self, ino: u32) {
+        let mut c = self
+            .fs
+            .extent_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<(u32, u64)> = c
+            .iter()
+            .filter(|(k, _)| k.0 == ino)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            c.pop(&k);
+        }
+    }
+}
+
+impl io::Store for Ctx<'_> {
+    fn block_size(&self) -> usize {
+        self.fs.sb.block_size as usize
+    }
+    fn metadata_csum(&self) -> bool {
+        self.fs.sb.metadata_csum()
+    }
+    fn read_meta(&mut self, blk: u64) -> Result<Vec<u8>> {
+        Ctx::read_meta(self, blk)
+    }
+    fn write_meta(&mut self, blk: u64, data: Vec<u8>) -> Result<()> {
+        Ctx::write_meta(self, blk, &data)
+    }
+    fn alloc_blocks(&mut self, goal: u64, want: u64) -> Result<(u64, u64)> {
+        self.alloc(goal, want)
+    }
+    fn free_blocks(&mut self, first: u64, count: u64) -> Result<()> {
+        self.free(first, count)
+    }
+}
