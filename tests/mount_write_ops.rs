@@ -780,6 +780,74 @@ fn ext_fakeroot_as_nobody() {
     assert_eq!(view[3], "0:0 755 directory 0:0");
 }
 
+/// ext `-o rw` as `nobody` without fakeroot: the kernel checks the stored owners and modes
+/// (default_permissions), new files are the caller's; fakeroot mounts skip the checks.
+fn ext_permissions_as_nobody() {
+    let u = AsNobody::new("extperm");
+    let root_owner = format!("root_owner={NOBODY}:{NOBODY}");
+    let Some(img) = make_image(
+        u.dir.path(),
+        "ext4.img",
+        "mkfs.ext4",
+        &["-q", "-E", &root_owner],
+        32,
+    ) else {
+        return;
+    };
+    std::os::unix::fs::chown(&img, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mnt = u.mnt();
+    let _g = MountGuard(mnt.clone());
+    for fakeroot in [false, true] {
+        let opts = if fakeroot { "rw,fakeroot" } else { "rw" };
+        let out = run(u
+            .cmd(u.bin("imgmount"))
+            .args(["-o", opts])
+            .arg(&img)
+            .arg(&mnt));
+        if !out.status.success() {
+            println!(
+                "    skipped: ext -o {opts} is refused: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        let checked = mount_entry(&mnt)
+            .unwrap()
+            .super_options
+            .split(',')
+            .any(|o| o == "default_permissions");
+        assert_eq!(checked, !fakeroot, "default_permissions with -o {opts}");
+        let m = mnt.display();
+        // lost+found is root's, mode 0700.
+        let listing = u.sh(&format!("ls {m}/lost+found"));
+        let chown = u.sh(&format!(
+            "touch {m}/mine{fakeroot} && chown 0 {m}/mine{fakeroot}"
+        ));
+        if fakeroot {
+            ok(&listing, "fakeroot lists lost+found");
+            ok(&chown, "fakeroot chown");
+        } else {
+            assert!(
+                !listing.status.success(),
+                "nobody listed root's 0700 directory"
+            );
+            assert!(!chown.status.success(), "nobody gave a file to root");
+            assert_eq!(
+                stat_line(&u, &mnt.join("minefalse")),
+                "65534:65534 644 regular empty file"
+            );
+        }
+        ok(
+            &run(u.cmd(u.bin("imgmount")).arg("umount").arg(&mnt)),
+            "umount",
+        );
+    }
+    e2fsck_clean(&img);
+    let view = kernel_stat(&img, &["minefalse", "minetrue"]);
+    assert_eq!(view[0], "65534:65534 644 regular empty file 0:0");
+    assert_eq!(view[1], "0:0 644 regular empty file 0:0");
+}
+
 fn main() {
     daemon_main_if_requested();
     let filter: Vec<String> = std::env::args()
@@ -796,6 +864,7 @@ fn main() {
         ("fat_refusals", fat_refusals),
         ("ext_operations", ext_operations),
         ("ext_fakeroot_as_nobody", ext_fakeroot_as_nobody),
+        ("ext_permissions_as_nobody", ext_permissions_as_nobody),
     ];
     let mut failed = vec![];
     for (name, f) in tests {
