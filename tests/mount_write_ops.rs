@@ -259,6 +259,18 @@ fn double_operations() {
     assert_eq!(getxattr(&f, "user.k"), Err(libc::ENODATA));
     assert_eq!(removexattr(&f, "user.k"), libc::ENODATA);
 
+    // A file capability goes with any write, root's too.
+    let mut caps = 0x0200_0000u32.to_le_bytes().to_vec(); // VFS_CAP_REVISION_2
+    for word in [1u32 << 13, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes()); // cap_net_raw permitted
+    }
+    assert_eq!(setxattr(&f, "security.capability", &caps, 0), 0);
+    assert_eq!(getxattr(&f, "security.capability"), Ok(caps));
+    let mut w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    w.write_all(b"01").unwrap();
+    drop(w);
+    assert_eq!(getxattr(&f, "security.capability"), Err(libc::ENODATA));
+
     // fallocate's modes.
     assert_eq!(fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 100), 0);
     assert_eq!(md("file").len(), 10);

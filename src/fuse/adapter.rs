@@ -255,6 +255,19 @@ impl Adapter {
         self.fs.make_node(parent, name.as_bytes(), &node)
     }
 
+    /// File capabilities do not survive a change of the file (write, truncate, chown), for
+    /// root neither: the kernel's `cap_inode_killpriv`, ours to do under KILLPRIV_V2.
+    fn kill_caps(&self, ino: Ino) -> fs_drivers::Result<()> {
+        const CAPS: &[u8] = b"security.capability";
+        match self.fs.getxattr(ino, CAPS) {
+            Ok(_) => match self.fs.removexattr(ino, CAPS) {
+                Ok(()) | Err(Error::NoData) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(_) => Ok(()),
+        }
+    }
+
     /// What the kernel leaves to us with FUSE_HANDLE_KILLPRIV_V2: a write by someone other
     /// than root drops setuid, and setgid where group execute makes it a privilege. Root
     /// (every user under fakeroot) keeps them, as root's writes do on a kernel filesystem.
@@ -1082,10 +1095,12 @@ impl fuser::Filesystem for Adapter {
                 return;
             }
             let ino = self.to_fs(ino);
+            let mut killed = self.kill_caps(ino);
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                if let Err(e) = self.kill_suid_sgid(ino) {
-                    return reply.error(errno(&e));
-                }
+                killed = killed.and_then(|()| self.kill_suid_sgid(ino));
+            }
+            if let Err(e) = killed {
+                return reply.error(errno(&e));
             }
             match self.fs.write(ino, offset, data) {
                 // max_write (1 MiB) keeps every count below u32::MAX.
@@ -1177,6 +1192,11 @@ impl fuser::Filesystem for Adapter {
             // chown always (as Linux does even for root), on truncate unless the caller is
             // root (and under fakeroot everyone is).
             let chown = uid.is_some() || gid.is_some();
+            if chown || size.is_some() {
+                if let Err(e) = self.kill_caps(ino) {
+                    return reply.error(errno(&e));
+                }
+            }
             let truncate = size.is_some() && !self.owner.fakeroot && req.uid() != 0;
             if mode.is_none() && (chown || truncate) {
                 match self.fs.getattr(ino) {
