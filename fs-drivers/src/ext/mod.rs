@@ -21,6 +21,7 @@
 //! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
 //! orphan processing, computing the overhead when the superblock does not record it.
 
+mod acl;
 mod block_map;
 mod casefold;
 mod checksum;
@@ -29,6 +30,7 @@ mod extent;
 mod group_desc;
 mod htree;
 mod inode;
+mod jbd2;
 mod journal;
 mod le;
 mod superblock;
@@ -712,7 +714,7 @@ impl ExtFs {
             }
         };
         if e.index == 2 || e.index == 3 {
-            return xattr::acl_to_xattr(&raw);
+            return acl::to_xattr(&raw);
         }
         Ok(raw)
     }
@@ -725,6 +727,35 @@ impl ExtFs {
     /// How many lookups found a broken htree index and scanned linearly instead.
     pub fn dx_fallbacks(&self) -> u64 {
         self.dx_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The internal journal's device blocks in journal order, as (first block, count) runs,
+    /// for the journal writer.
+    // Used by the writer's tests until the core writer opens the journal with it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn journal_runs(&self) -> Result<Vec<(u64, u64)>> {
+        let inode = self.inode(self.sb.journal_inum)?;
+        let blocks = inode.size / u64::from(self.sb.block_size);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut lblk = 0;
+        while lblk < blocks {
+            let Run::Mapped { pblk, len } = self.map(&inode, lblk)? else {
+                return Err(Error::corrupt("journal has a hole"));
+            };
+            let len = len.clamp(1, blocks - lblk);
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == pblk => *n += len,
+                _ => runs.push((pblk, len)),
+            }
+            lblk += len;
+        }
+        Ok(runs)
+    }
+
+    /// The filesystem uuid (the journal writer's tag uuid).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn uuid(&self) -> [u8; 16] {
+        self.sb.uuid
     }
 
     /// Whether open() replayed journal transactions in memory.

@@ -5,12 +5,33 @@
 
 pub(crate) mod alloc;
 pub(crate) mod block_map_lite;
+pub(crate) mod block_map_write;
+#[cfg(test)]
+mod dir_image_tests;
 pub(crate) mod dir_lite;
+#[cfg(test)]
+pub(crate) mod dir_testing;
+pub(crate) mod dir_update;
 pub(crate) mod extent_lite;
+pub(crate) mod extent_tree;
+pub(crate) mod htree_update;
+#[cfg(test)]
+mod image_store;
+#[cfg(test)]
+mod image_tests;
 pub(crate) mod inode_update;
 pub(crate) mod io;
+pub(crate) mod journal;
+pub(crate) mod mapped;
+#[cfg(test)]
+pub(crate) mod mem_store;
 mod ops;
+/// The integration tests' tool lookup, shared by the unit tests that run mkfs and e2fsck.
+#[cfg(test)]
+#[path = "../../../tests/support/tools.rs"]
+pub(crate) mod test_tools;
 pub(crate) mod tx;
+pub(crate) mod xattr_update;
 
 use super::inode::Inode;
 use super::superblock::{compat, incompat, ro_compat, Superblock};
