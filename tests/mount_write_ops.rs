@@ -490,6 +490,25 @@ fn double_fakeroot_as_nobody() {
     }
 }
 
+/// Under fakeroot `uid=`/`gid=` name the owner of new files, and stored owners show as they
+/// are (without fakeroot the same options replace every owner shown).
+fn double_fakeroot_owner_options() {
+    for (mode, new_owner, hello_owner) in [
+        ("bg,rw,fakeroot,owner", (42, 43), (1234, 5678)),
+        ("bg,rw,owner", (42, 43), (42, 43)),
+        ("bg,rw,fakeroot", (0, 0), (1234, 5678)),
+    ] {
+        let (dir, _g) = mounted_double(mode, "fakeowner");
+        let m = dir.path();
+        fs::write(m.join("shared/new"), b"").unwrap();
+        let md = fs::metadata(m.join("shared/new")).unwrap();
+        assert_eq!((md.uid(), md.gid()), new_owner, "{mode}: new file");
+        let md = fs::metadata(m.join("hello.txt")).unwrap();
+        assert_eq!((md.uid(), md.gid()), hello_owner, "{mode}: stored owner");
+        umount(m);
+    }
+}
+
 /// A fresh image made by `mkfs` with `args`, or None when the tool is missing.
 fn make_image(dir: &Path, name: &str, mkfs: &str, args: &[&str], mib: u64) -> Option<PathBuf> {
     let img = dir.join(name);
@@ -873,6 +892,10 @@ fn main() {
     let tests: &[(&str, fn())] = &[
         ("double_operations", double_operations),
         ("double_fakeroot_as_nobody", double_fakeroot_as_nobody),
+        (
+            "double_fakeroot_owner_options",
+            double_fakeroot_owner_options,
+        ),
         ("fat_refusals", fat_refusals),
         ("ext_operations", ext_operations),
         ("ext_fakeroot_as_nobody", ext_fakeroot_as_nobody),
