@@ -224,14 +224,16 @@ impl Adapter {
             gid = dir.gid;
             if kind == vfs::FileType::Directory {
                 perm |= 0o2000;
+            } else if perm & 0o2010 == 0o2010
+                && gid != caller.gid
+                && caller.uid != 0
+                && !self.owner.fakeroot
+            {
+                // Neither root nor in the inherited group (as far as the request tells: its
+                // primary group): no setgid-executable file for the caller, as the kernel's
+                // mode_strip_sgid (which has usually stripped it before the request).
+                perm &= !0o2000;
             }
-        } else if kind != vfs::FileType::Directory
-            && perm & 0o2010 == 0o2010
-            && gid != caller.gid
-            && !self.owner.fakeroot
-        {
-            // Not root and not in the file's group: no setgid-executable file for it.
-            perm &= !0o2000;
         }
         Ok(NewNode {
             kind,
