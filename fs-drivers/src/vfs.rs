@@ -256,8 +256,7 @@ pub trait FileSystem: Send + Sync {
     fn rename(&self, _parent: Ino, _name: &[u8], _new_parent: Ino, _new_name: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)
     }
-    /// renameat2. The default supports RENAME_NOREPLACE (over `lookup` and `rename`) but not
-    /// RENAME_EXCHANGE (EINVAL, as the kernel answers for filesystems without it).
+    /// renameat2. Drivers that keep the default support no flags.
     fn rename_flags(
         &self,
         parent: Ino,
@@ -266,16 +265,8 @@ pub trait FileSystem: Send + Sync {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        if flags.exchange {
-            return Err(Error::Invalid(
-                "RENAME_EXCHANGE is not supported here".into(),
-            ));
-        }
-        // The kernel holds both parents locked across a rename and has already looked the
-        // target up, so checking here cannot race with a create of the same name; this is
-        // how the kernel's own simple filesystems support NOREPLACE.
-        if flags.noreplace && self.lookup(new_parent, new_name).is_ok() {
-            return Err(Error::Exists);
+        if flags != RenameFlags::default() {
+            return Err(Error::Invalid("rename flags not supported here".into()));
         }
         self.rename(parent, name, new_parent, new_name)
     }
