@@ -2,7 +2,9 @@
 //! link, renameat2's flags, xattr writes, fallocate, ns times, the owner of new nodes and
 //! `-o fakeroot`. Over the in-memory test double (which takes every operation, so this
 //! checks the adapter and the kernel's side), over FAT (which refuses most, with the POSIX
-//! errors) and over ext once its writer accepts `-o rw` (skipped with a message until then).
+//! errors) and over ext, judged by e2fsck and the kernel's own mount afterwards (what the ext
+//! writer refuses with -o rw, or a part of it answering EOPNOTSUPP, is skipped with a
+//! message).
 //!
 //! No libtest harness: the binary doubles as the test double's mount daemon (see
 //! `mount_support`), which must fork before any thread exists.
