@@ -413,14 +413,11 @@ fn ok(out: &Output, what: &str) {
 }
 
 fn stat_line(u: &AsNobody, path: &Path) -> String {
-    // %Y makes stat ask for the mtime too: a write invalidates the kernel's cached times and
-    // size but not the mode, which a write dropping setuid changes (statx asking for the
-    // mode alone sees the old one for up to the attribute TTL, 1 s).
-    let out = u.sh(&format!("stat -c '%u:%g %a %F %Y' '{}'", path.display()));
+    // `%a` alone makes stat ask the kernel for the mode only, which is what a write that
+    // drops setuid must invalidate (times and size the kernel forgets by itself).
+    let out = u.sh(&format!("stat -c '%u:%g %a %F' '{}'", path.display()));
     ok(&out, "stat");
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    line.rsplit_once(' ')
-        .map_or(line.clone(), |(l, _)| l.to_string())
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// fakeroot as an ordinary user over the double: the user is root inside; without fakeroot

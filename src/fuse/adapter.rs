@@ -93,6 +93,9 @@ pub struct Adapter {
     /// reply may leave the rest to plain READDIR (see `listing`).
     readdirplus_auto: bool,
     listing: ListingModes,
+    /// For telling the kernel about attribute changes it did not ask for (setuid dropped on
+    /// a write); set once the session exists (see `notifier_slot`).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl Adapter {
@@ -112,7 +115,14 @@ impl Adapter {
             skip_opendir: false,
             readdirplus_auto: false,
             listing: ListingModes::default(),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the serving code puts the session's notifier (the adapter moves into the
+    /// session before a notifier exists).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// FUSE number -> driver number. The root and whatever the driver calls 1 trade places,
@@ -290,6 +300,12 @@ impl Adapter {
                     ..SetAttr::default()
                 },
             )?;
+            // A write makes the kernel forget cached times and size, not the mode; a stat
+            // asking for the mode alone would show the setuid bit until the TTL ran out.
+            // Attributes only (offset -1): the pages being written stay locked meanwhile.
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(self.to_fuse(ino), -1, 0);
+            }
         }
         Ok(())
     }

@@ -225,6 +225,7 @@ pub fn serve(
         None => fs.clone(),
     };
     let adapter = Adapter::new(served, cfg.writable, cfg.owner);
+    let notifier = adapter.notifier_slot();
     let plan = sandbox_plan::for_daemon(uid, &cfg.service);
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
@@ -235,7 +236,10 @@ pub fn serve(
         SessionACL::Owner
     };
     let session = match Session::from_fd(adapter, fd, acl, config) {
-        Ok(s) => s,
+        Ok(s) => {
+            let _ = notifier.set(s.notifier());
+            s
+        }
         Err(e) => {
             let _ = km.unmount(true);
             km.finish();
