@@ -673,6 +673,14 @@ fn ext_operations() {
         0
     );
     assert_eq!(fs::read(m.join("hard")).unwrap(), b"A");
+    // fsync of a directory, and statfs, reach the driver.
+    fs::File::open(m).unwrap().sync_all().unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and an out-parameter of the right type.
+    assert_eq!(check(unsafe { libc::statvfs(c(m).as_ptr(), &mut st) }), 0);
+    assert!(st.f_blocks > 0 && st.f_bfree < st.f_blocks && st.f_ffree < st.f_files);
+    assert_eq!(st.f_namemax, 255);
+
     // xattr writes and fallocate come from other parts of the ext writer: checked once the
     // driver stops answering EOPNOTSUPP.
     let set = run(Command::new("setfattr")
