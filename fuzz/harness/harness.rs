@@ -34,10 +34,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vmdk", fuzz_vmdk),
     ("squashfs_walk", fuzz_squashfs_walk),
     ("cow_store", fuzz_cow_store),
+    ("ext_write", fuzz_ext_write),
 ];
 
 include!("containers.rs");
 include!("cow.rs");
+include!("ext_write.rs");
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
 /// list, probing of every partition) over the same bytes.

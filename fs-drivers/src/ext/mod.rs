@@ -42,6 +42,7 @@ mod xattr;
 use crate::block::DeviceRef;
 use crate::vfs::{
     Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
+    XattrSet,
 };
 use crate::{Error, Result};
 use group_desc::GroupDesc;
@@ -1050,6 +1051,14 @@ impl FileSystem for ExtFs {
 
     fn fsync(&self, _ino: Ino) -> Result<()> {
         self.w_fsync()
+    }
+
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.w_setxattr(Self::ino32(ino)?, name, value, how)
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.w_removexattr(Self::ino32(ino)?, name)
     }
 
     fn sync(&self) -> Result<()> {

@@ -116,3 +116,74 @@ pub fn kernel_walk(
         }
     }
 }
+
+/// The kernel's view of image `img` (mounted `-o loop,ro` on a private directory) in the
+/// form the random-operation tester compares (support/model.rs): `Ok(None)` when not root
+/// or getfattr is missing (the caller skips), `Err` when the kernel refuses to mount it.
+pub fn kernel_model_view(img: &Path) -> Result<Option<super::model::View>, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root || !super::have_tool("getfattr") {
+        eprintln!("SKIP: the kernel's view needs root and getfattr");
+        return Ok(None);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "kview-{}-{}",
+        std::process::id(),
+        img.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let out = Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(img)
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(format!(
+            "the kernel does not mount it: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let mut walk = BTreeMap::new();
+    kernel_walk(&dir, b"", &mut walk);
+    let xattrs = xattrs_tree(&dir);
+    let mut view = super::model::View::new();
+    for (rel, (m, target)) in walk {
+        let kind = kind_of(m.file_type());
+        let data = match (kind, target) {
+            (_, Some(t)) => t,
+            (FileType::Regular, None) => {
+                std::fs::read(dir.join(OsStr::from_bytes(&rel))).map_err(|e| e.to_string())?
+            }
+            _ => Vec::new(),
+        };
+        let t = |s: i64, ns: i64| fs_drivers::vfs::Timespec::new(s, ns as u32);
+        view.insert(
+            rel.clone(),
+            super::model::Entry {
+                ino: m.ino(),
+                kind,
+                perm: (m.mode() & 0o7777) as u16,
+                uid: m.uid(),
+                gid: m.gid(),
+                size: m.size(),
+                blocks: m.blocks(),
+                nlink: m.nlink() as u32,
+                rdev: m.rdev(),
+                atime: t(m.atime(), m.atime_nsec()),
+                mtime: t(m.mtime(), m.mtime_nsec()),
+                ctime: t(m.ctime(), m.ctime_nsec()),
+                data,
+                xattrs: xattrs.get(&rel).cloned().unwrap_or_default(),
+            },
+        );
+    }
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    Ok(Some(view))
+}

@@ -31,6 +31,7 @@ mod ops;
 #[path = "../../../tests/support/tools.rs"]
 pub(crate) mod test_tools;
 pub(crate) mod tx;
+mod xattr_ops;
 pub(crate) mod xattr_update;
 
 use super::inode::Inode;
@@ -56,6 +57,7 @@ const STATE_VALID: u16 = 1;
 pub(crate) struct Shared {
     pub(crate) state: RwLock<State>,
     pub(crate) tx: Arc<TxDevice>,
+    sb: Superblock,
     stop: (Mutex<bool>, Condvar),
 }
 
@@ -69,6 +71,12 @@ pub(crate) struct State {
     /// Set after an I/O error: the transaction is dropped, later writes fail.
     pub(crate) failed: bool,
     pub(crate) gen_counter: u32,
+    /// The jbd2 writer on ext3/ext4 with an internal journal.
+    pub(crate) journal: Option<journal::Journal>,
+    /// Blocks freed in the running transaction (journal only): they return to the bitmaps
+    /// at commit, so nothing reuses them for file data while a crash would still bring
+    /// back their old owner.
+    pub(crate) pending_free: Vec<(u64, u64)>,
 }
 
 /// A write operation's view: the reader (through the transaction) plus the writer's state.
@@ -131,9 +139,8 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
         Some("fast_commit".to_string())
     } else if sb.has_compat(compat::HAS_JOURNAL) && sb.journal_inum == 0 {
         Some("an external journal".to_string())
-    } else if sb.has_incompat(incompat::RECOVER) {
-        // Until the journal writer can replay into the image.
-        Some("needs_recovery (run e2fsck to replay the journal first)".to_string())
+    } else if sb.has_incompat(incompat::RECOVER) && !sb.has_compat(compat::HAS_JOURNAL) {
+        Some("needs_recovery without a journal".to_string())
     } else if sb.rev_level == 0 {
         Some("revision 0".to_string())
     } else {
@@ -144,10 +151,11 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, tx: Arc<TxDevice>) -> Arc<Shared> {
+    pub(crate) fn new(state: State, tx: Arc<TxDevice>, sb: Superblock) -> Arc<Shared> {
         Arc::new(Shared {
             state: RwLock::new(state),
             tx,
+            sb,
             stop: (Mutex::new(false), Condvar::new()),
         })
     }
@@ -160,43 +168,84 @@ impl Shared {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the transaction home: data first (already written directly, made durable by
-    /// the flush), then the metadata blocks, then a flush.
+    /// Ends the running transaction. With a journal: the deferred frees join it, then the
+    /// jbd2 writer logs it (data written before, made durable by its first flush) and writes
+    /// it home. Without: the blocks are written home and flushed.
     pub(crate) fn commit(&self, st: &mut State) -> Result<()> {
         st.last_commit = Instant::now();
-        if self.tx.len() == 0 {
-            return Ok(());
-        }
         if st.failed {
             return Err(Error::Io(std::io::Error::other("an earlier write failed")));
         }
-        let inner = self.tx.inner();
-        let (blocks, _revoked) = self.tx.snapshot();
-        let res = (|| {
-            inner.flush()?;
-            let bs = blocks[0].1.len() as u64;
-            let mut i = 0;
-            while i < blocks.len() {
-                let mut j = i + 1;
-                while j < blocks.len() && blocks[j].0 == blocks[j - 1].0 + 1 && j - i < 64 {
-                    j += 1;
+        let res = self.commit_inner(st);
+        if res.is_err() {
+            st.failed = true;
+        }
+        res
+    }
+
+    fn commit_inner(&self, st: &mut State) -> Result<()> {
+        let pending = std::mem::take(&mut st.pending_free);
+        for (first, count) in pending {
+            st.groups.free_blocks(&self.tx, &self.sb, first, count)?;
+        }
+        st.groups.flush(&self.tx, &self.sb)?;
+        if self.tx.len() == 0 {
+            return Ok(());
+        }
+        let (blocks, revoked) = self.tx.snapshot();
+        if let Some(j) = st.journal.as_mut() {
+            let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(b, d)| (*b, d.as_slice())).collect();
+            match j.commit(&refs, &revoked) {
+                Ok(()) => {
+                    self.tx.clear();
+                    return Ok(());
                 }
-                let bufs: Vec<&[u8]> = blocks[i..j].iter().map(|(_, b)| b.as_slice()).collect();
-                inner.write_vectored_at(blocks[i].0 * bs, &bufs)?;
-                i = j;
-            }
-            inner.flush()
-        })();
-        match res {
-            Ok(()) => {
-                self.tx.clear();
-                Ok(())
-            }
-            Err(e) => {
-                st.failed = true;
-                Err(e)
+                // Bigger than the log: empty the log and write this one home directly.
+                Err(Error::NoSpace) => j.checkpoint()?,
+                Err(e) => return Err(e),
             }
         }
+        let inner = self.tx.inner();
+        inner.flush()?;
+        let bs = u64::from(self.sb.block_size);
+        let mut i = 0;
+        while i < blocks.len() {
+            let mut j = i + 1;
+            while j < blocks.len() && blocks[j].0 == blocks[j - 1].0 + 1 && j - i < 64 {
+                j += 1;
+            }
+            let bufs: Vec<&[u8]> = blocks[i..j].iter().map(|(_, b)| b.as_slice()).collect();
+            inner.write_vectored_at(blocks[i].0 * bs, &bufs)?;
+            i = j;
+        }
+        inner.flush()?;
+        self.tx.clear();
+        Ok(())
+    }
+
+    /// The transaction size that triggers a commit.
+    pub(crate) fn max_tx_blocks(st: &State) -> usize {
+        let j = st
+            .journal
+            .as_ref()
+            .map_or(u64::MAX, |j| j.max_transaction_blocks());
+        (MAX_TX_BLOCKS as u64).min(j.saturating_sub(64).max(16)) as usize
+    }
+
+    /// Rewrites the primary superblock on the image itself, outside any transaction, and
+    /// flushes: the mount-state flags (RECOVER, s_state) must be durable before (at mount)
+    /// or after (at unmount) everything the journal holds.
+    pub(crate) fn write_sb_home(&self, f: impl FnOnce(&mut [u8])) -> Result<()> {
+        let inner = self.tx.inner();
+        let mut raw = vec![0; 1024];
+        inner.read_at(1024, &mut raw)?;
+        f(&mut raw);
+        if self.sb.metadata_csum() {
+            let c = crate::ext::checksum::crc32c_raw(!0, &raw[..0x3FC]);
+            raw[0x3FC..0x400].copy_from_slice(&c.to_le_bytes());
+        }
+        inner.write_at(1024, &raw)?;
+        inner.flush()
     }
 
     /// Starts the thread that commits every COMMIT_INTERVAL.
@@ -248,15 +297,29 @@ impl ExtFs {
         if let Some(why) = unsupported_for_write(&sb, &raw) {
             return Err(Error::Unsupported(why));
         }
-        let tx = Arc::new(TxDevice::new(dev, sb.block_size));
-        let mut fs = Self::load(tx.clone(), opts, HashMap::new())?;
-        let groups = Groups::load(&tx, &fs.sb, &raw)?;
+        let tx = Arc::new(TxDevice::new(dev.clone(), sb.block_size));
+        // Loaded without the reader's in-memory replay: the journal inode itself is never
+        // journalled, and the image is recovered in place below.
+        let mut fs = Self::load(tx.clone(), opts.clone(), HashMap::new())?;
+        let mut journal = None;
+        if sb.has_compat(compat::HAS_JOURNAL) {
+            let runs = fs.journal_runs()?;
+            let mut j = journal::Journal::open(dev.clone(), sb.block_size, runs, sb.uuid)?;
+            if j.needs_recovery() || sb.has_incompat(incompat::RECOVER) {
+                j.recover()?;
+                dev.read_at(1024, &mut raw)?;
+                fs = Self::load(tx.clone(), opts, HashMap::new())?;
+            }
+            journal = Some(j);
+        }
+        let sb = fs.sb.clone();
+        let groups = Groups::load(&tx, &sb, &raw)?;
         let want = u16::from_le_bytes([raw[0x15E], raw[0x15F]]).max(32);
         let state = State {
             groups,
             last_orphan: u32::from_le_bytes([raw[0xE8], raw[0xE9], raw[0xEA], raw[0xEB]]),
             open: HashMap::new(),
-            want_extra_isize: if u32::from(fs.sb.inode_size) > 128 {
+            want_extra_isize: if u32::from(sb.inode_size) > 128 {
                 want
             } else {
                 0
@@ -267,8 +330,15 @@ impl ExtFs {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
                 .unwrap_or(1),
+            journal,
+            pending_free: Vec::new(),
         };
-        let shared = Shared::new(state, tx);
+        let has_journal = state.journal.is_some();
+        let shared = Shared::new(state, tx, sb);
+        // In use from here on: with a journal, "needs recovery" (e2fsck replays what we
+        // commit after a crash); without one, "not clean" (a crash means a full check).
+        let t = now();
+        shared.write_sb_home(|raw| mark_state(raw, has_journal, true, t))?;
         fs.rw = Some(shared.clone());
         {
             let mut st = shared.write_lock();
@@ -277,7 +347,6 @@ impl ExtFs {
                 st: &mut st,
                 tx: shared.tx.clone(),
             };
-            cx.mark_mounted(true)?;
             cx.process_orphans()?;
             cx.finish()?;
             shared.commit(&mut st)?;
@@ -286,38 +355,51 @@ impl ExtFs {
         Ok(fs)
     }
 
-    /// Commits and marks the filesystem clean (sync and unmount).
+    /// Commits everything; `clean` (unmount) also empties the journal and marks the
+    /// filesystem clean.
     pub(crate) fn sync_rw(&self, clean: bool) -> Result<()> {
         let Some(sh) = &self.rw else {
             return Ok(());
         };
         let mut st = sh.write_lock();
-        if st.failed {
-            return Err(Error::Io(std::io::Error::other("an earlier write failed")));
-        }
-        {
-            let mut cx = Ctx {
-                fs: self,
-                st: &mut st,
-                tx: sh.tx.clone(),
-            };
-            cx.mark_mounted(false)?;
-            cx.finish()?;
-        }
         sh.commit(&mut st)?;
-        if !clean {
-            let mut cx = Ctx {
-                fs: self,
-                st: &mut st,
-                tx: sh.tx.clone(),
-            };
-            cx.mark_mounted(true)?;
-            cx.finish()?;
-            // Left in the transaction: the next commit says "in use" again before any
-            // other change reaches the image.
+        if clean {
+            if let Some(j) = st.journal.as_mut() {
+                j.checkpoint()?;
+            }
+            let has_journal = st.journal.is_some();
+            let t = now();
+            sh.write_sb_home(|raw| mark_state(raw, has_journal, false, t))?;
         }
         Ok(())
     }
+}
+
+/// The superblock's mount state: RECOVER with a journal, s_state's VALID bit without; the
+/// mount and write times.
+fn mark_state(raw: &mut [u8], journal: bool, mounted: bool, t: Timespec) {
+    let secs = (t.sec as u32).to_le_bytes();
+    if journal {
+        let mut inc = u32::from_le_bytes([raw[0x60], raw[0x61], raw[0x62], raw[0x63]]);
+        if mounted {
+            inc |= incompat::RECOVER;
+        } else {
+            inc &= !incompat::RECOVER;
+        }
+        raw[0x60..0x64].copy_from_slice(&inc.to_le_bytes());
+    } else {
+        let mut state = u16::from_le_bytes([raw[0x3A], raw[0x3B]]);
+        if mounted {
+            state &= !STATE_VALID;
+        } else {
+            state |= STATE_VALID;
+        }
+        raw[0x3A..0x3C].copy_from_slice(&state.to_le_bytes());
+    }
+    if mounted {
+        raw[0x2C..0x30].copy_from_slice(&secs);
+    }
+    raw[0x30..0x34].copy_from_slice(&secs);
 }
 
 pub(crate) fn now() -> Timespec {
@@ -336,24 +418,6 @@ impl Ctx<'_> {
         &self.tx
     }
 
-    /// Without a journal a crash leaves the image needing a full check, so while mounted
-    /// the superblock says "not clean" (s_state), as the kernel does for ext2.
-    fn mark_mounted(&mut self, mounted: bool) -> Result<()> {
-        let sb = self.fs.sb.clone();
-        let t = now();
-        alloc::update_superblock(self.tx(), &sb, |raw| {
-            let mut state = u16::from_le_bytes([raw[0x3A], raw[0x3B]]);
-            if mounted {
-                state &= !STATE_VALID;
-                raw[0x2C..0x30].copy_from_slice(&(t.sec as u32).to_le_bytes());
-            } else {
-                state |= STATE_VALID;
-            }
-            raw[0x3A..0x3C].copy_from_slice(&state.to_le_bytes());
-            raw[0x30..0x34].copy_from_slice(&(t.sec as u32).to_le_bytes());
-        })
-    }
-
     /// Ends an operation: descriptors and superblock counters into the transaction, and a
     /// commit when the transaction has grown big.
     pub(crate) fn finish(&mut self) -> Result<()> {
@@ -364,7 +428,7 @@ impl Ctx<'_> {
 
     pub(crate) fn maybe_commit(&mut self) -> Result<()> {
         if let Some(sh) = &self.fs.rw {
-            if sh.tx.len() >= MAX_TX_BLOCKS {
+            if sh.tx.len() >= Shared::max_tx_blocks(self.st) {
                 sh.commit(self.st)?;
             }
         }
@@ -374,16 +438,39 @@ impl Ctx<'_> {
     pub(crate) fn alloc(&mut self, goal: u64, want: u64) -> Result<(u64, u64)> {
         let sb = self.fs.sb.clone();
         let tx = self.tx_arc();
-        self.st.groups.alloc_blocks(&tx, &sb, goal, want)
+        match self.st.groups.alloc_blocks(&tx, &sb, goal, want) {
+            Err(Error::NoSpace) if self.apply_pending_frees()? => {
+                self.st.groups.alloc_blocks(&tx, &sb, goal, want)
+            }
+            r => r,
+        }
     }
 
     pub(crate) fn free(&mut self, first: u64, count: u64) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
+        if self.st.journal.is_some() {
+            self.tx.forget(first, count);
+            self.st.pending_free.push((first, count));
+            return Ok(());
+        }
         let sb = self.fs.sb.clone();
         let tx = self.tx_arc();
         self.st.groups.free_blocks(&tx, &sb, first, count)
+    }
+
+    /// Blocks freed in this transaction return to the bitmaps now (ENOSPC otherwise).
+    fn apply_pending_frees(&mut self) -> Result<bool> {
+        if self.st.pending_free.is_empty() {
+            return Ok(false);
+        }
+        let sb = self.fs.sb.clone();
+        let tx = self.tx_arc();
+        for (first, count) in std::mem::take(&mut self.st.pending_free) {
+            self.st.groups.free_blocks(&tx, &sb, first, count)?;
+        }
+        Ok(true)
     }
 
     pub(crate) fn tx_arc(&self) -> Arc<TxDevice> {
