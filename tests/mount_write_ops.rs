@@ -796,7 +796,7 @@ fn ext_fakeroot_as_nobody() {
     let m = mnt.display();
     ok(
         &u.sh(&format!(
-            "set -e; mkdir {m}/bin; echo '#!/bin/sh' > {m}/bin/su; chmod 4755 {m}/bin/su; \
+            "set -e; mkdir {m}/bin; echo '#!/bin/sh' > {m}/bin/su; chmod 4755 {m}/bin/su; echo exit >> {m}/bin/su; \
              mkfifo {m}/fifo; touch {m}/owned; chown 1000:100 {m}/owned; \
              chown 0:0 {m}/lost+found"
         )),
@@ -870,6 +870,17 @@ fn ext_permissions_as_nobody() {
                 stat_line(&u, &mnt.join("minefalse")),
                 "65534:65534 644 regular empty file"
             );
+            // An ordinary user's write drops the setuid bit of their own file.
+            ok(
+                &u.sh(&format!(
+                    "echo a > {m}/suid && chmod 4755 {m}/suid && echo b >> {m}/suid"
+                )),
+                "write to a setuid file",
+            );
+            assert_eq!(
+                stat_line(&u, &mnt.join("suid")),
+                "65534:65534 755 regular file"
+            );
         }
         ok(
             &run(u.cmd(u.bin("imgmount")).arg("umount").arg(&mnt)),
@@ -877,8 +888,9 @@ fn ext_permissions_as_nobody() {
         );
     }
     e2fsck_clean(&img);
-    let view = kernel_stat(&img, &["minefalse", "minetrue"]);
+    let view = kernel_stat(&img, &["minefalse", "minetrue", "suid"]);
     assert_eq!(view[0], "65534:65534 644 regular empty file 0:0");
+    assert_eq!(view[2], "65534:65534 755 regular file 0:0");
     assert_eq!(view[1], "0:0 644 regular empty file 0:0");
 }
 
