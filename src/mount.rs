@@ -173,9 +173,12 @@ fn open_filesystem(
     if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
         eprintln!("imgmount: warning: {w}");
     }
-    // Writes under an overlay go to the store, so the filesystem may take them; ext has no
-    // writer yet and stays read-only.
-    let writable = opts.rw || (opts.cow.is_some() && !any_ext_selected(&img, sel));
+    // Writes under an overlay go to the store, so the filesystem may take them if its driver
+    // can write it; otherwise the overlay mount is read-only. The ext partitions of a whole
+    // disk stay read-only under one: a refusal there would empty the partition's directory.
+    let cow_only = opts.cow.is_some() && !opts.rw;
+    let several = selected_kinds(&img, sel).len() > 1;
+    let writable = opts.rw || (cow_only && !(several && any_ext_selected(&img, sel)));
     let base = host::fs_options();
     let fs_opts = FsOptions {
         writable,
@@ -193,11 +196,24 @@ fn open_filesystem(
         fat_utc_offset_minutes: opts.tz_minutes.or(base.fat_utc_offset_minutes),
         ..base
     };
-    let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
-    Ok((fs, warnings))
+    match img.open_fs_warned(sel, &fs_opts) {
+        Err(e) if cow_only && writable => {
+            let ro = FsOptions {
+                writable: false,
+                ..fs_opts
+            };
+            let (fs, mut warnings) = img.open_fs_warned(sel, &ro).map_err(|_| fail(&e))?;
+            warnings.push(format!(
+                "read-only (the overlay cannot take writes here): {}",
+                crate::report::describe(&e)
+            ));
+            Ok((fs, warnings))
+        }
+        res => res.map_err(|e| fail(&e)),
+    }
 }
 
-/// Whether any filesystem the selection would mount is ext (which imgmount only reads).
+/// Whether any filesystem the selection would mount is ext.
 fn any_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
     selected_kinds(img, sel)
         .iter()

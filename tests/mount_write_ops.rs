@@ -894,6 +894,62 @@ fn ext_permissions_as_nobody() {
     assert_eq!(view[1], "0:0 644 regular empty file 0:0");
 }
 
+fn sha256(p: &Path) -> Vec<u8> {
+    run(Command::new("sha256sum").arg(p)).stdout
+}
+
+/// `-o cow` on ext: the writer works over the overlay and the image stays as it was until a
+/// merge; an image the writer refuses mounts read-only with a warning.
+fn ext_through_cow() {
+    let dir = TempDir::new("extcow");
+    let Some(img) = make_image(dir.path(), "ext4.img", "mkfs.ext4", &["-q"], 32) else {
+        return;
+    };
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = MountGuard(mnt.clone());
+    let store = dir.path().join("s.cow");
+    let cow = format!("cow={}", store.display());
+    let before = sha256(&img);
+    ok(
+        &imgmount(&["-o".as_ref(), cow.as_ref(), img.as_ref(), mnt.as_ref()]),
+        "cow mount",
+    );
+    fs::create_dir(mnt.join("d")).unwrap();
+    fs::write(mnt.join("d/new.txt"), b"through the overlay\n").unwrap();
+    std::os::unix::fs::symlink("d/new.txt", mnt.join("s")).unwrap();
+    umount(&mnt);
+    assert_eq!(sha256(&img), before, "the image changed under an overlay");
+    ok(
+        &run(Command::new(imgmount_bin())
+            .arg("merge")
+            .arg(&img)
+            .arg(&store)),
+        "merge",
+    );
+    e2fsck_clean(&img);
+    let k = kernel_read(&img, &["d/new.txt", "s"], false);
+    assert_eq!(k, ["through the overlay\n", "d/new.txt"]);
+
+    let inline = make_image(
+        dir.path(),
+        "inline.img",
+        "mkfs.ext4",
+        &["-q", "-O", "inline_data"],
+        8,
+    )
+    .unwrap();
+    let out = imgmount(&["-o".as_ref(), "cow".as_ref(), inline.as_ref(), mnt.as_ref()]);
+    ok(&out, "cow mount of an image the writer refuses");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inline_data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(errno_of(fs::write(mnt.join("x"), b"")), libc::EROFS);
+    umount(&mnt);
+}
+
 fn main() {
     daemon_main_if_requested();
     let filter: Vec<String> = std::env::args()
@@ -915,6 +971,7 @@ fn main() {
         ("ext_operations", ext_operations),
         ("ext_fakeroot_as_nobody", ext_fakeroot_as_nobody),
         ("ext_permissions_as_nobody", ext_permissions_as_nobody),
+        ("ext_through_cow", ext_through_cow),
     ];
     let mut failed = vec![];
     for (name, f) in tests {
