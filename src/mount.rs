@@ -153,22 +153,17 @@ fn open_filesystem(
     let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
     let sel = commands::selection(args.partition);
     // With `cow`, through the overlay (which then takes the writes: the image is opened
-    // read-only under it).
-    let open = |rw: bool, cow: bool| {
-        let overlay = opts.cow.clone().filter(|_| cow);
-        let io = ImageOptions {
-            offset: args.open.offset,
-            cow: overlay.clone().map(|store| CowOptions {
-                store,
-                chunk_size: opts.cow_chunk,
-            }),
-            ..crate::image_open::image_options(rw && overlay.is_none(), cache, opts.direct)
-        };
-        Image::open_with(image, &io)
+    // read-only under it). Whether a filesystem can be written is its driver's decision: it
+    // refuses at open, in one line, before it writes anything.
+    let io = ImageOptions {
+        offset: args.open.offset,
+        cow: opts.cow.clone().map(|store| CowOptions {
+            store,
+            chunk_size: opts.cow_chunk,
+        }),
+        ..crate::image_open::image_options(opts.rw && opts.cow.is_none(), cache, opts.direct)
     };
-    // Whether a filesystem can be written is its driver's decision: it refuses at open, in
-    // one line, before it writes anything.
-    let img = open(opts.rw, true).map_err(|e| fail(&e))?;
+    let img = Image::open_with(image, &io).map_err(|e| fail(&e))?;
     crate::image_open::warn_fallback(&img, image);
     if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
         eprintln!("imgmount: warning: {w}");
