@@ -68,7 +68,7 @@ fn ext_with(tag: &str, mkfs_args: &[&str], mut caps: Caps, extents: bool, seed: 
 /// `NOT_YET` lists what the ext writer does not do yet (issue 12): those operations must
 /// answer the vfs defaults' errors (EOPNOTSUPP), so the day one starts working these tests
 /// fail until it is taken off the list and judged like the rest.
-const NOT_YET: &str = "xattrs,fallocate";
+const NOT_YET: &str = "";
 
 fn reduce_caps(caps: &mut Caps) {
     let list = match std::env::var("RANDOM_OPS_WITHOUT") {

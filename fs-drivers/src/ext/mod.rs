@@ -41,8 +41,8 @@ mod xattr;
 
 use crate::block::DeviceRef;
 use crate::vfs::{
-    Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
-    XattrSet,
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, XattrSet,
 };
 use crate::{Error, Result};
 use group_desc::GroupDesc;
@@ -1063,6 +1063,13 @@ impl FileSystem for ExtFs {
 
     fn sync(&self) -> Result<()> {
         self.sync_rw(false)
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
     }
 }
 

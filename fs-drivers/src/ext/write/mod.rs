@@ -486,7 +486,7 @@ impl Ctx<'_> {
     }
 
     /// Where inode `ino`'s record lives: (block, byte offset in it).
-    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+    pub(crate) fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
         let sb = &self.fs.sb;
         if ino == 0 || ino > sb.inodes_count {
             return Err(Error::corrupt(format!("inode {ino} out of range")));

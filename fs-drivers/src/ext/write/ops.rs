@@ -2,12 +2,12 @@
 //! truncation, attributes, and freeing inodes (with the orphan list for open ones).
 
 use super::extent_lite::{self, Ext};
-use super::{alloc, block_map_lite, now, Ctx};
+use super::{alloc, block_map_lite, block_map_write, now, Ctx};
 use crate::block::BlockDevice;
 use crate::ext::inode::{flags, Inode};
 use crate::ext::superblock::incompat;
 use crate::ext::{ExtFs, Run};
-use crate::vfs::{Attr, FileType, NewNode, RenameFlags, SetAttr};
+use crate::vfs::{Attr, Fallocate, FileType, NewNode, RenameFlags, SetAttr};
 use crate::{Error, Result};
 
 /// The most links an inode may have (EXT4_LINK_MAX); directories past it count as 1
@@ -977,5 +977,173 @@ impl Ctx<'_> {
 impl Inode {
     fn dtime_now(&mut self) {
         self.ctime = now();
+    }
+}
+
+impl ExtFs {
+    pub(crate) fn w_fallocate(
+        &self,
+        ino: u32,
+        offset: u64,
+        len: u64,
+        mode: Fallocate,
+    ) -> Result<()> {
+        if len == 0 {
+            return Err(Error::Invalid("fallocate of 0 bytes".into()));
+        }
+        let end = offset.checked_add(len).ok_or(Error::FileTooBig)?;
+        if end > self.max_file_size() {
+            return Err(Error::FileTooBig);
+        }
+        self.with_writer(|cx| {
+            let mut inode = cx.get(ino)?;
+            match inode.kind()? {
+                FileType::Regular => {}
+                FileType::Directory => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid("not a regular file".into())),
+            }
+            let extents = inode.has_flag(flags::EXTENTS);
+            if !extents && mode != Fallocate::PunchHole {
+                return Err(Error::Unsupported(
+                    "fallocate on a block-mapped file".into(),
+                ));
+            }
+            let bs = u64::from(cx.fs.sb.block_size);
+            // Whole blocks inside the range; the partial edges are zeroed in place.
+            let full_from = offset.div_ceil(bs);
+            let full_to = end / bs;
+            match mode {
+                Fallocate::Allocate | Fallocate::KeepSize => {
+                    cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
+                    if mode == Fallocate::Allocate && end > inode.size {
+                        inode.size = end;
+                    }
+                }
+                Fallocate::PunchHole => {
+                    let stop = end.min(inode.size);
+                    if offset < stop {
+                        cx.zero_edges(&inode, offset, stop)?;
+                        if full_from < full_to {
+                            cx.unmap(&mut inode, full_from, full_to)?;
+                        }
+                    }
+                }
+                Fallocate::ZeroRange { keep_size } => {
+                    let stop = if keep_size { end.min(inode.size) } else { end };
+                    if offset < stop {
+                        let size = inode.size;
+                        cx.zero_edges(&inode, offset, stop.min(size))?;
+                        if full_from < full_to {
+                            cx.unmap(&mut inode, full_from, full_to)?;
+                        }
+                        cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
+                    }
+                    if !keep_size && end > inode.size {
+                        inode.size = end;
+                    }
+                }
+            }
+            let t = now();
+            inode.ctime = t;
+            inode.mtime = t;
+            cx.write_inode(&inode)?;
+            Ok(())
+        })
+    }
+}
+
+impl Ctx<'_> {
+    /// Unwritten extents over the holes of `from..to` (logical blocks).
+    fn alloc_unwritten(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
+        let sectors = u64::from(self.fs.sb.block_size / 512);
+        let (mut list, nodes) = extent_lite::load(self, inode)?;
+        let mut lblk = from;
+        let mut result = Ok(());
+        while lblk < to {
+            match extent_lite::find(&list, lblk) {
+                Ok(e) => lblk = e.end(),
+                Err(gap) => {
+                    let want = gap.min(to - lblk);
+                    let goal = self.goal(inode, lblk);
+                    match self.alloc(goal, want) {
+                        Ok((pblk, n)) => {
+                            list.push(Ext {
+                                lblk,
+                                len: n,
+                                pblk,
+                                unwritten: true,
+                            });
+                            list.sort_by_key(|e| e.lblk);
+                            inode.blocks += n * sectors;
+                            lblk += n;
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        extent_lite::normalise(&mut list);
+        extent_lite::store(self, inode, &list, nodes)?;
+        result
+    }
+
+    /// Frees the blocks of `from..to` (logical), leaving a hole.
+    fn unmap(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
+        let sectors = u64::from(self.fs.sb.block_size / 512);
+        if inode.has_flag(flags::EXTENTS) {
+            let (mut list, nodes) = extent_lite::load(self, inode)?;
+            let freed = extent_lite::remove_range(&mut list, from, to);
+            for (p, n) in freed {
+                self.free(p, n)?;
+                inode.blocks = inode.blocks.saturating_sub(n * sectors);
+            }
+            return extent_lite::store(self, inode, &list, nodes);
+        }
+        let from = u32::try_from(from).map_err(|_| Error::FileTooBig)?;
+        let to = u32::try_from(to).unwrap_or(u32::MAX - 1);
+        let delta = block_map_write::punch(self, &mut inode.block, from, to)?;
+        inode.blocks = (inode.blocks as i64 + delta * sectors as i64).max(0) as u64;
+        Ok(())
+    }
+
+    /// Zeros the bytes of `from..to` that share a block with bytes outside it (written
+    /// blocks only: holes and unwritten extents already read as zeros).
+    fn zero_edges(&mut self, inode: &Inode, from: u64, to: u64) -> Result<()> {
+        let bs = u64::from(self.fs.sb.block_size);
+        if from >= to {
+            return Ok(());
+        }
+        let mut edges = vec![(from, to.min((from / bs + 1) * bs))];
+        if to % bs != 0 && to / bs != from / bs {
+            edges.push(((to / bs) * bs, to));
+        }
+        for (a, b) in edges {
+            if a >= b || (a % bs == 0 && b % bs == 0) {
+                continue;
+            }
+            if let Some(p) = self.written_block(inode, a / bs)? {
+                self.tx()
+                    .write_direct_at(p * bs + a % bs, &vec![0; (b - a) as usize])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn written_block(&self, inode: &Inode, lblk: u64) -> Result<Option<u64>> {
+        if inode.has_flag(flags::EXTENTS) {
+            let (list, _) = extent_lite::load(self, inode)?;
+            Ok(extent_lite::find(&list, lblk)
+                .ok()
+                .filter(|e| !e.unwritten)
+                .map(|e| e.pblk + (lblk - e.lblk)))
+        } else {
+            Ok(match self.fs.map(inode, lblk)? {
+                Run::Mapped { pblk, .. } => Some(pblk),
+                Run::Hole(_) => None,
+            })
+        }
     }
 }
