@@ -698,13 +698,31 @@ fn ext_operations() {
         .arg(m.join("big")));
     let falloc = !unsupported(&alloc, "fallocate");
     if falloc {
-        assert_eq!(fs::metadata(m.join("big")).unwrap().len(), 1 << 20);
+        let big = m.join("big");
+        let md = fs::metadata(&big).unwrap();
+        assert_eq!(md.len(), 1 << 20);
+        assert!(md.blocks() >= 2048, "{} sectors allocated", md.blocks());
+        fs::write(m.join("data"), vec![0xaa; 16384]).unwrap();
         tool(
             Command::new("fallocate")
                 .args(["-p", "-o", "4096", "-l", "8192"])
-                .arg(m.join("big")),
+                .arg(m.join("data")),
             "fallocate -p",
         );
+        tool(
+            Command::new("fallocate")
+                .args(["-z", "-o", "0", "-l", "1024"])
+                .arg(m.join("data")),
+            "fallocate -z",
+        );
+        let md = fs::metadata(m.join("data")).unwrap();
+        assert_eq!(md.len(), 16384);
+        assert!(md.blocks() <= 16, "{} sectors after the punch", md.blocks());
+        assert_eq!(
+            fallocate(&m.join("data"), libc::FALLOC_FL_KEEP_SIZE, 0, 65536),
+            0
+        );
+        assert_eq!(fs::metadata(m.join("data")).unwrap().len(), 16384);
     }
     umount(m);
     e2fsck_clean(&img);
@@ -714,6 +732,15 @@ fn ext_operations() {
     assert!(view[2].ends_with("symbolic link 0:0"), "{}", view[2]);
     assert!(view[3].ends_with("symbolic link 0:0"), "{}", view[3]);
     assert!(view[4].contains("regular"), "{}", view[4]);
+    if falloc {
+        let mut want = vec![0xaa; 16384];
+        want[..1024].fill(0);
+        want[4096..12288].fill(0);
+        assert!(
+            kernel_bytes(&img, "data") == want,
+            "data differs in the kernel's view"
+        );
+    }
     let k = kernel_read(&img, &["fast", "slow", "a", "hard"], xattrs);
     let a = if xattrs {
         "0123456789 user.color=blue"
@@ -721,6 +748,23 @@ fn ext_operations() {
         "0123456789"
     };
     assert_eq!(k, ["file", long.as_str(), a, "A"]);
+}
+
+/// A file's bytes through the kernel's read-only loop mount.
+fn kernel_bytes(img: &Path, path: &str) -> Vec<u8> {
+    let dir = TempDir::new("kbytes");
+    let k = dir.path().join("k");
+    fs::create_dir(&k).unwrap();
+    ok(
+        &run(Command::new("mount")
+            .args(["-o", "loop,ro"])
+            .arg(img)
+            .arg(&k)),
+        "kernel mount",
+    );
+    let data = fs::read(k.join(path));
+    let _ = run(Command::new("umount").arg(&k));
+    data.unwrap()
 }
 
 /// `fallocate`/`setfattr` said the filesystem does not support it: say so and go on.
