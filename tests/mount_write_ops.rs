@@ -475,6 +475,15 @@ fn double_fakeroot_as_nobody() {
                 stat_line(&u, &shared.join("new")),
                 format!("{owner} 755 regular file")
             );
+            // And so does a truncate (open with O_TRUNC: a SETATTR of the size).
+            ok(
+                &u.sh(&format!("chmod 6775 {m}/new && : > {m}/new")),
+                "truncate",
+            );
+            assert_eq!(
+                stat_line(&u, &shared.join("new")),
+                format!("{owner} 775 regular empty file")
+            );
             // hello.txt is 0644 and not nobody's: the kernel refuses the write.
             assert!(!u
                 .sh(&format!("echo x >> {}/hello.txt", mnt.display()))
