@@ -833,6 +833,50 @@ mod tests {
     }
 
     #[test]
+    fn new_operations_reach_the_right_partition() {
+        let (m, _a, b) = two_plus_empty();
+        let p1 = m.lookup(1, b"p1").unwrap().ino;
+        let p5 = m.lookup(1, b"p5").unwrap().ino;
+        let node = NewNode {
+            kind: FileType::Regular,
+            perm: 0o600,
+            uid: 7,
+            gid: 8,
+            rdev: 0,
+        };
+        let made = m.make_node(p5, b"made", &node).unwrap();
+        assert_eq!(made.ino >> 48, 3);
+        assert!(b.lookup(2, b"made").is_ok());
+        assert!(matches!(m.make_node(p1, b"x", &node), Err(Error::ReadOnly)));
+        // Across partitions: EXDEV, as between two kernel mounts.
+        let sub5 = m.lookup(p5, b"sub").unwrap().ino;
+        let flags = RenameFlags {
+            noreplace: true,
+            exchange: false,
+        };
+        let err = m.rename_flags(p5, b"made", p1, b"y", flags).unwrap_err();
+        assert_eq!(err.errno(), libc::EXDEV);
+        assert_eq!(m.link(made.ino, p1, b"l").unwrap_err().errno(), libc::EXDEV);
+        // Within one: the partition's own answers (TinyFs has no flags, links or xattrs).
+        let err = m.rename_flags(p5, b"made", sub5, b"y", flags).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        assert_eq!(
+            m.link(made.ino, sub5, b"l").unwrap_err().errno(),
+            libc::EPERM
+        );
+        let err = m.setxattr(made.ino, b"user.k", b"v", XattrSet::Either);
+        assert_eq!(err.unwrap_err().errno(), libc::EOPNOTSUPP);
+        // The synthetic directories take none of it.
+        assert_eq!(m.link(1, p5, b"l").unwrap_err().errno(), libc::EPERM);
+        assert_eq!(
+            m.removexattr(1, b"user.k").unwrap_err().errno(),
+            libc::EROFS
+        );
+        let err = m.fallocate(1, 0, 1, Fallocate::Allocate).unwrap_err();
+        assert_eq!(err.errno(), libc::EISDIR);
+    }
+
+    #[test]
     fn statfs_sums_bytes() {
         let (m, _, _) = two_plus_empty();
         let st = m.statfs().unwrap();
