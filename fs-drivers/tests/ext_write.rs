@@ -789,3 +789,100 @@ fn fallocate_modes_keep_the_data_around_them() {
     };
     check_all(&img, &expected);
 }
+
+/// The INDEX flag of `path` as debugfs shows it.
+fn dir_indexed(img: &Path, path: &str) -> bool {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flags = text
+        .split("Flags: 0x")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .expect("debugfs flags");
+    flags & 0x1000 != 0
+}
+
+#[test]
+fn htree_directories_made_by_the_kernel_and_by_us() {
+    if !require_tools(&["mke2fs", "e2fsck", "debugfs"]) {
+        return;
+    }
+    let img = mkfs("htree", "ext4", &["-b", "1024"], 64);
+    let name = |i: usize| format!("kernel-made-entry-{i:05}");
+    let kernel_made = is_root() && {
+        let dir = tmp("htree.rw-mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            std::fs::create_dir(dir.join("big")).unwrap();
+            for i in 0..1500 {
+                std::fs::write(dir.join("big").join(name(i)), i.to_string()).unwrap();
+            }
+            assert!(Command::new("umount").arg(&dir).status().unwrap().success());
+        }
+        ok
+    };
+    {
+        let fs = open_rw(&img);
+        let root = fs.root();
+        let big = match fs.lookup(root, b"big") {
+            Ok(a) => a.ino,
+            Err(_) => {
+                fs.make_node(root, b"big", &node(FileType::Directory, 0o755))
+                    .unwrap()
+                    .ino
+            }
+        };
+        if !kernel_made {
+            for i in 0..1500 {
+                let a = fs
+                    .make_node(big, name(i).as_bytes(), &node(FileType::Regular, 0o644))
+                    .unwrap();
+                fs.write(a.ino, 0, i.to_string().as_bytes()).unwrap();
+            }
+        }
+        for i in (0..1500).step_by(2) {
+            fs.unlink(big, name(i).as_bytes()).unwrap();
+        }
+        for i in 0..700 {
+            let n = format!("added-by-imgmount-{i}");
+            fs.make_node(big, n.as_bytes(), &node(FileType::Regular, 0o600))
+                .unwrap();
+        }
+        fs.rename(big, name(1).as_bytes(), big, b"renamed-one")
+            .unwrap();
+        for i in (3..1500).step_by(2) {
+            assert_eq!(
+                fs.lookup(big, name(i).as_bytes()).unwrap().size,
+                i.to_string().len() as u64
+            );
+        }
+    }
+    fsck(&img);
+    assert!(dir_indexed(&img, "/big"), "the big directory is indexed");
+    let ro = open_ro(&img);
+    let t = walk(&ro);
+    assert_eq!(
+        t.keys().filter(|k| k.starts_with(b"big/")).count(),
+        750 + 700
+    );
+    assert_eq!(ro.dx_fallbacks(), 0);
+    if let Some(k) = kernel_tree(&img) {
+        assert_eq!(
+            k.keys().filter(|k| k.starts_with(b"big/")).count(),
+            750 + 700
+        );
+        assert_eq!(k[&b"big/renamed-one"[..]].data, b"1");
+    }
+}

@@ -492,7 +492,12 @@ impl ExtFs {
         indexed: bool,
     ) -> Result<Option<usize>> {
         let csum = self.sb.metadata_csum();
-        if indexed && htree::is_dx_block(block, lblk) && dir::tail_start(block).is_none() {
+        // Block 0 of an indexed directory is its dx root whatever its end looks like: the
+        // kernel's make_indexed_dir leaves the old leaf's checksum tail bytes in dt_reserved.
+        if indexed
+            && htree::is_dx_block(block, lblk)
+            && (lblk == 0 || dir::tail_start(block).is_none())
+        {
             if lblk != 0 {
                 if csum {
                     htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;

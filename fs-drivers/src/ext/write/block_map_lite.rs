@@ -2,6 +2,7 @@
 //! setting a block allocates the indirect blocks on its path; truncation frees everything
 //! from a logical block on, and indirect blocks that become empty.
 
+use super::io::Store;
 use super::Ctx;
 use crate::ext::inode::Inode;
 use crate::ext::le::u32_at;
@@ -37,8 +38,8 @@ fn path(per: u64, lblk: u64) -> Result<(usize, Vec<usize>)> {
 }
 
 /// Points `lblk` at `pblk`, allocating missing indirect blocks near `pblk`.
-pub fn set(cx: &mut Ctx, inode: &mut Inode, lblk: u64, pblk: u64) -> Result<()> {
-    let bs = cx.sb().block_size;
+pub fn set(st: &mut dyn Store, inode: &mut Inode, lblk: u64, pblk: u64) -> Result<()> {
+    let bs = st.block_size() as u32;
     let per = u64::from(bs / 4);
     let sectors = u64::from(bs / 512);
     let (slot, idx) = path(per, lblk)?;
@@ -49,26 +50,26 @@ pub fn set(cx: &mut Ctx, inode: &mut Inode, lblk: u64, pblk: u64) -> Result<()> 
     }
     let mut ptr = u64::from(u32_at(&inode.block, slot * 4));
     if ptr == 0 {
-        ptr = cx.alloc(pblk.saturating_sub(1), 1)?.0;
-        cx.write_meta(ptr, &vec![0; bs as usize])?;
+        ptr = st.alloc_blocks(pblk.saturating_sub(1), 1)?.0;
+        st.write_meta(ptr, vec![0; bs as usize])?;
         inode.blocks += sectors;
         inode.block[slot * 4..slot * 4 + 4].copy_from_slice(&(ptr as u32).to_le_bytes());
     }
     for (level, &i) in idx.iter().enumerate() {
-        let mut block = cx.read_meta(ptr)?;
+        let mut block = st.read_meta(ptr)?;
         let last = level + 1 == idx.len();
         let mut next = u64::from(u32_at(&block, i * 4));
         if last {
             block[i * 4..i * 4 + 4].copy_from_slice(&pblk32.to_le_bytes());
-            cx.write_meta(ptr, &block)?;
+            st.write_meta(ptr, block.clone())?;
             break;
         }
         if next == 0 {
-            next = cx.alloc(pblk.saturating_sub(1), 1)?.0;
-            cx.write_meta(next, &vec![0; bs as usize])?;
+            next = st.alloc_blocks(pblk.saturating_sub(1), 1)?.0;
+            st.write_meta(next, vec![0; bs as usize])?;
             inode.blocks += sectors;
             block[i * 4..i * 4 + 4].copy_from_slice(&(next as u32).to_le_bytes());
-            cx.write_meta(ptr, &block)?;
+            st.write_meta(ptr, block.clone())?;
         }
         ptr = next;
     }
@@ -138,7 +139,7 @@ fn trunc_node(
     }
     let empty = block.chunks(4).all(|c| c == [0, 0, 0, 0]);
     if changed && !empty {
-        cx.write_meta(blk, &block)?;
+        Ctx::write_meta(cx, blk, &block)?;
     }
     Ok(empty)
 }

@@ -4,10 +4,12 @@
 //! the old node blocks). Adjacent extents merge, so a sequential file stays one extent per
 //! 32768 blocks.
 
+use super::io::Store;
 use super::Ctx;
 use crate::ext::checksum::crc32c_raw;
 use crate::ext::inode::Inode;
 use crate::ext::le::{u16_at, u32_at};
+use crate::ext::ExtFs;
 use crate::{Error, Result};
 
 const MAGIC: u16 = 0xF30A;
@@ -32,12 +34,34 @@ impl Ext {
 pub fn load(cx: &Ctx, inode: &Inode) -> Result<(Vec<Ext>, Vec<u64>)> {
     let mut out = Vec::new();
     let mut nodes = Vec::new();
-    walk(cx, inode, &inode.block, 0, &mut out, &mut nodes)?;
+    walk(
+        &mut |b| cx.read_meta(b),
+        inode,
+        &inode.block,
+        0,
+        &mut out,
+        &mut nodes,
+    )?;
+    Ok((out, nodes))
+}
+
+/// `load` through a `Store`.
+pub fn load_from(st: &mut dyn Store, inode: &Inode) -> Result<(Vec<Ext>, Vec<u64>)> {
+    let mut out = Vec::new();
+    let mut nodes = Vec::new();
+    walk(
+        &mut |b| st.read_meta(b),
+        inode,
+        &inode.block,
+        0,
+        &mut out,
+        &mut nodes,
+    )?;
     Ok((out, nodes))
 }
 
 fn walk(
-    cx: &Ctx,
+    read: &mut dyn FnMut(u64) -> Result<Vec<u8>>,
     inode: &Inode,
     node: &[u8],
     level: u32,
@@ -71,8 +95,8 @@ fn walk(
         } else {
             let child = u64::from(u32_at(e, 4)) | u64::from(u16_at(e, 8)) << 32;
             nodes.push(child);
-            let block = cx.read_meta(child)?;
-            walk(cx, inode, &block, level + 1, out, nodes)?;
+            let block = read(child)?;
+            walk(read, inode, &block, level + 1, out, nodes)?;
         }
     }
     Ok(())
@@ -138,13 +162,19 @@ fn put_index(buf: &mut [u8], i: usize, lblk: u64, child: u64) {
 
 /// Writes `list` as `inode`'s tree (the caller writes the inode). `old_nodes` are the
 /// previous tree's blocks: reused first, the rest freed. i_blocks follows the node count.
-pub fn store(cx: &mut Ctx, inode: &mut Inode, list: &[Ext], old_nodes: Vec<u64>) -> Result<()> {
+pub fn store(
+    st: &mut dyn Store,
+    fs: &ExtFs,
+    inode: &mut Inode,
+    list: &[Ext],
+    old_nodes: Vec<u64>,
+) -> Result<()> {
     if list.iter().any(|e| e.end() > 1 << 32 || e.len == 0) {
         return Err(Error::FileTooBig);
     }
-    let bs = cx.sb().block_size as usize;
+    let bs = st.block_size();
     let per = (bs - 12) / 12;
-    let sectors = u64::from(cx.sb().block_size / 512);
+    let sectors = (bs / 512) as u64;
     // Levels of nodes, bottom up, each entry = (first lblk, node block contents).
     let mut pool = old_nodes;
     pool.reverse();
@@ -169,18 +199,18 @@ pub fn store(cx: &mut Ctx, inode: &mut Inode, list: &[Ext], old_nodes: Vec<u64>)
             for (first, b) in level.drain(..) {
                 let blk = match pool.pop() {
                     Some(b) => b,
-                    None => cx.alloc(goal, 1)?.0,
+                    None => st.alloc_blocks(goal, 1)?.0,
                 };
                 used += 1;
                 placed.push((first, blk, b));
             }
             for (_, blk, b) in &mut placed {
-                if cx.sb().metadata_csum() {
+                if st.metadata_csum() {
                     let tail = 12 + 12 * per;
                     let c = crc32c_raw(inode.csum_seed, &b[..tail]);
                     b[tail..tail + 4].copy_from_slice(&c.to_le_bytes());
                 }
-                cx.write_meta(*blk, b)?;
+                st.write_meta(*blk, b.clone())?;
             }
             if placed.len() <= 4 {
                 header(&mut inode.block, placed.len(), 4, depth);
@@ -207,10 +237,10 @@ pub fn store(cx: &mut Ctx, inode: &mut Inode, list: &[Ext], old_nodes: Vec<u64>)
     }
     let leftover: Vec<u64> = pool;
     for b in &leftover {
-        cx.free(*b, 1)?;
+        st.free_blocks(*b, 1)?;
     }
     inode.blocks = inode.blocks.saturating_sub(old_count * sectors) + used * sectors;
-    cx.invalidate_extents(inode.ino);
+    fs.invalidate_extents(inode.ino);
     Ok(())
 }
 

@@ -6,9 +6,9 @@
 pub(crate) mod alloc;
 pub(crate) mod block_map_lite;
 pub(crate) mod block_map_write;
+pub(crate) mod core_dir;
 #[cfg(test)]
 mod dir_image_tests;
-pub(crate) mod dir_lite;
 #[cfg(test)]
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
@@ -566,13 +566,11 @@ impl Ctx<'_> {
         self.write_meta(blk, &block)?;
         Ok(inode)
     }
+}
 
+impl ExtFs {
     pub(crate) fn invalidate_extents(&self, ino: u32) {
-        let mut c = self
-            .fs
-            .extent_nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.extent_nodes.lock().unwrap_or_else(|p| p.into_inner());
         let keys: Vec<(u32, u64)> = c
             .iter()
             .filter(|(k, _)| k.0 == ino)

@@ -290,9 +290,9 @@ impl Ctx<'_> {
         if d.links == 0 {
             return Err(Error::NotFound);
         }
-        if d.has_flag(flags::INDEX) || d.has_flag(flags::INLINE_DATA) {
+        if d.has_flag(flags::INLINE_DATA) {
             return Err(Error::Unsupported(format!(
-                "directory {ino} is indexed (htree); updating it is not supported yet"
+                "directory {ino} has inline data; updating it is not supported yet"
             )));
         }
         Ok(d)
@@ -345,7 +345,8 @@ impl Ctx<'_> {
             match node.kind {
                 FileType::Regular | FileType::Directory | FileType::Symlink if extents => {
                     inode.flags |= flags::EXTENTS;
-                    extent_lite::store(self, &mut inode, &[], Vec::new())?;
+                    let fs = self.fs;
+                    extent_lite::store(self, fs, &mut inode, &[], Vec::new())?;
                 }
                 FileType::CharDevice | FileType::BlockDevice => {
                     let (ma, mi) = (crate::vfs::major(node.rdev), crate::vfs::minor(node.rdev));
@@ -747,7 +748,8 @@ impl Ctx<'_> {
                 unwritten: false,
             });
             extent_lite::normalise(&mut list);
-            extent_lite::store(self, inode, &list, nodes)
+            let fs = self.fs;
+            extent_lite::store(self, fs, inode, &list, nodes)
         } else {
             block_map_lite::set(self, inode, lblk, pblk)
         };
@@ -868,7 +870,8 @@ impl Ctx<'_> {
             }
         }
         extent_lite::normalise(&mut list);
-        let stored = extent_lite::store(self, inode, &list, nodes);
+        let fs = self.fs;
+        let stored = extent_lite::store(self, fs, inode, &list, nodes);
         if result.is_err() {
             // Whatever was written stays mapped; the size covers it so nothing leaks.
             let bs = u64::from(self.fs.sb.block_size);
@@ -967,7 +970,8 @@ impl Ctx<'_> {
                 self.free(p, n)?;
                 inode.blocks = inode.blocks.saturating_sub(n * sectors);
             }
-            extent_lite::store(self, inode, &list, nodes)
+            let fs = self.fs;
+            extent_lite::store(self, fs, inode, &list, nodes)
         } else {
             block_map_lite::truncate(self, inode, keep)
         }
@@ -1086,7 +1090,8 @@ impl Ctx<'_> {
             }
         }
         extent_lite::normalise(&mut list);
-        extent_lite::store(self, inode, &list, nodes)?;
+        let fs = self.fs;
+        extent_lite::store(self, fs, inode, &list, nodes)?;
         result
     }
 
@@ -1100,7 +1105,8 @@ impl Ctx<'_> {
                 self.free(p, n)?;
                 inode.blocks = inode.blocks.saturating_sub(n * sectors);
             }
-            return extent_lite::store(self, inode, &list, nodes);
+            let fs = self.fs;
+            return extent_lite::store(self, fs, inode, &list, nodes);
         }
         let from = u32::try_from(from).map_err(|_| Error::FileTooBig)?;
         let to = u32::try_from(to).unwrap_or(u32::MAX - 1);
