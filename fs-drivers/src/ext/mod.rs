@@ -1,5 +1,6 @@
 //! ext2/ext3/ext4 reader, one module per on-disk structure. `ExtFs` ties them together
-//! behind `vfs::FileSystem`; it never writes to the device.
+//! behind `vfs::FileSystem`. `ExtFs::open` never writes to the device; `ExtFs::open_rw`
+//! adds the writer (see `write`), which the reader then sits on unchanged.
 //!
 //! Metadata (superblock, descriptors, inodes, extent/indirect/dir/xattr blocks) is read
 //! with `read_at`, so a `BlockCache` below keeps it; file contents use `read_direct_at` so

@@ -2,6 +2,16 @@
 //! transaction's metadata blocks, so every reader path sees the new state; the pieces here
 //! change metadata through `Ctx` (which is also the `io::Store` the tree and directory
 //! pieces take) and `commit` moves the transaction to the image.
+//!
+//! Commit points: fsync/sync, every 5 s (a timer thread), when the transaction outgrows a
+//! quarter of the journal (or 8192 blocks), and at unmount (Drop). With a journal (ext3/4)
+//! the transaction goes through the jbd2 writer (`journal`), INCOMPAT_RECOVER is set on
+//! the image while mounted, freed blocks are only reused after the commit that frees
+//! them, and an image that needs recovery is replayed into place at rw open. Without one
+//! (ext2) blocks are written home at commit and s_state says "not clean" while mounted.
+//! File data goes straight to the image before the metadata that points at it
+//! (data=ordered). Operations run one at a time under a writer lock; readers take it
+//! shared, so they never see half an operation.
 
 pub(crate) mod alloc;
 pub(crate) mod block_map_write;
