@@ -886,3 +886,56 @@ fn htree_directories_made_by_the_kernel_and_by_us() {
         assert_eq!(k[&b"big/renamed-one"[..]].data, b"1");
     }
 }
+
+#[test]
+fn an_interrupted_session_is_replayed_at_the_next_rw_open() {
+    if !require_tools(&["mke2fs", "e2fsck", "dumpe2fs"]) {
+        return;
+    }
+    use fs_drivers::block::{FaultDevice, FaultOp};
+    let img = mkfs("replay", "ext4", &["-b", "4096"], 32);
+    let data = pattern(300_000, 9);
+    {
+        let file: DeviceRef = Arc::new(FileDevice::open(&img, true).unwrap());
+        let fault = Arc::new(FaultDevice::new(file));
+        let dev: DeviceRef = Arc::new(BlockCache::with_defaults(fault.clone()));
+        let fs = ExtFs::open_rw(dev, ExtOptions::default()).unwrap();
+        let root = fs.root();
+        let d = fs
+            .make_node(root, b"kept", &node(FileType::Directory, 0o755))
+            .unwrap();
+        let f = fs
+            .make_node(d.ino, b"synced", &node(FileType::Regular, 0o644))
+            .unwrap();
+        fs.write(f.ino, 0, &data).unwrap();
+        fs.fsync(f.ino).unwrap();
+        // A power cut: nothing reaches the image any more, also not the unmount's writes.
+        fault
+            .fail_from(FaultOp::Write, 1)
+            .fail_from(FaultOp::Flush, 1);
+        let _ = fs.make_node(root, b"lost", &node(FileType::Regular, 0o644));
+        let _ = fs.sync();
+    }
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("needs_recovery"),
+        "the cut session left the journal to replay"
+    );
+    {
+        let fs = open_rw(&img);
+        let kept = fs.lookup(fs.root(), b"kept").unwrap();
+        let f = fs.lookup(kept.ino, b"synced").unwrap();
+        let mut back = vec![0; data.len()];
+        assert_eq!(fs.read(f.ino, 0, &mut back).unwrap(), data.len());
+        assert!(back == data, "fsynced data intact");
+        assert!(matches!(
+            fs.lookup(fs.root(), b"lost"),
+            Err(Error::NotFound)
+        ));
+    }
+    fsck(&img);
+}

@@ -408,6 +408,8 @@ fn mark_state(raw: &mut [u8], journal: bool, mounted: bool, t: Timespec) {
     }
     if mounted {
         raw[0x2C..0x30].copy_from_slice(&secs);
+        let count = u16::from_le_bytes([raw[0x34], raw[0x35]]).wrapping_add(1);
+        raw[0x34..0x36].copy_from_slice(&count.to_le_bytes());
     }
     raw[0x30..0x34].copy_from_slice(&secs);
 }
