@@ -43,9 +43,15 @@ pub fn fuzz_ext_write(data: &[u8]) {
     let Some(image) = ext_sparse_image(image) else {
         return;
     };
-    // Only images that are consistent to begin with judge the writer.
+    // Only images that are consistent to begin with judge the writer: the block-level
+    // checks, and every directory readable with the right link counts.
     if ext_check(&image).is_err() {
         return;
+    }
+    let before: DeviceRef = Arc::new(MemDevice::read_only(image.clone()));
+    match fs_drivers::ext::ExtFs::open(before, Default::default()) {
+        Ok(fs) if ext_check_links(&fs).is_ok() => {}
+        _ => return,
     }
     let mem = Arc::new(MemDevice::from_vec(image));
     let Ok(Some(probe)) = fs_drivers::probe::probe(&*mem) else {
