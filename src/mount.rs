@@ -51,14 +51,10 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
     }
     if opts.rw && !fs.is_writable() {
         let ty = fs.info().fs_type;
-        return Err(if ty.starts_with("ext") {
-            format!(
-                "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
-                image.display()
-            )
-        } else {
-            format!("{}: {ty} cannot be mounted read-write", image.display())
-        });
+        return Err(format!(
+            "{}: {ty} cannot be mounted read-write",
+            image.display()
+        ));
     }
     // Under an overlay the image is only read: it shares its lock with read-only mounts.
     lock_image(image, opts.rw && opts.cow.is_none())?;
@@ -112,11 +108,16 @@ fn mount_on(
         .unwrap_or_else(|_| image.to_path_buf())
         .display()
         .to_string();
+    let writable = fs.is_writable();
     let cfg = ServeConfig {
         mount_point,
         fsname,
-        writable: fs.is_writable(),
+        writable,
         allow_other: opts.allow_other,
+        // A filesystem that stores owners is checked against them, as the kernel would, once
+        // the mount can change things; fakeroot's point is to skip that. FAT shows every file
+        // as the mounter's and keeps its old (daemon-decided) rules.
+        default_permissions: writable && !opts.owner.fakeroot && keeps_owners(&fs.info()),
         owner: opts.owner,
         threads: THREADS,
         // Root needs no setuid helper: mount(2) saves fusermount3's fork, exec and resident
@@ -152,38 +153,27 @@ fn open_filesystem(
     let cache = opts.cache_bytes.unwrap_or(BlockCache::DEFAULT_CAPACITY);
     let sel = commands::selection(args.partition);
     // With `cow`, through the overlay (which then takes the writes: the image is opened
-    // read-only under it).
-    let open = |rw: bool, cow: bool| {
-        let overlay = opts.cow.clone().filter(|_| cow);
-        let io = ImageOptions {
-            offset: args.open.offset,
-            cow: overlay.clone().map(|store| CowOptions {
-                store,
-                chunk_size: opts.cow_chunk,
-            }),
-            ..crate::image_open::image_options(rw && overlay.is_none(), cache, opts.direct)
-        };
-        Image::open_with(image, &io)
+    // read-only under it). Whether a filesystem can be written is its driver's decision: it
+    // refuses at open, in one line, before it writes anything.
+    let io = ImageOptions {
+        offset: args.open.offset,
+        cow: opts.cow.clone().map(|store| CowOptions {
+            store,
+            chunk_size: opts.cow_chunk,
+        }),
+        ..crate::image_open::image_options(opts.rw && opts.cow.is_none(), cache, opts.direct)
     };
-    if opts.rw {
-        // Say why rw is refused before opening the image read-write (which could fail first
-        // for an unrelated reason such as a read-only image file).
-        let ro = open(false, false).map_err(|e| fail(&e))?;
-        if only_ext_selected(&ro, sel) {
-            return Err(format!(
-                "{}: ext2/3/4 is read-only in imgmount; mount without -o rw",
-                image.display()
-            ));
-        }
-    }
-    let img = open(opts.rw, true).map_err(|e| fail(&e))?;
+    let img = Image::open_with(image, &io).map_err(|e| fail(&e))?;
     crate::image_open::warn_fallback(&img, image);
     if let Some(w) = img.overlay().and_then(|o| o.warning.clone()) {
         eprintln!("imgmount: warning: {w}");
     }
-    // Writes under an overlay go to the store, so the filesystem may take them; ext has no
-    // writer yet and stays read-only.
-    let writable = opts.rw || (opts.cow.is_some() && !any_ext_selected(&img, sel));
+    // Writes under an overlay go to the store, so the filesystem may take them if its driver
+    // can write it; otherwise the overlay mount is read-only. The ext partitions of a whole
+    // disk stay read-only under one: a refusal there would empty the partition's directory.
+    let cow_only = opts.cow.is_some() && !opts.rw;
+    let several = selected_kinds(&img, sel).len() > 1;
+    let writable = opts.rw || (cow_only && !(several && any_ext_selected(&img, sel)));
     let base = host::fs_options();
     let fs_opts = FsOptions {
         writable,
@@ -201,11 +191,24 @@ fn open_filesystem(
         fat_utc_offset_minutes: opts.tz_minutes.or(base.fat_utc_offset_minutes),
         ..base
     };
-    let (fs, warnings) = img.open_fs_warned(sel, &fs_opts).map_err(|e| fail(&e))?;
-    Ok((fs, warnings))
+    match img.open_fs_warned(sel, &fs_opts) {
+        Err(e) if cow_only && writable => {
+            let ro = FsOptions {
+                writable: false,
+                ..fs_opts
+            };
+            let (fs, mut warnings) = img.open_fs_warned(sel, &ro).map_err(|_| fail(&e))?;
+            warnings.push(format!(
+                "read-only (the overlay cannot take writes here): {}",
+                crate::report::describe(&e)
+            ));
+            Ok((fs, warnings))
+        }
+        res => res.map_err(|e| fail(&e)),
+    }
 }
 
-/// Whether any filesystem the selection would mount is ext (which imgmount only reads).
+/// Whether any filesystem the selection would mount is ext.
 fn any_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
     selected_kinds(img, sel)
         .iter()
@@ -224,22 +227,16 @@ fn selected_kinds(img: &Image, sel: Option<Selection>) -> Vec<FsKind> {
         .collect()
 }
 
-/// Whether every filesystem the selection would mount is ext (which imgmount only reads).
-fn only_ext_selected(img: &Image, sel: Option<Selection>) -> bool {
-    let kinds: Vec<FsKind> = img
-        .volumes()
-        .iter()
-        .filter(|v| !v.container)
-        .filter(|v| match sel {
-            Some(Selection::Index(n)) => v.index == Some(n),
-            _ => true,
-        })
-        .filter_map(|v| v.probe.as_ref().map(|p| p.kind))
-        .collect();
-    !kinds.is_empty()
-        && kinds
-            .iter()
-            .all(|k| matches!(k, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4))
+/// Whether the filesystem (or any partition of a whole disk) stores owners and modes of
+/// its own, rather than showing every file as the mounter's (FAT).
+fn keeps_owners(info: &fs_drivers::vfs::FsInfo) -> bool {
+    let owns = |ty: &str| ty.starts_with("ext");
+    owns(&info.fs_type)
+        || (info.fs_type == "partitions"
+            && info
+                .features
+                .iter()
+                .any(|f| f.split_once(": ").is_some_and(|(_, ty)| owns(ty))))
 }
 
 /// Takes an advisory lock on the image for the daemon's lifetime: exclusive for a read-write

@@ -696,12 +696,12 @@ fn in_context(what: &str, e: Error) -> Error {
 fn open_driver(driver: Driver, dev: DeviceRef, opts: &FsOptions) -> Result<Arc<dyn FileSystem>> {
     match driver {
         Driver::Ext => {
-            if opts.writable {
-                return Err(Error::ReadOnly);
-            }
             let ext_opts = ExtOptions {
                 verify_checksums: opts.verify_checksums,
             };
+            if opts.writable {
+                return Ok(Arc::new(ExtFs::open_rw(dev, ext_opts)?));
+            }
             Ok(Arc::new(ExtFs::open(dev, ext_opts)?))
         }
         Driver::Fat => {

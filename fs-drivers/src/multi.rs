@@ -7,7 +7,10 @@
 //! A partition that could not be opened still gets its directory (empty, read-only), so one
 //! broken or foreign partition never hides the others.
 
-use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, StatFs, Timespec};
+use crate::vfs::{
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, Timespec, XattrSet,
+};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -362,6 +365,67 @@ impl FileSystem for MultiFs {
             return Err(cross_device());
         }
         fs.rename(inner, name, new_inner, new_name)
+    }
+
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        let (new_slot, _, new_inner) = self.inner_dir(new_parent)?;
+        if slot != new_slot {
+            return Err(cross_device());
+        }
+        fs.rename_flags(inner, name, new_inner, new_name, flags)
+    }
+
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        Self::map_attr(slot, fs.make_node(inner, name, node)?)
+    }
+
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        let (slot, fs, inner) = self.inner_dir(parent)?;
+        Self::map_attr(slot, fs.symlink(inner, name, target, uid, gid)?)
+    }
+
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        let (new_slot, fs, new_inner) = self.inner_dir(new_parent)?;
+        match self.target(ino)? {
+            // The partition directories are directories: no hard links to them.
+            Target::Root | Target::Empty(_) => Err(Error::NotPermitted(
+                "hard links to directories are not allowed".into(),
+            )),
+            Target::Inner(slot, _, _) if slot != new_slot => Err(cross_device()),
+            Target::Inner(_, _, inner) => {
+                Self::map_attr(new_slot, fs.link(inner, new_inner, new_name)?)
+            }
+        }
+    }
+
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::ReadOnly),
+            Target::Inner(_, fs, inner) => fs.setxattr(inner, name, value, how),
+        }
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::ReadOnly),
+            Target::Inner(_, fs, inner) => fs.removexattr(inner, name),
+        }
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        match self.target(ino)? {
+            Target::Root | Target::Empty(_) => Err(Error::IsDir),
+            Target::Inner(_, fs, inner) => fs.fallocate(inner, offset, len, mode),
+        }
     }
 
     fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
@@ -766,6 +830,50 @@ mod tests {
         m.sync().unwrap();
         assert_eq!(*a.syncs.lock().unwrap(), 1);
         assert_eq!(*b.syncs.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn new_operations_reach_the_right_partition() {
+        let (m, _a, b) = two_plus_empty();
+        let p1 = m.lookup(1, b"p1").unwrap().ino;
+        let p5 = m.lookup(1, b"p5").unwrap().ino;
+        let node = NewNode {
+            kind: FileType::Regular,
+            perm: 0o600,
+            uid: 7,
+            gid: 8,
+            rdev: 0,
+        };
+        let made = m.make_node(p5, b"made", &node).unwrap();
+        assert_eq!(made.ino >> 48, 3);
+        assert!(b.lookup(2, b"made").is_ok());
+        assert!(matches!(m.make_node(p1, b"x", &node), Err(Error::ReadOnly)));
+        // Across partitions: EXDEV, as between two kernel mounts.
+        let sub5 = m.lookup(p5, b"sub").unwrap().ino;
+        let flags = RenameFlags {
+            noreplace: true,
+            exchange: false,
+        };
+        let err = m.rename_flags(p5, b"made", p1, b"y", flags).unwrap_err();
+        assert_eq!(err.errno(), libc::EXDEV);
+        assert_eq!(m.link(made.ino, p1, b"l").unwrap_err().errno(), libc::EXDEV);
+        // Within one: the partition's own answers (TinyFs has no flags, links or xattrs).
+        let err = m.rename_flags(p5, b"made", sub5, b"y", flags).unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        assert_eq!(
+            m.link(made.ino, sub5, b"l").unwrap_err().errno(),
+            libc::EPERM
+        );
+        let err = m.setxattr(made.ino, b"user.k", b"v", XattrSet::Either);
+        assert_eq!(err.unwrap_err().errno(), libc::EOPNOTSUPP);
+        // The synthetic directories take none of it.
+        assert_eq!(m.link(1, p5, b"l").unwrap_err().errno(), libc::EPERM);
+        assert_eq!(
+            m.removexattr(1, b"user.k").unwrap_err().errno(),
+            libc::EROFS
+        );
+        let err = m.fallocate(1, 0, 1, Fallocate::Allocate).unwrap_err();
+        assert_eq!(err.errno(), libc::EISDIR);
     }
 
     #[test]

@@ -144,6 +144,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<Timespec>,
     pub mtime: Option<Timespec>,
+    /// An explicit change time (the kernel sends its own only when it caches writes). Without
+    /// it a driver that keeps ctime sets it to the current time on any change, as the kernel
+    /// does; drivers without a change time (FAT) ignore it.
+    pub ctime: Option<Timespec>,
 }
 
 /// A node to make (mknod, create, mkdir): the front end has applied the umask and decided

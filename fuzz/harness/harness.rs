@@ -35,10 +35,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("squashfs_walk", fuzz_squashfs_walk),
     ("cow_store", fuzz_cow_store),
     ("cow_qcow2", fuzz_cow_qcow2),
+    ("ext_write", fuzz_ext_write),
 ];
 
 include!("containers.rs");
 include!("cow.rs");
+include!("ext_write.rs");
 
 /// Partition table parsing at both sector sizes, then the whole `Image` path (table, volume
 /// list, probing of every partition) over the same bytes.

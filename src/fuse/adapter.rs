@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fs_drivers::vfs::{self, Attr, FileSystem, Ino, SetAttr, Timespec};
+use fs_drivers::vfs::{self, Attr, FileSystem, Ino, NewNode, SetAttr, Timespec, XattrSet};
 use fs_drivers::Error;
 
 use super::listing::ListingModes;
@@ -36,10 +36,43 @@ const RW_TTL: Duration = Duration::from_secs(1);
 /// How the mount presents owners and permissions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ownership {
+    /// Without `fakeroot`: the owner every file is shown with. With it: the owner of new
+    /// files (instead of 0); files keep showing their stored owners.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     /// Permission bits to clear from every mode shown.
     pub umask: Option<u16>,
+    /// `-o fakeroot`: whoever may use the mount acts as root inside the image (owners and
+    /// modes are stored as asked, new files belong to 0:0, no permission checks). The mount
+    /// must then run without default_permissions (see `ServeConfig::default_permissions`).
+    pub fakeroot: bool,
+}
+
+impl Ownership {
+    /// The owner shown for a stored owner `(uid, gid)`.
+    fn shown(&self, uid: u32, gid: u32) -> (u32, u32) {
+        if self.fakeroot {
+            (uid, gid)
+        } else {
+            (self.uid.unwrap_or(uid), self.gid.unwrap_or(gid))
+        }
+    }
+}
+
+/// Who asks for a new node: the ids from the FUSE request.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    uid: u32,
+    gid: u32,
+}
+
+impl Caller {
+    fn of(req: &Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
 }
 
 /// The adapter. Cheap to share across fuser's worker threads: the driver is `Sync` and the
@@ -60,6 +93,9 @@ pub struct Adapter {
     /// reply may leave the rest to plain READDIR (see `listing`).
     readdirplus_auto: bool,
     listing: ListingModes,
+    /// For telling the kernel about attribute changes it did not ask for (setuid dropped on
+    /// a write); set once the session exists (see `notifier_slot`).
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl Adapter {
@@ -79,7 +115,14 @@ impl Adapter {
             skip_opendir: false,
             readdirplus_auto: false,
             listing: ListingModes::default(),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the serving code puts the session's notifier (the adapter moves into the
+    /// session before a notifier exists).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// FUSE number -> driver number. The root and whatever the driver calls 1 trade places,
@@ -116,8 +159,8 @@ impl Adapter {
             kind: file_type(a.kind),
             perm,
             nlink: a.nlink,
-            uid: self.owner.uid.unwrap_or(a.uid),
-            gid: self.owner.gid.unwrap_or(a.gid),
+            uid: self.owner.shown(a.uid, a.gid).0,
+            gid: self.owner.shown(a.uid, a.gid).1,
             rdev: fuse_rdev(a.rdev),
             blksize: if a.blksize == 0 { 4096 } else { a.blksize },
             flags: 0,
@@ -168,6 +211,127 @@ impl Adapter {
             Err(Errno::EROFS)
         }
     }
+
+    /// The node a mknod/create/mkdir/symlink makes: owner and mode decided as the kernel's
+    /// `inode_init_owner` does for the caller (or for root under fakeroot).
+    fn new_node(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        kind: vfs::FileType,
+        perm: u32,
+        rdev: u64,
+    ) -> fs_drivers::Result<NewNode> {
+        let dir = self.fs.getattr(parent)?;
+        let (uid, mut gid) = if self.owner.fakeroot {
+            (self.owner.uid.unwrap_or(0), self.owner.gid.unwrap_or(0))
+        } else {
+            (caller.uid, caller.gid)
+        };
+        let mut perm = (perm & 0o7777) as u16;
+        if dir.perm & 0o2000 != 0 {
+            // A setgid directory hands its group down, and its setgid bit to subdirectories.
+            gid = dir.gid;
+            if kind == vfs::FileType::Directory {
+                perm |= 0o2000;
+            } else if perm & 0o2010 == 0o2010
+                && gid != caller.gid
+                && caller.uid != 0
+                && !self.owner.fakeroot
+            {
+                // Neither root nor in the inherited group (as far as the request tells: its
+                // primary group): no setgid-executable file for the caller, as the kernel's
+                // mode_strip_sgid (which has usually stripped it before the request).
+                perm &= !0o2000;
+            }
+        }
+        Ok(NewNode {
+            kind,
+            perm,
+            uid,
+            gid,
+            rdev,
+        })
+    }
+
+    fn make(
+        &self,
+        req: &Request,
+        parent: Ino,
+        name: &OsStr,
+        kind: vfs::FileType,
+        perm: u32,
+        rdev: u64,
+    ) -> fs_drivers::Result<Attr> {
+        let node = self.new_node(Caller::of(req), parent, kind, perm, rdev)?;
+        self.fs.make_node(parent, name.as_bytes(), &node)
+    }
+
+    /// File capabilities do not survive a change of the file (write, truncate, chown), for
+    /// root neither: the kernel's `cap_inode_killpriv`, ours to do under KILLPRIV_V2.
+    fn kill_caps(&self, ino: Ino) -> fs_drivers::Result<()> {
+        const CAPS: &[u8] = b"security.capability";
+        match self.fs.getxattr(ino, CAPS) {
+            Ok(_) => match self.fs.removexattr(ino, CAPS) {
+                Ok(()) | Err(Error::NoData) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// What the kernel leaves to us with FUSE_HANDLE_KILLPRIV_V2: a write by someone other
+    /// than root drops setuid, and setgid where group execute makes it a privilege. Root
+    /// (every user under fakeroot) keeps them, as root's writes do on a kernel filesystem.
+    fn kill_suid_sgid(&self, ino: Ino) -> fs_drivers::Result<()> {
+        if self.owner.fakeroot {
+            return Ok(());
+        }
+        let a = self.fs.getattr(ino)?;
+        let mut perm = a.perm & !0o4000;
+        if a.perm & 0o2010 == 0o2010 {
+            perm &= !0o2000;
+        }
+        if perm != a.perm {
+            self.fs.setattr(
+                ino,
+                &SetAttr {
+                    mode: Some(u32::from(perm)),
+                    ..SetAttr::default()
+                },
+            )?;
+            // A write makes the kernel forget cached times and size, not the mode; a stat
+            // asking for the mode alone would show the setuid bit until the TTL ran out.
+            // Attributes only (offset -1): the pages being written stay locked meanwhile.
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(self.to_fuse(ino), -1, 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// fallocate(2)'s mode bits -> the driver's operation; `None` for what no driver does
+/// (collapse, insert, unshare, no-hide-stale, or combinations the kernel would refuse).
+fn fallocate_mode(mode: i32) -> Option<vfs::Fallocate> {
+    const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+    const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+    const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+    Some(match mode {
+        0 => vfs::Fallocate::Allocate,
+        m if m == KEEP => vfs::Fallocate::KeepSize,
+        m if m == PUNCH | KEEP => vfs::Fallocate::PunchHole,
+        m if m == ZERO => vfs::Fallocate::ZeroRange { keep_size: false },
+        m if m == ZERO | KEEP => vfs::Fallocate::ZeroRange { keep_size: true },
+        _ => return None,
+    })
+}
+
+/// The FUSE protocol's 32-bit device number (the kernel's `new_encode_dev`) -> `makedev`.
+fn vfs_rdev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    vfs::makedev(major, minor)
 }
 
 pub(crate) fn errno(e: &Error) -> Errno {
@@ -270,9 +434,9 @@ impl fuser::Filesystem for Adapter {
             // Symlinks never change on an immutable image.
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
         } else {
-            // "We clear setuid/setgid/capabilities on write ourselves": trivially true, as
-            // the only writable driver (FAT) has none. Without it the kernel asks GETXATTR
-            // security.capability before every write, a fifth round trip per small file.
+            // "We clear setuid/setgid on write, truncate and chown ourselves" (`write`,
+            // `setattr`). Without it the kernel asks GETXATTR security.capability before
+            // every write, a fifth round trip per small file.
             wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         }
         // Ask for what this kernel offers; an old kernel just gets fewer optimizations.
@@ -659,38 +823,52 @@ impl fuser::Filesystem for Adapter {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         guarded("setxattr", || {
-            // No driver writes xattrs (FAT has none, ext is read-only).
-            reply.error(if self.writable {
-                Errno::ENOTSUP
-            } else {
-                Errno::EROFS
-            });
+            if let Err(e) = self.check_writable() {
+                return reply.error(e);
+            }
+            // `position` is macOS's resource-fork offset; Linux always sends 0.
+            let how = match flags {
+                0 => XattrSet::Either,
+                libc::XATTR_CREATE => XattrSet::Create,
+                libc::XATTR_REPLACE => XattrSet::Replace,
+                _ => return reply.error(Errno::EINVAL),
+            };
+            match self
+                .fs
+                .setxattr(self.to_fs(ino), name.as_bytes(), value, how)
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guarded("removexattr", || {
-            reply.error(if self.writable {
-                Errno::ENOTSUP
-            } else {
-                Errno::EROFS
-            });
+            if let Err(e) = self.check_writable() {
+                return reply.error(e);
+            }
+            match self.fs.removexattr(self.to_fs(ino), name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
         });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         guarded("access", || {
-            // Only reached without default_permissions, i.e. a private mount where the owner
-            // may read everything; what can still be refused is writing and executing a file
-            // that has no x bit at all.
+            // Only reached without default_permissions: a private read-only or FAT mount,
+            // where the owner may read everything, or fakeroot, where everyone is root. Root
+            // too is refused writing to a read-only mount and executing a file that has no
+            // x bit at all.
             let a = match self.fs.getattr(self.to_fs(ino)) {
                 Ok(a) => a,
                 Err(e) => {
@@ -713,35 +891,37 @@ impl fuser::Filesystem for Adapter {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         guarded("mknod", || {
             if let Err(e) = self.check_writable() {
-                reply.error(e);
-                return;
+                return reply.error(e);
             }
-            // Only regular files: FAT cannot hold device nodes, fifos or sockets.
-            if mode & libc::S_IFMT != libc::S_IFREG {
-                reply.error(Errno::EPERM);
-                return;
-            }
+            let Some(kind) = vfs::FileType::from_mode(mode) else {
+                return reply.error(Errno::EINVAL);
+            };
+            let rdev = match kind {
+                vfs::FileType::CharDevice | vfs::FileType::BlockDevice => vfs_rdev(rdev),
+                vfs::FileType::Directory | vfs::FileType::Symlink => {
+                    return reply.error(Errno::EINVAL)
+                }
+                _ => 0,
+            };
             let parent = self.to_fs(parent);
-            let res = self
-                .fs
-                .create(parent, name.as_bytes(), mode & !umask & 0o7777);
+            let res = self.make(req, parent, name, kind, mode & !umask, rdev);
             self.reply_entry(parent, res, reply);
         });
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -750,13 +930,17 @@ impl fuser::Filesystem for Adapter {
     ) {
         guarded("mkdir", || {
             if let Err(e) = self.check_writable() {
-                reply.error(e);
-                return;
+                return reply.error(e);
             }
             let parent = self.to_fs(parent);
-            let res = self
-                .fs
-                .mkdir(parent, name.as_bytes(), mode & !umask & 0o7777);
+            let res = self.make(
+                req,
+                parent,
+                name,
+                vfs::FileType::Directory,
+                mode & !umask,
+                0,
+            );
             self.reply_entry(parent, res, reply);
         });
     }
@@ -789,35 +973,47 @@ impl fuser::Filesystem for Adapter {
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &std::path::Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            reply.error(if self.writable {
-                Errno::EPERM
-            } else {
-                Errno::EROFS
-            });
+            if let Err(e) = self.check_writable() {
+                return reply.error(e);
+            }
+            let parent = self.to_fs(parent);
+            let res = self
+                .new_node(Caller::of(req), parent, vfs::FileType::Symlink, 0o777, 0)
+                .and_then(|n| {
+                    self.fs.symlink(
+                        parent,
+                        link_name.as_bytes(),
+                        target.as_os_str().as_bytes(),
+                        n.uid,
+                        n.gid,
+                    )
+                });
+            self.reply_entry(parent, res, reply);
         });
     }
 
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
         guarded("link", || {
-            reply.error(if self.writable {
-                Errno::EPERM
-            } else {
-                Errno::EROFS
-            });
+            if let Err(e) = self.check_writable() {
+                return reply.error(e);
+            }
+            let np = self.to_fs(newparent);
+            let res = self.fs.link(self.to_fs(ino), np, newname.as_bytes());
+            self.reply_entry(np, res, reply);
         });
     }
 
@@ -833,19 +1029,32 @@ impl fuser::Filesystem for Adapter {
     ) {
         guarded("rename", || {
             if let Err(e) = self.check_writable() {
-                reply.error(e);
-                return;
+                return reply.error(e);
             }
-            // RENAME_NOREPLACE / RENAME_EXCHANGE need driver support we don't have.
-            if !flags.is_empty() {
-                reply.error(Errno::EINVAL);
-                return;
+            let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+            let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+            // RENAME_WHITEOUT is overlayfs's; NOREPLACE with EXCHANGE is contradictory.
+            let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+            if !(flags - known).is_empty() || (noreplace && exchange) {
+                return reply.error(Errno::EINVAL);
             }
             let (p, np) = (self.to_fs(parent), self.to_fs(newparent));
-            match self.fs.rename(p, name.as_bytes(), np, newname.as_bytes()) {
+            let vflags = vfs::RenameFlags {
+                noreplace,
+                exchange,
+            };
+            match self
+                .fs
+                .rename_flags(p, name.as_bytes(), np, newname.as_bytes(), vflags)
+            {
                 Ok(()) => {
                     if let Ok(a) = self.fs.lookup(np, newname.as_bytes()) {
                         self.remember_parent(np, &a);
+                    }
+                    if exchange {
+                        if let Ok(a) = self.fs.lookup(p, name.as_bytes()) {
+                            self.remember_parent(p, &a);
+                        }
                     }
                     reply.ok()
                 }
@@ -856,7 +1065,7 @@ impl fuser::Filesystem for Adapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -871,8 +1080,7 @@ impl fuser::Filesystem for Adapter {
             }
             let parent = self.to_fs(parent);
             let res = self
-                .fs
-                .create(parent, name.as_bytes(), mode & !umask & 0o7777)
+                .make(req, parent, name, vfs::FileType::Regular, mode & !umask, 0)
                 .and_then(|a| self.fs.open(a.ino, true).map(|()| a));
             match res {
                 Ok(a) => reply.created(
@@ -894,7 +1102,7 @@ impl fuser::Filesystem for Adapter {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -904,7 +1112,15 @@ impl fuser::Filesystem for Adapter {
                 reply.error(e);
                 return;
             }
-            match self.fs.write(self.to_fs(ino), offset, data) {
+            let ino = self.to_fs(ino);
+            let mut killed = self.kill_caps(ino);
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                killed = killed.and_then(|()| self.kill_suid_sgid(ino));
+            }
+            if let Err(e) = killed {
+                return reply.error(errno(&e));
+            }
+            match self.fs.write(ino, offset, data) {
                 // max_write (1 MiB) keeps every count below u32::MAX.
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(errno(&e)),
@@ -959,7 +1175,7 @@ impl fuser::Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -967,7 +1183,7 @@ impl fuser::Filesystem for Adapter {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -980,15 +1196,41 @@ impl fuser::Filesystem for Adapter {
                 reply.error(e);
                 return;
             }
-            let changes = SetAttr {
+            let mut changes = SetAttr {
                 mode,
                 uid,
                 gid,
                 size,
                 atime: atime.map(time_or_now),
                 mtime: mtime.map(time_or_now),
+                ctime: ctime.map(timespec),
             };
             let ino = self.to_fs(ino);
+            // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping setuid/setgid to us: on
+            // chown always (as Linux does even for root), on truncate unless the caller is
+            // root (and under fakeroot everyone is).
+            let chown = uid.is_some() || gid.is_some();
+            if chown || size.is_some() {
+                if let Err(e) = self.kill_caps(ino) {
+                    return reply.error(errno(&e));
+                }
+            }
+            let truncate = size.is_some() && !self.owner.fakeroot && req.uid() != 0;
+            if mode.is_none() && (chown || truncate) {
+                match self.fs.getattr(ino) {
+                    Ok(a) if a.kind != vfs::FileType::Directory => {
+                        let mut perm = a.perm & !0o4000;
+                        if a.perm & 0o2010 == 0o2010 {
+                            perm &= !0o2000;
+                        }
+                        if perm != a.perm {
+                            changes.mode = Some(u32::from(perm));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return reply.error(errno(&e)),
+                }
+            }
             let res = if changes == SetAttr::default() {
                 self.fs.getattr(ino)
             } else {
@@ -996,6 +1238,30 @@ impl fuser::Filesystem for Adapter {
             };
             match res {
                 Ok(a) => reply.attr(&self.ttl, &self.file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            if let Err(e) = self.check_writable() {
+                return reply.error(e);
+            }
+            let Some(how) = fallocate_mode(mode) else {
+                return reply.error(Errno::EOPNOTSUPP);
+            };
+            match self.fs.fallocate(self.to_fs(ino), offset, length, how) {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -1082,6 +1348,43 @@ mod tests {
         // A driver whose root is 1 (ext's is 2, FAT's is 1) keeps every number.
         let a = Adapter::new(Arc::new(RootAt(1)), false, Ownership::default());
         assert!((1..=64).all(|n| a.to_fuse(n) == INodeNo(n) && a.to_fs(INodeNo(n)) == n));
+    }
+
+    #[test]
+    fn rdev_from_fuse_inverts_the_encoding() {
+        for (ma, mi) in [(8, 1), (1, 3), (259, 0x12345), (4095, 0xfffff), (0, 0)] {
+            let dev = vfs::makedev(ma, mi);
+            assert_eq!(vfs_rdev(fuse_rdev(dev)), dev, "{ma}:{mi}");
+        }
+    }
+
+    #[test]
+    fn fallocate_modes() {
+        use vfs::Fallocate as F;
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        assert_eq!(fallocate_mode(0), Some(F::Allocate));
+        assert_eq!(fallocate_mode(keep), Some(F::KeepSize));
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_PUNCH_HOLE | keep),
+            Some(F::PunchHole)
+        );
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_ZERO_RANGE),
+            Some(F::ZeroRange { keep_size: false })
+        );
+        assert_eq!(
+            fallocate_mode(libc::FALLOC_FL_ZERO_RANGE | keep),
+            Some(F::ZeroRange { keep_size: true })
+        );
+        for unsupported in [
+            libc::FALLOC_FL_PUNCH_HOLE,
+            libc::FALLOC_FL_COLLAPSE_RANGE,
+            libc::FALLOC_FL_INSERT_RANGE,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_PUNCH_HOLE | keep,
+            0x40,
+        ] {
+            assert_eq!(fallocate_mode(unsupported), None, "{unsupported:#x}");
+        }
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fs_drivers::vfs::{Attr, DirEntry, FileSystem, FsInfo, Ino, SetAttr, StatFs};
+use fs_drivers::vfs::{
+    Attr, DirEntry, Fallocate, FileSystem, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
+    XattrSet,
+};
 use fs_drivers::Result;
 
 /// Milliseconds since `start` of the last request.
@@ -84,6 +87,9 @@ impl FileSystem for Touching {
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         self.t().readlink(ino)
     }
+    fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        self.t().seek_data(ino, offset, data)
+    }
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
         self.t().listxattr(ino)
     }
@@ -116,6 +122,35 @@ impl FileSystem for Touching {
     }
     fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8]) -> Result<()> {
         self.t().rename(parent, name, new_parent, new_name)
+    }
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.t()
+            .rename_flags(parent, name, new_parent, new_name, flags)
+    }
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        self.t().make_node(parent, name, node)
+    }
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        self.t().symlink(parent, name, target, uid, gid)
+    }
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.t().link(ino, new_parent, new_name)
+    }
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.t().setxattr(ino, name, value, how)
+    }
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.t().removexattr(ino, name)
+    }
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        self.t().fallocate(ino, offset, len, mode)
     }
     fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.t().write(ino, offset, data)

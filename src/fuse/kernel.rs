@@ -31,6 +31,7 @@ pub struct MountRequest<'a> {
     pub fsname: &'a str,
     pub writable: bool,
     pub allow_other: bool,
+    pub default_permissions: bool,
     /// Use mount(2) even when fusermount3 is installed (root only; the mount command asks for
     /// it whenever it runs as root). Without fusermount3 root falls back to it anyway.
     pub direct: bool,
@@ -86,6 +87,8 @@ fn mount_fusermount(bin: &Path, req: &MountRequest<'_>) -> Result<(OwnedFd, Kern
     ];
     if req.allow_other {
         opts.push("allow_other".into());
+    }
+    if req.default_permissions {
         opts.push("default_permissions".into());
     }
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -217,7 +220,10 @@ fn mount_syscall(req: &MountRequest<'_>) -> Result<(OwnedFd, KernelMount), Strin
         unsafe { libc::getegid() }
     );
     if req.allow_other {
-        data.push_str(",allow_other,default_permissions");
+        data.push_str(",allow_other");
+    }
+    if req.default_permissions {
+        data.push_str(",default_permissions");
     }
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if !req.writable {

@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub fsname: String,
     pub writable: bool,
     pub allow_other: bool,
+    /// The kernel checks permissions against the owners and modes shown (always with
+    /// allow_other). Off, the mount's owner may do whatever the daemon allows (see
+    /// `Adapter::access`).
+    pub default_permissions: bool,
     pub owner: Ownership,
     /// fuser worker threads; the drivers are `Sync`, so parallel requests are safe.
     pub threads: usize,
@@ -186,6 +190,7 @@ pub fn serve(
         fsname: &cfg.fsname,
         writable: cfg.writable,
         allow_other: cfg.allow_other,
+        default_permissions: cfg.default_permissions || cfg.allow_other,
         direct: cfg.direct_mount,
     };
     let (fd, km) = match kernel::mount(&req) {
@@ -220,6 +225,7 @@ pub fn serve(
         None => fs.clone(),
     };
     let adapter = Adapter::new(served, cfg.writable, cfg.owner);
+    let notifier = adapter.notifier_slot();
     let plan = sandbox_plan::for_daemon(uid, &cfg.service);
     let mut config = Config::default();
     config.n_threads = Some(cfg.threads.max(1));
@@ -230,7 +236,10 @@ pub fn serve(
         SessionACL::Owner
     };
     let session = match Session::from_fd(adapter, fd, acl, config) {
-        Ok(s) => s,
+        Ok(s) => {
+            let _ = notifier.set(s.notifier());
+            s
+        }
         Err(e) => {
             let _ = km.unmount(true);
             km.finish();

@@ -25,7 +25,7 @@ pub struct MountOpts {
 }
 
 const KNOWN: &str =
-    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, cow[=FILE], chunk=SIZE, direct, nosuid, nodev";
+    "ro, rw, allow_other, uid=N, gid=N, umask=OOO, fakeroot, cache=SIZE, utc, tz=+HHMM, discard, idle_timeout=SECONDS, cow[=FILE], chunk=SIZE, direct, nosuid, nodev";
 
 /// Parses every `-o` argument (each may hold several comma-separated options); later options
 /// override earlier ones, as mount(8) does.
@@ -41,6 +41,7 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             ("ro", None) => o.rw = false,
             ("rw", None) => o.rw = true,
             ("allow_other", None) => o.allow_other = true,
+            ("fakeroot", None) => o.owner.fakeroot = true,
             // Always on; accepted so scripts written for mount(8) keep working.
             ("nosuid" | "nodev", None) => {}
             ("uid", Some(v)) => o.owner.uid = Some(parse_id(key, v)?),
@@ -81,6 +82,13 @@ pub fn parse(args: &[String]) -> Result<MountOpts, String> {
             }
             _ => return Err(format!("unknown mount option '{opt}' (known: {KNOWN})")),
         }
+    }
+    if o.owner.fakeroot && o.allow_other {
+        // Everyone who can reach the mount would be root inside the image.
+        return Err(
+            "-o fakeroot makes every user of the mount root inside the image: not with allow_other"
+                .into(),
+        );
     }
     Ok(o)
 }
@@ -180,6 +188,18 @@ mod tests {
         assert!(p("cache=99999999999G").is_err());
         assert!(p("uid").is_err());
         assert!(p("ro=1").is_err());
+        assert!(p("fakeroot=1").is_err());
+        assert!(p("rw,fakeroot,allow_other")
+            .unwrap_err()
+            .contains("not with allow_other"));
+    }
+
+    #[test]
+    fn fakeroot_keeps_uid_and_gid_for_new_files() {
+        let o = p("rw,fakeroot,uid=1000").unwrap();
+        assert!(o.owner.fakeroot && o.rw);
+        assert_eq!((o.owner.uid, o.owner.gid), (Some(1000), None));
+        assert!(!p("rw").unwrap().owner.fakeroot);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use fs_drivers::vfs::{
-    makedev, Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, SetAttr, StatFs, Timespec,
+    makedev, Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags,
+    SetAttr, StatFs, Timespec, XattrSet,
 };
 use fs_drivers::{Error, Result};
 
@@ -148,6 +149,15 @@ impl MemFs {
         );
         let broken = attr(BROKEN, FileType::Regular, 0o644, 0);
         add(BROKEN, Some((ROOT, b"broken")), broken, vec![]);
+        if writable {
+            // Where anyone may create files when the kernel checks permissions.
+            add(
+                16,
+                Some((ROOT, b"shared")),
+                attr(16, FileType::Directory, 0o1777, 4096),
+                vec![],
+            );
+        }
         let inner = fs.inner.get_mut().unwrap();
         // A second name for ino 1: a hard link.
         inner
@@ -210,17 +220,22 @@ impl Inner {
             .ok_or(Error::NotFound)
     }
     fn new_node(&mut self, parent: Ino, name: &[u8], kind: FileType, mode: u32) -> Result<Attr> {
+        let a = attr(0, kind, (mode & 0o7777) as u16, 0);
+        self.insert(parent, name, a, vec![])
+    }
+    fn insert(&mut self, parent: Ino, name: &[u8], mut a: Attr, data: Vec<u8>) -> Result<Attr> {
         if self.dir(parent)?.children.contains_key(name) {
             return Err(Error::Exists);
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        let a = attr(ino, kind, (mode & 0o7777) as u16, 0);
+        a.ino = ino;
+        a.size = data.len() as u64;
         self.nodes.insert(
             ino,
             Node {
                 attr: a.clone(),
-                data: vec![],
+                data,
                 children: BTreeMap::new(),
                 xattrs: BTreeMap::new(),
             },
@@ -377,6 +392,15 @@ impl FileSystem for MemFs {
             if let Some(m) = c.mode {
                 n.attr.perm = (m & 0o7777) as u16;
             }
+            if let Some(u) = c.uid {
+                n.attr.uid = u;
+            }
+            if let Some(g) = c.gid {
+                n.attr.gid = g;
+            }
+            if let Some(t) = c.ctime {
+                n.attr.ctime = t;
+            }
             if let Some(s) = c.size {
                 n.data.resize(s as usize, 0);
                 n.attr.size = s;
@@ -388,6 +412,103 @@ impl FileSystem for MemFs {
                 n.attr.atime = t;
             }
             Ok(n.attr.clone())
+        })
+    }
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        self.wcheck()?;
+        let mut a = attr(0, node.kind, node.perm, 0);
+        (a.uid, a.gid, a.rdev) = (node.uid, node.gid, node.rdev);
+        self.with(|i| i.insert(parent, name, a, vec![]))
+    }
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        self.wcheck()?;
+        let mut a = attr(0, FileType::Symlink, 0o777, 0);
+        (a.uid, a.gid) = (uid, gid);
+        self.with(|i| i.insert(parent, name, a, target.to_vec()))
+    }
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.wcheck()?;
+        self.with(|i| {
+            if i.node(ino)?.attr.kind == FileType::Directory {
+                return Err(Error::NotPermitted("hard link to a directory".into()));
+            }
+            if i.dir(new_parent)?.children.contains_key(new_name) {
+                return Err(Error::Exists);
+            }
+            i.node_mut(new_parent)?
+                .children
+                .insert(new_name.to_vec(), ino);
+            let n = i.node_mut(ino)?;
+            n.attr.nlink += 1;
+            Ok(n.attr.clone())
+        })
+    }
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.wcheck()?;
+        if !flags.exchange {
+            if flags.noreplace && self.lookup(new_parent, new_name).is_ok() {
+                return Err(Error::Exists);
+            }
+            return self.rename(parent, name, new_parent, new_name);
+        }
+        self.with(|i| {
+            let a = i.child(parent, name)?;
+            let b = i.child(new_parent, new_name)?;
+            i.node_mut(parent)?.children.insert(name.to_vec(), b);
+            i.node_mut(new_parent)?
+                .children
+                .insert(new_name.to_vec(), a);
+            Ok(())
+        })
+    }
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.wcheck()?;
+        self.with(|i| {
+            let x = &mut i.node_mut(ino)?.xattrs;
+            match (how, x.contains_key(name)) {
+                (XattrSet::Create, true) => return Err(Error::Exists),
+                (XattrSet::Replace, false) => return Err(Error::NoData),
+                _ => {}
+            }
+            x.insert(name.to_vec(), value.to_vec());
+            Ok(())
+        })
+    }
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.wcheck()?;
+        self.with(|i| {
+            let x = &mut i.node_mut(ino)?.xattrs;
+            x.remove(name).map(|_| ()).ok_or(Error::NoData)
+        })
+    }
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        self.wcheck()?;
+        self.with(|i| {
+            let n = i.node_mut(ino)?;
+            let (start, end) = (offset as usize, (offset + len) as usize);
+            let keep = match mode {
+                Fallocate::Allocate => false,
+                Fallocate::KeepSize | Fallocate::PunchHole => true,
+                Fallocate::ZeroRange { keep_size } => keep_size,
+            };
+            if matches!(mode, Fallocate::PunchHole | Fallocate::ZeroRange { .. }) {
+                let stop = end.min(n.data.len());
+                if start < stop {
+                    n.data[start..stop].fill(0);
+                }
+            }
+            if !keep && n.data.len() < end {
+                n.data.resize(end, 0);
+                n.attr.size = end as u64;
+            }
+            Ok(())
         })
     }
     fn sync(&self) -> Result<()> {

@@ -131,21 +131,24 @@ pub fn daemon_main_if_requested() {
     };
     let mnt = PathBuf::from(std::env::var_os("IMGMOUNT_TEST_MNT").unwrap());
     let writable = mode.contains("rw");
-    let owner = if mode.contains("owner") {
+    let mut owner = if mode.contains("owner") {
         Ownership {
             uid: Some(42),
             gid: Some(43),
             umask: Some(0o027),
+            fakeroot: false,
         }
     } else {
         Ownership::default()
     };
+    owner.fakeroot = mode.contains("fakeroot");
     let res = fuse::check_mountpoint(&mnt).and_then(|mount_point| {
         let cfg = ServeConfig {
             mount_point,
             fsname: "/test/memfs.img".into(),
             writable,
             allow_other: false,
+            default_permissions: mode.contains("perms"),
             owner,
             threads: 4,
             direct_mount: mode.contains("direct"),

@@ -27,9 +27,18 @@ pub fn rec_len(raw: u16, block_size: usize) -> usize {
     }
 }
 
-/// The records of one block (or inline area), checked one by one; `filetype` says whether
-/// the high name_len byte is a file type.
-pub fn entries(buf: &[u8], filetype: bool, block_size: usize) -> Result<Vec<RawEntry<'_>>> {
+/// One record of a directory block, live or empty, as the writer needs it.
+pub struct Record {
+    pub pos: usize,
+    pub rec_len: usize,
+    pub inode: u32,
+    pub name_len: usize,
+    pub file_type: u8,
+}
+
+/// Every record of one block (or inline area), checked one by one; `filetype` says whether
+/// the high name_len byte is a file type. Trailing bytes too short for a record are ignored.
+pub fn records(buf: &[u8], filetype: bool, block_size: usize) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos + 8 <= buf.len() {
@@ -45,18 +54,31 @@ pub fn entries(buf: &[u8], filetype: bool, block_size: usize) -> Result<Vec<RawE
                 "directory entry at {pos}: bad record length"
             )));
         }
-        if inode != 0 {
-            out.push(RawEntry {
-                pos,
-                rec_len: rl,
-                inode,
-                file_type,
-                name: &buf[pos + 8..pos + 8 + name_len],
-            });
-        }
+        out.push(Record {
+            pos,
+            rec_len: rl,
+            inode,
+            name_len,
+            file_type,
+        });
         pos += rl;
     }
     Ok(out)
+}
+
+/// The live records of one block (or inline area), checked as `records` does.
+pub fn entries(buf: &[u8], filetype: bool, block_size: usize) -> Result<Vec<RawEntry<'_>>> {
+    Ok(records(buf, filetype, block_size)?
+        .into_iter()
+        .filter(|r| r.inode != 0)
+        .map(|r| RawEntry {
+            pos: r.pos,
+            rec_len: r.rec_len,
+            inode: r.inode,
+            file_type: r.file_type,
+            name: &buf[r.pos + 8..r.pos + 8 + r.name_len],
+        })
+        .collect())
 }
 
 /// If the block ends in a checksum tail, the length of the entry area without it.

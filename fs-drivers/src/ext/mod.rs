@@ -1,5 +1,6 @@
 //! ext2/ext3/ext4 reader, one module per on-disk structure. `ExtFs` ties them together
-//! behind `vfs::FileSystem`; it never writes to the device.
+//! behind `vfs::FileSystem`. `ExtFs::open` never writes to the device; `ExtFs::open_rw`
+//! adds the writer (see `write`), which the reader then sits on unchanged.
 //!
 //! Metadata (superblock, descriptors, inodes, extent/indirect/dir/xattr blocks) is read
 //! with `read_at`, so a `BlockCache` below keeps it; file contents use `read_direct_at` so
@@ -21,6 +22,7 @@
 //! inodes, fast-commit journal blocks, external journals (refused when recovery is needed),
 //! orphan processing, computing the overhead when the superblock does not record it.
 
+mod acl;
 mod block_map;
 mod casefold;
 mod checksum;
@@ -29,16 +31,20 @@ mod extent;
 mod group_desc;
 mod htree;
 mod inode;
+mod jbd2;
 mod journal;
 mod le;
 mod superblock;
-// The writer's pieces land one by one; until the core wires them in, parts are unused.
+// The writer's pieces land one by one; some of their interfaces are not used yet.
 #[allow(dead_code)]
 mod write;
 mod xattr;
 
 use crate::block::DeviceRef;
-use crate::vfs::{Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, StatFs};
+use crate::vfs::{
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, XattrSet,
+};
 use crate::{Error, Result};
 use group_desc::GroupDesc;
 use inode::{flags, Inode};
@@ -100,6 +106,8 @@ pub struct ExtFs {
     extent_nodes: Mutex<ExtentNodeCache>,
     /// Lookups whose htree was unusable and fell back to a linear scan.
     dx_fallbacks: AtomicU64,
+    /// The writer's state on a read-write filesystem (see `write`).
+    rw: Option<Arc<write::Shared>>,
 }
 
 impl ExtFs {
@@ -113,6 +121,17 @@ impl ExtFs {
             }
         }
         Ok(fs)
+    }
+
+    /// Opens for reading and writing (`-o rw`). Images with features the writer does not
+    /// handle are refused with one line naming the feature, before anything is written.
+    pub fn open_rw(dev: DeviceRef, opts: ExtOptions) -> Result<ExtFs> {
+        Self::open_rw_inner(dev, opts)
+    }
+
+    /// A read guard while a write operation may be half done (rw only).
+    fn guard(&self) -> Option<std::sync::RwLockReadGuard<'_, write::State>> {
+        self.rw.as_ref().map(|s| s.read_lock())
     }
 
     fn load(dev: DeviceRef, opts: ExtOptions, overlay: HashMap<u64, (u64, bool)>) -> Result<ExtFs> {
@@ -170,6 +189,7 @@ impl ExtFs {
                     .unwrap_or(NonZeroUsize::MIN),
             )),
             dx_fallbacks: AtomicU64::new(0),
+            rw: None,
         };
         fs.groups = fs.load_groups()?;
         Ok(fs)
@@ -473,7 +493,12 @@ impl ExtFs {
         indexed: bool,
     ) -> Result<Option<usize>> {
         let csum = self.sb.metadata_csum();
-        if indexed && htree::is_dx_block(block, lblk) && dir::tail_start(block).is_none() {
+        // Block 0 of an indexed directory is its dx root whatever its end looks like: the
+        // kernel's make_indexed_dir leaves the old leaf's checksum tail bytes in dt_reserved.
+        if indexed
+            && htree::is_dx_block(block, lblk)
+            && (lblk == 0 || dir::tail_start(block).is_none())
+        {
             if lblk != 0 {
                 if csum {
                     htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
@@ -696,7 +721,7 @@ impl ExtFs {
             }
         };
         if e.index == 2 || e.index == 3 {
-            return xattr::acl_to_xattr(&raw);
+            return acl::to_xattr(&raw);
         }
         Ok(raw)
     }
@@ -709,6 +734,27 @@ impl ExtFs {
     /// How many lookups found a broken htree index and scanned linearly instead.
     pub fn dx_fallbacks(&self) -> u64 {
         self.dx_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The internal journal's device blocks in journal order, as (first block, count) runs,
+    /// for the journal writer.
+    pub(crate) fn journal_runs(&self) -> Result<Vec<(u64, u64)>> {
+        let inode = self.inode(self.sb.journal_inum)?;
+        let blocks = inode.size / u64::from(self.sb.block_size);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut lblk = 0;
+        while lblk < blocks {
+            let Run::Mapped { pblk, len } = self.map(&inode, lblk)? else {
+                return Err(Error::corrupt("journal has a hole"));
+            };
+            let len = len.clamp(1, blocks - lblk);
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n == pblk => *n += len,
+                _ => runs.push((pblk, len)),
+            }
+            lblk += len;
+        }
+        Ok(runs)
     }
 
     /// Whether open() replayed journal transactions in memory.
@@ -732,6 +778,7 @@ impl FileSystem for ExtFs {
     }
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let _g = self.guard();
         let ino = self.lookup_ino(Self::ino32(parent)?, name)?;
         let inode = self.inode(ino)?;
         if inode.links == 0 {
@@ -743,6 +790,7 @@ impl FileSystem for ExtFs {
     }
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let _g = self.guard();
         self.attr_of(&*self.inode(Self::ino32(ino)?)?)
     }
 
@@ -759,6 +807,7 @@ impl FileSystem for ExtFs {
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
+        let _g = self.guard();
         let dir = self.dir_inode(Self::ino32(ino)?)?;
         let bs = self.sb.block_size as usize;
         let filetype = self.filetype();
@@ -796,6 +845,7 @@ impl FileSystem for ExtFs {
     }
 
     fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         match inode.kind()? {
             FileType::Directory => return Err(Error::IsDir),
@@ -807,6 +857,7 @@ impl FileSystem for ExtFs {
     }
 
     fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         match inode.kind()? {
             FileType::Directory => return Err(Error::IsDir),
@@ -818,6 +869,7 @@ impl FileSystem for ExtFs {
     }
 
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         if inode.kind()? != FileType::Symlink {
             return Err(Error::Invalid("not a symlink".into()));
@@ -850,6 +902,7 @@ impl FileSystem for ExtFs {
     }
 
     fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         Ok(self
             .xattr_entries(&inode)?
@@ -859,6 +912,7 @@ impl FileSystem for ExtFs {
     }
 
     fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let _g = self.guard();
         let inode = self.inode(Self::ino32(ino)?)?;
         for e in self.xattr_entries(&inode)? {
             if xattr::full_name(e.index, &e.name).as_deref() == Some(name) {
@@ -875,8 +929,16 @@ impl FileSystem for ExtFs {
         let sb = &self.sb;
         let ratio = u64::from(sb.cluster_size / sb.block_size);
         let clusters = sb.blocks_count / ratio;
-        let free: u64 = self.groups.iter().map(|g| g.free_clusters).sum();
-        let free_inodes: u64 = self.groups.iter().map(|g| g.free_inodes).sum();
+        let (free, free_inodes): (u64, u64) = match &self.rw {
+            Some(sh) => {
+                let st = sh.read_lock();
+                (st.groups.free_blocks, st.groups.free_inodes)
+            }
+            None => (
+                self.groups.iter().map(|g| g.free_clusters).sum(),
+                self.groups.iter().map(|g| g.free_inodes).sum(),
+            ),
+        };
         let resv = if sb.has_incompat(incompat::EXTENTS) {
             (clusters / 50).min(4096) * ratio
         } else {
@@ -894,5 +956,128 @@ impl FileSystem for ExtFs {
             files_free: free_inodes.min(u64::from(sb.inodes_count)),
             name_max: 255,
         })
+    }
+
+    fn open(&self, ino: Ino, _write: bool) -> Result<()> {
+        if self.rw.is_some() {
+            self.w_open(Self::ino32(ino)?);
+        }
+        Ok(())
+    }
+
+    fn release(&self, ino: Ino) -> Result<()> {
+        self.w_release(Self::ino32(ino)?)
+    }
+
+    fn is_writable(&self) -> bool {
+        self.rw.is_some()
+    }
+
+    fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let node = NewNode {
+            kind: FileType::Regular,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        };
+        self.make_node(parent, name, &node)
+    }
+
+    fn mkdir(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let node = NewNode {
+            kind: FileType::Directory,
+            perm: (mode & 0o7777) as u16,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        };
+        self.make_node(parent, name, &node)
+    }
+
+    fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        self.w_make_node(Self::ino32(parent)?, name, node)
+    }
+
+    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.w_unlink(Self::ino32(parent)?, name, false)
+    }
+
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.w_unlink(Self::ino32(parent)?, name, true)
+    }
+
+    fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8]) -> Result<()> {
+        self.rename_flags(parent, name, new_parent, new_name, RenameFlags::default())
+    }
+
+    fn rename_flags(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.w_rename(
+            Self::ino32(parent)?,
+            name,
+            Self::ino32(new_parent)?,
+            new_name,
+            flags,
+        )
+    }
+
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<Attr> {
+        self.w_symlink(Self::ino32(parent)?, name, target, uid, gid)
+    }
+
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Attr> {
+        self.w_link(Self::ino32(ino)?, Self::ino32(new_parent)?, new_name)
+    }
+
+    fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.w_write(Self::ino32(ino)?, offset, data)
+    }
+
+    fn setattr(&self, ino: Ino, changes: &SetAttr) -> Result<Attr> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_setattr(Self::ino32(ino)?, changes)
+    }
+
+    fn fsync(&self, _ino: Ino) -> Result<()> {
+        self.w_fsync()
+    }
+
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.w_setxattr(Self::ino32(ino)?, name, value, how)
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.w_removexattr(Self::ino32(ino)?, name)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_rw(false)
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
+    }
+}
+
+impl Drop for ExtFs {
+    /// A clean unmount: open orphans freed, everything committed, the state marked clean.
+    fn drop(&mut self) {
+        if let Some(sh) = &self.rw {
+            sh.stop_timer();
+            let _ = self.w_release_all();
+            let _ = self.sync_rw(true);
+        }
     }
 }

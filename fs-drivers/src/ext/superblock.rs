@@ -125,6 +125,8 @@ pub struct Superblock {
     pub volume_name: [u8; 16],
     pub journal_inum: u32,
     pub hash_seed: [u32; 4],
+    /// s_def_hash_version: the hash new directory indexes use.
+    pub def_hash_version: u8,
     pub desc_size: u32,
     pub first_meta_bg: u32,
     pub flags: u32,
@@ -207,6 +209,7 @@ impl Superblock {
                 u32_at(b, 0xF4),
                 u32_at(b, 0xF8),
             ],
+            def_hash_version: b.get(0xFC).copied().unwrap_or(0),
             desc_size,
             first_meta_bg: u32_at(b, 0x104),
             flags: u32_at(b, 0x160),

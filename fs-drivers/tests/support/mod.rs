@@ -2,7 +2,11 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod corpus;
+pub mod crash;
+pub mod ext_rw;
 pub mod kernel_view;
+pub mod model;
+pub mod random_ops;
 pub mod replay;
 pub mod tools;
 

@@ -1,0 +1,5 @@
+#![no_main]
+
+include!("../harness/harness.rs");
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_ext_write(data));
