@@ -375,9 +375,9 @@ fn ext4_sigkill_points() {
 /// Reproducer of a writer bug, ignored until it is fixed: a metadata block logged by an
 /// earlier transaction still in the journal (an ext3 indirect block, an extent tree block, a
 /// directory block) and then freed (unlink of a file that has them, rmdir) gets no revoke
-/// record, because `Tx::forget` revokes only blocks dirty in the freeing transaction. Once the block holds
-/// another file's data, the journal replay writes the old metadata over data that fsync had
-/// made durable. Run with
+/// record, because `Tx::forget` revokes only blocks dirty in the freeing transaction. Once
+/// the block holds another file's data, the journal replay writes the old metadata over data
+/// that fsync had made durable. Run with
 /// `cargo test --test ext_kill freed_metadata -- --ignored --nocapture`
 /// (`IMGMOUNT_EXT_KILL_SEED` / `IMGMOUNT_EXT_KILL_POINTS` narrow it to one point).
 #[test]
