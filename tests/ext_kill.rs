@@ -8,7 +8,7 @@
 //! outlives the process), so this checks the writer's own ordering: what reaches the image
 //! before a commit, and that fsync answers only after its commit is in place.
 //!
-//! `IMGMOUNT_EXT_KILL_POINTS` (default 50 for ext4) and `IMGMOUNT_EXT_KILL_SEED` choose how
+//! `IMGMOUNT_EXT_KILL_POINTS` (default 51) and `IMGMOUNT_EXT_KILL_SEED` choose how
 //! many points and which; a failure names the seed to rerun alone.
 
 mod mount_support;
@@ -49,11 +49,11 @@ impl Rng {
 /// The image flavours the writer journals differently: 4 KiB extents, 1 KiB blocks (more
 /// tree levels and journal blocks per operation), and ext3's block maps.
 type Flavour = (&'static str, &'static [&'static str]);
-const EXT4: &[Flavour] = &[
+const FLAVOURS: &[Flavour] = &[
     ("ext4", &["-q", "-t", "ext4"]),
+    ("ext3", &["-q", "-t", "ext3"]),
     ("ext4-1k", &["-q", "-t", "ext4", "-b", "1024"]),
 ];
-const EXT3: &[Flavour] = &[("ext3", &["-q", "-t", "ext3"])];
 
 /// What the workload has done so far, shared with the thread that kills the daemon.
 #[derive(Default)]
@@ -70,9 +70,9 @@ struct Model {
 
 /// One workload step; an error means the daemon is gone (or the step was refused), which
 /// ends the workload.
-fn step(mnt: &Path, rng: &mut Rng, m: &Mutex<Model>, rmdir: bool) -> std::io::Result<()> {
+fn step(mnt: &Path, rng: &mut Rng, m: &Mutex<Model>, frees: bool) -> std::io::Result<()> {
     let choice = rng.below(100);
-    if !rmdir && (87..=89).contains(&choice) {
+    if !frees && (77..=89).contains(&choice) {
         return Ok(());
     }
     let (name, dir) = {
@@ -226,7 +226,7 @@ struct PointResult {
 }
 
 /// One kill point: mount, run, kill, check. Panics (naming the seed) on a failure.
-fn kill_point(work: &Path, pristine: &Path, seed: u64, rmdir: bool) -> PointResult {
+fn kill_point(work: &Path, pristine: &Path, seed: u64, frees: bool) -> PointResult {
     let img = work.join("img");
     fs::copy(pristine, &img).unwrap();
     let mnt = work.join("mnt");
@@ -280,7 +280,7 @@ fn kill_point(work: &Path, pristine: &Path, seed: u64, rmdir: bool) -> PointResu
         // Between operations: after k of them, nothing in flight.
         let k = rng.below(80);
         for _ in 0..k {
-            step(&via, &mut rng, &model, rmdir)
+            step(&via, &mut rng, &model, frees)
                 .unwrap_or_else(|e| panic!("seed {seed}: step: {e}"));
         }
         kill();
@@ -291,7 +291,7 @@ fn kill_point(work: &Path, pristine: &Path, seed: u64, rmdir: bool) -> PointResu
         let (m2, via2) = (model.clone(), via.clone());
         let writer = std::thread::spawn(move || {
             let end = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < end && step(&via2, &mut wrng, &m2, rmdir).is_ok() {}
+            while Instant::now() < end && step(&via2, &mut wrng, &m2, frees).is_ok() {}
         });
         std::thread::sleep(delay);
         kill();
@@ -366,10 +366,11 @@ fn kill_point(work: &Path, pristine: &Path, seed: u64, rmdir: bool) -> PointResu
     }
 }
 
-/// ext4 with 4 KiB and 1 KiB blocks; no rmdir (see `freed_metadata_sigkill_points_rmdir`).
+/// ext4, ext3 and ext4 with 1 KiB blocks; no unlink nor rmdir, which trip the bug that
+/// `freed_metadata_sigkill_points` reproduces.
 #[test]
-fn ext4_sigkill_points() {
-    sweep(EXT4, 50, false);
+fn ext_sigkill_points() {
+    sweep("ops", 51, false);
 }
 
 /// Reproducer of a writer bug, ignored until it is fixed: a metadata block logged by an
@@ -379,21 +380,16 @@ fn ext4_sigkill_points() {
 /// the block holds another file's data, the journal replay writes the old metadata over data
 /// that fsync had made durable. Run with
 /// `cargo test --test ext_kill freed_metadata -- --ignored --nocapture`
-/// (`IMGMOUNT_EXT_KILL_SEED` / `IMGMOUNT_EXT_KILL_POINTS` narrow it to one point).
+/// (`IMGMOUNT_EXT_KILL_SEED` / `IMGMOUNT_EXT_KILL_POINTS` narrow it to one point). Once
+/// fixed, `ext_sigkill_points` should run with `frees` on.
 #[test]
-#[ignore = "ext writer: freed indirect blocks are not revoked"]
-fn freed_metadata_sigkill_points_ext3() {
-    sweep(EXT3, 30, false);
+#[ignore = "ext writer: freed metadata blocks of earlier transactions are not revoked"]
+fn freed_metadata_sigkill_points() {
+    sweep("frees", 60, true);
 }
 
-/// The same through rmdir's freed directory blocks, on ext4 with 1 KiB blocks.
-#[test]
-#[ignore = "ext writer: freed directory blocks are not revoked"]
-fn freed_metadata_sigkill_points_rmdir() {
-    sweep(&EXT4[1..], 30, true);
-}
-
-fn sweep(flavours: &[Flavour], default_points: u64, rmdir: bool) {
+fn sweep(tag: &str, default_points: u64, frees: bool) {
+    let flavours = FLAVOURS;
     if let Some(why) = skip_reason() {
         println!("ext_kill: skipped: {why}");
         return;
@@ -416,11 +412,7 @@ fn sweep(flavours: &[Flavour], default_points: u64, rmdir: bool) {
     } else {
         std::env::temp_dir()
     };
-    let work = root.join(format!(
-        "imgmount-ext-kill-{}-{}",
-        std::process::id(),
-        flavours[0].0
-    ));
+    let work = root.join(format!("imgmount-ext-kill-{}-{tag}", std::process::id()));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     struct Cleanup(PathBuf);
@@ -451,7 +443,7 @@ fn sweep(flavours: &[Flavour], default_points: u64, rmdir: bool) {
         let seed = base + i;
         let f = (seed % flavours.len() as u64) as usize;
         let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            kill_point(&work, &pristine[f], seed, rmdir)
+            kill_point(&work, &pristine[f], seed, frees)
         })) {
             Ok(r) => r,
             Err(e) => {
