@@ -482,3 +482,65 @@ fn sweep(tag: &str, default_points: u64, frees: bool) {
         failed.join("\n")
     );
 }
+
+/// The missing revoke, deterministically: on ext3 with 1 KiB blocks, a 20000-byte file's
+/// indirect block is logged (fsync), the file unlinked (fsync), a 1000-byte file takes the
+/// first freed block and a second 20000-byte file's twelfth data block lands on the old
+/// indirect block (fsync). After SIGKILL, the replay writes the indirect block back over it.
+/// Run with `cargo test --test ext_kill freed_indirect -- --ignored --nocapture`.
+#[test]
+#[ignore = "ext writer: freed metadata blocks of earlier transactions are not revoked"]
+fn freed_indirect_block_is_revoked() {
+    if skip_reason().is_some() || !is_root() {
+        println!("ext_kill: skipped: needs root and FUSE");
+        return;
+    }
+    let work = std::env::temp_dir().join(format!("imgmount-ext-revoke-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(work.join("mnt")).unwrap();
+    let (img, mnt) = (work.join("img"), work.join("mnt"));
+    make_image(&img, &["-q", "-t", "ext3", "-b", "1024"]);
+    let guard = MountGuard(mnt.clone());
+    let out = run(Command::new(imgmount_bin())
+        .args(["-o", "rw"])
+        .arg(&img)
+        .arg(&mnt));
+    assert!(out.status.success());
+    let mut rng = Rng::new(7);
+    let (a, b, c) = (rng.bytes(20000), rng.bytes(20000), rng.bytes(1000));
+    let put = |name: &str, data: &[u8]| {
+        fs::write(mnt.join(name), data).unwrap();
+        fs::File::open(mnt.join(name)).unwrap().sync_all().unwrap();
+    };
+    put("a", &a);
+    fs::remove_file(mnt.join("a")).unwrap();
+    fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    put("c", &c);
+    put("b", &b);
+    let pid = daemon_pid(&mnt, 0).unwrap();
+    // SAFETY: kill has no memory preconditions; pid is the daemon from its pid file.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert!(wait_until(
+        Duration::from_secs(5),
+        || !mount_support::alive(pid)
+    ));
+    drop(guard);
+    let fy = run(Command::new("e2fsck").arg("-fy").arg(&img));
+    assert!(fy.status.code().is_some_and(|c| c <= 1));
+    let cat = |name: &str| {
+        run(Command::new(imgmount_bin())
+            .arg("cat")
+            .arg(&img)
+            .arg(format!("/{name}")))
+        .stdout
+    };
+    let (got_b, got_c) = (cat("b"), cat("c"));
+    let _ = fs::remove_dir_all(&work);
+    assert_eq!(got_c, c, "c");
+    let first = got_b.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        got_b == b,
+        "b differs from byte {first:?} ({} bytes read)",
+        got_b.len()
+    );
+}
