@@ -7,7 +7,9 @@ mod support;
 
 use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
-use fs_drivers::vfs::{makedev, FileSystem, FileType, NewNode, RenameFlags, SetAttr, Timespec};
+use fs_drivers::vfs::{
+    makedev, Fallocate, FileSystem, FileType, NewNode, RenameFlags, SetAttr, Timespec,
+};
 use fs_drivers::Error;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -725,4 +727,162 @@ fn clean_state_while_mounted() {
         .unwrap();
     drop(fs);
     assert_eq!(state(&img), "clean");
+}
+
+#[test]
+fn fallocate_modes_keep_the_data_around_them() {
+    if !require_tools(&["mke2fs", "e2fsck"]) {
+        return;
+    }
+    let img = mkfs("falloc", "ext4", &["-b", "4096"], 32);
+    let expected = {
+        let fs = open_rw(&img);
+        let a = fs
+            .make_node(fs.root(), b"f", &node(FileType::Regular, 0o644))
+            .unwrap()
+            .ino;
+        let mut model = Vec::new();
+        let w = |fs: &ExtFs, off: usize, len: usize, seed: u8, model: &mut Vec<u8>| {
+            let d: Vec<u8> = pattern(len, seed).iter().map(|b| b | 1).collect();
+            fs.write(a, off as u64, &d).unwrap();
+            if model.len() < off + len {
+                model.resize(off + len, 0);
+            }
+            model[off..off + len].copy_from_slice(&d);
+        };
+        let check = |fs: &ExtFs, model: &Vec<u8>, what: &str| {
+            let mut buf = vec![0; model.len()];
+            fs.read(a, 0, &mut buf).unwrap();
+            assert_eq!(
+                fs.getattr(a).unwrap().size as usize,
+                model.len(),
+                "{what}: size"
+            );
+            let diff = (0..model.len()).find(|&i| buf[i] != model[i]);
+            assert_eq!(diff, None, "{what}: first differing byte");
+        };
+        w(&fs, 793, 10985, 1, &mut model);
+        w(&fs, 14254, 912, 2, &mut model);
+        // Zeroing past EOF must not touch the last block's data (a regression).
+        fs.fallocate(a, 17558, 5419, Fallocate::ZeroRange { keep_size: false })
+            .unwrap();
+        model.resize(22977, 0);
+        check(&fs, &model, "zero range past EOF");
+        w(&fs, 25153, 1394, 3, &mut model);
+        w(&fs, 20019, 1412, 4, &mut model);
+        w(&fs, 20383, 4582, 5, &mut model);
+        check(&fs, &model, "writes into unwritten blocks");
+        fs.fallocate(a, 1000, 9000, Fallocate::PunchHole).unwrap();
+        model[1000..10000].fill(0);
+        check(&fs, &model, "punch");
+        fs.fallocate(a, 30000, 50000, Fallocate::KeepSize).unwrap();
+        check(&fs, &model, "keep size");
+        assert!(fs.getattr(a).unwrap().blocks >= 50000 / 512);
+        fs.fallocate(a, 12000, 3000, Fallocate::ZeroRange { keep_size: true })
+            .unwrap();
+        model[12000..15000].fill(0);
+        check(&fs, &model, "zero range");
+        fs.fallocate(a, 0, 100_000, Fallocate::Allocate).unwrap();
+        model.resize(100_000, 0);
+        check(&fs, &model, "allocate");
+        walk(&fs)
+    };
+    check_all(&img, &expected);
+}
+
+/// The INDEX flag of `path` as debugfs shows it.
+fn dir_indexed(img: &Path, path: &str) -> bool {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(img)
+        .output()
+        .expect("debugfs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flags = text
+        .split("Flags: 0x")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .expect("debugfs flags");
+    flags & 0x1000 != 0
+}
+
+#[test]
+fn htree_directories_made_by_the_kernel_and_by_us() {
+    if !require_tools(&["mke2fs", "e2fsck", "debugfs"]) {
+        return;
+    }
+    let img = mkfs("htree", "ext4", &["-b", "1024"], 64);
+    let name = |i: usize| format!("kernel-made-entry-{i:05}");
+    let kernel_made = is_root() && {
+        let dir = tmp("htree.rw-mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            std::fs::create_dir(dir.join("big")).unwrap();
+            for i in 0..1500 {
+                std::fs::write(dir.join("big").join(name(i)), i.to_string()).unwrap();
+            }
+            assert!(Command::new("umount").arg(&dir).status().unwrap().success());
+        }
+        ok
+    };
+    {
+        let fs = open_rw(&img);
+        let root = fs.root();
+        let big = match fs.lookup(root, b"big") {
+            Ok(a) => a.ino,
+            Err(_) => {
+                fs.make_node(root, b"big", &node(FileType::Directory, 0o755))
+                    .unwrap()
+                    .ino
+            }
+        };
+        if !kernel_made {
+            for i in 0..1500 {
+                let a = fs
+                    .make_node(big, name(i).as_bytes(), &node(FileType::Regular, 0o644))
+                    .unwrap();
+                fs.write(a.ino, 0, i.to_string().as_bytes()).unwrap();
+            }
+        }
+        for i in (0..1500).step_by(2) {
+            fs.unlink(big, name(i).as_bytes()).unwrap();
+        }
+        for i in 0..700 {
+            let n = format!("added-by-imgmount-{i}");
+            fs.make_node(big, n.as_bytes(), &node(FileType::Regular, 0o600))
+                .unwrap();
+        }
+        fs.rename(big, name(1).as_bytes(), big, b"renamed-one")
+            .unwrap();
+        for i in (3..1500).step_by(2) {
+            assert_eq!(
+                fs.lookup(big, name(i).as_bytes()).unwrap().size,
+                i.to_string().len() as u64
+            );
+        }
+    }
+    fsck(&img);
+    assert!(dir_indexed(&img, "/big"), "the big directory is indexed");
+    let ro = open_ro(&img);
+    let t = walk(&ro);
+    assert_eq!(
+        t.keys().filter(|k| k.starts_with(b"big/")).count(),
+        750 + 700
+    );
+    assert_eq!(ro.dx_fallbacks(), 0);
+    if let Some(k) = kernel_tree(&img) {
+        assert_eq!(
+            k.keys().filter(|k| k.starts_with(b"big/")).count(),
+            750 + 700
+        );
+        assert_eq!(k[&b"big/renamed-one"[..]].data, b"1");
+    }
 }

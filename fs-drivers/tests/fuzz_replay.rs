@@ -68,6 +68,18 @@ fn ext_write_seeds_pass_the_checker_and_it_sees_damage() {
         let fs = fs_drivers::ext::ExtFs::open(dev, Default::default())
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         ext_check_links(&fs).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        // The target reaches the writer (it returns early when the rw open is refused).
+        let mem: DeviceRef = Arc::new(MemDevice::from_vec(img.clone()));
+        let probe = fs_drivers::probe::probe(&*mem).unwrap().unwrap();
+        let opts = fs_drivers::disk::FsOptions {
+            writable: true,
+            ..Default::default()
+        };
+        let rw = fs_drivers::disk::open_filesystem(mem, &probe, &opts)
+            .unwrap_or_else(|e| panic!("{}: rw open: {e}", p.display()));
+        assert!(rw.is_writable());
+        run_ext_script(&*rw, &data[1..1 + usize::from(data[0])]);
+        rw.sync().unwrap();
         let dir = fs.lookup(fs.root(), b"dir").expect("dir");
         let c = fs.lookup(fs.lookup(dir.ino, b"sub").unwrap().ino, b"c.dat");
         assert_eq!(c.expect("c.dat").size, 12000);

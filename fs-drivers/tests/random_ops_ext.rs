@@ -17,6 +17,10 @@ use support::model::{check_model, compare_views, driver_view};
 use support::random_ops::{run, Caps, Config};
 
 fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
+    ext_with(tag, mkfs_args, Caps::ext(block), extents, seed)
+}
+
+fn ext_with(tag: &str, mkfs_args: &[&str], mut caps: Caps, extents: bool, seed: u64) {
     let Some(img) = mkfs(tag, mkfs_args, 64) else {
         return;
     };
@@ -26,13 +30,15 @@ fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
         let _ = std::fs::remove_file(&img);
         return;
     }
-    let mut caps = Caps::ext(block);
     caps.name = tag.into();
     caps.fallocate_punch_only = !extents;
     reduce_caps(&mut caps);
+    // RANDOM_OPS_SEED / RANDOM_OPS_OPS explore beyond CI's fixed runs.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let seed = seed ^ env("RANDOM_OPS_SEED").unwrap_or(0);
     let cfg = Config {
         seed,
-        ops: 1500,
+        ops: env("RANDOM_OPS_OPS").unwrap_or(1500) as usize,
         check_every: 250,
         reopen_every: 600,
     };
@@ -58,9 +64,16 @@ fn ext(tag: &str, mkfs_args: &[&str], block: u32, extents: bool, seed: u64) {
 
 /// For isolating a failure while a feature is missing: RANDOM_OPS_WITHOUT=xattrs,fallocate,...
 /// expects the vfs defaults' errors for those instead (never set in CI).
+///
+/// `NOT_YET` lists what the ext writer does not do yet (issue 12): those operations must
+/// answer the vfs defaults' errors (EOPNOTSUPP), so the day one starts working these tests
+/// fail until it is taken off the list and judged like the rest.
+const NOT_YET: &str = "";
+
 fn reduce_caps(caps: &mut Caps) {
-    let Ok(list) = std::env::var("RANDOM_OPS_WITHOUT") else {
-        return;
+    let list = match std::env::var("RANDOM_OPS_WITHOUT") {
+        Ok(extra) => format!("{NOT_YET},{extra}"),
+        Err(_) => NOT_YET.to_string(),
     };
     for what in list.split(',') {
         match what.trim() {
@@ -93,6 +106,18 @@ fn random_ops_ext3() {
 #[test]
 fn random_ops_ext4() {
     ext("ext4", &["-t", "ext4", "-T", "default"], 4096, true, 0xE4);
+}
+
+/// 128-byte inodes: no extra fields, so whole-second times within 32 bits.
+#[test]
+fn random_ops_ext4_128_byte_inodes() {
+    let mut caps = Caps::ext(4096);
+    caps.mtime_gran_ns = 1_000_000_000;
+    caps.atime_gran_ns = 1_000_000_000;
+    caps.time_min = -(1 << 31);
+    caps.time_max = (1 << 31) - 1;
+    let args = ["-t", "ext4", "-T", "default", "-I", "128"];
+    ext_with("ext4-128", &args, caps, true, 0xE128);
 }
 
 #[test]

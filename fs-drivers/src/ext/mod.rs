@@ -41,7 +41,8 @@ mod xattr;
 
 use crate::block::DeviceRef;
 use crate::vfs::{
-    Attr, DirEntry, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr, StatFs,
+    Attr, DirEntry, Fallocate, FileSystem, FileType, FsInfo, Ino, NewNode, RenameFlags, SetAttr,
+    StatFs, XattrSet,
 };
 use crate::{Error, Result};
 use group_desc::GroupDesc;
@@ -491,7 +492,12 @@ impl ExtFs {
         indexed: bool,
     ) -> Result<Option<usize>> {
         let csum = self.sb.metadata_csum();
-        if indexed && htree::is_dx_block(block, lblk) && dir::tail_start(block).is_none() {
+        // Block 0 of an indexed directory is its dx root whatever its end looks like: the
+        // kernel's make_indexed_dir leaves the old leaf's checksum tail bytes in dt_reserved.
+        if indexed
+            && htree::is_dx_block(block, lblk)
+            && (lblk == 0 || dir::tail_start(block).is_none())
+        {
             if lblk != 0 {
                 if csum {
                     htree::parse_node(block, true, inode.csum_seed, self.verify_csum())?;
@@ -1052,18 +1058,23 @@ impl FileSystem for ExtFs {
         self.w_fsync()
     }
 
-    fn fallocate(
-        &self,
-        ino: Ino,
-        offset: u64,
-        len: u64,
-        mode: crate::vfs::Fallocate,
-    ) -> Result<()> {
-        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], how: XattrSet) -> Result<()> {
+        self.w_setxattr(Self::ino32(ino)?, name, value, how)
+    }
+
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.w_removexattr(Self::ino32(ino)?, name)
     }
 
     fn sync(&self) -> Result<()> {
         self.sync_rw(false)
+    }
+
+    fn fallocate(&self, ino: Ino, offset: u64, len: u64, mode: Fallocate) -> Result<()> {
+        if self.rw.is_none() {
+            return Err(Error::ReadOnly);
+        }
+        self.w_fallocate(Self::ino32(ino)?, offset, len, mode)
     }
 }
 

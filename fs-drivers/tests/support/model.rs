@@ -205,6 +205,24 @@ pub fn driver_view(fs: &dyn FileSystem) -> Result<View, String> {
                 true
             })
             .map_err(|e| format!("readdir {what}: {e}"))?;
+            // Resuming from any entry's cookie gives exactly the entries after it.
+            if ents.len() > 2 {
+                let k = ents.len() / 2;
+                let mut rest = Vec::new();
+                fs.readdir(ino, ents[k].next_offset, &mut |e| {
+                    rest.push(e.name);
+                    true
+                })
+                .map_err(|e| format!("readdir {what} from a cookie: {e}"))?;
+                let want: Vec<&Vec<u8>> = ents[k + 1..].iter().map(|e| &e.name).collect();
+                if rest.iter().collect::<Vec<_>>() != want {
+                    return Err(format!(
+                        "readdir {what}: resuming after entry {k} gives {} entries, not {}",
+                        rest.len(),
+                        want.len()
+                    ));
+                }
+            }
             for e in ents {
                 let a = fs
                     .lookup(ino, &e.name)

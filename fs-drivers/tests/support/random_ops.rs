@@ -1036,13 +1036,34 @@ impl Tester {
             .getattr(ino)
             .map_err(|e| format!("getattr {}: {e}", p(&path)))?;
         let got = read_file(fs, ino, a.size).map_err(|e| format!("{}: {e}", p(&path)))?;
-        if got != self.model.node(id).data {
+        let data = &self.model.node(id).data;
+        if got != *data {
             return Err(format!(
                 "read {}: {} bytes differ from the model's {}",
                 p(&path),
                 got.len(),
-                self.model.node(id).data.len()
+                data.len()
             ));
+        }
+        // SEEK_DATA / SEEK_HOLE: what they skip must read as zeros.
+        let size = data.len() as u64;
+        let o = self.rng.below(size + 1);
+        let zeros = |a: u64, b: u64| data[a as usize..b as usize].iter().all(|&x| x == 0);
+        let what = format!("{} at {o} of {size}", p(&path));
+        match fs.seek_data(ino, o, true) {
+            Ok(Some(d)) if d >= o && d < size && zeros(o, d) => {}
+            Ok(None) if zeros(o.min(size), size) => {}
+            other => return Err(format!("SEEK_DATA {what}: {other:?}")),
+        }
+        match fs.seek_data(ino, o, false) {
+            Ok(Some(h)) if o < size && h >= o && h <= size => {
+                // A hole's first byte reads as zero (end of file counts as a hole).
+                if h < size && data[h as usize] != 0 {
+                    return Err(format!("SEEK_HOLE {what}: {h}, which holds data"));
+                }
+            }
+            Ok(None) if o >= size => {}
+            other => return Err(format!("SEEK_HOLE {what}: {other:?}")),
         }
         Ok(())
     }

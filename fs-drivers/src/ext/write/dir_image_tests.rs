@@ -62,17 +62,17 @@ struct ImgDir {
     indexed: bool,
 }
 
-impl DirFile for ImgDir {
+impl DirFile<ImgStore> for ImgDir {
     fn block_count(&self) -> u64 {
         self.used
     }
-    fn pblk(&mut self, _store: &mut dyn Store, lblk: u64) -> Result<u64> {
+    fn pblk(&mut self, _store: &mut ImgStore, lblk: u64) -> Result<u64> {
         if lblk >= self.used {
             return Err(Error::corrupt("past the directory"));
         }
         Ok(self.pblks[lblk as usize])
     }
-    fn append_block(&mut self, _store: &mut dyn Store) -> Result<(u64, u64)> {
+    fn append_block(&mut self, _store: &mut ImgStore) -> Result<(u64, u64)> {
         let Some(&p) = self.pblks.get(self.used as usize) else {
             return Err(Error::NoSpace);
         };
@@ -130,6 +130,8 @@ struct Case<'a> {
     mkfs: &'a [&'a str],
     n: usize,
     long: bool,
+    /// The index depth the workload must reach (dx_root_info.indirect_levels).
+    levels: u8,
 }
 
 /// Fills one directory with `n` names, removes every other, checks the result, and
@@ -388,6 +390,7 @@ fn ext4_default_20k() {
         mkfs: &["mkfs.ext4", "-b", "4096"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -398,6 +401,7 @@ fn ext4_1k_blocks_20k() {
         mkfs: &["mkfs.ext4", "-b", "1024"],
         n: 20_000,
         long: false,
+        levels: 1,
     });
 }
 
@@ -408,6 +412,7 @@ fn ext4_no_csum_20k() {
         mkfs: &["mkfs.ext4", "-b", "4096", "-O", "^metadata_csum"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -418,6 +423,7 @@ fn ext2_20k() {
         mkfs: &["mkfs.ext2", "-b", "4096"],
         n: 20_000,
         long: false,
+        levels: 0,
     });
 }
 
@@ -428,6 +434,19 @@ fn ext2_linear_3k() {
         mkfs: &["mkfs.ext2", "-O", "^dir_index"],
         n: 3_000,
         long: false,
+        levels: 0,
+    });
+}
+
+#[test]
+fn ext4_64k_blocks() {
+    run_case(&Case {
+        label: "ext4-64k",
+        mkfs: &["mkfs.ext4", "-b", "65536"],
+        // Every add copies whole 64 KiB blocks: fewer names keep the test short.
+        n: 4_000,
+        long: false,
+        levels: 0,
     });
 }
 
@@ -444,6 +463,7 @@ fn ext4_100k() {
             mkfs: &["mkfs.ext4", "-b", "4096"],
             n: 100_000,
             long: false,
+            levels: 1,
         });
     }
 }
@@ -457,6 +477,7 @@ fn ext4_large_dir_three_levels() {
             mkfs: &["mkfs.ext4", "-b", "1024", "-O", "large_dir"],
             n: 60_000,
             long: true,
+            levels: 2,
         });
     }
 }

@@ -68,17 +68,17 @@ pub struct MemDir {
     pub max_blocks: Option<u64>,
 }
 
-impl DirFile for MemDir {
+impl<S: Store + ?Sized> DirFile<S> for MemDir {
     fn block_count(&self) -> u64 {
         self.map.len() as u64
     }
-    fn pblk(&mut self, _store: &mut dyn Store, lblk: u64) -> Result<u64> {
+    fn pblk(&mut self, _store: &mut S, lblk: u64) -> Result<u64> {
         self.map
             .get(lblk as usize)
             .copied()
             .ok_or_else(|| Error::corrupt("past the directory"))
     }
-    fn append_block(&mut self, store: &mut dyn Store) -> Result<(u64, u64)> {
+    fn append_block(&mut self, store: &mut S) -> Result<(u64, u64)> {
         if self.max_blocks.is_some_and(|m| self.map.len() as u64 >= m) {
             return Err(Error::NoSpace);
         }
@@ -112,7 +112,7 @@ pub fn ctx(bs: usize, csum: bool, dir_index: bool) -> DirCtx {
 /// A new directory (inode 2, its own parent) with its first block written.
 pub fn new_dir(store: &mut MemStore, ctx: &DirCtx) -> MemDir {
     let mut d = MemDir::default();
-    let (_, p) = d.append_block(store).unwrap();
+    let (_, p) = DirFile::<MemStore>::append_block(&mut d, store).unwrap();
     store
         .write_meta(p, super::dir_update::new_dir_block(ctx, 2, 2))
         .unwrap();

@@ -11,22 +11,24 @@ use super::htree_update;
 use super::io::Store;
 use crate::ext::checksum::crc32c_raw;
 use crate::ext::dir::{self, Record};
-use crate::ext::inode::{flags, Inode};
+use crate::ext::inode::Inode;
 use crate::ext::le::{u16_at, u32_at};
 use crate::ext::superblock::{compat, incompat, Superblock};
 use crate::vfs::FileType;
 use crate::{Error, Result};
 
 /// The directory inode's blocks, as the caller (which owns the inode) maps and grows them.
-pub trait DirFile {
+/// `S` is the store the directory functions are called with, so an implementation can use
+/// its concrete type (e.g. the writer's own context) to map and allocate.
+pub trait DirFile<S: Store + ?Sized = dyn Store> {
     /// How many blocks the directory has: i_size / block size.
     fn block_count(&self) -> u64;
     /// The physical block of directory block `lblk` (< block_count). A hole is an error
     /// (`Error::Corrupt`), as it is for the kernel.
-    fn pblk(&mut self, store: &mut dyn Store, lblk: u64) -> Result<u64>;
+    fn pblk(&mut self, store: &mut S, lblk: u64) -> Result<u64>;
     /// Grows the directory by one block and returns (lblk, pblk); the caller updates
     /// i_size and i_blocks. The block's contents are written by the directory code.
-    fn append_block(&mut self, store: &mut dyn Store) -> Result<(u64, u64)>;
+    fn append_block(&mut self, store: &mut S) -> Result<(u64, u64)>;
     /// The inode's INDEX flag (EXT4_INODE_INDEX): the directory has an htree.
     fn indexed(&self) -> bool;
     /// Sets or clears the INDEX flag (set when a linear directory is converted).
@@ -82,14 +84,9 @@ impl DirCtx {
     }
 
     /// Whether `dir` is to be treated as indexed (the kernel's is_dx).
-    pub(crate) fn is_dx(&self, dir: &dyn DirFile) -> bool {
+    pub(crate) fn is_dx<S: Store + ?Sized>(&self, dir: &dyn DirFile<S>) -> bool {
         self.dir_index && dir.indexed()
     }
-}
-
-/// Whether an inode's flags say it is an indexed directory (for `DirFile::indexed`).
-pub fn inode_indexed(inode: &Inode) -> bool {
-    inode.has_flag(flags::INDEX)
 }
 
 /// The on-disk file type code of `ft` (EXT4_FT_*).
@@ -317,9 +314,9 @@ pub(crate) fn leaf_delete(b: &mut [u8], ctx: &DirCtx, f: &Found) {
 }
 
 /// Reads directory block `lblk`; returns (pblk, contents).
-pub(crate) fn read_block(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn read_block<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     lblk: u64,
 ) -> Result<(u64, Vec<u8>)> {
@@ -332,9 +329,9 @@ pub(crate) fn read_block(
 }
 
 /// Reads leaf `lblk` and checks its checksum tail.
-pub(crate) fn read_leaf(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn read_leaf<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     lblk: u64,
 ) -> Result<(u64, Vec<u8>)> {
@@ -350,8 +347,8 @@ pub(crate) fn read_leaf(
     Ok((pblk, b))
 }
 
-pub(crate) fn write_leaf(
-    store: &mut dyn Store,
+pub(crate) fn write_leaf<S: Store + ?Sized>(
+    store: &mut S,
     ctx: &DirCtx,
     pblk: u64,
     mut b: Vec<u8>,
@@ -368,9 +365,9 @@ pub(crate) struct Located {
 }
 
 /// Finds `name` in a linear directory (or an indexed one whose index is not used).
-fn linear_locate(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn linear_locate<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<Located>> {
@@ -379,7 +376,7 @@ fn linear_locate(
         let (pblk, block) = read_block(store, dir, ctx, lblk)?;
         if indexed
             && crate::ext::htree::is_dx_block(&block, lblk)
-            && dir::tail_start(&block).is_none()
+            && (lblk == 0 || dir::tail_start(&block).is_none())
         {
             // Index nodes hold no names (the root's "." and ".." are never looked up here).
             continue;
@@ -394,9 +391,9 @@ fn linear_locate(
     Ok(None)
 }
 
-fn locate(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn locate<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<Located>> {
@@ -409,9 +406,9 @@ fn locate(
 }
 
 /// The inode and file type code `name` points to, if the directory has it.
-pub fn lookup(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub fn lookup<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<(u32, u8)>> {
@@ -422,9 +419,9 @@ pub fn lookup(
 /// duplicate met on the way is still refused with `Error::Exists`. Linear directories take
 /// the first record with room, else grow by a block; a full one-block directory on a
 /// dir_index filesystem becomes indexed (as the kernel's make_indexed_dir).
-pub fn add_entry(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub fn add_entry<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
     ino: u32,
@@ -434,6 +431,11 @@ pub fn add_entry(
     let ft = ft_code(file_type);
     if ctx.is_dx(dir) {
         return htree_update::add(store, dir, ctx, name, ino, ft);
+    }
+    if dir.indexed() {
+        // An index on a filesystem without dir_index means nothing (e2fsck clears the flag);
+        // linear updates may overwrite it, so it must not stay claimed.
+        dir.set_indexed(false);
     }
     let blocks = dir.block_count();
     if blocks == 0 {
@@ -461,9 +463,9 @@ pub fn add_entry(
 
 /// Removes `name`; returns the inode it pointed to. Indexed directories keep their index
 /// (the kernel never shrinks one): the name just leaves its leaf.
-pub fn remove_entry(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub fn remove_entry<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<u32> {
@@ -477,9 +479,9 @@ pub fn remove_entry(
 
 /// Points the existing `name` at `new_ino` (rename over an existing name); returns the
 /// inode it pointed to before.
-pub fn replace_entry(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub fn replace_entry<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
     new_ino: u32,
@@ -495,9 +497,9 @@ pub fn replace_entry(
 }
 
 /// Rewrites ".." (a directory moved to another parent).
-pub fn set_parent(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub fn set_parent<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     parent_ino: u32,
 ) -> Result<()> {
@@ -520,11 +522,18 @@ pub fn set_parent(
 }
 
 /// Whether the directory holds nothing but "." and ".." (rmdir, rename over a directory).
-pub fn is_empty(store: &mut dyn Store, dir: &mut dyn DirFile, ctx: &DirCtx) -> Result<bool> {
+pub fn is_empty<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
+    ctx: &DirCtx,
+) -> Result<bool> {
     let indexed = dir.indexed();
     for lblk in 0..dir.block_count() {
         let (_, b) = read_block(store, dir, ctx, lblk)?;
-        if indexed && crate::ext::htree::is_dx_block(&b, lblk) && dir::tail_start(&b).is_none() {
+        if indexed
+            && crate::ext::htree::is_dx_block(&b, lblk)
+            && (lblk == 0 || dir::tail_start(&b).is_none())
+        {
             // An index node, or the dx root ("." and ".." then the index).
             continue;
         }

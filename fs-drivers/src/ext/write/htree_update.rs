@@ -132,7 +132,7 @@ impl Frame {
         self.set_count(count + 1);
     }
 
-    fn write(mut self, store: &mut dyn Store, ctx: &DirCtx) -> Result<()> {
+    fn write<S: Store + ?Sized>(mut self, store: &mut S, ctx: &DirCtx) -> Result<()> {
         seal_dx(&mut self.buf, self.off, ctx)?;
         store.write_meta(self.pblk, self.buf)
     }
@@ -149,7 +149,10 @@ fn version_of(root_version: u8, ctx: &DirCtx) -> u8 {
 }
 
 fn name_hash(name: &[u8], version: u8, ctx: &DirCtx) -> Result<u32> {
-    htree::hash(name, version, &ctx.hash_seed)
+    let h = htree::hash(name, version, &ctx.hash_seed)?;
+    #[cfg(test)]
+    let h = h & tests::HASH_MASK.with(|m| m.get());
+    Ok(h)
 }
 
 fn corrupt(ctx: &DirCtx, what: &str) -> Error {
@@ -172,9 +175,9 @@ fn check_entries(b: &[u8], off: usize, want_limit: usize, ctx: &DirCtx) -> Resul
     Ok(())
 }
 
-fn read_node(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn read_node<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     lblk: u32,
 ) -> Result<Frame> {
@@ -196,9 +199,9 @@ fn read_node(
 }
 
 /// The path from the root to the leaf for `hash` (dx_probe), and the hash version.
-fn probe(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn probe<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<(Vec<Frame>, u32, u8)> {
@@ -230,7 +233,11 @@ fn probe(
     Ok((frames, hash, version))
 }
 
-fn leaf_lblk(frames: &[Frame], dir: &dyn DirFile, ctx: &DirCtx) -> Result<u64> {
+fn leaf_lblk<S: Store + ?Sized>(
+    frames: &[Frame],
+    dir: &dyn DirFile<S>,
+    ctx: &DirCtx,
+) -> Result<u64> {
     let f = &frames[frames.len() - 1];
     let lblk = u64::from(f.block(f.at));
     if lblk == 0 || lblk >= dir.block_count() {
@@ -241,9 +248,9 @@ fn leaf_lblk(frames: &[Frame], dir: &dyn DirFile, ctx: &DirCtx) -> Result<u64> {
 
 /// Finds `name` in its leaf, going on into the following leaves while their start hash
 /// says the run of equal hashes continues (ext4_htree_next_block).
-pub(crate) fn locate(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn locate<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<Located>> {
@@ -361,9 +368,9 @@ fn split_leaf(leaf: &[u8], ctx: &DirCtx, version: u8) -> Result<(Vec<u8>, Vec<u8
 
 /// Makes room in the index above a full leaf: splits the lowest full node whose parent has
 /// room, or, when every level is full, adds a level under the root. The caller probes again.
-fn grow_index(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+fn grow_index<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     mut frames: Vec<Frame>,
 ) -> Result<()> {
@@ -426,9 +433,9 @@ fn grow_index(
 }
 
 /// Adds `name` to an indexed directory.
-pub(crate) fn add(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn add<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     name: &[u8],
     ino: u32,
@@ -473,9 +480,9 @@ pub(crate) fn add(
 /// move to block 1, block 0 becomes the dx root, block 1 is split at once, then `name` is
 /// added.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn make_indexed(
-    store: &mut dyn Store,
-    dir: &mut dyn DirFile,
+pub(crate) fn make_indexed<S: Store + ?Sized>(
+    store: &mut S,
+    dir: &mut dyn DirFile<S>,
     ctx: &DirCtx,
     pblk0: u64,
     block0: Vec<u8>,
@@ -505,28 +512,10 @@ pub(crate) fn make_indexed(
         })
         .collect();
     let leaf = pack_leaf(ctx, &moved.iter().collect::<Vec<_>>());
-    let (lblk1, pblk1) = dir.append_block(store)?;
-
-    let mut root = vec![0; bs];
-    put_entry(&mut root, ctx, 0, 12, recs[0].inode, b".", 2);
-    put_entry(&mut root, ctx, 12, bs - 12, recs[1].inode, b"..", 2);
-    root[0x1C] = ctx.def_hash_version;
-    root[0x1D] = 8;
-    put_u16(&mut root, ROOT_COUNT, root_limit(ctx) as u16);
-    put_u16(&mut root, ROOT_COUNT + 2, 1);
-    put_u32(&mut root, ROOT_COUNT + 4, lblk1 as u32);
-    let mut f = Frame {
-        pblk: pblk0,
-        buf: root,
-        off: ROOT_COUNT,
-        at: 0,
-    };
-
+    // Everything that can fail on the data (hash version, split) before the directory grows.
     let version = version_of(ctx.def_hash_version, ctx);
     let hash = name_hash(name, version, ctx)?;
     let (mut lower, mut upper, hash2) = split_leaf(&leaf, ctx, version)?;
-    let (lblk2, pblk2) = dir.append_block(store)?;
-    f.insert_after(0, hash2, lblk2 as u32);
     let target = if hash >= hash2 {
         &mut upper
     } else {
@@ -535,9 +524,30 @@ pub(crate) fn make_indexed(
     if !leaf_insert(target, ctx, name, ino, ft)? {
         return Err(corrupt(ctx, "no room after the first split"));
     }
+    let (lblk1, pblk1) = dir.append_block(store)?;
+    let (lblk2, pblk2) = match dir.append_block(store) {
+        Ok(b) => b,
+        Err(e) => {
+            // The directory stays linear and whole: its new block is an empty leaf.
+            write_leaf(store, ctx, pblk1, empty_leaf(ctx))?;
+            return Err(e);
+        }
+    };
+
+    let mut root = vec![0; bs];
+    put_entry(&mut root, ctx, 0, 12, recs[0].inode, b".", 2);
+    put_entry(&mut root, ctx, 12, bs - 12, recs[1].inode, b"..", 2);
+    root[0x1C] = ctx.def_hash_version;
+    root[0x1D] = 8;
+    put_u16(&mut root, ROOT_COUNT, root_limit(ctx) as u16);
+    put_u16(&mut root, ROOT_COUNT + 2, 2);
+    put_u32(&mut root, ROOT_COUNT + 4, lblk1 as u32);
+    put_u32(&mut root, ROOT_COUNT + 8, hash2);
+    put_u32(&mut root, ROOT_COUNT + 12, lblk2 as u32);
     write_leaf(store, ctx, pblk1, lower)?;
     write_leaf(store, ctx, pblk2, upper)?;
-    f.write(store, ctx)?;
+    seal_root(&mut root, ctx)?;
+    store.write_meta(pblk0, root)?;
     dir.set_indexed(true);
     Ok(())
 }
@@ -548,7 +558,14 @@ mod tests {
     use super::super::dir_update::{add_entry, is_empty, lookup, remove_entry, set_parent};
     use super::*;
     use crate::vfs::FileType;
+    use std::cell::Cell;
     use std::collections::HashSet;
+
+    thread_local! {
+        /// Narrows every name hash, so tests get long runs of equal hashes (collisions
+        /// spanning leaves), which real hashes make too rare to test.
+        pub static HASH_MASK: Cell<u32> = const { Cell::new(!0) };
+    }
 
     /// Walks the whole index as e2fsck's pass 2 does: limits and checksums of every node,
     /// uniform depth, every leaf referenced once, and every name inside the hash range its
@@ -725,6 +742,71 @@ mod tests {
         );
         assert_eq!(lookup(&mut s, &mut d, &c, &name(3, false)).unwrap(), None);
         assert_eq!(all_entries(&mut s, &d, &c).len(), 4_002);
+    }
+
+    #[test]
+    fn equal_hashes_spanning_many_leaves() {
+        // 16 distinct hashes for 6,000 names: runs of ~375 equal hashes over many leaves,
+        // split with the continuation bit and found by walking on through it.
+        HASH_MASK.with(|m| m.set(0xF000_0000));
+        let c = ctx(1024, true, true);
+        let mut s = MemStore::new(1024, true);
+        let mut d = new_dir(&mut s, &c);
+        fill(&mut s, &mut d, &c, 6_000, false);
+        let (levels, leaves) = check_tree(&mut s, &mut d, &c);
+        assert!(leaves > 100, "{leaves}");
+        let (frames, _, _) = probe(&mut s, &mut d, &c, b"x").unwrap();
+        let last = &frames[levels - 1];
+        assert!(
+            (1..last.count()).any(|i| last.hash(i) & 1 == 1),
+            "some index entry continues a run"
+        );
+        for i in (0..6_000).step_by(2) {
+            remove_entry(&mut s, &mut d, &c, &name(i, false)).unwrap();
+        }
+        for i in 0..6_000 {
+            let want = (i % 2 == 1).then_some((1000 + i as u32, 1));
+            assert_eq!(
+                lookup(&mut s, &mut d, &c, &name(i, false)).unwrap(),
+                want,
+                "{i}"
+            );
+        }
+        for i in (0..2_000).step_by(2) {
+            add_entry(&mut s, &mut d, &c, &name(i, false), 5, FileType::Fifo).unwrap();
+        }
+        check_tree(&mut s, &mut d, &c);
+        assert_eq!(
+            lookup(&mut s, &mut d, &c, &name(0, false)).unwrap(),
+            Some((5, 5))
+        );
+        HASH_MASK.with(|m| m.set(!0));
+    }
+
+    #[test]
+    fn enospc_during_conversion_leaves_a_whole_linear_directory() {
+        let c = ctx(1024, true, true);
+        let mut s = MemStore::new(1024, true);
+        let mut d = new_dir(&mut s, &c);
+        d.max_blocks = Some(2);
+        let mut n = 0;
+        let err = loop {
+            match add_entry(&mut s, &mut d, &c, &name(n, false), 9, FileType::Regular) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::NoSpace), "{err:?}");
+        assert!(!d.indexed);
+        assert_eq!(d.map.len(), 2);
+        // All earlier names stay, and the empty second block takes new ones.
+        assert_eq!(all_entries(&mut s, &d, &c).len(), n + 2);
+        add_entry(&mut s, &mut d, &c, b"after", 4, FileType::Regular).unwrap();
+        assert_eq!(lookup(&mut s, &mut d, &c, b"after").unwrap(), Some((4, 1)));
+        assert_eq!(
+            lookup(&mut s, &mut d, &c, &name(0, false)).unwrap(),
+            Some((9, 1))
+        );
     }
 
     #[test]

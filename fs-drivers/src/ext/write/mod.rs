@@ -5,14 +5,13 @@
 
 pub(crate) mod alloc;
 pub(crate) mod block_map_write;
+pub(crate) mod core_dir;
 #[cfg(test)]
 mod dir_image_tests;
-pub(crate) mod dir_lite;
 #[cfg(test)]
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
 pub(crate) mod extent_tree;
-mod fallocate;
 mod file_blocks;
 pub(crate) mod htree_update;
 #[cfg(test)]
@@ -31,6 +30,7 @@ mod ops;
 #[path = "../../../tests/support/tools.rs"]
 pub(crate) mod test_tools;
 pub(crate) mod tx;
+mod xattr_ops;
 pub(crate) mod xattr_update;
 
 use super::inode::Inode;
@@ -485,7 +485,7 @@ impl Ctx<'_> {
     }
 
     /// Where inode `ino`'s record lives: (block, byte offset in it).
-    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+    pub(crate) fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
         let sb = &self.fs.sb;
         if ino == 0 || ino > sb.inodes_count {
             return Err(Error::corrupt(format!("inode {ino} out of range")));
@@ -565,13 +565,11 @@ impl Ctx<'_> {
         self.write_meta(blk, &block)?;
         Ok(inode)
     }
+}
 
+impl ExtFs {
     pub(crate) fn invalidate_extents(&self, ino: u32) {
-        let mut c = self
-            .fs
-            .extent_nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut c = self.extent_nodes.lock().unwrap_or_else(|p| p.into_inner());
         let keys: Vec<(u32, u64)> = c
             .iter()
             .filter(|(k, _)| k.0 == ino)

@@ -38,6 +38,7 @@ pub struct XattrCtx {
 const GOOD_OLD_INODE_SIZE: usize = 128;
 const S_IFMT: u16 = 0o170_000;
 const S_IFDIR: u16 = 0o040_000;
+const S_IFREG: u16 = 0o100_000;
 const I_FILE_ACL_LO: usize = 0x68;
 const I_FILE_ACL_HI: usize = 0x76;
 const H_REFCOUNT: usize = 4;
@@ -106,7 +107,8 @@ pub fn set(
     Ok(delta)
 }
 
-/// Removes `name`; `Error::NoData` when the inode does not have it. Returns the block-count
+/// Removes `name`; `Error::NoData` when the inode does not have it. User attributes exist
+/// only on files and directories (EPERM elsewhere, as the kernel's xattr_permission). Returns the block-count
 /// change as `set` does.
 pub fn remove(
     store: &mut dyn Store,
@@ -286,6 +288,13 @@ fn update(
         return Err(Error::NameTooLong);
     }
     let ibody_at = ibody_offset(ctx, raw_inode)?;
+    // The kernel's xattr_permission: user attributes only on files and directories.
+    let kind = u16_at(raw_inode, 0) & S_IFMT;
+    if index == 1 && kind != S_IFREG && kind != S_IFDIR {
+        return Err(Error::NotPermitted(
+            "user xattrs on other than files and directories".into(),
+        ));
+    }
     let mut ibody = match ibody_at {
         Some(at) => xattr::parse_ibody(&raw_inode[at..])?,
         None => Vec::new(),
@@ -377,6 +386,17 @@ fn update(
         }
     }
 
+    // Lists parsed from damaged areas (values overlapping each other) can be larger than
+    // their area once laid out properly.
+    let too_big = |entries: &[Entry], room: usize| xattr::space(entries) > room;
+    if (block_changed && too_big(&bentries, store.block_size() - xattr::BLOCK_HEADER))
+        || (ibody_changed && ibody_at.is_some_and(|at| too_big(&ibody, raw_inode.len() - at - 4)))
+    {
+        return Err(Error::corrupt(format!(
+            "inode {}: xattr entries overlap",
+            ctx.ino
+        )));
+    }
     // The block first: it is the part that can fail (allocation); the inode bytes change
     // only once it has succeeded.
     let delta = if block_changed {

@@ -1,0 +1,87 @@
+//! setxattr/removexattr of an rw mount: `xattr_update` applied to the inode's bytes inside
+//! one write operation, then the inode written back with its block count and ctime.
+
+use super::io::Store;
+use super::xattr_update::{self, XattrCtx};
+use super::{alloc, now, Ctx};
+use crate::ext::ExtFs;
+use crate::vfs::XattrSet;
+use crate::Result;
+
+/// s_feature_compat's ext_attr bit, which the kernel sets on the first xattr write.
+const COMPAT_EXT_ATTR: u32 = 0x8;
+const I_FILE_ACL_LO: usize = 0x68;
+const I_FILE_ACL_HI: usize = 0x76;
+
+impl ExtFs {
+    pub(crate) fn w_setxattr(
+        &self,
+        ino: u32,
+        name: &[u8],
+        value: &[u8],
+        how: XattrSet,
+    ) -> Result<()> {
+        self.with_writer(|cx| {
+            cx.change_xattrs(ino, |store, ctx, raw| {
+                xattr_update::set(store, ctx, raw, name, value, how)
+            })
+        })
+    }
+
+    pub(crate) fn w_removexattr(&self, ino: u32, name: &[u8]) -> Result<()> {
+        self.with_writer(|cx| {
+            cx.change_xattrs(ino, |store, ctx, raw| {
+                xattr_update::remove(store, ctx, raw, name)
+            })
+        })
+    }
+}
+
+impl Ctx<'_> {
+    /// Runs `f` on an image of the inode's record holding what xattr updates read and
+    /// change (mode, i_file_acl, the extra area), then takes those back into the inode.
+    fn change_xattrs(
+        &mut self,
+        ino: u32,
+        f: impl FnOnce(&mut dyn Store, &XattrCtx, &mut [u8]) -> Result<i64>,
+    ) -> Result<()> {
+        let mut inode = self.get(ino)?;
+        let sb = self.fs.sb.clone();
+        let mut raw = vec![0u8; 128 + inode.extra.len()];
+        raw[0..2].copy_from_slice(&inode.mode.to_le_bytes());
+        raw[I_FILE_ACL_LO..I_FILE_ACL_LO + 4]
+            .copy_from_slice(&(inode.file_acl as u32).to_le_bytes());
+        raw[I_FILE_ACL_HI..I_FILE_ACL_HI + 2]
+            .copy_from_slice(&((inode.file_acl >> 32) as u16).to_le_bytes());
+        raw[128..].copy_from_slice(&inode.extra);
+        let group = u64::from((ino - 1) / sb.inodes_per_group);
+        let ctx = XattrCtx {
+            ino,
+            csum_seed: sb.metadata_csum().then(|| sb.csum_seed()),
+            goal: sb.group_first_block(group),
+        };
+        let delta = f(self, &ctx, &mut raw)?;
+        inode.mode = u16::from_le_bytes([raw[0], raw[1]]);
+        inode.file_acl = u64::from(u32::from_le_bytes([
+            raw[I_FILE_ACL_LO],
+            raw[I_FILE_ACL_LO + 1],
+            raw[I_FILE_ACL_LO + 2],
+            raw[I_FILE_ACL_LO + 3],
+        ])) | u64::from(u16::from_le_bytes([
+            raw[I_FILE_ACL_HI],
+            raw[I_FILE_ACL_HI + 1],
+        ])) << 32;
+        inode.extra = raw[128..].to_vec();
+        let sectors = i64::from(sb.block_size / 512);
+        inode.blocks = (inode.blocks as i64 + delta * sectors).max(0) as u64;
+        inode.ctime = now();
+        self.write_inode(&inode)?;
+        if !sb.has_compat(COMPAT_EXT_ATTR) {
+            alloc::update_superblock(self.tx(), &sb, |r| {
+                let c = u32::from_le_bytes([r[0x5C], r[0x5D], r[0x5E], r[0x5F]]) | COMPAT_EXT_ATTR;
+                r[0x5C..0x60].copy_from_slice(&c.to_le_bytes());
+            })?;
+        }
+        Ok(())
+    }
+}
