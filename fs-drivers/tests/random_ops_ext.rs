@@ -65,10 +65,11 @@ fn ext_with(tag: &str, mkfs_args: &[&str], mut caps: Caps, extents: bool, seed: 
 /// For isolating a failure while a feature is missing: RANDOM_OPS_WITHOUT=xattrs,fallocate,...
 /// expects the vfs defaults' errors for those instead (never set in CI).
 ///
-/// `NOT_YET` lists what the ext writer does not do yet (issue 12): those operations must
-/// answer the vfs defaults' errors (EOPNOTSUPP), so the day one starts working these tests
-/// fail until it is taken off the list and judged like the rest.
-const NOT_YET: &str = "";
+/// `NOT_YET` lists what the ext writer does not do yet (issue 12): the tester then expects
+/// what it does today (the vfs defaults' EOPNOTSUPP for a missing operation; an ACL left
+/// alone by chmod for `acl_chmod`), so the day it starts working these tests fail until it
+/// is taken off the list and judged like the rest.
+const NOT_YET: &str = "acl_chmod";
 
 fn reduce_caps(caps: &mut Caps) {
     let list = match std::env::var("RANDOM_OPS_WITHOUT") {
@@ -78,6 +79,7 @@ fn reduce_caps(caps: &mut Caps) {
     for what in list.split(',') {
         match what.trim() {
             "xattrs" => caps.xattrs = false,
+            "acl_chmod" => caps.acl_chmod = false,
             "fallocate" => caps.fallocate = false,
             "links" => caps.links = false,
             "symlinks" => caps.symlinks = false,

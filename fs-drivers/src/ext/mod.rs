@@ -737,8 +737,6 @@ impl ExtFs {
 
     /// The internal journal's device blocks in journal order, as (first block, count) runs,
     /// for the journal writer.
-    // Used by the writer's tests until the core writer opens the journal with it.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn journal_runs(&self) -> Result<Vec<(u64, u64)>> {
         let inode = self.inode(self.sb.journal_inum)?;
         let blocks = inode.size / u64::from(self.sb.block_size);
@@ -756,12 +754,6 @@ impl ExtFs {
             lblk += len;
         }
         Ok(runs)
-    }
-
-    /// The filesystem uuid (the journal writer's tag uuid).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn uuid(&self) -> [u8; 16] {
-        self.sb.uuid
     }
 
     /// Whether open() replayed journal transactions in memory.

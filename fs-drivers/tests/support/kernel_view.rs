@@ -30,7 +30,11 @@ pub fn kind_of(ft: std::fs::FileType) -> FileType {
 
 /// getfattr's path quoting: backslash-octal escapes.
 pub fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
+    unescape_bytes(s.as_bytes())
+}
+
+/// `unescape` over raw bytes: getfattr passes bytes that are not UTF-8 through unescaped.
+pub fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -38,7 +42,10 @@ pub fn unescape(s: &str) -> Vec<u8> {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).expect("octal"));
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+            out.push(v as u8);
             i += 4;
         } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
             out.push(b'\\');
@@ -61,22 +68,24 @@ pub fn xattrs_tree(root: &Path) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>
     let prefix = root.as_os_str().as_bytes().len();
     let mut all = BTreeMap::new();
     let mut cur = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(p) = line.strip_prefix("# file: ") {
-            let full = unescape(p);
+    // Lines as bytes: paths need not be UTF-8.
+    for line in out.stdout.split(|b| *b == b'\n') {
+        if let Some(p) = line.strip_prefix(b"# file: ") {
+            let full = unescape_bytes(p);
             cur = full[prefix..]
                 .strip_prefix(b"/")
                 .unwrap_or(&full[prefix..])
                 .to_vec();
-        } else if let Some((k, v)) = line.split_once('=') {
-            let v = v.strip_prefix("0x").unwrap_or("");
-            let bytes = (0..v.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&v[i..i + 2], 16).expect("hex"))
+        } else if let Some(eq) = line.iter().position(|b| *b == b'=') {
+            let (k, v) = (&line[..eq], &line[eq + 1..]);
+            let v = v.strip_prefix(b"0x").unwrap_or(b"");
+            let bytes = v
+                .chunks(2)
+                .map(|h| u8::from_str_radix(std::str::from_utf8(h).expect("hex"), 16).expect("hex"))
                 .collect();
             all.entry(cur.clone())
                 .or_insert_with(BTreeMap::new)
-                .insert(unescape(k), bytes);
+                .insert(unescape_bytes(k), bytes);
         }
     }
     all

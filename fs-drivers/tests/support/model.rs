@@ -385,8 +385,26 @@ pub fn check_model(model: &Model, view: &View, f: &Fields) -> Result<(), String>
                     .collect::<Vec<_>>()
                     .join(",")
             };
+            let hex = |v: Option<&Vec<u8>>| match v {
+                Some(v) if v.len() <= 64 => v.iter().map(|b| format!("{b:02x}")).collect(),
+                Some(v) => format!("{} bytes", v.len()),
+                None => "absent".to_string(),
+            };
+            let first = e
+                .xattrs
+                .keys()
+                .chain(m.xattrs.keys())
+                .find(|k| e.xattrs.get(*k) != m.xattrs.get(*k));
+            let detail = first.map_or(String::new(), |k| {
+                format!(
+                    "; {}: {} vs the model's {}",
+                    show(k),
+                    hex(e.xattrs.get(k)),
+                    hex(m.xattrs.get(k))
+                )
+            });
             return Err(format!(
-                "{at}: xattrs [{}], the model says [{}]",
+                "{at}: xattrs [{}], the model says [{}]{detail}",
                 names(&e.xattrs),
                 names(&m.xattrs)
             ));

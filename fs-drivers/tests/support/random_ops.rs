@@ -25,6 +25,9 @@ pub struct Caps {
     /// FIFOs, sockets and device nodes.
     pub nodes: bool,
     pub xattrs: bool,
+    /// chmod rewrites the access ACL's owner, mask (or group) and other entries, as the
+    /// kernel's posix_acl_chmod does (a FUSE server with POSIX ACLs must do it itself).
+    pub acl_chmod: bool,
     pub owners: bool,
     /// Every permission bit is stored (FAT keeps only a read-only flag).
     pub modes: bool,
@@ -59,6 +62,7 @@ impl Caps {
             symlinks: false,
             nodes: false,
             xattrs: false,
+            acl_chmod: false,
             owners: false,
             modes: false,
             rename_flags: false,
@@ -84,6 +88,7 @@ impl Caps {
             symlinks: true,
             nodes: true,
             xattrs: true,
+            acl_chmod: true,
             owners: true,
             modes: true,
             rename_flags: true,
@@ -290,6 +295,49 @@ fn acl(rng: &mut Rng) -> Vec<u8> {
     }
     ent(0x20, u32::MAX, rng);
     v
+}
+
+const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+
+/// posix_acl_update_mode's view of an access ACL: the permission bits it gives the file
+/// (owner, mask or group, other) and whether it is equivalent to them (then the kernel
+/// stores no ACL at all).
+fn acl_mode(acl: &[u8]) -> (u16, bool) {
+    let (mut user, mut group, mut mask, mut other, mut named) = (0, 0, None, 0, false);
+    for e in acl.get(4..).unwrap_or_default().chunks_exact(8) {
+        let (tag, perm) = (
+            u16::from_le_bytes([e[0], e[1]]),
+            u16::from_le_bytes([e[2], e[3]]) & 7,
+        );
+        match tag {
+            0x01 => user = perm,
+            0x04 => group = perm,
+            0x10 => mask = Some(perm),
+            0x20 => other = perm,
+            _ => named = true,
+        }
+    }
+    let g = mask.unwrap_or(group);
+    ((user << 6) | (g << 3) | other, !named && mask.is_none())
+}
+
+/// posix_acl_chmod: the access ACL follows a chmod (owner, mask or group, other entries).
+fn acl_chmod(acl: &mut [u8], perm: u16) {
+    let has_mask = acl
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .any(|e| u16::from_le_bytes([e[0], e[1]]) == 0x10);
+    for e in acl.get_mut(4..).unwrap_or_default().chunks_exact_mut(8) {
+        let bits = match u16::from_le_bytes([e[0], e[1]]) {
+            0x01 => (perm >> 6) & 7,
+            0x04 if !has_mask => (perm >> 3) & 7,
+            0x10 => (perm >> 3) & 7,
+            0x20 => perm & 7,
+            _ => continue,
+        };
+        e[2..4].copy_from_slice(&bits.to_le_bytes());
+    }
 }
 
 impl Tester {
@@ -886,9 +934,14 @@ impl Tester {
         if r.is_err() {
             return Ok(());
         }
+        let acl_follows_chmod = self.caps.acl_chmod;
         let n = self.model.node_mut(id);
         if let Some(m) = ch.mode {
             n.perm = (m & 0o7777) as u16;
+            let perm = n.perm;
+            if let (Some(acl), true) = (n.xattrs.get_mut(ACL_ACCESS), acl_follows_chmod) {
+                acl_chmod(acl, perm);
+            }
         }
         if let Some(u) = ch.uid {
             n.uid = u;
@@ -967,8 +1020,12 @@ impl Tester {
             return Ok(());
         }
         let r = fs.setxattr(ino, &name, &value, how);
+        // ACLs go through set_posix_acl, which takes no XATTR_CREATE/REPLACE.
+        let acl = name.starts_with(b"system.posix_acl_");
         let want = if !self.caps.xattrs {
             libc::EOPNOTSUPP
+        } else if acl {
+            0
         } else {
             match how {
                 XattrSet::Create if exists => libc::EEXIST,
@@ -984,7 +1041,17 @@ impl Tester {
         );
         expect(&what, &r, want)?;
         if r.is_ok() {
-            self.model.node_mut(id).xattrs.insert(name, value);
+            let n = self.model.node_mut(id);
+            if name == ACL_ACCESS {
+                // posix_acl_update_mode: the mode follows; an equivalent ACL is not stored.
+                let (bits, equivalent) = acl_mode(&value);
+                n.perm = (n.perm & !0o777) | bits;
+                if equivalent {
+                    n.xattrs.remove(&name);
+                    return Ok(());
+                }
+            }
+            n.xattrs.insert(name, value);
         }
         Ok(())
     }

@@ -65,6 +65,8 @@ const SB_INCOMPAT: usize = 0x28;
 const SB_UUID: usize = 0x30;
 const SB_CHECKSUM_TYPE: usize = 0x50;
 const SB_NUM_FC_BLKS: usize = 0x54;
+/// Where the log continues after a clean unmount (kernels since 6.4 keep it; padding before).
+const SB_HEAD: usize = 0x58;
 const CRC32C_CHKSUM: u8 = 4;
 const SB_CHECKSUM: usize = 0xFC;
 /// The superblock's checksummed size (sizeof(journal_superblock_t)).
@@ -221,6 +223,20 @@ impl JournalSb {
         self.raw[SB_COMPAT..SB_COMPAT + 4].copy_from_slice(&compat.to_be_bytes());
         self.raw[SB_INCOMPAT..SB_INCOMPAT + 4].copy_from_slice(&incompat.to_be_bytes());
         true
+    }
+
+    /// Where the previous user of an empty log stopped, if it recorded it and it is in the
+    /// log.
+    pub fn head(&self) -> Option<u32> {
+        let h = be32_at(&self.raw, SB_HEAD);
+        (self.v2() && h >= self.first() && h < self.log_end()).then_some(h)
+    }
+
+    /// Records where the log continues (with an empty log), as jbd2 does at unmount.
+    pub fn set_head(&mut self, head: u32) {
+        if self.v2() {
+            self.raw[SB_HEAD..SB_HEAD + 4].copy_from_slice(&head.to_be_bytes());
+        }
     }
 
     /// The whole block as it goes to disk, checksum updated.

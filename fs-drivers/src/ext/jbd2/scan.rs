@@ -119,7 +119,9 @@ pub fn scan(
                 committed.extend(pending.drain(..).map(|l| (seq, l)));
                 for blk in pending_revokes.drain(..) {
                     let e = revoked.entry(blk).or_insert(seq);
-                    *e = (*e).max(seq);
+                    if tid_gt(seq, *e) {
+                        *e = seq;
+                    }
                 }
                 out.transactions += 1;
                 seq = seq.wrapping_add(1);
@@ -146,12 +148,13 @@ pub fn scan(
     // including R (jbd2_journal_test_revoke); sequences are compared as jbd2's tid_gt does.
     out.replay = committed
         .into_iter()
-        .filter(|(tseq, l)| {
-            revoked
-                .get(&l.fs_block)
-                .is_none_or(|&r| (tseq.wrapping_sub(r) as i32) > 0)
-        })
+        .filter(|(tseq, l)| revoked.get(&l.fs_block).is_none_or(|&r| tid_gt(*tseq, r)))
         .map(|(_, l)| l)
         .collect();
     Ok(out)
+}
+
+/// jbd2's tid_gt: sequence numbers wrap, so "later" is a signed difference.
+fn tid_gt(x: u32, y: u32) -> bool {
+    (x.wrapping_sub(y) as i32) > 0
 }

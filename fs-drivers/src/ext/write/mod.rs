@@ -12,6 +12,7 @@ mod dir_image_tests;
 pub(crate) mod dir_testing;
 pub(crate) mod dir_update;
 pub(crate) mod extent_tree;
+mod fallocate;
 mod file_blocks;
 pub(crate) mod htree_update;
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::block::BlockDevice;
 use crate::ext::inode::{flags, Inode};
 use crate::ext::superblock::incompat;
 use crate::ext::{ExtFs, Run};
-use crate::vfs::{Attr, Fallocate, FileType, NewNode, RenameFlags, SetAttr};
+use crate::vfs::{Attr, FileType, NewNode, RenameFlags, SetAttr};
 use crate::{Error, Result};
 
 /// The most links an inode may have (EXT4_LINK_MAX); directories past it count as 1
@@ -267,7 +267,7 @@ impl ExtFs {
         sh.commit(&mut st)
     }
 
-    fn max_file_size(&self) -> u64 {
+    pub(crate) fn max_file_size(&self) -> u64 {
         let bs = u64::from(self.sb.block_size);
         if self.sb.has_incompat(incompat::EXTENTS) {
             (1u64 << 32) * bs - bs
@@ -724,7 +724,7 @@ impl Ctx<'_> {
     }
 
     /// A block near the inode's data (its last block) or its group.
-    fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
+    pub(crate) fn goal(&self, inode: &Inode, lblk: u64) -> u64 {
         if lblk > 0 {
             if let Ok(Run::Mapped { pblk, .. }) = self.fs.map(inode, lblk - 1) {
                 return pblk + 1;
@@ -854,7 +854,10 @@ impl Ctx<'_> {
             self.truncate_blocks(inode, size.div_ceil(bs))?;
             if size % bs != 0 {
                 let lblk = size / bs;
-                let written = self.written_block(inode, lblk)?;
+                let written = match self.lookup_block(inode, lblk)? {
+                    Some((p, false)) => Some(p),
+                    _ => None,
+                };
                 if let Some(p) = written {
                     let skip = size % bs;
                     self.tx()
@@ -875,125 +878,5 @@ impl Ctx<'_> {
 impl Inode {
     fn dtime_now(&mut self) {
         self.ctime = now();
-    }
-}
-
-impl ExtFs {
-    pub(crate) fn w_fallocate(
-        &self,
-        ino: u32,
-        offset: u64,
-        len: u64,
-        mode: Fallocate,
-    ) -> Result<()> {
-        if len == 0 {
-            return Err(Error::Invalid("fallocate of 0 bytes".into()));
-        }
-        let end = offset.checked_add(len).ok_or(Error::FileTooBig)?;
-        if end > self.max_file_size() {
-            return Err(Error::FileTooBig);
-        }
-        self.with_writer(|cx| {
-            let mut inode = cx.get(ino)?;
-            match inode.kind()? {
-                FileType::Regular => {}
-                FileType::Directory => return Err(Error::IsDir),
-                _ => return Err(Error::Invalid("not a regular file".into())),
-            }
-            let extents = inode.has_flag(flags::EXTENTS);
-            if !extents && mode != Fallocate::PunchHole {
-                return Err(Error::Unsupported(
-                    "fallocate on a block-mapped file".into(),
-                ));
-            }
-            let bs = u64::from(cx.fs.sb.block_size);
-            // Whole blocks inside the range; the partial edges are zeroed in place.
-            let full_from = offset.div_ceil(bs);
-            let full_to = end / bs;
-            match mode {
-                Fallocate::Allocate | Fallocate::KeepSize => {
-                    cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
-                    if mode == Fallocate::Allocate && end > inode.size {
-                        inode.size = end;
-                    }
-                }
-                Fallocate::PunchHole => {
-                    let stop = end.min(inode.size);
-                    if offset < stop {
-                        cx.zero_edges(&inode, offset, stop)?;
-                        if full_from < full_to {
-                            cx.unmap(&mut inode, full_from, full_to)?;
-                        }
-                    }
-                }
-                Fallocate::ZeroRange { keep_size } => {
-                    let stop = if keep_size { end.min(inode.size) } else { end };
-                    if offset < stop {
-                        let size = inode.size;
-                        cx.zero_edges(&inode, offset, stop.min(size))?;
-                        if full_from < full_to {
-                            cx.unmap(&mut inode, full_from, full_to)?;
-                        }
-                        cx.alloc_unwritten(&mut inode, offset / bs, end.div_ceil(bs))?;
-                    }
-                    if !keep_size && end > inode.size {
-                        inode.size = end;
-                    }
-                }
-            }
-            let t = now();
-            inode.ctime = t;
-            inode.mtime = t;
-            cx.write_inode(&inode)?;
-            Ok(())
-        })
-    }
-}
-
-impl Ctx<'_> {
-    /// Unwritten extents over the holes of `from..to` (logical blocks).
-    fn alloc_unwritten(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
-        let goal = self.goal(inode, from);
-        let runs = self.map_range(inode, from, to - from, goal, true)?;
-        let covered: u64 = runs.iter().map(|r| u64::from(r.len)).sum();
-        if covered < to - from {
-            return Err(Error::NoSpace);
-        }
-        Ok(())
-    }
-
-    /// Frees the blocks of `from..to` (logical), leaving a hole.
-    fn unmap(&mut self, inode: &mut Inode, from: u64, to: u64) -> Result<()> {
-        self.unmap_range(inode, from, to)
-    }
-
-    /// Zeros the bytes of `from..to` that share a block with bytes outside it (written
-    /// blocks only: holes and unwritten extents already read as zeros).
-    fn zero_edges(&mut self, inode: &Inode, from: u64, to: u64) -> Result<()> {
-        let bs = u64::from(self.fs.sb.block_size);
-        if from >= to {
-            return Ok(());
-        }
-        let mut edges = vec![(from, to.min((from / bs + 1) * bs))];
-        if to % bs != 0 && to / bs != from / bs {
-            edges.push(((to / bs) * bs, to));
-        }
-        for (a, b) in edges {
-            if a >= b || (a % bs == 0 && b % bs == 0) {
-                continue;
-            }
-            if let Some(p) = self.written_block(inode, a / bs)? {
-                self.tx()
-                    .write_direct_at(p * bs + a % bs, &vec![0; (b - a) as usize])?;
-            }
-        }
-        Ok(())
-    }
-
-    fn written_block(&mut self, inode: &Inode, lblk: u64) -> Result<Option<u64>> {
-        Ok(match self.lookup_block(inode, lblk)? {
-            Some((p, false)) => Some(p),
-            _ => None,
-        })
     }
 }

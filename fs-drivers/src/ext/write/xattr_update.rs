@@ -48,10 +48,12 @@ const H_CHECKSUM: usize = 0x10;
 /// Sets `name` (full name, e.g. `user.x`, `system.posix_acl_access`) to `value`.
 ///
 /// POSIX ACLs arrive in the kernel's xattr form and are stored in ext4's form, with
-/// ext4_set_acl's rules: the flags are ignored; an ACL without entries removes the
-/// attribute; an access ACL sets the permission bits of i_mode (bytes 0..2 of the raw
-/// inode) and is not stored when those bits say it all; a default ACL on a non-directory is
-/// EACCES. Clearing S_ISGID for callers outside the group stays the caller's business.
+/// ext4_set_acl's rules: an ACL without entries removes the attribute; an access ACL sets
+/// the permission bits of i_mode (bytes 0..2 of the raw inode) and is not stored when those
+/// bits say it all; a default ACL on a non-directory is EACCES. (A FUSE daemon is expected
+/// to keep the mode in step: the kernel leaves that to it.) The kernel's own setxattr path
+/// for ACLs drops the CREATE/REPLACE flags (FUSE passes 0); here they are honoured as for
+/// any name. Clearing S_ISGID for callers outside the group stays the caller's business.
 ///
 /// Returns the change of the inode's block count in filesystem blocks (+1 when an xattr
 /// block was added, -1 when one was dropped); the caller adjusts i_blocks and ctime, and
@@ -78,22 +80,14 @@ pub fn set(
     }
     let Some(disk) = acl::from_xattr(value)? else {
         let op = Op::Remove { missing_ok: true };
-        return update(store, ctx, raw_inode, index, suffix, op, XattrSet::Either);
+        return update(store, ctx, raw_inode, index, suffix, op, how);
     };
     let mode = u16_at(raw_inode, 0);
     if index == 3 {
         if mode & S_IFMT != S_IFDIR {
             return Err(Error::Access("default ACL on a non-directory".into()));
         }
-        return update(
-            store,
-            ctx,
-            raw_inode,
-            index,
-            suffix,
-            Op::Set(disk),
-            XattrSet::Either,
-        );
+        return update(store, ctx, raw_inode, index, suffix, Op::Set(disk), how);
     }
     let (perms, equiv) = acl::equiv_mode(value);
     let op = if equiv {
@@ -101,15 +95,15 @@ pub fn set(
     } else {
         Op::Set(disk)
     };
-    let delta = update(store, ctx, raw_inode, index, suffix, op, XattrSet::Either)?;
+    let delta = update(store, ctx, raw_inode, index, suffix, op, how)?;
     let mode = (mode & !0o777) | perms;
     raw_inode[0..2].copy_from_slice(&mode.to_le_bytes());
     Ok(delta)
 }
 
 /// Removes `name`; `Error::NoData` when the inode does not have it. User attributes exist
-/// only on files and directories (EPERM elsewhere, as the kernel's xattr_permission). Returns the block-count
-/// change as `set` does.
+/// only on files and directories (EPERM elsewhere, as the kernel's xattr_permission).
+/// Returns the block-count change as `set` does.
 pub fn remove(
     store: &mut dyn Store,
     ctx: &XattrCtx,

@@ -137,3 +137,63 @@ fn tags_per_descriptor(fmt: &Format) -> usize {
     let room = fmt.payload_end() - HEADER - 16;
     room / fmt.tag_size()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(block_size: usize, bit64: bool, csum2: bool, csum3: bool) -> Format {
+        Format {
+            block_size,
+            bit64,
+            csum2,
+            csum3,
+            csum_v1: false,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn max_blocks_is_the_most_that_fits_the_budget() {
+        for bs in [1024, 4096, 65536] {
+            for (b64, c2, c3) in [
+                (false, false, false),
+                (true, false, true),
+                (true, true, false),
+            ] {
+                let f = format(bs, b64, c2, c3);
+                for budget in [2, 3, 64, 255, 256, 1000, 8191] {
+                    let max = Layout::max_blocks(&f, budget) as usize;
+                    assert!(Layout::new(&f, max, 0).total <= budget, "{bs} {budget}");
+                    assert!(Layout::new(&f, max + 1, 0).total > budget, "{bs} {budget}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocks_are_split_over_descriptors_and_revoke_blocks() {
+        let f = format(1024, true, false, true);
+        let per = tags_per_descriptor(&f);
+        // The first tag carries the uuid; the rest fit in what is left before the tail.
+        assert_eq!(per, (1024 - 4 - HEADER - 16) / 16);
+        let data = vec![7u8; 1024];
+        let logged: Vec<(u64, &[u8])> = (0..per as u64 + 1).map(|b| (b, &data[..])).collect();
+        let revokes: Vec<u64> = (0..200).collect();
+        let l = Layout::new(&f, logged.len(), revokes.len());
+        let (log, commit) = l.build(&f, 9, &[0; 16], &logged, &revokes);
+        // Two revoke blocks (125 records each), two descriptors, the data, the commit.
+        assert_eq!(log.len(), 2 + 2 + per + 1);
+        assert_eq!(l.total, log.len() as u64 + 1);
+        for b in log.iter().take(2) {
+            assert_eq!(crate::ext::le::be32_at(b, 4), REVOKE);
+            assert!(f.block_csum_ok(b, 1020));
+        }
+        let first_desc = &log[2];
+        assert_eq!(crate::ext::le::be32_at(first_desc, 4), DESCRIPTOR);
+        // Tag i sits after the first tag's uuid: HEADER + 16 (uuid) + 16 * i.
+        let last = f.decode_tag(first_desc, HEADER + 16 + (per - 1) * 16);
+        assert_ne!(last.flags & FLAG_LAST_TAG, 0);
+        assert!(f.block_csum_ok(&commit, jbd2::COMMIT_CSUM));
+    }
+}

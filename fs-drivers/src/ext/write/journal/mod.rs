@@ -22,6 +22,8 @@ mod tests;
 
 use crate::block::DeviceRef;
 use crate::ext::jbd2::{self, Format, JournalSb, INCOMPAT_FAST_COMMIT, MAGIC};
+use crate::ext::superblock::compat;
+use crate::ext::ExtFs;
 use crate::{Error, Result};
 use layout::Layout;
 use std::collections::{HashMap, HashSet};
@@ -97,13 +99,33 @@ impl Journal {
             end,
             // jbd2 starts one past the superblock's sequence when the log is empty.
             seq: sb.sequence().wrapping_add(1),
-            head: first,
+            // Continue the log where its last user stopped, as jbd2 does (old history stays
+            // readable for logdump); its blocks carry older sequences either way.
+            head: sb.head().filter(|_| sb.start() == 0).unwrap_or(first),
             used: 0,
             live: HashSet::new(),
             unrecovered: sb.start() != 0,
             aborted: false,
             sb,
         })
+    }
+
+    /// The internal journal of `fs`, on the device `fs` reads through. External journals
+    /// are `Unsupported`. Follow with `recover` when `needs_recovery`, then, to log as the
+    /// kernel would, `enable_features(fs_64bit, metadata_csum)`.
+    pub fn open_fs(fs: &ExtFs) -> Result<Journal> {
+        if !fs.sb.has_compat(compat::HAS_JOURNAL) {
+            return Err(Error::Invalid("the filesystem has no journal".into()));
+        }
+        if fs.sb.journal_inum == 0 {
+            return Err(Error::Unsupported("external journal".into()));
+        }
+        Journal::open(
+            fs.dev.clone(),
+            fs.sb.block_size,
+            fs.journal_runs()?,
+            fs.sb.uuid,
+        )
     }
 
     /// Upgrades the journal's format as the kernel's ext4 does at mount: 64-bit tags when
@@ -184,6 +206,7 @@ impl Journal {
         // Skip one sequence past the log's end, as jbd2 does, so an uncommitted
         // transaction's leftovers can never look like the next one.
         self.sb.set_log(0, scan.next_seq.wrapping_add(1));
+        self.sb.set_head(self.first);
         self.write_sb()?;
         self.dev.flush()?;
         self.aborted = false;
@@ -216,6 +239,12 @@ impl Journal {
         for &(blk, data) in blocks {
             if data.len() != bs {
                 return Err(Error::Invalid("journal block of the wrong size".into()));
+            }
+            let end = blk.checked_add(1).and_then(|e| e.checked_mul(bs as u64));
+            if end.is_none_or(|e| e > self.dev.size()) {
+                return Err(Error::Invalid(format!(
+                    "block {blk} lies beyond the device"
+                )));
             }
             match index.get(&blk) {
                 Some(&i) => logged[i].1 = data,
@@ -284,6 +313,7 @@ impl Journal {
         // superblock lets go of their log copies.
         self.dev.flush()?;
         self.sb.set_log(0, self.seq);
+        self.sb.set_head(self.head);
         self.write_sb()?;
         self.dev.flush()?;
         self.aborted = false;

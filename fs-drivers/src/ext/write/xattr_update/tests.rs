@@ -352,15 +352,10 @@ fn acls_are_stored_in_ext4_form() {
         (0x10, 6, U),
         (0x20, 0, U),
     ]);
-    set(
-        &mut s,
-        &ctx(),
-        &mut raw,
-        b"system.posix_acl_access",
-        &a,
-        XattrSet::Replace,
-    )
-    .unwrap();
+    let access = b"system.posix_acl_access";
+    let r = set(&mut s, &ctx(), &mut raw, access, &a, XattrSet::Replace);
+    assert!(matches!(r, Err(Error::NoData)));
+    set(&mut s, &ctx(), &mut raw, access, &a, XattrSet::Create).unwrap();
     let e = &xattr::parse_ibody(&raw[160..]).unwrap()[0];
     assert_eq!((e.index, e.name.len()), (2, 0));
     let Value::Inline(disk) = &e.value else {
