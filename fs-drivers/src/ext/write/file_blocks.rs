@@ -22,10 +22,18 @@ impl Ctx<'_> {
         }
     }
 
-    fn account(&self, inode: &mut Inode, delta: i64) {
+    /// Whether the inode's extent tree has blocks outside the inode (which the reader may
+    /// hold in its node cache).
+    fn deep(inode: &Inode) -> bool {
+        inode.has_flag(flags::EXTENTS) && u16::from_le_bytes([inode.block[6], inode.block[7]]) > 0
+    }
+
+    /// Applies a blocks delta to i_blocks and drops the reader's cached tree nodes when the
+    /// tree had or has any (`was_deep`: before the change).
+    fn account(&self, inode: &mut Inode, delta: i64, was_deep: bool) {
         let sectors = i64::from(self.fs.sb.block_size / 512);
         inode.blocks = (inode.blocks as i64 + delta * sectors).max(0) as u64;
-        if inode.has_flag(flags::EXTENTS) {
+        if was_deep || Self::deep(inode) {
             self.fs.invalidate_extents(inode.ino);
         }
     }
@@ -49,13 +57,14 @@ impl Ctx<'_> {
         if lblk + n > 1 << 32 {
             return Err(Error::FileTooBig);
         }
+        let was_deep = Self::deep(inode);
         let (runs, delta) = if inode.has_flag(flags::EXTENTS) {
             let owner = Self::owner(inode);
             extent_tree::map_alloc(self, &mut inode.block, owner, start, len, goal, unwritten)?
         } else {
             block_map_write::map_alloc(self, &mut inode.block, start, len, goal)?
         };
-        self.account(inode, delta);
+        self.account(inode, delta, was_deep);
         Ok(runs)
     }
 
@@ -67,8 +76,9 @@ impl Ctx<'_> {
         }
         let len = n.min((1 << 32) - lblk) as u32;
         let owner = Self::owner(inode);
+        let was_deep = Self::deep(inode);
         let delta = extent_tree::convert_written(self, &mut inode.block, owner, lblk as u32, len)?;
-        self.account(inode, delta);
+        self.account(inode, delta, was_deep);
         Ok(())
     }
 
@@ -78,13 +88,14 @@ impl Ctx<'_> {
             return Ok(());
         }
         let to = if to >= 1 << 32 { u32::MAX } else { to as u32 };
+        let was_deep = Self::deep(inode);
         let delta = if inode.has_flag(flags::EXTENTS) {
             let owner = Self::owner(inode);
             extent_tree::punch(self, &mut inode.block, owner, from as u32, to)?
         } else {
             block_map_write::punch(self, &mut inode.block, from as u32, to)?
         };
-        self.account(inode, delta);
+        self.account(inode, delta, was_deep);
         Ok(())
     }
 
