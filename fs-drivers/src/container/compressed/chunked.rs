@@ -9,9 +9,9 @@ use crate::{Error, Result};
 use lru::LruCache;
 use std::sync::{Arc, Mutex};
 
-/// Decodes one piece from the compressed device into exactly `chunk.u_len` bytes, or says
-/// why it cannot (a corrupt or truncated piece: EIO for the reads that need it).
-pub type DecodeFn = fn(&DeviceRef, &Chunk) -> Result<Vec<u8>>;
+/// Decodes piece number `i` from the compressed device into exactly `chunk.u_len` bytes, or
+/// says why it cannot (a corrupt or truncated piece: EIO for the reads that need it).
+pub type DecodeFn = Arc<dyn Fn(&DeviceRef, usize, &Chunk) -> Result<Vec<u8>> + Send + Sync>;
 
 /// Bytes of decoded pieces kept (a sequential reader keeps hitting the piece it is in).
 const HELD_MAX: u64 = 96 << 20;
@@ -56,7 +56,7 @@ impl ChunkedDevice {
             return Ok(p.clone());
         }
         // Decoded outside the lock: other readers go on meanwhile (two may decode one piece).
-        let data = (self.decode)(&self.src, chunk).map_err(|e| {
+        let data = (self.decode)(&self.src, i, chunk).map_err(|e| {
             Error::corrupt(format!(
                 "{} piece at decoded byte {}: {e}",
                 self.index.codec.name(),

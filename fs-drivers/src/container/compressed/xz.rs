@@ -20,6 +20,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    checkpoints: None,
 };
 
 fn corrupt(why: String) -> Error {

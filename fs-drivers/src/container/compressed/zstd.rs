@@ -29,6 +29,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    checkpoints: None,
 };
 
 fn is_skippable(m: u32) -> bool {
