@@ -329,6 +329,23 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_indexes_count_bits_and_belong_to_gzip() {
+        let mut ix = sample();
+        ix.windows = true;
+        assert!(ix.validate(15).is_err(), "windows on zstd accepted");
+        ix.codec = Codec::Gzip;
+        let back = Index::parse(&ix.to_bytes()).unwrap();
+        assert_eq!(back, ix);
+        // 15 bits of pieces fit in 2 bytes when positions count bits.
+        back.validate(2).unwrap();
+        assert!(back.validate(1).is_err());
+        assert_eq!(back.windows_len(), 2 * WINDOW);
+        let mut old = ix.to_bytes();
+        old[7] = b'1';
+        assert!(Index::parse(&old).is_err(), "a version-1 file accepted");
+    }
+
+    #[test]
     fn refuses_damage() {
         let bytes = sample().to_bytes();
         for i in 0..bytes.len() {
