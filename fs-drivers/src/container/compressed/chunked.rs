@@ -146,7 +146,7 @@ impl Shared {
         let mut held = self.lock();
         let sequential = held.last.is_some_and(|l| l + 1 == i);
         held.last = Some(i);
-        if !sequential {
+        if !sequential || !super::read_ahead_allowed() {
             return;
         }
         for j in i + 1..(i + 1 + AHEAD).min(self.index.chunks.len()) {
@@ -271,6 +271,7 @@ mod tests {
     /// piece decoded once, and the damaged last piece an error for whoever reads it.
     #[test]
     fn sequential_readers_share_pieces_decoded_ahead() {
+        super::super::allow_read_ahead(true);
         let calls = Arc::new((0..N).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
         let dev = Arc::new(device(calls.clone()));
         let readers: Vec<_> = (0..2)

@@ -24,7 +24,7 @@ use chunked::{ChunkedDevice, DecodeFn};
 use decoded::{DecodedFile, DevReader};
 use index::{Chunk, Codec, Index, CHUNK_MAX};
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use cache::{identity, BUDGET as CACHE_BUDGET};
@@ -51,6 +51,19 @@ pub(crate) struct CodecImpl {
 
 pub(crate) type CheckpointFn =
     fn(&DeviceRef, &PeelContext, &std::fs::File) -> Result<Option<Vec<Chunk>>>;
+
+static READ_AHEAD: AtomicBool = AtomicBool::new(false);
+
+/// Lets sequential readers of compressed images have the next pieces decoded ahead on worker
+/// threads. Off until a caller turns it on: a process that forks after opening an image (the
+/// FUSE daemon) must have no other thread at the fork, so it turns this on in the child.
+pub fn allow_read_ahead(on: bool) {
+    READ_AHEAD.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn read_ahead_allowed() -> bool {
+    READ_AHEAD.load(Ordering::Relaxed)
+}
 
 static INDEX_BUILT: AtomicU64 = AtomicU64::new(0);
 static INDEX_LOADED: AtomicU64 = AtomicU64::new(0);
