@@ -11,9 +11,14 @@ use lru::LruCache;
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Decodes piece number `i` from the compressed device into exactly `chunk.u_len` bytes, or
-/// says why it cannot (a corrupt or truncated piece: EIO for the reads that need it).
-pub type DecodeFn = Arc<dyn Fn(&DeviceRef, usize, &Chunk) -> Result<Vec<u8>> + Send + Sync>;
+/// Decodes piece number `i` from the compressed device: at least its first `want` bytes (a
+/// codec that can stop early returns just those; else all `chunk.u_len`), or says why it
+/// cannot (a corrupt or truncated piece: EIO for the reads that need it).
+pub type DecodeFn = Arc<dyn Fn(&DeviceRef, usize, &Chunk, u64) -> Result<Vec<u8>> + Send + Sync>;
+
+/// A first read of a piece decodes at least this much of it (when the codec can stop early);
+/// a read past what is held then decodes the whole piece.
+const PREFIX_MIN: u64 = 256 << 10;
 
 /// Bytes of decoded pieces kept (a sequential reader keeps hitting the piece it is in).
 const HELD_MAX: u64 = 96 << 20;
@@ -75,15 +80,19 @@ impl ChunkedDevice {
 }
 
 impl Shared {
-    fn piece(&self, i: usize) -> Result<Piece> {
+    /// Piece `i`, holding at least its first `need` bytes.
+    fn piece(&self, i: usize, need: u64) -> Result<Piece> {
         let chunk = &self.index.chunks[i];
         if chunk.zero {
             return Ok(Piece::Zero);
         }
         let mut held = self.lock();
+        let mut partial = false;
         loop {
-            if let Some(p) = held.lru.get(&i) {
-                return Ok(p.clone());
+            match held.lru.get(&i) {
+                Some(Piece::Data(d)) if (d.len() as u64) < need => partial = true,
+                Some(p) => return Ok(p.clone()),
+                None => {}
             }
             if !held.busy.contains(&i) {
                 break;
@@ -92,8 +101,14 @@ impl Shared {
         }
         held.busy.insert(i);
         drop(held);
+        // A first touch decodes a prefix; a second one past it, the whole piece.
+        let want = if partial {
+            chunk.u_len
+        } else {
+            need.max(PREFIX_MIN).min(chunk.u_len)
+        };
         // Decoded outside the lock: other readers go on meanwhile.
-        let decoded = self.decode_piece(i, chunk);
+        let decoded = self.decode_piece(i, chunk, want);
         let mut held = self.lock();
         held.busy.remove(&i);
         self.done.notify_all();
@@ -112,15 +127,15 @@ impl Shared {
         Ok(piece)
     }
 
-    fn decode_piece(&self, i: usize, chunk: &Chunk) -> Result<Piece> {
-        let data = (self.decode)(&self.src, i, chunk).map_err(|e| {
+    fn decode_piece(&self, i: usize, chunk: &Chunk, want: u64) -> Result<Piece> {
+        let data = (self.decode)(&self.src, i, chunk, want).map_err(|e| {
             Error::corrupt(format!(
                 "{} piece at decoded byte {}: {e}",
                 self.index.codec.name(),
                 chunk.u_off
             ))
         })?;
-        if data.len() as u64 != chunk.u_len {
+        if (data.len() as u64) < want || data.len() as u64 > chunk.u_len {
             return Err(Error::corrupt(format!(
                 "{} piece at decoded byte {} decodes to {} bytes, the index says {}",
                 self.index.codec.name(),
@@ -129,11 +144,14 @@ impl Shared {
                 chunk.u_len
             )));
         }
-        Ok(if data.iter().all(|&b| b == 0) {
-            Piece::Zero
-        } else {
-            Piece::Data(Arc::new(data))
-        })
+        // Only a whole piece is known to be zeros: a prefix of zeros may end in data.
+        Ok(
+            if data.len() as u64 == chunk.u_len && data.iter().all(|&b| b == 0) {
+                Piece::Zero
+            } else {
+                Piece::Data(Arc::new(data))
+            },
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -165,7 +183,7 @@ impl Shared {
                 .name("imgmount-decode".into())
                 .spawn(move || {
                     // An error is the reader's to report, when it gets there.
-                    let _ = me.piece(j);
+                    let _ = me.piece(j, u_len);
                     let mut held = me.lock();
                     held.ahead -= 1;
                     held.ahead_bytes -= u_len;
@@ -196,7 +214,7 @@ impl BlockDevice for ChunkedDevice {
             let within = (pos - chunk.u_off) as usize;
             let n = (buf.len() - done).min(chunk.u_len as usize - within);
             let out = &mut buf[done..done + n];
-            match sh.piece(i)? {
+            match sh.piece(i, (within + n) as u64)? {
                 Piece::Zero => out.fill(0),
                 Piece::Data(d) => out.copy_from_slice(&d[within..within + n]),
             }
@@ -255,7 +273,7 @@ mod tests {
             note: String::new(),
             chunks,
         };
-        let decode: DecodeFn = Arc::new(move |_, i, c| {
+        let decode: DecodeFn = Arc::new(move |_, i, c, _| {
             calls[i].fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             if i == N - 1 {
@@ -300,5 +318,43 @@ mod tests {
             n[..N - 1].iter().all(|&k| k == 1),
             "decodes per piece: {n:?}"
         );
+    }
+
+    /// A cold read near a big piece's start decodes a prefix; a read past it, the whole piece
+    /// once; then everything is a hit.
+    #[test]
+    fn a_first_read_decodes_a_prefix_then_the_whole_piece() {
+        let wants = Arc::new(Mutex::new(Vec::new()));
+        let seen = wants.clone();
+        let len = 1u64 << 20;
+        let index = Index {
+            codec: Codec::Xz,
+            identity: Identity::default(),
+            size: len,
+            decoded: false,
+            windows: false,
+            note: String::new(),
+            chunks: vec![Chunk {
+                c_off: 0,
+                c_len: 1,
+                u_off: 0,
+                u_len: len,
+                ..Chunk::default()
+            }],
+        };
+        let decode: DecodeFn = Arc::new(move |_, _, _, want| {
+            seen.lock().unwrap().push(want);
+            Ok((0..want).map(|k| (k % 251) as u8 + 1).collect())
+        });
+        let src: DeviceRef = Arc::new(MemDevice::read_only(vec![0; 1]));
+        let dev = ChunkedDevice::new(src, index, decode);
+        let mut buf = [0u8; 100];
+        for off in [10, 1000, len - 100, 5000, PREFIX_MIN] {
+            dev.read_at(off, &mut buf).unwrap();
+            for (k, b) in buf.iter().enumerate() {
+                assert_eq!(u64::from(*b), (off + k as u64) % 251 + 1, "at {off}");
+            }
+        }
+        assert_eq!(*wants.lock().unwrap(), vec![PREFIX_MIN, len]);
     }
 }

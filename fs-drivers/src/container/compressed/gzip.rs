@@ -17,6 +17,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    prefix: None,
     checkpoints: Some(super::zran::build),
 };
 

@@ -43,11 +43,16 @@ pub(crate) struct CodecImpl {
     pub detect: fn(&DeviceRef) -> Result<bool>,
     pub scan: fn(&DeviceRef, &PeelContext) -> Result<Scan>,
     pub decode: fn(&DeviceRef, &Chunk) -> Result<Vec<u8>>,
+    /// Decodes just the first `want` bytes of a piece, for codecs that can stop early (then a
+    /// cold read near a large piece's start does not pay for all of it).
+    pub prefix: Option<PrefixFn>,
     pub stream: fn(DevReader) -> std::io::Result<Box<dyn Read>>,
     /// For a stream with no structure: checkpoints found in one pass, their windows written
     /// to the file given; `None` when the stream allows none (then it is decoded to a file).
     pub checkpoints: Option<CheckpointFn>,
 }
+
+pub(crate) type PrefixFn = fn(&DeviceRef, &Chunk, u64) -> Result<Vec<u8>>;
 
 pub(crate) type CheckpointFn =
     fn(&DeviceRef, &PeelContext, &std::fs::File) -> Result<Option<Vec<Chunk>>>;
@@ -265,13 +270,16 @@ fn finish(
     };
     let inner: DeviceRef = match data {
         Some(f) if ix.windows => {
-            let decode: DecodeFn = Arc::new(move |d, i, c| zran::decode(d, i, c, &f));
+            let decode: DecodeFn = Arc::new(move |d, i, c, want| zran::decode(d, i, c, want, &f));
             Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
         }
         Some(f) => Arc::new(DecodedFile::new(f, ix.size)),
         None => {
-            let plain = imp.decode;
-            let decode: DecodeFn = Arc::new(move |d, _, c| plain(d, c));
+            let (plain, prefix) = (imp.decode, imp.prefix);
+            let decode: DecodeFn = Arc::new(move |d, _, c, want| match prefix {
+                Some(p) if want < c.u_len => p(d, c, want),
+                _ => plain(d, c),
+            });
             Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
         }
     };

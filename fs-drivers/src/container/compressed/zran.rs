@@ -329,11 +329,13 @@ pub fn window(windows: &File, i: usize, c: &Chunk) -> Result<Vec<u8>> {
     Ok(w)
 }
 
-/// Decodes piece `i`: inflates from its checkpoint with its window as history.
-pub fn decode(dev: &DeviceRef, i: usize, c: &Chunk, windows: &File) -> Result<Vec<u8>> {
+/// Decodes the first `want` bytes of piece `i`: inflates from its checkpoint with its window
+/// as history.
+pub fn decode(dev: &DeviceRef, i: usize, c: &Chunk, want: u64, windows: &File) -> Result<Vec<u8>> {
     let n = WINDOW as usize;
+    let want = want.min(c.u_len);
     let mut out = window(windows, i, c)?;
-    out.resize(n + c.u_len as usize, 0);
+    out.resize(n + want as usize, 0);
     let first = c.c_off / 8;
     let end_bit = c.c_off.checked_add(c.c_len).ok_or(Error::OutOfRange)?;
     // A few bytes past the piece's last bit: the inflater may look ahead.
@@ -364,11 +366,10 @@ pub fn decode(dev: &DeviceRef, i: usize, c: &Chunk, windows: &File) -> Result<Ve
     );
     match status {
         TINFLStatus::Done | TINFLStatus::HasMoreOutput | TINFLStatus::NeedsMoreInput
-            if made as u64 == c.u_len => {}
+            if made as u64 == want => {}
         _ => {
             return Err(corrupt(format!(
-                "inflate from a checkpoint gave {made} of {} bytes ({status:?})",
-                c.u_len
+                "inflate from a checkpoint gave {made} of {want} bytes ({status:?})"
             )))
         }
     }

@@ -29,6 +29,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    prefix: None,
     checkpoints: None,
 };
 
