@@ -16,9 +16,10 @@ use std::sync::{Arc, Condvar, Mutex};
 /// cannot (a corrupt or truncated piece: EIO for the reads that need it).
 pub type DecodeFn = Arc<dyn Fn(&DeviceRef, usize, &Chunk, u64) -> Result<Vec<u8>> + Send + Sync>;
 
-/// A first read of a piece decodes at least this much of it (when the codec can stop early);
-/// a read past what is held then decodes the whole piece.
-const PREFIX_MIN: u64 = 256 << 10;
+/// A first read of a piece decodes this much past its end too (when the codec can stop early),
+/// so the kernel's readahead right behind it still hits; a read past what is held then
+/// decodes the whole piece.
+const PREFIX_SLACK: u64 = 1 << 20;
 
 /// Bytes of decoded pieces kept (a sequential reader keeps hitting the piece it is in).
 const HELD_MAX: u64 = 96 << 20;
@@ -105,7 +106,7 @@ impl Shared {
         let want = if partial {
             chunk.u_len
         } else {
-            need.max(PREFIX_MIN).min(chunk.u_len)
+            need.saturating_add(PREFIX_SLACK).min(chunk.u_len)
         };
         // Decoded outside the lock: other readers go on meanwhile.
         let decoded = self.decode_piece(i, chunk, want);
@@ -326,7 +327,7 @@ mod tests {
     fn a_first_read_decodes_a_prefix_then_the_whole_piece() {
         let wants = Arc::new(Mutex::new(Vec::new()));
         let seen = wants.clone();
-        let len = 1u64 << 20;
+        let len = 4u64 << 20;
         let index = Index {
             codec: Codec::Xz,
             identity: Identity::default(),
@@ -349,12 +350,12 @@ mod tests {
         let src: DeviceRef = Arc::new(MemDevice::read_only(vec![0; 1]));
         let dev = ChunkedDevice::new(src, index, decode);
         let mut buf = [0u8; 100];
-        for off in [10, 1000, len - 100, 5000, PREFIX_MIN] {
+        for off in [10, 1000, PREFIX_SLACK, len - 100, 5000] {
             dev.read_at(off, &mut buf).unwrap();
             for (k, b) in buf.iter().enumerate() {
                 assert_eq!(u64::from(*b), (off + k as u64) % 251 + 1, "at {off}");
             }
         }
-        assert_eq!(*wants.lock().unwrap(), vec![PREFIX_MIN, len]);
+        assert_eq!(*wants.lock().unwrap(), vec![110 + PREFIX_SLACK, len]);
     }
 }
