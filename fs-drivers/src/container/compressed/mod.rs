@@ -118,7 +118,6 @@ fn open(dev: &DeviceRef, ctx: &PeelContext, imp: &CodecImpl) -> Result<Option<(D
         .map(|d| cache::entry(d, &id, imp.codec));
     if let Some(e) = &entry {
         if let Some(ix) = cache::load(e, &id, imp.codec) {
-            INDEX_LOADED.fetch_add(1, Ordering::Relaxed);
             let data = if ix.decoded || ix.windows {
                 std::fs::File::open(&e.data).ok()
             } else {
@@ -126,6 +125,7 @@ fn open(dev: &DeviceRef, ctx: &PeelContext, imp: &CodecImpl) -> Result<Option<(D
             };
             // A data file removed between the check and here: rebuilt like a stale one.
             if data.is_some() || !(ix.decoded || ix.windows) {
+                INDEX_LOADED.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(finish(dev, ix, data, imp, "index from cache")));
             }
         }
