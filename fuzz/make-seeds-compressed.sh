@@ -18,6 +18,16 @@ seed() { # seed NAME: the mode byte for a compressed file, then the file
     { printf '\001'; cat "$tmp/$1"; } >"$out/$1"
 }
 gzip -n -c "$tmp/in" >"$tmp/one.gz" && seed one.gz
+# Past one checkpoint span (4 MiB), with text across the span's end: a piece that starts
+# mid-stream from a window of text. zlib with memLevel 1 ends a deflate block every 128
+# symbols, so runs of zeros still leave block boundaries (gzip's blocks of zeros span MiBs).
+python3 -c '
+import sys, zlib
+text = "".join("seed %d\n" % i for i in range(40000)).encode()
+data = text[:96 << 10] + bytes((4 << 20) - (160 << 10)) + text[:160 << 10] + bytes(1 << 20) + text[-(96 << 10):]
+z = zlib.compressobj(9, zlib.DEFLATED, 31, 1)
+sys.stdout.buffer.write(z.compress(data) + z.flush())
+' >"$tmp/spans.gz" && seed spans.gz
 bgzip -c "$tmp/in" >"$tmp/bgzf.gz" && seed bgzf.gz
 xz -T1 -c "$tmp/in" >"$tmp/one.xz" && seed one.xz
 xz -T2 --block-size=64KiB -c "$tmp/in" >"$tmp/blocks.xz" && seed blocks.xz
@@ -30,3 +40,6 @@ pbzip2 -1 -b1 -p2 -c "$tmp/in" >"$tmp/streams.bz2" && seed streams.bz2
 cargo build -q --manifest-path ../Cargo.toml --bin imgmount
 ../target/debug/imgmount info --cache-dir "$tmp/cache" "$tmp/blocks.xz" >/dev/null 2>&1 || true
 { printf '\000'; cat "$tmp"/cache/*.idx; } >"$out/blocks.xz.idx"
+# And a gzip checkpoint index (its windows file is not part of the seed).
+../target/debug/imgmount info --cache-dir "$tmp/cache-gz" "$tmp/spans.gz" >/dev/null 2>&1 || true
+{ printf '\000'; cat "$tmp"/cache-gz/*.idx; } >"$out/spans.gz.idx"

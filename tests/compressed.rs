@@ -387,3 +387,112 @@ fn corpus_gzip_files_decode_like_gzip() {
     }
     assert!(checked >= 8, "only {checked} corpus files");
 }
+
+/// One gzip stream (plain `gzip`) is read through checkpoints: reads at many places, cold,
+/// each equal `gzip -dc`; the windows come from the cache on a second open, and damaged,
+/// short or missing window data there is not trusted but rebuilt.
+#[test]
+fn single_stream_gzip_reads_anywhere_through_cached_checkpoints() {
+    let _turn = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
+    if !have_tool("gzip") {
+        eprintln!("SKIP: no gzip");
+        return;
+    }
+    let tmp = TempDir::new("compressed-zran");
+    // Text with long-range repeats, so that pieces reach back into their windows (the disk
+    // fixtures are mostly zeros there), and a run of zeros, left unread.
+    let mut text = Vec::new();
+    let mut x = 12345u64;
+    while text.len() < 20 << 20 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        text.extend_from_slice(format!("line {} {:x}\n", (x >> 33) % 5000, x >> 52).as_bytes());
+        if (9 << 20..12 << 20).contains(&text.len()) {
+            text.resize(12 << 20, 0);
+        }
+    }
+    let raw = tmp.join("text.img");
+    std::fs::write(&raw, &text).unwrap();
+    let img = tmp.join("text.img.gz");
+    let gz = Command::new("gzip").arg("-c").arg(&raw).output().unwrap();
+    assert!(gz.status.success());
+    std::fs::write(&img, gz.stdout).unwrap();
+    let want = cli_decompress("gzip", &img);
+    assert!(want == text);
+    let cache = tmp.join("cache");
+    let check_reads = |dev: &DeviceRef, what: &str| {
+        assert_eq!(dev.size(), want.len() as u64, "{what}");
+        let mut buf = vec![0u8; 4096];
+        // Backwards from the end, so most reads miss the pieces held in memory.
+        let step = want.len() / 97;
+        for k in (0..=97).rev() {
+            let off = (k * step + k * 4093).min(want.len() - buf.len());
+            dev.read_at(off as u64, &mut buf).unwrap();
+            assert!(buf == want[off..off + buf.len()], "{what}: at {off}");
+        }
+    };
+    let (built0, loaded0) = index_stats();
+    let (dev, layers) = open_layer(&img, Some(&cache)).unwrap();
+    assert!(layers.contains("checkpoints; index built"), "{layers}");
+    check_reads(&dev, "first open");
+    drop(dev);
+    let (dev, layers) = open_layer(&img, Some(&cache)).unwrap();
+    assert!(layers.contains("index from cache"), "{layers}");
+    assert_eq!(index_stats(), (built0 + 1, loaded0 + 1));
+    check_reads(&dev, "second open");
+    drop(dev);
+
+    let windows = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "dat"))
+        .expect("a window file beside the index");
+    let good = std::fs::read(&windows).unwrap();
+    // A byte flipped in every window that holds data (some belong to pieces of zeros, which
+    // are never decoded).
+    let mut flipped = good.clone();
+    for w in flipped.chunks_mut(32 << 10) {
+        if let Some(i) = w.iter().position(|&b| b != 0) {
+            w[i] ^= 0x01;
+        }
+    }
+    assert!(flipped != good, "no window with data");
+    let damages: [(&str, Option<&[u8]>); 3] = [
+        ("a flipped byte", Some(&flipped)),
+        ("a short file", Some(&good[..good.len() - 1])),
+        ("no file", None),
+    ];
+    for (what, bytes) in damages {
+        match bytes {
+            Some(b) => std::fs::write(&windows, b).unwrap(),
+            None => std::fs::remove_file(&windows).unwrap(),
+        }
+        let (built, _) = index_stats();
+        let (dev, layers) = open_layer(&img, Some(&cache)).unwrap();
+        assert!(layers.contains("index built"), "{what}: {layers}");
+        assert_eq!(index_stats().0, built + 1, "{what}: not rebuilt");
+        check_reads(&dev, what);
+        assert!(std::fs::read(&windows).unwrap() == good, "{what}");
+    }
+
+    // Damaged while in use: the piece behind that window fails with EIO, the rest still read.
+    let (dev, _) = open_layer(&img, Some(&cache)).unwrap();
+    std::fs::write(&windows, &flipped).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut failed = 0;
+    for off in (0..want.len() - 4096).step_by(1 << 20) {
+        match dev.read_at(off as u64, &mut buf) {
+            Ok(()) => assert!(buf == want[off..off + 4096], "at {off}"),
+            Err(e) => {
+                assert!(e.to_string().contains("window"), "{e}");
+                assert_eq!(e.errno(), libc::EIO);
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        failed > 0 && failed < want.len() >> 20,
+        "{failed} reads failed"
+    );
+}

@@ -11,6 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 const CHUNK: usize = 1 << 20;
 
 pub fn run(args: &CatArgs) -> i32 {
+    // One process, no fork: sequential reads of a compressed image may decode ahead.
+    fs_drivers::container::compressed::allow_read_ahead(true);
     let fs = match source::open(
         "cat",
         &args.image,

@@ -46,6 +46,8 @@ pub struct ExtractOpts {
 }
 
 pub fn run(args: &ExtractArgs) -> i32 {
+    // One process, no fork: sequential reads of a compressed image may decode ahead.
+    fs_drivers::container::compressed::allow_read_ahead(true);
     let fs = match source::open(
         "extract",
         &args.image,

@@ -180,6 +180,8 @@ pub fn serve(
     let set = sigset(&SIGNALS);
     // SAFETY: set is a valid sigset_t.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // Past any fork now: compressed images may decode ahead on threads of their own.
+    fs_drivers::container::compressed::allow_read_ahead(true);
 
     let fail = |ready: &mut dyn FnMut(Result<(), String>), msg: String| {
         ready(Err(msg.clone()));

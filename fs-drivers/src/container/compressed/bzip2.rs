@@ -22,6 +22,8 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    prefix: None,
+    checkpoints: None,
 };
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;

@@ -4,7 +4,7 @@
 //! validated against the file before use and rebuilt when in doubt. The directory is bounded:
 //! the least recently used entries are removed past `BUDGET`.
 
-use super::index::{Codec, Identity, Index};
+use super::index::{Codec, Identity, Index, WINDOW};
 use crate::block::DeviceRef;
 use crate::Result;
 use std::fs::{self, File};
@@ -88,11 +88,30 @@ pub fn load(e: &Entry, id: &Identity, codec: Codec) -> Option<Index> {
     if ix.decoded && fs::metadata(&e.data).ok()?.len() != ix.size {
         return None;
     }
+    if ix.windows && !windows_intact(&e.data, &ix) {
+        return None;
+    }
     touch(&e.index);
-    if ix.decoded {
+    if ix.decoded || ix.windows {
         touch(&e.data);
     }
     Some(ix)
+}
+
+/// Whether the checkpoint windows beside a gzip index are all there and match their CRCs:
+/// a damaged one would make its piece fail every read, so the index is rebuilt instead.
+fn windows_intact(data: &Path, ix: &Index) -> bool {
+    let Ok(f) = File::open(data) else {
+        return false;
+    };
+    if f.metadata().map(|m| m.len()).ok() != Some(ix.windows_len()) {
+        return false;
+    }
+    let mut buf = vec![0u8; WINDOW as usize];
+    ix.chunks.iter().enumerate().all(|(i, c)| {
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut buf, i as u64 * WINDOW).is_ok() && crc32fast::hash(&buf) == c.aux
+    })
 }
 
 /// Marks an entry used, for the LRU order (its mtime; atime is often not kept).

@@ -1,7 +1,7 @@
 //! gzip: a file of BGZF members (bgzip; each member's header carries its compressed size and
 //! its trailer the decoded size) is indexed by walking the headers, no decoding. Any other
 //! gzip file (one stream as gzip and pigz write, even `pigz --independent`, which only resets
-//! the dictionary inside one member) is decoded whole once.
+//! the dictionary inside one member) is inflated once to place checkpoints in it (`zran`).
 
 use super::decoded::DevReader;
 use super::index::{Chunk, Codec};
@@ -17,6 +17,8 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    prefix: None,
+    checkpoints: Some(super::zran::build),
 };
 
 const FEXTRA: u8 = 4;

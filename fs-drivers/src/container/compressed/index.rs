@@ -37,11 +37,6 @@ impl Codec {
             _ => return None,
         })
     }
-
-    /// bzip2 blocks start at any bit, so its compressed positions count bits, not bytes.
-    pub fn counts_bits(self) -> bool {
-        self == Codec::Bzip2
-    }
 }
 
 /// One independently decodable piece. `aux` is the codec's: xz keeps the stream flags there
@@ -78,12 +73,19 @@ pub struct Index {
     /// The stream cannot seek: its bytes live in a decoded file beside the index, `chunks`
     /// is empty.
     pub decoded: bool,
+    /// The pieces start at checkpoints inside one deflate stream (gzip): each needs the 32 KiB
+    /// of output before it, kept at `WINDOW * i` in the data file beside the index, with its
+    /// CRC-32 in the piece's `aux`.
+    pub windows: bool,
     /// How the pieces were found, for `info` ("seek table", "bgzf members").
     pub note: String,
     pub chunks: Vec<Chunk>,
 }
 
-const MAGIC: &[u8; 8] = b"IMGMZIX1";
+/// Version 2 added checkpoint windows (flag value 2); a version-1 file is rebuilt.
+const MAGIC: &[u8; 8] = b"IMGMZIX2";
+/// The history a deflate checkpoint carries.
+pub const WINDOW: u64 = 32 << 10;
 const CHUNK_BYTES: usize = 8 * 3 + 4 + 1;
 
 struct Cursor<'a> {
@@ -124,7 +126,7 @@ impl Index {
         let mut v = Vec::with_capacity(80 + self.chunks.len() * CHUNK_BYTES);
         v.extend_from_slice(MAGIC);
         v.push(self.codec as u8);
-        v.push(self.decoded as u8);
+        v.push(if self.windows { 2 } else { self.decoded as u8 });
         v.push(note.len() as u8);
         v.extend_from_slice(note);
         let id = &self.identity;
@@ -158,9 +160,10 @@ impl Index {
         }
         let mut c = Cursor { b: &body[8..] };
         let codec = Codec::from_u8(c.u8()?).ok_or_else(|| bad("unknown codec"))?;
-        let decoded = match c.u8()? {
-            0 => false,
-            1 => true,
+        let (decoded, windows) = match c.u8()? {
+            0 => (false, false),
+            1 => (true, false),
+            2 => (false, true),
             _ => return Err(bad("bad flags")),
         };
         let note_len = c.u8()? as usize;
@@ -204,6 +207,7 @@ impl Index {
             identity,
             size,
             decoded,
+            windows,
             note,
             chunks,
         })
@@ -220,7 +224,10 @@ impl Index {
                 Err(bad("a decoded-file index lists pieces"))
             };
         }
-        let limit = if self.codec.counts_bits() {
+        if self.windows && self.codec != Codec::Gzip {
+            return Err(bad("checkpoint windows on a codec without them"));
+        }
+        let limit = if self.counts_bits() {
             file_size
                 .checked_mul(8)
                 .ok_or_else(|| bad("file too large"))?
@@ -243,6 +250,21 @@ impl Index {
             return Err(bad("pieces do not add up to the decoded size"));
         }
         Ok(())
+    }
+
+    /// bzip2 blocks and deflate checkpoints start at any bit, so their compressed positions
+    /// count bits, not bytes.
+    pub fn counts_bits(&self) -> bool {
+        self.codec == Codec::Bzip2 || self.windows
+    }
+
+    /// Length of the data file beside the index: the checkpoint windows.
+    pub fn windows_len(&self) -> u64 {
+        if self.windows {
+            self.chunks.len() as u64 * WINDOW
+        } else {
+            0
+        }
     }
 
     /// The piece holding decoded byte `pos` (which must be below `size`).
@@ -287,6 +309,7 @@ mod tests {
             },
             size: 150,
             decoded: false,
+            windows: false,
             note: "frames".into(),
             chunks,
         }
@@ -303,6 +326,23 @@ mod tests {
         assert_eq!(back.find(99), Some(0));
         assert_eq!(back.find(100), Some(1));
         assert_eq!(back.find(150), None);
+    }
+
+    #[test]
+    fn checkpoint_indexes_count_bits_and_belong_to_gzip() {
+        let mut ix = sample();
+        ix.windows = true;
+        assert!(ix.validate(15).is_err(), "windows on zstd accepted");
+        ix.codec = Codec::Gzip;
+        let back = Index::parse(&ix.to_bytes()).unwrap();
+        assert_eq!(back, ix);
+        // 15 bits of pieces fit in 2 bytes when positions count bits.
+        back.validate(2).unwrap();
+        assert!(back.validate(1).is_err());
+        assert_eq!(back.windows_len(), 2 * WINDOW);
+        let mut old = ix.to_bytes();
+        old[7] = b'1';
+        assert!(Index::parse(&old).is_err(), "a version-1 file accepted");
     }
 
     #[test]

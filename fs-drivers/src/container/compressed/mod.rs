@@ -14,6 +14,7 @@ mod decoded;
 mod gzip;
 pub mod index;
 mod xz;
+mod zran;
 mod zstd;
 
 use super::{Layer, PeelContext};
@@ -23,7 +24,7 @@ use chunked::{ChunkedDevice, DecodeFn};
 use decoded::{DecodedFile, DevReader};
 use index::{Chunk, Codec, Index, CHUNK_MAX};
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use cache::{identity, BUDGET as CACHE_BUDGET};
@@ -41,8 +42,32 @@ pub(crate) struct CodecImpl {
     pub codec: Codec,
     pub detect: fn(&DeviceRef) -> Result<bool>,
     pub scan: fn(&DeviceRef, &PeelContext) -> Result<Scan>,
-    pub decode: DecodeFn,
+    pub decode: fn(&DeviceRef, &Chunk) -> Result<Vec<u8>>,
+    /// Decodes just the first `want` bytes of a piece, for codecs that can stop early (then a
+    /// cold read near a large piece's start does not pay for all of it).
+    pub prefix: Option<PrefixFn>,
     pub stream: fn(DevReader) -> std::io::Result<Box<dyn Read>>,
+    /// For a stream with no structure: checkpoints found in one pass, their windows written
+    /// to the file given; `None` when the stream allows none (then it is decoded to a file).
+    pub checkpoints: Option<CheckpointFn>,
+}
+
+pub(crate) type PrefixFn = fn(&DeviceRef, &Chunk, u64) -> Result<Vec<u8>>;
+
+pub(crate) type CheckpointFn =
+    fn(&DeviceRef, &PeelContext, &std::fs::File) -> Result<Option<Vec<Chunk>>>;
+
+static READ_AHEAD: AtomicBool = AtomicBool::new(false);
+
+/// Lets sequential readers of compressed images have the next pieces decoded ahead on worker
+/// threads. Off until a caller turns it on: a process that forks after opening an image (the
+/// FUSE daemon) must have no other thread at the fork, so it turns this on in the child.
+pub fn allow_read_ahead(on: bool) {
+    READ_AHEAD.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn read_ahead_allowed() -> bool {
+    READ_AHEAD.load(Ordering::Relaxed)
 }
 
 static INDEX_BUILT: AtomicU64 = AtomicU64::new(0);
@@ -93,13 +118,16 @@ fn open(dev: &DeviceRef, ctx: &PeelContext, imp: &CodecImpl) -> Result<Option<(D
         .map(|d| cache::entry(d, &id, imp.codec));
     if let Some(e) = &entry {
         if let Some(ix) = cache::load(e, &id, imp.codec) {
-            INDEX_LOADED.fetch_add(1, Ordering::Relaxed);
-            let data = if ix.decoded {
-                Some(std::fs::File::open(&e.data)?)
+            let data = if ix.decoded || ix.windows {
+                std::fs::File::open(&e.data).ok()
             } else {
                 None
             };
-            return Ok(Some(finish(dev, ix, data, imp, "index from cache")));
+            // A data file removed between the check and here: rebuilt like a stale one.
+            if data.is_some() || !(ix.decoded || ix.windows) {
+                INDEX_LOADED.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(finish(dev, ix, data, imp, "index from cache")));
+            }
         }
     }
     if let Some(p) = &ctx.progress {
@@ -140,25 +168,48 @@ fn build(
             identity,
             size: chunks.iter().map(|c| c.u_len).sum(),
             decoded: false,
+            windows: false,
             note,
             chunks,
         };
         ix.validate(dev.size())?;
         return Ok((ix, None));
     }
-    // No seekable structure: decode it all once, into the cache or else a nameless file.
-    let dir = match entry {
-        Some(e) => e.data.parent().map(|p| p.to_path_buf()),
-        None => None,
-    };
-    let (file, tmp) = match dir.as_deref().map(cache::temp_in) {
-        Some(Ok((f, p))) => (f, Some(p)),
-        _ => {
-            let (f, p) = cache::temp_in(&std::env::temp_dir())?;
-            let _ = std::fs::remove_file(&p);
-            (f, None)
+    if let Some(find) = imp.checkpoints {
+        let (file, tmp) = data_file(entry)?;
+        let found = find(dev, ctx, &file).and_then(|chunks| {
+            let Some(chunks) = chunks else {
+                return Ok(None);
+            };
+            let ix = Index {
+                codec: imp.codec,
+                identity: identity.clone(),
+                size: chunks.iter().map(|c| c.u_len).sum(),
+                decoded: false,
+                windows: true,
+                note: format!("{note}, {} checkpoints", chunks.len()),
+                chunks,
+            };
+            ix.validate(dev.size())?;
+            Ok(Some(ix))
+        });
+        match found {
+            Ok(Some(ix)) => {
+                if let (Some(t), Some(e)) = (&tmp, entry) {
+                    cache::commit(t, &e.data)?;
+                }
+                return Ok((ix, Some(file)));
+            }
+            other => {
+                if let Some(t) = &tmp {
+                    let _ = std::fs::remove_file(t);
+                }
+                other?;
+            }
         }
-    };
+    }
+    // No seekable structure: decode it all once, into the cache or else a nameless file.
+    let (file, tmp) = data_file(entry)?;
     let reader = DevReader::new(dev.clone(), 0, ctx.progress.clone());
     let decoded = (imp.stream)(reader)
         .map_err(|e| Error::corrupt(format!("{name} stream: {e}")))
@@ -180,10 +231,25 @@ fn build(
         identity,
         size,
         decoded: true,
+        windows: false,
         note,
         chunks: Vec::new(),
     };
     Ok((ix, Some(file)))
+}
+
+/// A new data file: in the cache under a temporary name (`commit` names it), else a
+/// nameless file in the temporary directory.
+fn data_file(entry: Option<&cache::Entry>) -> Result<(std::fs::File, Option<std::path::PathBuf>)> {
+    let dir = entry.and_then(|e| e.data.parent().map(|p| p.to_path_buf()));
+    Ok(match dir.as_deref().map(cache::temp_in) {
+        Some(Ok((f, p))) => (f, Some(p)),
+        _ => {
+            let (f, p) = cache::temp_in(&std::env::temp_dir())?;
+            let _ = std::fs::remove_file(&p);
+            (f, None)
+        }
+    })
 }
 
 fn finish(
@@ -203,8 +269,19 @@ fn finish(
         detail,
     };
     let inner: DeviceRef = match data {
+        Some(f) if ix.windows => {
+            let decode: DecodeFn = Arc::new(move |d, i, c, want| zran::decode(d, i, c, want, &f));
+            Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
+        }
         Some(f) => Arc::new(DecodedFile::new(f, ix.size)),
-        None => Arc::new(ChunkedDevice::new(dev.clone(), ix, imp.decode)),
+        None => {
+            let (plain, prefix) = (imp.decode, imp.prefix);
+            let decode: DecodeFn = Arc::new(move |d, _, c, want| match prefix {
+                Some(p) if want < c.u_len => p(d, c, want),
+                _ => plain(d, c),
+            });
+            Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
+        }
     };
     (inner, layer)
 }

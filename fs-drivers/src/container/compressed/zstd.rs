@@ -29,6 +29,8 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
+    prefix: None,
+    checkpoints: None,
 };
 
 fn is_skippable(m: u32) -> bool {
