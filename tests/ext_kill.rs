@@ -366,24 +366,17 @@ fn kill_point(work: &Path, pristine: &Path, seed: u64, frees: bool) -> PointResu
     }
 }
 
-/// ext4, ext3 and ext4 with 1 KiB blocks; no unlink nor rmdir, which trip the bug that
-/// `freed_metadata_sigkill_points` reproduces.
+/// ext4, ext3 and ext4 with 1 KiB blocks, with unlink and rmdir in the workload (freed
+/// metadata blocks whose old copies are in the journal must be revoked).
 #[test]
 fn ext_sigkill_points() {
-    sweep("ops", 51, false);
+    sweep("ops", 51, true);
 }
 
-/// Reproducer of a writer bug, ignored until it is fixed: a metadata block logged by an
-/// earlier transaction still in the journal (an ext3 indirect block, an extent tree block, a
-/// directory block) and then freed (unlink of a file that has them, rmdir) gets no revoke
-/// record, because `Tx::forget` revokes only blocks dirty in the freeing transaction. Once
-/// the block holds another file's data, the journal replay writes the old metadata over data
-/// that fsync had made durable. Run with
-/// `cargo test --test ext_kill freed_metadata -- --ignored --nocapture`
-/// (`IMGMOUNT_EXT_KILL_SEED` / `IMGMOUNT_EXT_KILL_POINTS` narrow it to one point). Once
-/// fixed, `ext_sigkill_points` should run with `frees` on.
+/// A longer sweep for hand runs (`--ignored`); `IMGMOUNT_EXT_KILL_SEED` /
+/// `IMGMOUNT_EXT_KILL_POINTS` narrow it to one point or widen it.
 #[test]
-#[ignore = "ext writer: freed metadata blocks of earlier transactions are not revoked"]
+#[ignore = "long: run by hand"]
 fn freed_metadata_sigkill_points() {
     sweep("frees", 60, true);
 }
@@ -483,13 +476,12 @@ fn sweep(tag: &str, default_points: u64, frees: bool) {
     );
 }
 
-/// The missing revoke, deterministically: on ext3 with 1 KiB blocks, a 20000-byte file's
+/// A revoke for a freed block logged by an earlier transaction, deterministically: on ext3 with 1 KiB blocks, a 20000-byte file's
 /// indirect block is logged (fsync), the file unlinked (fsync), a 1000-byte file takes the
 /// first freed block and a second 20000-byte file's twelfth data block lands on the old
-/// indirect block (fsync). After SIGKILL, the replay writes the indirect block back over it.
-/// Run with `cargo test --test ext_kill freed_indirect -- --ignored --nocapture`.
+/// indirect block (fsync). Without the revoke, the replay after SIGKILL wrote the indirect
+/// block back over that data.
 #[test]
-#[ignore = "ext writer: freed metadata blocks of earlier transactions are not revoked"]
 fn freed_indirect_block_is_revoked() {
     if skip_reason().is_some() || !is_root() {
         println!("ext_kill: skipped: needs root and FUSE");

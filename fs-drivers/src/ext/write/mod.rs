@@ -462,7 +462,10 @@ impl Ctx<'_> {
         if count == 0 {
             return Ok(());
         }
-        if self.st.journal.is_some() {
+        if let Some(j) = self.st.journal.as_ref() {
+            // Blocks logged by an earlier commit and not written in this transaction need a
+            // revoke too, not only the ones this transaction holds.
+            self.tx.revoke(&j.logged_in(first, count));
             self.tx.forget(first, count);
             self.st.pending_free.push((first, count));
             return Ok(());

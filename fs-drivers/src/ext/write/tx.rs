@@ -64,6 +64,13 @@ impl TxDevice {
         }
     }
 
+    /// Blocks freed now whose older copies sit in the journal's log: revoked at commit.
+    pub fn revoke(&self, blocks: &[u64]) {
+        if !blocks.is_empty() {
+            self.lock().revoked.extend(blocks.iter().copied());
+        }
+    }
+
     /// A block written again in this transaction is no longer revoked.
     fn unrevoke(d: &mut Dirty, blk: u64) {
         if !d.revoked.is_empty() {

@@ -298,6 +298,22 @@ impl Journal {
         Ok(())
     }
 
+    /// The blocks of `[first, first + count)` the log still holds copies of. Freeing one of
+    /// them needs a revoke record: a replay would otherwise write the old metadata over the
+    /// block's next owner, which may be file data that was fsync'ed.
+    pub fn logged_in(&self, first: u64, count: u64) -> Vec<u64> {
+        let range = first..first.saturating_add(count);
+        if count <= self.live.len() as u64 {
+            range.filter(|b| self.live.contains(b)).collect()
+        } else {
+            self.live
+                .iter()
+                .copied()
+                .filter(|b| range.contains(b))
+                .collect()
+        }
+    }
+
     /// Writes every committed block home, flushes, advances the log tail in the journal
     /// superblock (s_start = 0 when empty).
     pub fn checkpoint(&mut self) -> Result<()> {
