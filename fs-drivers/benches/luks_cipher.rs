@@ -44,14 +44,7 @@ fn main() {
                 let r = mbps(LEN, || {
                     let mut b = cell.lock().unwrap();
                     on_threads(&mut b, threads, |pos, piece| {
-                        for (i, s) in piece.chunks_mut(sector).enumerate() {
-                            let iv = (pos + (i * sector) as u64) / 512;
-                            if enc {
-                                c.encrypt(iv, s)
-                            } else {
-                                c.decrypt(iv, s)
-                            }
-                        }
+                        c.crypt_sectors(enc, pos / 512, sector as u64 / 512, sector, piece);
                     });
                 });
                 println!(

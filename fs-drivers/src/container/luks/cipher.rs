@@ -118,6 +118,50 @@ impl SectorCipher {
         }
     }
 
+    /// En- or decrypts the consecutive `size`-byte sectors of `data` in place; the first's IV
+    /// sector number is `first_iv`, each next one's `step` more.
+    pub fn crypt_sectors(
+        &self,
+        encrypt: bool,
+        first_iv: u64,
+        step: u64,
+        size: usize,
+        data: &mut [u8],
+    ) {
+        let (f, s) = (first_iv, step);
+        match (&self.mode, self.iv, encrypt) {
+            (Mode::Xts128(x), Iv::Plain64, true) => {
+                xts_sectors::<_, true>(&x.data, &x.tweak, f, s, size, data)
+            }
+            (Mode::Xts128(x), Iv::Plain64, false) => {
+                xts_sectors::<_, false>(&x.data, &x.tweak, f, s, size, data)
+            }
+            (Mode::Xts192(x), Iv::Plain64, true) => {
+                xts_sectors::<_, true>(&x.data, &x.tweak, f, s, size, data)
+            }
+            (Mode::Xts192(x), Iv::Plain64, false) => {
+                xts_sectors::<_, false>(&x.data, &x.tweak, f, s, size, data)
+            }
+            (Mode::Xts256(x), Iv::Plain64, true) => {
+                xts_sectors::<_, true>(&x.data, &x.tweak, f, s, size, data)
+            }
+            (Mode::Xts256(x), Iv::Plain64, false) => {
+                xts_sectors::<_, false>(&x.data, &x.tweak, f, s, size, data)
+            }
+            // Other IVs (plain's 32-bit wrap, ESSIV) and CBC go sector by sector.
+            _ => {
+                for (i, sector) in data.chunks_mut(size).enumerate() {
+                    let iv = first_iv.wrapping_add(step.wrapping_mul(i as u64));
+                    if encrypt {
+                        self.encrypt(iv, sector);
+                    } else {
+                        self.decrypt(iv, sector);
+                    }
+                }
+            }
+        }
+    }
+
     /// Encrypts one sector in place.
     pub fn encrypt(&self, sector: u64, data: &mut [u8]) {
         let iv = self.iv(sector);
@@ -147,6 +191,34 @@ fn xts<C: KeyInit>(key: &[u8]) -> XtsKeys<C> {
     }
 }
 
+/// XTS over consecutive sectors of `size` bytes whose IVs are `first_iv`, `first_iv + step`,
+/// ...: the sectors' tweaks are encrypted in one batch too (with 512-byte sectors a tweak's
+/// lone AES call was a third of the time).
+fn xts_sectors<C, const ENCRYPT: bool>(
+    data_c: &C,
+    tweak_c: &C,
+    first_iv: u64,
+    step: u64,
+    size: usize,
+    data: &mut [u8],
+) where
+    C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>,
+{
+    let mut ivs = [GenericArray::<u8, U16>::default(); 8];
+    let mut iv = first_iv;
+    for group in data.chunks_mut(size * ivs.len()) {
+        let n = group.len().div_ceil(size);
+        for t in &mut ivs[..n] {
+            *t = GenericArray::from(u128::from(iv).to_le_bytes());
+            iv = iv.wrapping_add(step);
+        }
+        tweak_c.encrypt_blocks(&mut ivs[..n]);
+        for (t, sector) in ivs.iter().zip(group.chunks_mut(size)) {
+            xts_body::<C, ENCRYPT>(data_c, u128::from_le_bytes((*t).into()), sector);
+        }
+    }
+}
+
 /// How many AES blocks one batch hands the cipher: 512 bytes, one small sector.
 const BATCH: usize = 32;
 
@@ -161,7 +233,14 @@ where
 {
     let mut t = GenericArray::from(iv);
     tweak_c.encrypt_block(&mut t);
-    let mut tweak = u128::from_le_bytes(t.into());
+    xts_body::<C, ENCRYPT>(data_c, u128::from_le_bytes(t.into()), sector);
+}
+
+/// The data part of XTS over one sector, from its encrypted first tweak.
+fn xts_body<C, const ENCRYPT: bool>(data_c: &C, mut tweak: u128, sector: &mut [u8])
+where
+    C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>,
+{
     let mut blocks = [GenericArray::<u8, U16>::default(); BATCH];
     let mut tweaks = [0u128; BATCH];
     for chunk in sector.chunks_mut(16 * BATCH) {
@@ -278,6 +357,9 @@ mod tests {
                     _ => oracle::<Aes256>(&key, sector, first, &mut theirs, true),
                 }
                 assert!(ours == theirs, "encrypt, key {len}, sector {sector}");
+                let mut run = plain.clone();
+                c.crypt_sectors(true, first, sector as u64 / 512, sector, &mut run);
+                assert!(run == theirs, "crypt_sectors, key {len}, sector {sector}");
                 for (i, s) in ours.chunks_mut(sector).enumerate() {
                     c.decrypt(first + (i * sector / 512) as u64, s);
                 }

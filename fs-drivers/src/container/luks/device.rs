@@ -95,14 +95,14 @@ impl LuksDevice {
     }
 
     fn crypt_run(&self, pos: u64, buf: &mut [u8], encrypt: bool) {
-        for (i, s) in buf.chunks_mut(self.sector as usize).enumerate() {
-            let iv = self.iv_sector(pos + i as u64 * self.sector);
-            if encrypt {
-                self.cipher.encrypt(iv, s);
-            } else {
-                self.cipher.decrypt(iv, s);
-            }
-        }
+        let step = self.sector / 512;
+        self.cipher.crypt_sectors(
+            encrypt,
+            self.iv_sector(pos),
+            step,
+            self.sector as usize,
+            buf,
+        );
     }
 }
 
