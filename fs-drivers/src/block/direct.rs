@@ -22,15 +22,16 @@ use std::sync::{Arc, Condvar, Mutex};
 pub const DIRECT_ALIGN: u64 = 4096;
 /// The largest bounce buffer one write uses; longer writes go in pieces.
 const MAX_CHUNK: u64 = 1 << 20;
-/// Reads see the image as a grid of chunks this long: a request spanning several is read
+/// Reads see the image as a grid of chunks this long (with 256 KiB chunks cold sequential
+/// reads ran at 0.26x to 1.2x buffered mode's speed here, with 1 MiB at 0.9x to 1.2x): a request spanning several is read
 /// chunk by chunk in parallel, and a sequential reader's next chunks are prefetched.
-const READ_CHUNK: u64 = 256 << 10;
-/// How many chunks past a sequential read are kept in flight (1 MiB).
+const READ_CHUNK: u64 = 1 << 20;
+/// How many chunks past a sequential read are kept in flight (4 MiB).
 const AHEAD: u64 = 4;
 /// The read pool's size: the requests in flight besides the callers' own.
 pub const POOL_THREADS: usize = 4;
 /// What imgmount logs as the direct-I/O mode.
-pub const MODE: &str = "O_DIRECT reads through a pool of 4 threads (256 KiB chunks, 1 MiB \
+pub const MODE: &str = "O_DIRECT reads through a pool of 4 threads (1 MiB chunks, 4 MiB \
      prefetched ahead of sequential readers); io_uring is not used";
 
 pub struct DirectFileDevice {
@@ -51,21 +52,29 @@ struct Job {
     slot: Arc<Slot>,
 }
 
+/// A chunk's read: several requests may take their bytes from one chunk read ahead.
 #[derive(Default)]
 struct Slot {
-    done: Mutex<Option<Result<Bounce>>>,
+    /// `None` while in flight; `Some(None)` when it failed (a reader then reads the range
+    /// itself and reports its own error).
+    done: Mutex<Option<Option<Arc<Bounce>>>>,
     cv: Condvar,
 }
 
 impl Slot {
-    fn wait(&self) -> Result<Bounce> {
+    fn wait(&self) -> Option<Arc<Bounce>> {
         let mut g = self.done.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(r) = g.take() {
-                return r;
+            if let Some(r) = g.as_ref() {
+                return r.clone();
             }
             g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn fill(&self, r: Result<Bounce>) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.ok().map(Arc::new));
+        self.cv.notify_all();
     }
 }
 
@@ -92,9 +101,8 @@ impl Pool {
                         Err(_) => return,
                     };
                     let mut b = Bounce::new(job.len);
-                    let r = read_aligned(&file, job.pos, b.buf()).map(|()| b);
-                    *job.slot.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                    job.slot.cv.notify_all();
+                    job.slot
+                        .fill(read_aligned(&file, job.pos, b.buf()).map(|()| b));
                 });
         }
         Pool {
@@ -131,6 +139,9 @@ impl Bounce {
     }
     fn buf(&mut self) -> &mut [u8] {
         &mut self.mem[self.start..self.start + self.len]
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
     }
 }
 
@@ -196,8 +207,7 @@ impl DirectFileDevice {
             // No worker could be started: read here instead.
             let j = e.0;
             let mut b = Bounce::new(j.len);
-            let r = self.read_aligned(j.pos, b.buf()).map(|()| b);
-            *j.slot.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            j.slot.fill(self.read_aligned(j.pos, b.buf()).map(|()| b));
         }
         slot
     }
@@ -229,7 +239,13 @@ impl DirectFileDevice {
             for k in k0..=k1 {
                 let (cs, ce) = self.chunk(k);
                 if let Some(i) = ah.chunks.iter().position(|(c, _)| *c == k) {
-                    let (_, slot) = ah.chunks.remove(i).expect("found above");
+                    // A chunk serves every request inside it; the one reaching its end
+                    // retires it.
+                    let slot = if end >= ce {
+                        ah.chunks.remove(i).expect("found above").1
+                    } else {
+                        ah.chunks[i].1.clone()
+                    };
                     pieces.push((cs, ce, Some(slot)));
                     hit = true;
                 } else {
@@ -267,18 +283,21 @@ impl DirectFileDevice {
             }
         }
         for (s, e, slot) in pieces {
-            let mut b = match slot {
-                Some(slot) => slot.wait()?,
-                None => {
-                    let mut b = Bounce::new((e - s) as usize);
-                    self.read_aligned(s, b.buf())?;
-                    b
-                }
-            };
             let from = offset.max(s);
             let to = end.min(e);
-            buf[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&b.buf()[(from - s) as usize..(to - s) as usize]);
+            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            if let Some(b) = slot.and_then(|slot| slot.wait()) {
+                out.copy_from_slice(&b.bytes()[(from - s) as usize..(to - s) as usize]);
+                continue;
+            }
+            // Not read ahead, or the read ahead failed: the aligned range, here.
+            let (s, e) = (
+                from / DIRECT_ALIGN * DIRECT_ALIGN,
+                to.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
+            );
+            let mut b = Bounce::new((e - s) as usize);
+            self.read_aligned(s, b.buf())?;
+            out.copy_from_slice(&b.buf()[(from - s) as usize..(to - s) as usize]);
         }
         Ok(())
     }
