@@ -160,6 +160,30 @@ impl BlockDevice for LuksDevice {
         self.write_sectors(start, &mut tmp)
     }
 
+    /// The cache writes a run of dirty blocks back as one vectored write: gathered into one
+    /// buffer, encrypted and written in one call (the trait's default wrote each block
+    /// alone: a copy, a cipher call and a pwrite per 4 KiB).
+    fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        check_range(offset, total as u64, self.size)?;
+        if !self.inner.is_writable() {
+            return Err(crate::Error::ReadOnly);
+        }
+        if offset % self.sector != 0 || total as u64 % self.sector != 0 {
+            let mut pos = offset;
+            for b in bufs {
+                self.write_at(pos, b)?;
+                pos += b.len() as u64;
+            }
+            return Ok(());
+        }
+        let mut tmp = Vec::with_capacity(total);
+        for b in bufs {
+            tmp.extend_from_slice(b);
+        }
+        self.write_sectors(offset, &mut tmp)
+    }
+
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
