@@ -93,8 +93,16 @@ pub fn image_options(writable: bool, cache_bytes: u64, direct: bool) -> ImageOpt
     opts
 }
 
-/// The one warning a direct open that fell back to buffered I/O gives.
+/// The one warning a direct open that fell back to buffered I/O gives; a direct open that
+/// worked logs how its requests are issued.
 pub fn warn_fallback(img: &fs_drivers::disk::Image, image: &Path) {
+    if img.direct_io() {
+        log::info!(
+            "{}: direct I/O: {}",
+            image.display(),
+            fs_drivers::block::DIRECT_MODE
+        );
+    }
     if img.direct_fallback() {
         eprintln!(
             "imgmount: {}: the host filesystem refuses O_DIRECT; using buffered I/O",

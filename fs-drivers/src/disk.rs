@@ -183,6 +183,8 @@ pub struct Image {
     overlay: Option<Overlay>,
     /// `direct` was asked for and the host filesystem refused O_DIRECT.
     direct_fallback: bool,
+    /// The image file is read with O_DIRECT.
+    direct: bool,
 }
 
 impl Image {
@@ -246,6 +248,7 @@ impl Image {
         let Some(cow_opts) = &opts.cow else {
             let mut img = Self::from_device_peeled(raw, &ctx, opts.cache_bytes, mtime)?;
             img.direct_fallback = direct_fallback;
+            img.direct = opts.direct && !direct_fallback;
             return Ok(img);
         };
         if raw.size() == 0 {
@@ -263,6 +266,7 @@ impl Image {
         let mut img = Self::from_layers(dev, layers, opts.cache_bytes, mtime, Some(&ctx))?;
         img.overlay = Some(overlay);
         img.direct_fallback = direct_fallback;
+        img.direct = opts.direct && !direct_fallback;
         Ok(img)
     }
 
@@ -322,6 +326,7 @@ impl Image {
             mtime,
             overlay: None,
             direct_fallback: false,
+            direct: false,
         })
     }
 
@@ -349,6 +354,11 @@ impl Image {
     /// Whether O_DIRECT was asked for and refused (the image is read buffered).
     pub fn direct_fallback(&self) -> bool {
         self.direct_fallback
+    }
+
+    /// Whether the image file is read with O_DIRECT (`block::DIRECT_MODE` says how).
+    pub fn direct_io(&self) -> bool {
+        self.direct
     }
 
     /// Container layers peeled off the file, outermost first (empty for a raw image).

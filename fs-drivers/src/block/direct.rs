@@ -11,23 +11,116 @@
 
 use super::{check_range, BlockDevice, FileDevice};
 use crate::{Error, Result};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// The alignment used for every direct request: 4096 covers 512- and 4096-byte logical blocks.
 pub const DIRECT_ALIGN: u64 = 4096;
-/// The largest bounce buffer one request uses; longer requests go in pieces.
+/// The largest bounce buffer one write uses; longer writes go in pieces.
 const MAX_CHUNK: u64 = 1 << 20;
+/// Reads see the image as a grid of chunks this long (cold sequential reads through a mount
+/// ran at 1.2-1.3 GB/s with 1 MiB chunks, 0.9-1.3x buffered mode; docs/direct-io.md): a request spanning several is read
+/// chunk by chunk in parallel, and a sequential reader's next chunks are prefetched.
+const READ_CHUNK: u64 = 1 << 20;
+/// How many chunks past a sequential read are kept in flight (4 MiB).
+const AHEAD: u64 = 4;
+/// The read pool's size: the requests in flight besides the callers' own.
+pub const POOL_THREADS: usize = 4;
+/// What imgmount logs as the direct-I/O mode.
+pub const MODE: &str = "O_DIRECT reads through a pool of 4 threads (1 MiB chunks, 4 MiB \
+     prefetched ahead of sequential readers); io_uring is not used";
 
 pub struct DirectFileDevice {
-    direct: File,
+    direct: Arc<File>,
     buffered: FileDevice,
     /// Where the last whole aligned block ends; bytes past it use `buffered`.
     aligned_end: u64,
     /// Serialises read-modify-write of partial blocks.
     rmw: Mutex<()>,
+    pool: Mutex<Option<Pool>>,
+    ahead: Mutex<Ahead>,
+}
+
+/// One read handed to the pool: its result arrives in `slot`.
+struct Job {
+    pos: u64,
+    len: usize,
+    slot: Arc<Slot>,
+}
+
+/// A chunk's read: several requests may take their bytes from one chunk read ahead.
+#[derive(Default)]
+struct Slot {
+    /// `None` while in flight; `Some(None)` when it failed (a reader then reads the range
+    /// itself and reports its own error).
+    done: Mutex<Option<Option<Arc<Bounce>>>>,
+    cv: Condvar,
+}
+
+impl Slot {
+    fn wait(&self) -> Option<Arc<Bounce>> {
+        let mut g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn fill(&self, r: Result<Bounce>) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.ok().map(Arc::new));
+        self.cv.notify_all();
+    }
+}
+
+/// Worker threads that read aligned ranges. Started on first use and remembered with the
+/// process id: a daemonising fork keeps the device but not the threads, so the child starts
+/// its own pool.
+struct Pool {
+    pid: u32,
+    jobs: Sender<Job>,
+}
+
+impl Pool {
+    fn start(file: &Arc<File>) -> Pool {
+        let (jobs, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..POOL_THREADS {
+            let (rx, file): (Arc<Mutex<Receiver<Job>>>, _) = (rx.clone(), file.clone());
+            // The threads end when the device (the only sender) is dropped.
+            let _ = std::thread::Builder::new()
+                .name("imgmount-direct".into())
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    };
+                    let mut b = Bounce::new(job.len);
+                    job.slot
+                        .fill(read_aligned(&file, job.pos, b.buf()).map(|()| b));
+                });
+        }
+        Pool {
+            pid: std::process::id(),
+            jobs,
+        }
+    }
+}
+
+/// The sequential reader's state: where the last read ended and the chunks read ahead.
+#[derive(Default)]
+struct Ahead {
+    /// The process that started these reads: after a daemonising fork they never finish
+    /// (the pool's threads stayed in the parent), so the child forgets them.
+    pid: u32,
+    last_end: u64,
+    /// (chunk index, its read), oldest first; at most `2 * AHEAD` kept.
+    chunks: VecDeque<(u64, Arc<Slot>)>,
 }
 
 /// An aligned scratch area of `len` bytes.
@@ -46,6 +139,9 @@ impl Bounce {
     }
     fn buf(&mut self) -> &mut [u8] {
         &mut self.mem[self.start..self.start + self.len]
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
     }
 }
 
@@ -66,10 +162,12 @@ impl DirectFileDevice {
         };
         let size = buffered.size();
         let dev = DirectFileDevice {
-            direct,
+            direct: Arc::new(direct),
             buffered,
             aligned_end: size - size % DIRECT_ALIGN,
             rmw: Mutex::new(()),
+            pool: Mutex::new(None),
+            ahead: Mutex::new(Ahead::default()),
         };
         // Some filesystems accept the flag at open and refuse the first read.
         if dev.aligned_end > 0 {
@@ -89,18 +187,126 @@ impl DirectFileDevice {
         &self.buffered
     }
 
-    /// Fills `b` (aligned length) from aligned `pos`, all inside `..aligned_end`.
     fn read_aligned(&self, pos: u64, b: &mut [u8]) -> Result<()> {
-        let mut done = 0;
-        while done < b.len() {
-            match self.direct.read_at(&mut b[done..], pos + done as u64) {
-                Ok(0) => return Err(Error::OutOfRange),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+        read_aligned(&self.direct, pos, b)
+    }
+
+    /// Starts reading `len` bytes at `pos` (aligned, inside `..aligned_end`) on the pool.
+    fn submit(&self, pos: u64, len: usize) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.as_ref().is_none_or(|p| p.pid != std::process::id()) {
+            *pool = Some(Pool::start(&self.direct));
+        }
+        let job = Job {
+            pos,
+            len,
+            slot: slot.clone(),
+        };
+        if let Some(Err(e)) = pool.as_ref().map(|p| p.jobs.send(job)) {
+            // No worker could be started: read here instead.
+            let j = e.0;
+            let mut b = Bounce::new(j.len);
+            j.slot.fill(self.read_aligned(j.pos, b.buf()).map(|()| b));
+        }
+        slot
+    }
+
+    /// The aligned extent of chunk `k`, clipped to the direct part of the file.
+    fn chunk(&self, k: u64) -> (u64, u64) {
+        let start = k * READ_CHUNK;
+        (start, (start + READ_CHUNK).min(self.aligned_end))
+    }
+
+    /// Reads `buf` at `offset`, both inside `..aligned_end`: the chunks already read ahead
+    /// are taken, the rest is read (all but one on the pool, in parallel), and a sequential
+    /// reader's next chunks are started.
+    fn read_direct_part(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        let (k0, k1) = (offset / READ_CHUNK, (end - 1) / READ_CHUNK);
+        // Each piece: the aligned range it covers and where its bytes come from.
+        let mut pieces: Vec<(u64, u64, Option<Arc<Slot>>)> = Vec::new();
+        {
+            let mut ah = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ah.pid != std::process::id() {
+                ah.chunks.clear();
+                ah.pid = std::process::id();
+            }
+            let mut hit = false;
+            for k in k0..=k1 {
+                let (cs, ce) = self.chunk(k);
+                if let Some(i) = ah.chunks.iter().position(|(c, _)| *c == k) {
+                    // A chunk serves every request inside it; the one reaching its end
+                    // retires it.
+                    let slot = if end >= ce {
+                        ah.chunks.remove(i).expect("found above").1
+                    } else {
+                        ah.chunks[i].1.clone()
+                    };
+                    pieces.push((cs, ce, Some(slot)));
+                    hit = true;
+                } else {
+                    let s = offset.max(cs) / DIRECT_ALIGN * DIRECT_ALIGN;
+                    let e = end.min(ce).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+                    pieces.push((s, e, None));
+                }
+            }
+            let sequential = hit || offset == ah.last_end;
+            ah.last_end = end;
+            if sequential {
+                for k in k1 + 1..=k1 + AHEAD {
+                    let (cs, ce) = self.chunk(k);
+                    if cs >= ce || ah.chunks.iter().any(|(c, _)| *c == k) {
+                        continue;
+                    }
+                    let slot = self.submit(cs, (ce - cs) as usize);
+                    ah.chunks.push_back((k, slot));
+                }
+                while ah.chunks.len() > 2 * AHEAD as usize {
+                    ah.chunks.pop_front();
+                }
             }
         }
+        // The first piece read without a slot is read on this thread; the others go to the
+        // pool so they are in flight together.
+        let mut mine = None;
+        for (i, p) in pieces.iter_mut().enumerate() {
+            if p.2.is_none() {
+                if mine.is_none() {
+                    mine = Some(i);
+                } else {
+                    p.2 = Some(self.submit(p.0, (p.1 - p.0) as usize));
+                }
+            }
+        }
+        for (s, e, slot) in pieces {
+            let from = offset.max(s);
+            let to = end.min(e);
+            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            if let Some(b) = slot.and_then(|slot| slot.wait()) {
+                out.copy_from_slice(&b.bytes()[(from - s) as usize..(to - s) as usize]);
+                continue;
+            }
+            // Not read ahead, or the read ahead failed: the aligned range, here.
+            let (s, e) = (
+                from / DIRECT_ALIGN * DIRECT_ALIGN,
+                to.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
+            );
+            let mut b = Bounce::new((e - s) as usize);
+            self.read_aligned(s, b.buf())?;
+            out.copy_from_slice(&b.buf()[(from - s) as usize..(to - s) as usize]);
+        }
         Ok(())
+    }
+
+    /// Forgets chunks read ahead that a write to `offset..offset+len` makes stale.
+    fn drop_ahead(&self, offset: u64, len: u64) {
+        let (k0, k1) = (offset / READ_CHUNK, (offset + len) / READ_CHUNK);
+        let mut ah = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        ah.chunks.retain(|(k, _)| *k < k0 || *k > k1);
     }
 
     fn write_aligned(&self, pos: u64, b: &[u8]) -> Result<()> {
@@ -112,25 +318,6 @@ impl DirectFileDevice {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
-        }
-        Ok(())
-    }
-
-    /// Reads `buf` at `offset`, both inside `..aligned_end`, through aligned pieces.
-    fn read_direct_part(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut pos = offset;
-        let mut out = 0;
-        while out < buf.len() {
-            let start = pos - pos % DIRECT_ALIGN;
-            let want_end = (offset + buf.len() as u64).min(start + MAX_CHUNK);
-            let end = want_end.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-            let mut bounce = Bounce::new((end - start) as usize);
-            self.read_aligned(start, bounce.buf())?;
-            let skip = (pos - start) as usize;
-            let n = (want_end - pos) as usize;
-            buf[out..out + n].copy_from_slice(&bounce.buf()[skip..skip + n]);
-            out += n;
-            pos += n as u64;
         }
         Ok(())
     }
@@ -163,6 +350,20 @@ impl DirectFileDevice {
     }
 }
 
+/// Fills `b` (aligned length) from aligned `pos`, all inside the direct part of the file.
+fn read_aligned(file: &File, pos: u64, b: &mut [u8]) -> Result<()> {
+    let mut done = 0;
+    while done < b.len() {
+        match file.read_at(&mut b[done..], pos + done as u64) {
+            Ok(0) => return Err(Error::OutOfRange),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 impl BlockDevice for DirectFileDevice {
     fn size(&self) -> u64 {
         self.buffered.size()
@@ -186,11 +387,16 @@ impl BlockDevice for DirectFileDevice {
         }
         let split = (self.aligned_end.saturating_sub(offset) as usize).min(buf.len());
         let (head, tail) = buf.split_at(split);
-        self.write_direct_part(offset, head)?;
-        if !tail.is_empty() {
-            self.buffered.write_at(offset + split as u64, tail)?;
-        }
-        Ok(())
+        let r = self.write_direct_part(offset, head).and_then(|()| {
+            if tail.is_empty() {
+                return Ok(());
+            }
+            self.buffered.write_at(offset + split as u64, tail)
+        });
+        // After the write: a chunk read ahead before now may hold the old bytes, one started
+        // later reads the new ones.
+        self.drop_ahead(offset, buf.len() as u64);
+        r
     }
 
     fn flush(&self) -> Result<()> {
@@ -198,11 +404,15 @@ impl BlockDevice for DirectFileDevice {
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.buffered.discard(offset, len)
+        let r = self.buffered.discard(offset, len);
+        self.drop_ahead(offset, len);
+        r
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.buffered.write_zeroes(offset, len)
+        let r = self.buffered.write_zeroes(offset, len);
+        self.drop_ahead(offset, len);
+        r
     }
 
     fn block_size(&self) -> u32 {
@@ -258,6 +468,61 @@ mod tests {
         assert!(std::fs::read(&path).unwrap() == model);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), size as u64);
         assert!(d.read_at(size as u64 - 1, &mut [0; 2]).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Parallel readers, sequential (so chunks are read ahead on the pool) and scattered, with
+    /// ranges unaligned at both ends and crossing chunk borders, all see the file's bytes;
+    /// a write between two sequential passes is seen by the second (no stale read-ahead).
+    #[test]
+    fn parallel_unaligned_readers_equal_the_file() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("direct-par-{}", std::process::id()));
+        let size = 11 * READ_CHUNK as usize / 2 + 4096 * 3 + 333;
+        let mut data: Vec<u8> = (0..size as u32).map(|i| (i * 13 + i / 511) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let Some(d) = DirectFileDevice::open(&path, true).unwrap() else {
+            println!("SKIP: target/tmp refuses O_DIRECT");
+            let _ = std::fs::remove_file(&path);
+            return;
+        };
+        let check = |d: &DirectFileDevice, data: &[u8]| {
+            std::thread::scope(|s| {
+                for t in 0..8usize {
+                    s.spawn(move || {
+                        let mut x = (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let mut pos = t * 1234;
+                        while pos < size {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            // Sequential runs for even threads, scattered reads for odd.
+                            let len = (1 + x % (3 * READ_CHUNK)) as usize;
+                            let off = if t % 2 == 0 {
+                                pos
+                            } else {
+                                (x >> 20) as usize % size
+                            };
+                            let len = len.min(size - off);
+                            let mut got = vec![0u8; len];
+                            d.read_at(off as u64, &mut got).unwrap();
+                            assert!(got == data[off..off + len], "thread {t}: {off}+{len}");
+                            pos += len.max(1);
+                        }
+                    });
+                }
+            });
+        };
+        check(&d, &data);
+        let patch = vec![0xa5u8; 3 * READ_CHUNK as usize];
+        let at = READ_CHUNK as usize + 100;
+        // A sequential start that puts the chunks the write covers in flight.
+        d.read_at(0, &mut [0u8; 4096]).unwrap();
+        d.read_at(4096, &mut [0u8; 4096]).unwrap();
+        d.write_at(at as u64, &patch).unwrap();
+        data[at..at + patch.len()].copy_from_slice(&patch);
+        check(&d, &data);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -10,7 +10,7 @@ mod mem;
 mod slice;
 
 pub use cache::{BlockCache, CacheStats};
-pub use direct::{DirectFileDevice, DIRECT_ALIGN};
+pub use direct::{DirectFileDevice, DIRECT_ALIGN, MODE as DIRECT_MODE};
 pub use fault::{FaultDevice, FaultOp};
 pub use file::FileDevice;
 pub use mem::MemDevice;
