@@ -4,44 +4,25 @@
 
 mod support;
 
-use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
+use fs_drivers::block::DeviceRef;
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::vfs::{Fallocate, FileSystem, FileType, NewNode, SetAttr};
 use fs_drivers::Error;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use support::ext_rw;
 use support::require_tools;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ext_fallocate");
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d.join(name)
+    ext_rw::scratch("ext_fallocate", name)
 }
 
 fn mkfs(name: &str, fs_type: &str, args: &[&str]) -> PathBuf {
-    let img = tmp(&format!("{name}.img"));
-    let _ = std::fs::remove_file(&img);
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("create image");
-    let out = Command::new(format!("mkfs.{fs_type}"))
-        .args(["-q", "-F"])
-        .args(args)
-        .arg(&img)
-        .output()
-        .expect("mkfs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    img
+    ext_rw::mkfs_image("ext_fallocate", name, fs_type, args, 64)
 }
 
 fn device(img: &Path, writable: bool) -> DeviceRef {
-    let file: DeviceRef = Arc::new(FileDevice::open(img, writable).expect("open image"));
-    Arc::new(BlockCache::with_defaults(file))
+    ext_rw::cached_device(img, writable)
 }
 
 fn read_all(fs: &ExtFs, ino: u64) -> Vec<u8> {

@@ -18,38 +18,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use support::ext_rw::{self, is_root};
 use support::kernel_view::{kernel_walk, kind_of};
 use support::require_tools;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ext_write");
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d.join(name)
+    ext_rw::scratch("ext_write", name)
 }
 
 fn mkfs(name: &str, fs_type: &str, args: &[&str], size_mib: u64) -> PathBuf {
-    let img = tmp(&format!("{name}.img"));
-    let _ = std::fs::remove_file(&img);
-    let f = std::fs::File::create(&img).expect("create image");
-    f.set_len(size_mib << 20).expect("size image");
-    drop(f);
-    let out = Command::new(format!("mkfs.{fs_type}"))
-        .args(["-q", "-F"])
-        .args(args)
-        .arg(&img)
-        .output()
-        .expect("mkfs");
-    assert!(
-        out.status.success(),
-        "mkfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    img
+    ext_rw::mkfs_image("ext_write", name, fs_type, args, size_mib)
 }
 
 fn device(img: &Path, writable: bool) -> DeviceRef {
-    let file: DeviceRef = Arc::new(FileDevice::open(img, writable).expect("open image"));
-    Arc::new(BlockCache::with_defaults(file))
+    ext_rw::cached_device(img, writable)
 }
 
 fn open_rw(img: &Path) -> ExtFs {
@@ -180,15 +162,6 @@ fn block_size_of(img: &Path) -> u64 {
         .find_map(|l| l.strip_prefix("Block size:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn is_root() -> bool {
-    // SAFETY-free check: root's id is 0; `id -u` avoids libc in a forbid(unsafe) workspace.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
 }
 
 /// The kernel's view of the image (None when not root or the kernel refuses).

@@ -7,7 +7,7 @@
 
 mod support;
 
-use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
+use fs_drivers::block::DeviceRef;
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::vfs::{FileSystem, FileType, NewNode};
 use fs_drivers::Error;
@@ -16,35 +16,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
+use support::ext_rw::{self, is_root};
 use support::require_tools;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ext_write_dirs");
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d.join(name)
+    ext_rw::scratch("ext_write_dirs", name)
 }
 
 fn mkfs(name: &str, fs_type: &str, args: &[&str], size_mib: u64) -> PathBuf {
-    let img = tmp(&format!("{name}.img"));
-    let _ = std::fs::remove_file(&img);
-    let f = std::fs::File::create(&img).expect("create image");
-    f.set_len(size_mib << 20).expect("size image");
-    drop(f);
-    let out = Command::new(format!("mkfs.{fs_type}"))
-        .args(["-q", "-F"])
-        .args(args)
-        .arg(&img)
-        .output()
-        .expect("mkfs");
-    assert!(out.status.success(), "mkfs {args:?}");
-    img
+    ext_rw::mkfs_image("ext_write_dirs", name, fs_type, args, size_mib)
 }
 
 fn device(img: &Path, writable: bool) -> DeviceRef {
-    let file: DeviceRef = Arc::new(FileDevice::open(img, writable).expect("open image"));
-    Arc::new(BlockCache::with_defaults(file))
+    ext_rw::cached_device(img, writable)
 }
 
 /// `e2fsck -fn` exits 0 and reports nothing beyond its pass lines and summary.
@@ -67,13 +52,6 @@ fn fsck(img: &Path, label: &str) {
         "{label}: e2fsck -fn:\n{}",
         text.lines().take(40).collect::<Vec<_>>().join("\n")
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn node(kind: FileType) -> NewNode {

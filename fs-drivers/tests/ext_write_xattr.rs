@@ -6,42 +6,24 @@
 
 mod support;
 
-use fs_drivers::block::{BlockCache, DeviceRef, FileDevice};
 use fs_drivers::ext::{ExtFs, ExtOptions};
 use fs_drivers::vfs::{FileSystem, FileType, NewNode, XattrSet};
 use fs_drivers::Error;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use support::ext_rw::{self, is_root};
 use support::kernel_view::xattrs_tree;
 use support::require_tools;
 
 type Attrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
 fn mkfs(name: &str, fs_type: &str, args: &[&str]) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ext_write_xattr");
-    std::fs::create_dir_all(&d).unwrap();
-    let img = d.join(format!("{name}.img"));
-    let _ = std::fs::remove_file(&img);
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let out = Command::new(format!("mkfs.{fs_type}"))
-        .args(["-q", "-F"])
-        .args(args)
-        .arg(&img)
-        .env("PATH", support::sbin_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mkfs {args:?}: {out:?}");
-    img
+    ext_rw::mkfs_image("ext_write_xattr", name, fs_type, args, 16)
 }
 
 fn open(img: &Path, rw: bool) -> ExtFs {
-    let file: DeviceRef = Arc::new(FileDevice::open(img, rw).unwrap());
-    let dev: DeviceRef = Arc::new(BlockCache::with_defaults(file));
+    let dev = ext_rw::cached_device(img, rw);
     if rw {
         ExtFs::open_rw(dev, ExtOptions::default()).unwrap()
     } else {
@@ -68,14 +50,6 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
         x.extend(id.to_le_bytes());
     }
     x
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
 }
 
 fn run_variant(name: &str, fs_type: &str, args: &[&str]) {

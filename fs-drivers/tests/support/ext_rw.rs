@@ -87,3 +87,48 @@ pub fn e2fsck(img: &Path, fix: bool) -> Result<(), String> {
         head.join("\n")
     ))
 }
+
+/// `<target tmp dir>/<dir>/<name>`, the folder made.
+pub fn scratch(dir: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d.join(name)
+}
+
+/// `mkfs.<fs_type> -q -F <args>` on a fresh `size_mib` MiB file `<dir>/<name>.img` in the
+/// test binary's target tmp dir (no skip: callers check their tools first).
+pub fn mkfs_image(dir: &str, name: &str, fs_type: &str, args: &[&str], size_mib: u64) -> PathBuf {
+    let img = scratch(dir, &format!("{name}.img"));
+    let _ = std::fs::remove_file(&img);
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(size_mib << 20))
+        .expect("create image");
+    let out = Command::new(format!("mkfs.{fs_type}"))
+        .args(["-q", "-F"])
+        .args(args)
+        .arg(&img)
+        .env("PATH", super::sbin_path())
+        .output()
+        .expect("mkfs");
+    assert!(
+        out.status.success(),
+        "mkfs.{fs_type} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+/// The image file behind the block cache, as the front ends stack it.
+pub fn cached_device(img: &Path, writable: bool) -> DeviceRef {
+    let file: DeviceRef =
+        Arc::new(fs_drivers::block::FileDevice::open(img, writable).expect("open image"));
+    Arc::new(fs_drivers::block::BlockCache::with_defaults(file))
+}
+
+/// Root's id is 0; `id -u` keeps the tests free of libc calls.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
