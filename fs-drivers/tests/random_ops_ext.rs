@@ -69,7 +69,7 @@ fn ext_with(tag: &str, mkfs_args: &[&str], mut caps: Caps, extents: bool, seed: 
 /// what it does today (the vfs defaults' EOPNOTSUPP for a missing operation; an ACL left
 /// alone by chmod for `acl_chmod`), so the day it starts working these tests fail until it
 /// is taken off the list and judged like the rest.
-const NOT_YET: &str = "acl_chmod";
+const NOT_YET: &str = "";
 
 fn reduce_caps(caps: &mut Caps) {
     let list = match std::env::var("RANDOM_OPS_WITHOUT") {

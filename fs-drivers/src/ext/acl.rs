@@ -163,6 +163,28 @@ pub fn create_masq(default: &[u8], mode: u16) -> (Option<Vec<u8>>, u16) {
     (not_equiv.then_some(acl), mode)
 }
 
+/// The kernel's __posix_acl_chmod on a valid access ACL in xattr form: the owner, the mask
+/// (or the owning group when there is no mask) and other take the new mode's bits; named
+/// users and groups keep theirs.
+pub fn chmod(x: &[u8], mode: u16) -> Vec<u8> {
+    let mut acl = x.to_vec();
+    let (mut group_obj, mut mask) = (None, None);
+    for (i, e) in x.get(4..).unwrap_or(&[]).chunks_exact(8).enumerate() {
+        let at = 4 + i * 8 + 2;
+        match u16_at(e, 0) {
+            ACL_USER_OBJ => set_perm(&mut acl, at, (mode >> 6) & 7),
+            ACL_OTHER => set_perm(&mut acl, at, mode & 7),
+            ACL_GROUP_OBJ => group_obj = Some(at),
+            ACL_MASK => mask = Some(at),
+            _ => {}
+        }
+    }
+    if let Some(at) = mask.or(group_obj) {
+        set_perm(&mut acl, at, (mode >> 3) & 7);
+    }
+    acl
+}
+
 fn set_perm(acl: &mut [u8], at: usize, perm: u16) {
     acl[at..at + 2].copy_from_slice(&perm.to_le_bytes());
 }

@@ -1044,7 +1044,12 @@ impl FileSystem for ExtFs {
         if self.rw.is_none() {
             return Err(Error::ReadOnly);
         }
-        self.w_setattr(Self::ino32(ino)?, changes)
+        let ino = Self::ino32(ino)?;
+        let attr = self.w_setattr(ino, changes)?;
+        match changes.mode {
+            Some(mode) if attr.kind != FileType::Symlink => self.chmod_acl(ino, mode as u16),
+            _ => Ok(attr),
+        }
     }
 
     fn fsync(&self, _ino: Ino) -> Result<()> {

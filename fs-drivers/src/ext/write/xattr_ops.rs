@@ -5,8 +5,8 @@ use super::io::Store;
 use super::xattr_update::{self, XattrCtx};
 use super::{alloc, now, Ctx};
 use crate::ext::ExtFs;
-use crate::vfs::XattrSet;
-use crate::Result;
+use crate::vfs::{Attr, FileSystem, XattrSet};
+use crate::{Error, Result};
 
 /// s_feature_compat's ext_attr bit, which the kernel sets on the first xattr write.
 const COMPAT_EXT_ATTR: u32 = 0x8;
@@ -26,6 +26,23 @@ impl ExtFs {
                 xattr_update::set(store, ctx, raw, name, value, how)
             })
         })
+    }
+
+    /// chmod rewrites an access ACL as the kernel's posix_acl_chmod does, so the ACL and
+    /// the mode never disagree (an ACL the new mode says all of is dropped).
+    pub(crate) fn chmod_acl(&self, ino: u32, mode: u16) -> Result<Attr> {
+        const ACCESS: &[u8] = b"system.posix_acl_access";
+        match self.getxattr(u64::from(ino), ACCESS) {
+            Ok(acl) => {
+                let new = crate::ext::acl::chmod(&acl, mode);
+                if new != acl {
+                    self.w_setxattr(ino, ACCESS, &new, XattrSet::Either)?;
+                }
+            }
+            Err(Error::NoData) => {}
+            Err(e) => return Err(e),
+        }
+        self.getattr(u64::from(ino))
     }
 
     pub(crate) fn w_removexattr(&self, ino: u32, name: &[u8]) -> Result<()> {
