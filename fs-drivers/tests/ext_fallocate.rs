@@ -142,7 +142,7 @@ fn kernel_reads(img: &Path, name: &str) -> Option<Vec<u8>> {
         return None;
     }
     let data = std::fs::read(dir.join(name));
-    let _ = Command::new("umount").arg(&dir).status();
+    support::kernel_view::unmount(&dir);
     data.ok()
 }
 

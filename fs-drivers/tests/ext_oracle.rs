@@ -44,7 +44,7 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        support::kernel_view::unmount(&self.dir);
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

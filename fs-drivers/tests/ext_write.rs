@@ -219,7 +219,7 @@ fn kernel_tree(img: &Path) -> Option<BTreeMap<Vec<u8>, Node>> {
             },
         );
     }
-    let _ = Command::new("umount").arg(&dir).status();
+    support::kernel_view::unmount(&dir);
     Some(out)
 }
 

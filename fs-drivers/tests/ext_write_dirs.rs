@@ -192,7 +192,7 @@ fn run(label: &str, fs_type: &str, args: &[&str]) {
                 assert_eq!(std::fs::read_dir(dd.join("sub")).unwrap().count(), 3000);
             };
             let r = std::panic::catch_unwind(check);
-            let _ = Command::new("umount").arg(&mnt).status();
+            support::kernel_view::unmount(&mnt);
             if let Err(p) = r {
                 std::panic::resume_unwind(p);
             }

@@ -216,7 +216,7 @@ fn run_variant(name: &str, fs_type: &str, args: &[&str]) {
         .success();
     assert!(ok, "mount");
     let tree = xattrs_tree(&mnt);
-    let _ = Command::new("umount").arg(&mnt).status();
+    support::kernel_view::unmount(&mnt);
     for (p, a) in &model {
         let k = tree.get(p.as_bytes()).cloned().unwrap_or_default();
         assert_eq!(&k, a, "{name}: kernel view of {p}");

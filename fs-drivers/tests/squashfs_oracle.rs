@@ -337,7 +337,7 @@ struct Mount(PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        support::kernel_view::unmount(&self.0);
         let _ = std::fs::remove_dir(&self.0);
     }
 }

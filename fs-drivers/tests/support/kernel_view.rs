@@ -192,7 +192,22 @@ pub fn kernel_model_view(img: &Path) -> Result<Option<super::model::View>, Strin
             },
         );
     }
-    let _ = Command::new("umount").arg(&dir).status();
+    unmount(&dir);
     let _ = std::fs::remove_dir(&dir);
     Ok(Some(view))
+}
+
+/// Unmounts a kernel mount the test made. umount can fail with EBUSY for a moment when
+/// another test thread forks while a file of this mount is open (the child holds the fd until
+/// its exec closes it), so it is retried, then detached lazily: a passing run never leaves a
+/// mount behind.
+pub fn unmount(dir: &Path) {
+    for _ in 0..50 {
+        match Command::new("umount").arg(dir).status() {
+            Ok(s) if s.success() => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(_) => return,
+        }
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
 }
