@@ -1035,10 +1035,6 @@ fn real_ext_driver_matches_kernel() {
 
 fn main() {
     daemon_main_if_requested();
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
     if let Some(why) = skip_reason() {
         println!("mount_lifecycle: skipped: {why}");
         return;
@@ -1066,24 +1062,5 @@ fn main() {
             real_ext_driver_matches_kernel,
         ),
     ];
-    let mut failed = vec![];
-    for (name, f) in tests {
-        if !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        let ok = std::panic::catch_unwind(f).is_ok();
-        println!(
-            "test {name} ... {} ({:.2} s)",
-            if ok { "ok" } else { "FAILED" },
-            t.elapsed().as_secs_f64()
-        );
-        if !ok {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    run_tests(tests);
 }

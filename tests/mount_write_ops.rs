@@ -18,7 +18,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Instant;
 
 use mount_support::*;
 
@@ -1005,10 +1004,6 @@ fn ext_through_cow() {
 
 fn main() {
     daemon_main_if_requested();
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
     if let Some(why) = skip_reason() {
         println!("mount_write_ops: skipped: {why}");
         return;
@@ -1026,24 +1021,5 @@ fn main() {
         ("ext_permissions_as_nobody", ext_permissions_as_nobody),
         ("ext_through_cow", ext_through_cow),
     ];
-    let mut failed = vec![];
-    for (name, f) in tests {
-        if !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) {
-            continue;
-        }
-        let t = Instant::now();
-        let passed = std::panic::catch_unwind(f).is_ok();
-        println!(
-            "test {name} ... {} ({:.1}s)",
-            if passed { "ok" } else { "FAILED" },
-            t.elapsed().as_secs_f64()
-        );
-        if !passed {
-            failed.push(*name);
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
+    run_tests(tests);
 }

@@ -200,3 +200,33 @@ pub fn daemon_pid(mnt: &Path, uid: u32) -> Option<u32> {
 pub fn alive(pid: u32) -> bool {
     fuse::pidfile::alive(pid)
 }
+
+/// The main of a harness-less mount test binary: runs each named test whose name contains
+/// one of the command-line filters (all without filters), each caught so one failure does not
+/// hide the rest, and exits 1 if any failed.
+pub fn run_tests(tests: &[(&str, fn())]) {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = vec![];
+    for (name, f) in tests {
+        if !filter.is_empty() && !filter.iter().any(|x| name.contains(x.as_str())) {
+            continue;
+        }
+        let t = Instant::now();
+        let passed = std::panic::catch_unwind(f).is_ok();
+        println!(
+            "test {name} ... {} ({:.2} s)",
+            if passed { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if !passed {
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}

@@ -1047,7 +1047,7 @@ impl FileSystem for ExtFs {
         let ino = Self::ino32(ino)?;
         let attr = self.w_setattr(ino, changes)?;
         match changes.mode {
-            Some(mode) if attr.kind != FileType::Symlink => self.chmod_acl(ino, mode as u16),
+            Some(mode) if attr.kind != FileType::Symlink => self.chmod_acl(ino, mode as u16, attr),
             _ => Ok(attr),
         }
     }

@@ -30,18 +30,19 @@ impl ExtFs {
 
     /// chmod rewrites an access ACL as the kernel's posix_acl_chmod does, so the ACL and
     /// the mode never disagree (an ACL the new mode says all of is dropped).
-    pub(crate) fn chmod_acl(&self, ino: u32, mode: u16) -> Result<Attr> {
+    pub(crate) fn chmod_acl(&self, ino: u32, mode: u16, attr: Attr) -> Result<Attr> {
         const ACCESS: &[u8] = b"system.posix_acl_access";
-        match self.getxattr(u64::from(ino), ACCESS) {
-            Ok(acl) => {
-                let new = crate::ext::acl::chmod(&acl, mode);
-                if new != acl {
-                    self.w_setxattr(ino, ACCESS, &new, XattrSet::Either)?;
-                }
-            }
-            Err(Error::NoData) => {}
+        let acl = match self.getxattr(u64::from(ino), ACCESS) {
+            Ok(acl) => acl,
+            Err(Error::NoData) => return Ok(attr),
             Err(e) => return Err(e),
+        };
+        let new = crate::ext::acl::chmod(&acl, mode);
+        if new == acl {
+            return Ok(attr);
         }
+        // Storing the ACL may change the mode's bits or ctime: answer what is on disk now.
+        self.w_setxattr(ino, ACCESS, &new, XattrSet::Either)?;
         self.getattr(u64::from(ino))
     }
 
