@@ -68,7 +68,7 @@ fn compressed_fixtures_match_their_manifest() {
                 .status();
             if st.is_ok_and(|s| s.success()) {
                 let theirs = walk_host_tree(&mnt.0);
-                let _ = Command::new("umount").arg(&mnt.0).status();
+                unmount(&mnt.0);
                 compare(&ours, &theirs, |_, _| {});
             } else {
                 eprintln!("SKIP: the kernel cannot mount the {alg} fixture");

@@ -126,7 +126,7 @@ fn erofs_equals_the_kernel() {
             continue;
         }
         let theirs = walk_host_tree(&mnt);
-        let _ = Command::new("umount").arg(&mnt).status();
+        unmount(&mnt);
         let fs = open(&img);
         let ours = ro_common::walk_fs(&fs);
         compare(&ours, &theirs, |_, _| {});

@@ -32,6 +32,19 @@ pub fn is_root() -> bool {
     })
 }
 
+/// Unmounts a kernel mount, retrying while another test thread's fork holds a file of it open
+/// for a moment, then detaching it lazily: a passing run leaves no mount behind.
+pub fn unmount(dir: &Path) {
+    for _ in 0..50 {
+        match Command::new("umount").arg(dir).status() {
+            Ok(s) if s.success() => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Err(_) => return,
+        }
+    }
+    let _ = Command::new("umount").arg("-l").arg(dir).status();
+}
+
 pub fn run(cmd: &mut Command) {
     let out = cmd.env("PATH", sbin_path()).output().expect("spawn");
     assert!(
