@@ -129,28 +129,12 @@ pub fn merge_in_batches(
     }
     let total = store.committed().len() as u64;
     let mut done = 0;
-    let mut buf = Vec::new();
     while !store.committed().is_empty() {
         let len = store.committed().len();
         let keep = len.saturating_sub(batch.max(1) as usize);
         let mut todo = store.committed()[keep..].to_vec();
-        // Runs of chunks consecutive in both the image and the store become one read and
-        // one write (a file written in order is stored in order).
         todo.sort_unstable();
-        let mut i = 0;
-        while i < todo.len() {
-            let (old0, new0) = todo[i];
-            let mut n = 1;
-            while i + n < todo.len() && todo[i + n] == (old0 + n as u64, new0 + n as u64) {
-                n += 1;
-            }
-            let start = old0 * chunk;
-            let bytes = (n as u64 * chunk).min(size - start) as usize;
-            buf.resize(bytes, 0);
-            store.read_chunk(new0, 0, &mut buf)?;
-            origin.write_at(start, &buf)?;
-            i += n;
-        }
+        copy_batch(origin, &*store, &todo, chunk, size)?;
         origin.flush()?;
         store.truncate_to(keep as u64)?;
         done += (len - keep) as u64;
@@ -165,5 +149,58 @@ pub fn merge_in_batches(
         chunks: done,
         unchecked,
         resumed,
+    })
+}
+
+/// Largest piece read from the store at once; two are in flight.
+const PIECE_BYTES: u64 = 4 << 20;
+
+/// Copies the sorted exceptions `todo` into `origin`, runs of consecutive chunks at a time. A
+/// reader thread reads the next piece from the store while this one writes the last into the
+/// image: the store's reads and the image's writes are two files (often two disks' worth of
+/// waiting), and doing them in turn took ~1.7× `cp`'s time.
+fn copy_batch(
+    origin: &dyn BlockDevice,
+    store: &dyn MergeStore,
+    todo: &[(u64, u64)],
+    chunk: u64,
+    size: u64,
+) -> Result<()> {
+    let per_piece = (PIECE_BYTES / chunk).max(1);
+    // Runs of chunks consecutive in both the image and the store become one read and one
+    // write (a file written in order is stored in order).
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    while i < todo.len() {
+        let (old0, new0) = todo[i];
+        let mut n = 1;
+        while i + n < todo.len()
+            && (n as u64) < per_piece
+            && todo[i + n] == (old0 + n as u64, new0 + n as u64)
+        {
+            n += 1;
+        }
+        let start = old0 * chunk;
+        pieces.push((start, new0, (n as u64 * chunk).min(size - start) as usize));
+        i += n;
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(1);
+        s.spawn(move || {
+            for (start, new0, len) in pieces {
+                let mut buf = vec![0u8; len];
+                let r = store.read_chunk(new0, 0, &mut buf).map(|()| (start, buf));
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        // An early return drops `rx`, which stops the reader at its next send.
+        for piece in rx {
+            let (start, buf) = piece?;
+            origin.write_at(start, &buf)?;
+        }
+        Ok(())
     })
 }
