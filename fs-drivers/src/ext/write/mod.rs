@@ -320,6 +320,14 @@ impl ExtFs {
                 dev.read_at(1024, &mut raw)?;
                 fs = Self::load(tx.clone(), opts, HashMap::new())?;
             }
+            // As the kernel's mount does, so every log we write uses them (mkfs leaves
+            // them off until the first kernel mount). A v1 journal superblock cannot record
+            // them; the kernel refuses such a mount too.
+            j.enable_features(sb.has_incompat(incompat::BIT64), sb.metadata_csum())
+                .map_err(|e| match e {
+                    Error::Unsupported(why) => Error::Unsupported(format!("journal: {why}")),
+                    e => e,
+                })?;
             journal = Some(j);
         }
         let sb = fs.sb.clone();
