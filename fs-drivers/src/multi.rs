@@ -843,6 +843,7 @@ mod tests {
             uid: 7,
             gid: 8,
             rdev: 0,
+            umask: 0,
         };
         let made = m.make_node(p5, b"made", &node).unwrap();
         assert_eq!(made.ino >> 48, 3);

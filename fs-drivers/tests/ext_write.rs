@@ -247,6 +247,7 @@ fn node(kind: FileType, perm: u16) -> NewNode {
         uid: 1000,
         gid: 100,
         rdev: 0,
+        umask: 0,
     }
 }
 

@@ -980,6 +980,7 @@ impl FileSystem for ExtFs {
             uid: 0,
             gid: 0,
             rdev: 0,
+            umask: 0,
         };
         self.make_node(parent, name, &node)
     }
@@ -991,6 +992,7 @@ impl FileSystem for ExtFs {
             uid: 0,
             gid: 0,
             rdev: 0,
+            umask: 0,
         };
         self.make_node(parent, name, &node)
     }

@@ -85,6 +85,7 @@ impl ExtFs {
             uid,
             gid,
             rdev: 0,
+            umask: 0,
         };
         self.with_writer(|cx| {
             let ino = cx.make_node(parent, name, &node, Some(target))?;
@@ -343,6 +344,9 @@ impl Ctx<'_> {
         let mut inode = self.new_inode(ino, mode, node.uid, node.gid)?;
         let extents = sb.has_incompat(incompat::EXTENTS);
         let res = (|| {
+            if node.kind != FileType::Symlink {
+                self.inherit_acls(&p, &mut inode, node.umask)?;
+            }
             match node.kind {
                 FileType::Regular | FileType::Directory | FileType::Symlink if extents => {
                     inode.flags |= flags::EXTENTS;
@@ -391,6 +395,10 @@ impl Ctx<'_> {
         if let Err(e) = res {
             // Undo: the node was never linked, so nothing else points at it.
             let _ = self.release_blocks(&mut inode);
+            if inode.file_acl != 0 {
+                let _ = self.release_xattr_block(inode.file_acl);
+                inode.file_acl = 0;
+            }
             inode.links = 0;
             inode.dtime_now();
             let _ = self.write_inode_dtime(&inode, Some(now().sec as u32));
