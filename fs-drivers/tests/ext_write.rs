@@ -645,7 +645,6 @@ fn unsupported_features_are_refused_untouched() {
         ("bigalloc", "bigalloc", "bigalloc"),
         ("metabg", "meta_bg,^resize_inode", "meta_bg"),
         ("quota", "quota", "quota"),
-        ("mmp", "mmp", "mmp"),
     ] {
         let img = mkfs(name, "ext4", &["-O", feature, "-b", "4096"], 64);
         let bytes = std::fs::read(&img).unwrap();

@@ -169,3 +169,121 @@ fn journal_drops_checksums_without_metadata_csum() {
         "journal_64bit",
     );
 }
+
+/// `debugfs -R dump_mmp`'s fields by name.
+fn dump_mmp(img: &Path) -> std::collections::BTreeMap<String, String> {
+    tool("debugfs", &["-R", "dump_mmp"], img)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn open_rw_file(img: &Path) -> fs_drivers::Result<Arc<dyn fs_drivers::vfs::FileSystem>> {
+    open_rw(support::ext_rw::cached_device(img, true))
+}
+
+#[test]
+fn mmp_is_held_while_open_and_clean_after() {
+    if !support::require_tool("debugfs") || !support::require_tool("e2fsck") {
+        return;
+    }
+    let Some(img) = mkfs(
+        "mmp",
+        &["-t", "ext4", "-O", "mmp", "-E", "mmp_update_interval=1"],
+        32,
+    ) else {
+        return;
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        dump_mmp(&img)["sequence"],
+        "ff4d4d50",
+        "mkfs leaves it clean"
+    );
+    let t = std::time::Instant::now();
+    let fs = open_rw_file(&img).expect("open rw");
+    eprintln!("mmp: open took {:?}", t.elapsed());
+    let a = fs.create(fs.root(), b"f", 0o644).unwrap();
+    fs.write(a.ino, 0, b"held").unwrap();
+    fs.fsync(a.ino).unwrap();
+    let held = dump_mmp(&img);
+    assert_eq!(held["node_name"], host, "{held:?}");
+    assert!(held["device_name"].starts_with("imgmount["), "{held:?}");
+    let seq = held["sequence"].clone();
+    assert!(seq != "ff4d4d50" && seq != "e24d4d50", "{held:?}");
+
+    // A second rw open sees the sequence move and gives up, in one line naming us.
+    let t = std::time::Instant::now();
+    let err = match open_rw_file(&img) {
+        Ok(_) => panic!("a second rw open of an image in use succeeded"),
+        Err(e) => e.to_string(),
+    };
+    eprintln!("mmp: second open refused after {:?}: {err}", t.elapsed());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&host) && err.contains("multi-mount"), "{err}");
+    assert_ne!(dump_mmp(&img)["sequence"], seq, "the sequence is live");
+    // Read-only opens do not care.
+    fs_drivers::ext::ExtFs::open(
+        support::ext_rw::cached_device(&img, false),
+        Default::default(),
+    )
+    .expect("ro open while held");
+
+    drop(fs);
+    assert_eq!(dump_mmp(&img)["sequence"], "ff4d4d50", "clean after close");
+    e2fsck(&img, false).unwrap();
+    if is_root() {
+        let dir = scratch(
+            "ext-write-mount",
+            &format!("mmp-mnt-{}", std::process::id()),
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&img)
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "kernel refuses the image after our close");
+        let got = std::fs::read(dir.join("f"));
+        support::kernel_view::unmount(&dir);
+        assert_eq!(got.unwrap(), b"held");
+        e2fsck(&img, false).unwrap();
+    }
+    let _ = std::fs::remove_file(&img);
+}
+
+/// An image whose MMP block says e2fsck is running is refused at once, untouched.
+#[test]
+fn mmp_held_by_fsck_is_refused() {
+    if !support::require_tool("debugfs") {
+        return;
+    }
+    // Without metadata_csum the block carries no checksum to keep right.
+    let Some(img) = mkfs(
+        "mmpfsck",
+        &["-t", "ext4", "-b", "4096", "-O", "mmp,^metadata_csum"],
+        32,
+    ) else {
+        return;
+    };
+    let blk: u64 = dump_mmp(&img)["block_number"].parse().unwrap();
+    let mut image = std::fs::read(&img).unwrap();
+    let at = (blk * 4096) as usize;
+    image[at + 4..at + 8].copy_from_slice(&0xE24D_4D50u32.to_le_bytes());
+    std::fs::write(&img, &image).unwrap();
+    assert_eq!(dump_mmp(&img)["sequence"], "e24d4d50");
+    let t = std::time::Instant::now();
+    let err = open_rw_file(&img).err().expect("opened rw under fsck");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "waited for fsck"
+    );
+    assert!(err.to_string().contains("e2fsck"), "{err}");
+    assert!(std::fs::read(&img).unwrap() == image, "image changed");
+    let _ = std::fs::remove_file(&img);
+}

@@ -1085,6 +1085,8 @@ impl Drop for ExtFs {
             sh.stop_timer();
             let _ = self.w_release_all();
             let _ = self.sync_rw(true);
+            // Clean only after the last write.
+            drop(sh.mmp.lock().unwrap_or_else(|p| p.into_inner()).take());
         }
     }
 }

@@ -35,6 +35,7 @@ pub(crate) mod journal;
 pub(crate) mod mapped;
 #[cfg(test)]
 pub(crate) mod mem_store;
+mod mmp;
 mod ops;
 /// The integration tests' tool lookup, shared by the unit tests that run mkfs and e2fsck.
 #[cfg(test)]
@@ -52,6 +53,7 @@ use crate::vfs::Timespec;
 use crate::{Error, Result};
 use alloc::Groups;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tx::TxDevice;
@@ -69,6 +71,10 @@ pub(crate) struct Shared {
     pub(crate) tx: Arc<TxDevice>,
     sb: Superblock,
     stop: (Mutex<bool>, Condvar),
+    /// Multi-mount protection held while open (mmp images); dropped last, at close.
+    pub(crate) mmp: Mutex<Option<mmp::Mmp>>,
+    /// Set when another node took the MMP block over: writes stop.
+    pub(crate) mmp_lost: Arc<AtomicBool>,
 }
 
 pub(crate) struct State {
@@ -100,7 +106,6 @@ pub(crate) struct Ctx<'a> {
 pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<String> {
     let inc = [
         (incompat::META_BG, "meta_bg"),
-        (incompat::MMP, "mmp"),
         (incompat::EA_INODE, "ea_inode"),
         (incompat::INLINE_DATA, "inline_data"),
         (incompat::ENCRYPT, "encrypt"),
@@ -115,7 +120,8 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
         | incompat::BIT64
         | incompat::FLEX_BG
         | incompat::CSUM_SEED
-        | incompat::LARGEDIR;
+        | incompat::LARGEDIR
+        | incompat::MMP;
     let ro = [
         (ro_compat::BIGALLOC, "bigalloc"),
         (0x100, "quota"),
@@ -161,12 +167,20 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, tx: Arc<TxDevice>, sb: Superblock) -> Arc<Shared> {
+    pub(crate) fn new(
+        state: State,
+        tx: Arc<TxDevice>,
+        sb: Superblock,
+        mmp: Option<mmp::Mmp>,
+        mmp_lost: Arc<AtomicBool>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             state: RwLock::new(state),
             tx,
             sb,
             stop: (Mutex::new(false), Condvar::new()),
+            mmp: Mutex::new(mmp),
+            mmp_lost,
         })
     }
 
@@ -307,6 +321,13 @@ impl ExtFs {
         if let Some(why) = unsupported_for_write(&sb, &raw) {
             return Err(Error::Unsupported(why));
         }
+        // Before anything is written: another node may have the filesystem in use.
+        let mmp_lost = Arc::new(AtomicBool::new(false));
+        let mmp = if sb.has_incompat(incompat::MMP) {
+            Some(mmp::start(&dev, &sb, &raw, mmp_lost.clone())?)
+        } else {
+            None
+        };
         let tx = Arc::new(TxDevice::new(dev.clone(), sb.block_size));
         // Loaded without the reader's in-memory replay: the journal inode itself is never
         // journalled, and the image is recovered in place below.
@@ -352,7 +373,7 @@ impl ExtFs {
             pending_free: Vec::new(),
         };
         let has_journal = state.journal.is_some();
-        let shared = Shared::new(state, tx, sb);
+        let shared = Shared::new(state, tx, sb, mmp, mmp_lost);
         // In use from here on: with a journal, "needs recovery" (e2fsck replays what we
         // commit after a crash); without one, "not clean" (a crash means a full check).
         let t = now();

@@ -39,6 +39,11 @@ impl ExtFs {
                 "the filesystem stopped writing after an I/O error",
             )));
         }
+        if sh.mmp_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io(std::io::Error::other(
+                "another node took the filesystem over (multi-mount protection)",
+            )));
+        }
         let mut cx = Ctx {
             fs: self,
             st: &mut st,
