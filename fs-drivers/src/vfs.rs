@@ -240,6 +240,12 @@ pub trait FileSystem: Send + Sync {
         Ok(())
     }
 
+    /// Starts a writable driver's background threads (timed commits, multi-mount
+    /// protection updates) in this process. Opening starts none, so a front end may fork
+    /// after opening; the serving process calls this (again after a fork: idempotent per
+    /// process). A driver whose caller never does starts them at the first write.
+    fn start_background(&self) {}
+
     /// Whether this filesystem object accepts the write methods below.
     fn is_writable(&self) -> bool {
         false

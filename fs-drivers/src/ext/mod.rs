@@ -973,6 +973,12 @@ impl FileSystem for ExtFs {
         self.rw.is_some()
     }
 
+    fn start_background(&self) {
+        if let Some(sh) = &self.rw {
+            sh.ensure_background();
+        }
+    }
+
     fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
         let node = NewNode {
             kind: FileType::Regular,

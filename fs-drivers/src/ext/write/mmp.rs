@@ -80,7 +80,9 @@ impl Place {
 pub(crate) struct Mmp {
     place: Arc<Place>,
     stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    /// The updater and the process it runs in.
+    thread: Option<(u32, JoinHandle<()>)>,
+    interval: Duration,
     lost: Arc<AtomicBool>,
     /// The last block we wrote (the thread's copy is authoritative while it runs).
     block: Arc<Mutex<Vec<u8>>>,
@@ -143,21 +145,13 @@ pub(crate) fn start(
     if le32(&now, OFF_SEQ) != seq {
         return Err(busy(&now, "another node opened it at the same time"));
     }
-    let block = Arc::new(Mutex::new(b));
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let thread = {
-        let (place, block, stop, lost) = (place.clone(), block.clone(), stop.clone(), lost.clone());
-        std::thread::Builder::new()
-            .name("ext-mmp".into())
-            .spawn(move || updater(&place, &block, &stop, &lost, Duration::from_secs(update)))
-            .map_err(Error::Io)?
-    };
     Ok(Mmp {
         place,
-        stop,
-        thread: Some(thread),
+        stop: Arc::new((Mutex::new(false), Condvar::new())),
+        thread: None,
+        interval: Duration::from_secs(update),
         lost,
-        block,
+        block: Arc::new(Mutex::new(b)),
     })
 }
 
@@ -203,12 +197,45 @@ fn updater(
     }
 }
 
+impl Mmp {
+    /// Starts the thread that bumps the sequence every update interval, unless it runs in
+    /// this process already (after a fork it does not: the handle is left alone).
+    pub(crate) fn start_updates(&mut self) {
+        let me = std::process::id();
+        if matches!(&self.thread, Some((pid, _)) if *pid == me) {
+            return;
+        }
+        if let Some(old) = self.thread.take() {
+            std::mem::forget(old);
+        }
+        let (place, block, stop, lost) = (
+            self.place.clone(),
+            self.block.clone(),
+            self.stop.clone(),
+            self.lost.clone(),
+        );
+        let interval = self.interval;
+        // Without the thread the sequence stands still and the next opener takes over;
+        // our updates then see its sequence and stop the writes (`lost`).
+        if let Ok(t) = std::thread::Builder::new()
+            .name("ext-mmp".into())
+            .spawn(move || updater(&place, &block, &stop, &lost, interval))
+        {
+            self.thread = Some((me, t));
+        }
+    }
+}
+
 impl Drop for Mmp {
     fn drop(&mut self) {
         *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.thread.take() {
+            Some((pid, t)) if pid == std::process::id() => {
+                let _ = t.join();
+            }
+            Some(other) => std::mem::forget(other),
+            None => {}
         }
         if self.lost.load(Ordering::SeqCst) {
             return;

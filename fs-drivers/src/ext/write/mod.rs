@@ -53,7 +53,7 @@ use crate::vfs::Timespec;
 use crate::{Error, Result};
 use alloc::Groups;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tx::TxDevice;
@@ -75,6 +75,11 @@ pub(crate) struct Shared {
     pub(crate) mmp: Mutex<Option<mmp::Mmp>>,
     /// Set when another node took the MMP block over: writes stop.
     pub(crate) mmp_lost: Arc<AtomicBool>,
+    /// The process whose background threads (commit timer, MMP updates) run, 0 before
+    /// any: threads do not survive a fork, so a daemon that forks after opening starts them
+    /// again (`ensure_background`).
+    background_pid: Mutex<u32>,
+    pub(crate) background_started: AtomicBool,
 }
 
 pub(crate) struct State {
@@ -181,6 +186,8 @@ impl Shared {
             stop: (Mutex::new(false), Condvar::new()),
             mmp: Mutex::new(mmp),
             mmp_lost,
+            background_pid: Mutex::new(0),
+            background_started: AtomicBool::new(false),
         })
     }
 
@@ -272,8 +279,27 @@ impl Shared {
         inner.flush()
     }
 
+    /// Starts the background threads in this process unless they run here already: the
+    /// commit timer and the MMP updates. Not at open, so a front end can fork after it.
+    pub(crate) fn ensure_background(self: &Arc<Shared>) {
+        let mut pid = self
+            .background_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        if *pid == me {
+            return;
+        }
+        *pid = me;
+        self.start_timer();
+        if let Some(m) = self.mmp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            m.start_updates();
+        }
+        self.background_started.store(true, Ordering::SeqCst);
+    }
+
     /// Starts the thread that commits every COMMIT_INTERVAL.
-    pub(crate) fn start_timer(self: &Arc<Shared>) {
+    fn start_timer(self: &Arc<Shared>) {
         let weak: Weak<Shared> = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
             .name("ext-commit".into())
@@ -390,7 +416,6 @@ impl ExtFs {
             cx.finish()?;
             shared.commit(&mut st)?;
         }
-        shared.start_timer();
         Ok(fs)
     }
 

@@ -33,6 +33,14 @@ impl ExtFs {
     /// go into the transaction after it. An I/O error aborts the transaction.
     pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
         let sh = self.rw.as_ref().ok_or(Error::ReadOnly)?;
+        // A caller that never asked for them (start_background) gets them with its first
+        // write.
+        if !sh
+            .background_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            sh.ensure_background();
+        }
         let mut st = sh.write_lock();
         if st.failed {
             return Err(Error::Io(std::io::Error::other(
