@@ -338,6 +338,12 @@ impl FileSystem for MultiFs {
             .any(|s| s.fs.as_ref().is_some_and(|fs| fs.is_writable()))
     }
 
+    fn start_background(&self) {
+        for fs in self.slots.iter().filter_map(|s| s.fs.as_ref()) {
+            fs.start_background();
+        }
+    }
+
     fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
         let (slot, fs, inner) = self.inner_dir(parent)?;
         Self::map_attr(slot, fs.create(inner, name, mode)?)
@@ -843,6 +849,7 @@ mod tests {
             uid: 7,
             gid: 8,
             rdev: 0,
+            umask: 0,
         };
         let made = m.make_node(p5, b"made", &node).unwrap();
         assert_eq!(made.ino >> 48, 3);

@@ -150,8 +150,9 @@ pub struct SetAttr {
     pub ctime: Option<Timespec>,
 }
 
-/// A node to make (mknod, create, mkdir): the front end has applied the umask and decided
-/// the owner (the caller's ids, or 0 under fakeroot).
+/// A node to make (mknod, create, mkdir): the front end has decided the owner (the
+/// caller's ids, or 0 under fakeroot). The umask is the driver's to apply, because a parent
+/// directory's default POSIX ACL replaces it (posix_acl_create).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewNode {
     pub kind: FileType,
@@ -161,6 +162,9 @@ pub struct NewNode {
     pub gid: u32,
     /// Device number (`makedev` encoding) for char/block devices, else 0.
     pub rdev: u64,
+    /// The caller's umask: cleared from `perm` unless the parent has a default ACL (0 when
+    /// the front end masked `perm` already).
+    pub umask: u16,
 }
 
 /// renameat2's flags.
@@ -236,6 +240,12 @@ pub trait FileSystem: Send + Sync {
         Ok(())
     }
 
+    /// Starts a writable driver's background threads (timed commits, multi-mount
+    /// protection updates) in this process. Opening starts none, so a front end may fork
+    /// after opening; the serving process calls this (again after a fork: idempotent per
+    /// process). A driver whose caller never does starts them at the first write.
+    fn start_background(&self) {}
+
     /// Whether this filesystem object accepts the write methods below.
     fn is_writable(&self) -> bool {
         false
@@ -273,9 +283,10 @@ pub trait FileSystem: Send + Sync {
     /// Makes a node of any type with the given owner. The default serves drivers that know
     /// only files and directories and store no owners (FAT).
     fn make_node(&self, parent: Ino, name: &[u8], node: &NewNode) -> Result<Attr> {
+        let perm = u32::from(node.perm & !(node.umask & 0o777));
         match node.kind {
-            FileType::Regular => self.create(parent, name, u32::from(node.perm)),
-            FileType::Directory => self.mkdir(parent, name, u32::from(node.perm)),
+            FileType::Regular => self.create(parent, name, perm),
+            FileType::Directory => self.mkdir(parent, name, perm),
             _ if !self.is_writable() => Err(Error::ReadOnly),
             _ => Err(Error::NotPermitted(
                 "this filesystem cannot hold that file type".into(),

@@ -166,6 +166,7 @@ fn fallocate_matches_the_model() {
                 uid: 0,
                 gid: 0,
                 rdev: 0,
+                umask: 0,
             };
             let ino = fs.make_node(fs.root(), b"f", &node).expect("create").ino;
             let mut rng = Rng(0x9E37_79B9 ^ extents as u64 ^ args.len() as u64);

@@ -61,6 +61,7 @@ fn node(kind: FileType) -> NewNode {
         uid: 0,
         gid: 0,
         rdev: 0,
+        umask: 0,
     }
 }
 

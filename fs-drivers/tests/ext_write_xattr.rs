@@ -65,6 +65,7 @@ fn run_variant(name: &str, fs_type: &str, args: &[&str]) {
         uid: 0,
         gid: 0,
         rdev: 0,
+        umask: 0,
     };
     let mut targets = Vec::new();
     for n in ["f1", "f2", "f3"] {

@@ -80,6 +80,7 @@ fn reduce_caps(caps: &mut Caps) {
         match what.trim() {
             "xattrs" => caps.xattrs = false,
             "acl_chmod" => caps.acl_chmod = false,
+            "acl_inherit" => caps.acl_inherit = false,
             "fallocate" => caps.fallocate = false,
             "links" => caps.links = false,
             "symlinks" => caps.symlinks = false,

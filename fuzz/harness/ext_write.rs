@@ -130,6 +130,7 @@ fn run_ext_script(fs: &dyn FileSystem, script: &[u8]) {
                     uid: 1,
                     gid: 2,
                     rdev: u64::from(next()),
+                    umask: 0,
                 };
                 let _ = fs.make_node(root, &name, &node);
             }

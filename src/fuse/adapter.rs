@@ -220,6 +220,7 @@ impl Adapter {
         parent: Ino,
         kind: vfs::FileType,
         perm: u32,
+        umask: u32,
         rdev: u64,
     ) -> fs_drivers::Result<NewNode> {
         let dir = self.fs.getattr(parent)?;
@@ -251,6 +252,7 @@ impl Adapter {
             uid,
             gid,
             rdev,
+            umask: (umask & 0o777) as u16,
         })
     }
 
@@ -260,10 +262,11 @@ impl Adapter {
         parent: Ino,
         name: &OsStr,
         kind: vfs::FileType,
-        perm: u32,
+        (perm, umask): (u32, u32),
         rdev: u64,
     ) -> fs_drivers::Result<Attr> {
-        let node = self.new_node(Caller::of(req), parent, kind, perm, rdev)?;
+        // The umask goes to the driver: a parent's default ACL replaces it.
+        let node = self.new_node(Caller::of(req), parent, kind, perm, umask, rdev)?;
         self.fs.make_node(parent, name.as_bytes(), &node)
     }
 
@@ -438,6 +441,17 @@ impl fuser::Filesystem for Adapter {
             // `setattr`). Without it the kernel asks GETXATTR security.capability before
             // every write, a fifth round trip per small file.
             wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            if self.fs.info().fs_type.starts_with("ext") {
+                // ext stores POSIX ACLs. DONT_MASK leaves the umask to the driver, so a
+                // parent's default ACL can replace it (posix_acl_create) as on a kernel
+                // mount. POSIX_ACL makes the kernel check access ACLs too (it reads
+                // system.posix_acl_access); it forces default_permissions, which fakeroot
+                // must not have.
+                wanted |= InitFlags::FUSE_DONT_MASK;
+                if !self.owner.fakeroot {
+                    wanted |= InitFlags::FUSE_POSIX_ACL;
+                }
+            }
         }
         // Ask for what this kernel offers; an old kernel just gets fewer optimizations.
         let offered = config.capabilities();
@@ -914,7 +928,7 @@ impl fuser::Filesystem for Adapter {
                 _ => 0,
             };
             let parent = self.to_fs(parent);
-            let res = self.make(req, parent, name, kind, mode & !umask, rdev);
+            let res = self.make(req, parent, name, kind, (mode, umask), rdev);
             self.reply_entry(parent, res, reply);
         });
     }
@@ -938,7 +952,7 @@ impl fuser::Filesystem for Adapter {
                 parent,
                 name,
                 vfs::FileType::Directory,
-                mode & !umask,
+                (mode, umask),
                 0,
             );
             self.reply_entry(parent, res, reply);
@@ -985,7 +999,7 @@ impl fuser::Filesystem for Adapter {
             }
             let parent = self.to_fs(parent);
             let res = self
-                .new_node(Caller::of(req), parent, vfs::FileType::Symlink, 0o777, 0)
+                .new_node(Caller::of(req), parent, vfs::FileType::Symlink, 0o777, 0, 0)
                 .and_then(|n| {
                     self.fs.symlink(
                         parent,
@@ -1080,7 +1094,7 @@ impl fuser::Filesystem for Adapter {
             }
             let parent = self.to_fs(parent);
             let res = self
-                .make(req, parent, name, vfs::FileType::Regular, mode & !umask, 0)
+                .make(req, parent, name, vfs::FileType::Regular, (mode, umask), 0)
                 .and_then(|a| self.fs.open(a.ino, true).map(|()| a));
             match res {
                 Ok(a) => reply.created(

@@ -108,6 +108,9 @@ impl FileSystem for Touching {
     fn is_writable(&self) -> bool {
         self.fs.is_writable()
     }
+    fn start_background(&self) {
+        self.fs.start_background()
+    }
     fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
         self.t().create(parent, name, mode)
     }

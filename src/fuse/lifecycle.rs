@@ -182,6 +182,8 @@ pub fn serve(
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     // Past any fork now: compressed images may decode ahead on threads of their own.
     fs_drivers::container::compressed::allow_read_ahead(true);
+    // And drivers' timers (ext's commits and multi-mount protection updates).
+    fs.start_background();
 
     let fail = |ready: &mut dyn FnMut(Result<(), String>), msg: String| {
         ready(Err(msg.clone()));

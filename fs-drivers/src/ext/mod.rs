@@ -973,6 +973,12 @@ impl FileSystem for ExtFs {
         self.rw.is_some()
     }
 
+    fn start_background(&self) {
+        if let Some(sh) = &self.rw {
+            sh.ensure_background();
+        }
+    }
+
     fn create(&self, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
         let node = NewNode {
             kind: FileType::Regular,
@@ -980,6 +986,7 @@ impl FileSystem for ExtFs {
             uid: 0,
             gid: 0,
             rdev: 0,
+            umask: 0,
         };
         self.make_node(parent, name, &node)
     }
@@ -991,6 +998,7 @@ impl FileSystem for ExtFs {
             uid: 0,
             gid: 0,
             rdev: 0,
+            umask: 0,
         };
         self.make_node(parent, name, &node)
     }
@@ -1083,6 +1091,8 @@ impl Drop for ExtFs {
             sh.stop_timer();
             let _ = self.w_release_all();
             let _ = self.sync_rw(true);
+            // Clean only after the last write.
+            drop(sh.mmp.lock().unwrap_or_else(|p| p.into_inner()).take());
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct Caps {
     /// chmod rewrites the access ACL's owner, mask (or group) and other entries, as the
     /// kernel's posix_acl_chmod does (a FUSE server with POSIX ACLs must do it itself).
     pub acl_chmod: bool,
+    /// A node made in a directory with a default ACL takes its mode and access ACL from
+    /// it (and a directory the default ACL too), as the kernel's posix_acl_create.
+    pub acl_inherit: bool,
     pub owners: bool,
     /// Every permission bit is stored (FAT keeps only a read-only flag).
     pub modes: bool,
@@ -63,6 +66,7 @@ impl Caps {
             nodes: false,
             xattrs: false,
             acl_chmod: false,
+            acl_inherit: false,
             owners: false,
             modes: false,
             rename_flags: false,
@@ -89,6 +93,7 @@ impl Caps {
             nodes: true,
             xattrs: true,
             acl_chmod: true,
+            acl_inherit: true,
             owners: true,
             modes: true,
             rename_flags: true,
@@ -298,6 +303,55 @@ fn acl(rng: &mut Rng) -> Vec<u8> {
 }
 
 const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
+/// posix_acl_create_masq on a default ACL for a node asking for `perm`: the node's
+/// permission bits and its access ACL (None when the result says no more than the bits).
+fn acl_create_masq(default: &[u8], perm: u16) -> (u16, Option<Vec<u8>>) {
+    let mut acl = default.to_vec();
+    let mut mode = perm;
+    let (mut group_at, mut mask_at, mut extended) = (None, None, false);
+    for (i, e) in acl
+        .get_mut(4..)
+        .unwrap_or_default()
+        .chunks_exact_mut(8)
+        .enumerate()
+    {
+        let at = 4 + i * 8;
+        let bits = u16::from_le_bytes([e[2], e[3]]);
+        let (new_bits, new_mode) = match u16::from_le_bytes([e[0], e[1]]) {
+            0x01 => {
+                let b = bits & ((mode >> 6) & 7);
+                (b, mode & ((b << 6) | !0o700))
+            }
+            0x20 => {
+                let b = bits & (mode & 7);
+                (b, mode & (b | !0o7))
+            }
+            0x04 => {
+                group_at = Some(at);
+                continue;
+            }
+            0x10 => {
+                mask_at = Some(at);
+                extended = true;
+                continue;
+            }
+            _ => {
+                extended = true;
+                continue;
+            }
+        };
+        e[2..4].copy_from_slice(&new_bits.to_le_bytes());
+        mode = new_mode;
+    }
+    if let Some(at) = mask_at.or(group_at) {
+        let b = u16::from_le_bytes([acl[at + 2], acl[at + 3]]) & ((mode >> 3) & 7);
+        acl[at + 2..at + 4].copy_from_slice(&b.to_le_bytes());
+        mode &= (b << 3) | !0o070;
+    }
+    (mode, extended.then_some(acl))
+}
 
 /// posix_acl_update_mode's view of an access ACL: the permission bits it gives the file
 /// (owner, mask or group, other) and whether it is equivalent to them (then the kernel
@@ -491,6 +545,7 @@ impl Tester {
             uid,
             gid,
             rdev,
+            umask: 0,
         };
         let special = !matches!(kind, FileType::Regular | FileType::Directory);
         let what = format!(
@@ -512,6 +567,20 @@ impl Tester {
                 return Err(format!("{what}: made a {:?}", a.kind));
             }
             let mut n = MNode::new(kind, perm, uid, gid);
+            let inherited = self.caps.acl_inherit && self.caps.xattrs;
+            if let Some(dflt) = inherited
+                .then(|| self.model.node(did).xattrs.get(ACL_DEFAULT).cloned())
+                .flatten()
+            {
+                let (mode, access) = acl_create_masq(&dflt, perm);
+                n.perm = mode;
+                if let Some(a) = access {
+                    n.xattrs.insert(ACL_ACCESS.to_vec(), a);
+                }
+                if kind == FileType::Directory {
+                    n.xattrs.insert(ACL_DEFAULT.to_vec(), dflt);
+                }
+            }
             if !self.caps.owners {
                 (n.uid, n.gid) = (a.uid, a.gid);
             }

@@ -203,21 +203,23 @@ impl JournalSb {
         self.raw[SB_SEQUENCE..SB_SEQUENCE + 4].copy_from_slice(&sequence.to_be_bytes());
     }
 
-    /// Turns on what the kernel's ext4 asks of its journal at mount (64-bit tags on a 64bit
-    /// filesystem, v3 checksums with metadata_csum, which replace v1 and v2). False when a
-    /// version 1 superblock cannot record features.
+    /// Sets the features the kernel's ext4 gives its journal at mount (ext4_fill_super and
+    /// set_journal_csum_feature_set with default options): 64-bit tags on a 64bit
+    /// filesystem; v3 checksums with metadata_csum, and otherwise no checksums at all (v1,
+    /// v2 and async_commit are always cleared). False when a version 1 superblock cannot
+    /// record features.
     pub fn enable(&mut self, bit64: bool, csum_v3: bool) -> bool {
         if !self.v2() {
             return !bit64 && !csum_v3;
         }
-        let mut incompat = self.incompat();
-        let mut compat = self.compat();
+        let mut incompat =
+            self.incompat() & !(INCOMPAT_CSUM_V2 | INCOMPAT_CSUM_V3 | INCOMPAT_ASYNC_COMMIT);
+        let compat = self.compat() & !COMPAT_CHECKSUM;
         if bit64 {
             incompat |= INCOMPAT_64BIT;
         }
         if csum_v3 {
-            incompat = (incompat | INCOMPAT_CSUM_V3) & !INCOMPAT_CSUM_V2;
-            compat &= !COMPAT_CHECKSUM;
+            incompat |= INCOMPAT_CSUM_V3;
             self.raw[SB_CHECKSUM_TYPE] = CRC32C_CHKSUM;
         }
         self.raw[SB_COMPAT..SB_COMPAT + 4].copy_from_slice(&compat.to_be_bytes());

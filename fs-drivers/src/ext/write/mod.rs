@@ -35,6 +35,7 @@ pub(crate) mod journal;
 pub(crate) mod mapped;
 #[cfg(test)]
 pub(crate) mod mem_store;
+mod mmp;
 mod ops;
 /// The integration tests' tool lookup, shared by the unit tests that run mkfs and e2fsck.
 #[cfg(test)]
@@ -52,6 +53,7 @@ use crate::vfs::Timespec;
 use crate::{Error, Result};
 use alloc::Groups;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tx::TxDevice;
@@ -69,6 +71,15 @@ pub(crate) struct Shared {
     pub(crate) tx: Arc<TxDevice>,
     sb: Superblock,
     stop: (Mutex<bool>, Condvar),
+    /// Multi-mount protection held while open (mmp images); dropped last, at close.
+    pub(crate) mmp: Mutex<Option<mmp::Mmp>>,
+    /// Set when another node took the MMP block over: writes stop.
+    pub(crate) mmp_lost: Arc<AtomicBool>,
+    /// The process whose background threads (commit timer, MMP updates) run, 0 before
+    /// any: threads do not survive a fork, so a daemon that forks after opening starts them
+    /// again (`ensure_background`).
+    background_pid: Mutex<u32>,
+    pub(crate) background_started: AtomicBool,
 }
 
 pub(crate) struct State {
@@ -100,7 +111,6 @@ pub(crate) struct Ctx<'a> {
 pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<String> {
     let inc = [
         (incompat::META_BG, "meta_bg"),
-        (incompat::MMP, "mmp"),
         (incompat::EA_INODE, "ea_inode"),
         (incompat::INLINE_DATA, "inline_data"),
         (incompat::ENCRYPT, "encrypt"),
@@ -115,7 +125,8 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
         | incompat::BIT64
         | incompat::FLEX_BG
         | incompat::CSUM_SEED
-        | incompat::LARGEDIR;
+        | incompat::LARGEDIR
+        | incompat::MMP;
     let ro = [
         (ro_compat::BIGALLOC, "bigalloc"),
         (0x100, "quota"),
@@ -161,12 +172,22 @@ pub(crate) fn unsupported_for_write(sb: &Superblock, raw_sb: &[u8]) -> Option<St
 }
 
 impl Shared {
-    pub(crate) fn new(state: State, tx: Arc<TxDevice>, sb: Superblock) -> Arc<Shared> {
+    pub(crate) fn new(
+        state: State,
+        tx: Arc<TxDevice>,
+        sb: Superblock,
+        mmp: Option<mmp::Mmp>,
+        mmp_lost: Arc<AtomicBool>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             state: RwLock::new(state),
             tx,
             sb,
             stop: (Mutex::new(false), Condvar::new()),
+            mmp: Mutex::new(mmp),
+            mmp_lost,
+            background_pid: Mutex::new(0),
+            background_started: AtomicBool::new(false),
         })
     }
 
@@ -258,8 +279,27 @@ impl Shared {
         inner.flush()
     }
 
+    /// Starts the background threads in this process unless they run here already: the
+    /// commit timer and the MMP updates. Not at open, so a front end can fork after it.
+    pub(crate) fn ensure_background(self: &Arc<Shared>) {
+        let mut pid = self
+            .background_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let me = std::process::id();
+        if *pid == me {
+            return;
+        }
+        *pid = me;
+        self.start_timer();
+        if let Some(m) = self.mmp.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            m.start_updates();
+        }
+        self.background_started.store(true, Ordering::SeqCst);
+    }
+
     /// Starts the thread that commits every COMMIT_INTERVAL.
-    pub(crate) fn start_timer(self: &Arc<Shared>) {
+    fn start_timer(self: &Arc<Shared>) {
         let weak: Weak<Shared> = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
             .name("ext-commit".into())
@@ -307,6 +347,13 @@ impl ExtFs {
         if let Some(why) = unsupported_for_write(&sb, &raw) {
             return Err(Error::Unsupported(why));
         }
+        // Before anything is written: another node may have the filesystem in use.
+        let mmp_lost = Arc::new(AtomicBool::new(false));
+        let mmp = if sb.has_incompat(incompat::MMP) {
+            Some(mmp::start(&dev, &sb, &raw, mmp_lost.clone())?)
+        } else {
+            None
+        };
         let tx = Arc::new(TxDevice::new(dev.clone(), sb.block_size));
         // Loaded without the reader's in-memory replay: the journal inode itself is never
         // journalled, and the image is recovered in place below.
@@ -320,6 +367,14 @@ impl ExtFs {
                 dev.read_at(1024, &mut raw)?;
                 fs = Self::load(tx.clone(), opts, HashMap::new())?;
             }
+            // As the kernel's mount does, so every log we write uses them (mkfs leaves
+            // them off until the first kernel mount). A v1 journal superblock cannot record
+            // them; the kernel refuses such a mount too.
+            j.enable_features(sb.has_incompat(incompat::BIT64), sb.metadata_csum())
+                .map_err(|e| match e {
+                    Error::Unsupported(why) => Error::Unsupported(format!("journal: {why}")),
+                    e => e,
+                })?;
             journal = Some(j);
         }
         let sb = fs.sb.clone();
@@ -344,7 +399,7 @@ impl ExtFs {
             pending_free: Vec::new(),
         };
         let has_journal = state.journal.is_some();
-        let shared = Shared::new(state, tx, sb);
+        let shared = Shared::new(state, tx, sb, mmp, mmp_lost);
         // In use from here on: with a journal, "needs recovery" (e2fsck replays what we
         // commit after a crash); without one, "not clean" (a crash means a full check).
         let t = now();
@@ -361,7 +416,6 @@ impl ExtFs {
             cx.finish()?;
             shared.commit(&mut st)?;
         }
-        shared.start_timer();
         Ok(fs)
     }
 

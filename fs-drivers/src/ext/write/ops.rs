@@ -33,10 +33,23 @@ impl ExtFs {
     /// go into the transaction after it. An I/O error aborts the transaction.
     pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
         let sh = self.rw.as_ref().ok_or(Error::ReadOnly)?;
+        // A caller that never asked for them (start_background) gets them with its first
+        // write.
+        if !sh
+            .background_started
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            sh.ensure_background();
+        }
         let mut st = sh.write_lock();
         if st.failed {
             return Err(Error::Io(std::io::Error::other(
                 "the filesystem stopped writing after an I/O error",
+            )));
+        }
+        if sh.mmp_lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io(std::io::Error::other(
+                "another node took the filesystem over (multi-mount protection)",
             )));
         }
         let mut cx = Ctx {
@@ -85,6 +98,7 @@ impl ExtFs {
             uid,
             gid,
             rdev: 0,
+            umask: 0,
         };
         self.with_writer(|cx| {
             let ino = cx.make_node(parent, name, &node, Some(target))?;
@@ -343,6 +357,9 @@ impl Ctx<'_> {
         let mut inode = self.new_inode(ino, mode, node.uid, node.gid)?;
         let extents = sb.has_incompat(incompat::EXTENTS);
         let res = (|| {
+            if node.kind != FileType::Symlink {
+                self.inherit_acls(&p, &mut inode, node.umask)?;
+            }
             match node.kind {
                 FileType::Regular | FileType::Directory | FileType::Symlink if extents => {
                     inode.flags |= flags::EXTENTS;
@@ -391,6 +408,10 @@ impl Ctx<'_> {
         if let Err(e) = res {
             // Undo: the node was never linked, so nothing else points at it.
             let _ = self.release_blocks(&mut inode);
+            if inode.file_acl != 0 {
+                let _ = self.release_xattr_block(inode.file_acl);
+                inode.file_acl = 0;
+            }
             inode.links = 0;
             inode.dtime_now();
             let _ = self.write_inode_dtime(&inode, Some(now().sec as u32));

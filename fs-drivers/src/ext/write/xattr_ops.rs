@@ -4,6 +4,7 @@
 use super::io::Store;
 use super::xattr_update::{self, XattrCtx};
 use super::{alloc, now, Ctx};
+use crate::ext::inode::Inode;
 use crate::ext::ExtFs;
 use crate::vfs::{Attr, FileSystem, XattrSet};
 use crate::{Error, Result};
@@ -64,21 +65,47 @@ impl Ctx<'_> {
         f: impl FnOnce(&mut dyn Store, &XattrCtx, &mut [u8]) -> Result<i64>,
     ) -> Result<()> {
         let mut inode = self.get(ino)?;
-        let sb = self.fs.sb.clone();
-        let mut raw = vec![0u8; 128 + inode.extra.len()];
-        raw[0..2].copy_from_slice(&inode.mode.to_le_bytes());
-        raw[I_FILE_ACL_LO..I_FILE_ACL_LO + 4]
-            .copy_from_slice(&(inode.file_acl as u32).to_le_bytes());
-        raw[I_FILE_ACL_HI..I_FILE_ACL_HI + 2]
-            .copy_from_slice(&((inode.file_acl >> 32) as u16).to_le_bytes());
-        raw[128..].copy_from_slice(&inode.extra);
+        let ctx = self.xattr_ctx(ino);
+        let mut raw = xattr_record(&inode);
+        let delta = f(self, &ctx, &mut raw)?;
+        self.take_xattr_record(&mut inode, &raw, delta);
+        inode.ctime = now();
+        self.write_inode(&inode)?;
+        self.note_ext_attr()
+    }
+
+    /// posix_acl_create for a node being made (not yet written): with a default ACL on
+    /// `parent` the node's mode comes from it and it gets the access ACL (a directory the
+    /// default ACL too); without one `umask` applies. Symbolic links have no ACLs.
+    pub(crate) fn inherit_acls(
+        &mut self,
+        parent: &Inode,
+        child: &mut Inode,
+        umask: u16,
+    ) -> Result<()> {
+        let ctx = self.xattr_ctx(child.ino);
+        let parent_raw = xattr_record(parent);
+        let mut raw = xattr_record(child);
+        let before = raw.clone();
+        let delta = xattr_update::inherit_acls(self, &ctx, &parent_raw, &mut raw, umask)?;
+        self.take_xattr_record(child, &raw, delta);
+        if raw[2..] != before[2..] {
+            self.note_ext_attr()?;
+        }
+        Ok(())
+    }
+
+    fn xattr_ctx(&self, ino: u32) -> XattrCtx {
+        let sb = &self.fs.sb;
         let group = u64::from((ino - 1) / sb.inodes_per_group);
-        let ctx = XattrCtx {
+        XattrCtx {
             ino,
             csum_seed: sb.metadata_csum().then(|| sb.csum_seed()),
             goal: sb.group_first_block(group),
-        };
-        let delta = f(self, &ctx, &mut raw)?;
+        }
+    }
+
+    fn take_xattr_record(&self, inode: &mut Inode, raw: &[u8], delta: i64) {
         inode.mode = u16::from_le_bytes([raw[0], raw[1]]);
         inode.file_acl = u64::from(u32::from_le_bytes([
             raw[I_FILE_ACL_LO],
@@ -90,10 +117,13 @@ impl Ctx<'_> {
             raw[I_FILE_ACL_HI + 1],
         ])) << 32;
         inode.extra = raw[128..].to_vec();
-        let sectors = i64::from(sb.block_size / 512);
+        let sectors = i64::from(self.fs.sb.block_size / 512);
         inode.blocks = (inode.blocks as i64 + delta * sectors).max(0) as u64;
-        inode.ctime = now();
-        self.write_inode(&inode)?;
+    }
+
+    /// s_feature_compat's ext_attr, set on the first xattr write as the kernel does.
+    fn note_ext_attr(&mut self) -> Result<()> {
+        let sb = self.fs.sb.clone();
         if !sb.has_compat(COMPAT_EXT_ATTR) {
             alloc::update_superblock(self.tx(), &sb, |r| {
                 let c = u32::from_le_bytes([r[0x5C], r[0x5D], r[0x5E], r[0x5F]]) | COMPAT_EXT_ATTR;
@@ -102,4 +132,16 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// The inode's record as far as xattr updates read and change it: mode, i_file_acl, the
+/// extra area.
+fn xattr_record(inode: &Inode) -> Vec<u8> {
+    let mut raw = vec![0u8; 128 + inode.extra.len()];
+    raw[0..2].copy_from_slice(&inode.mode.to_le_bytes());
+    raw[I_FILE_ACL_LO..I_FILE_ACL_LO + 4].copy_from_slice(&(inode.file_acl as u32).to_le_bytes());
+    raw[I_FILE_ACL_HI..I_FILE_ACL_HI + 2]
+        .copy_from_slice(&((inode.file_acl >> 32) as u16).to_le_bytes());
+    raw[128..].copy_from_slice(&inode.extra);
+    raw
 }
