@@ -39,6 +39,10 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
     if opts.cow_chunk.is_some() && opts.cow.is_none() {
         return Err("-o chunk= is the chunk size of a COW store: add -o cow or -o cow=FILE".into());
     }
+    // Before the open: a read-write open already writes (journal replay, orphans, the MMP
+    // block), which must never happen to an image another daemon is serving.
+    // Under an overlay the image is only read: it shares its lock with read-only mounts.
+    lock_image(image, opts.rw && opts.cow.is_none())?;
     let (fs, warnings) = open_filesystem(image, args, &opts)?;
     // The kernel's first request is a stat of the root; answered with EIO it would only say
     // "Input/output error", so ask the driver first and give its reason.
@@ -56,8 +60,6 @@ pub fn run_with(args: &cli::MountArgs, extra: Service) -> Result<(), String> {
             image.display()
         ));
     }
-    // Under an overlay the image is only read: it shares its lock with read-only mounts.
-    lock_image(image, opts.rw && opts.cow.is_none())?;
     let pid_file = match &args.pid_file {
         Some(p) => Some(
             std::path::absolute(p)
@@ -246,7 +248,11 @@ fn keeps_owners(info: &fs_drivers::vfs::FsInfo) -> bool {
 /// away only when the daemon (and the parent, which exits at once) have closed it.
 fn lock_image(image: &Path, rw: bool) -> Result<(), String> {
     use std::os::fd::IntoRawFd;
-    let f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    // An image that cannot be opened has nothing to lock: the open that follows says why,
+    // in the words every command uses.
+    let Ok(f) = std::fs::File::open(image) else {
+        return Ok(());
+    };
     let fd = f.into_raw_fd();
     let op = if rw { libc::LOCK_EX } else { libc::LOCK_SH };
     // SAFETY: flock on a descriptor we own.
