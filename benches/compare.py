@@ -209,12 +209,17 @@ def round_up(n, to):
     return (n + to - 1) // to * to
 
 
-def build_images(wd, sz):
-    """ext.img: big.bin, tree/ (ext tree), treefat/ (the FAT tree's ext4 twin), bigdir/.
-    fat.img: big.bin, treefat/. Plus empty images for the write and latency rows."""
-    img_dir = os.path.join(wd, "images")
-    os.makedirs(img_dir, exist_ok=True)
-    src = os.path.join(wd, "src")
+def ext_image_geometry(sz):
+    """Size and inode count of ext.img, which holds every source-tree file."""
+    n_small = sz["ext_files"] + sz["fat_files"]
+    data = sz["big"] + n_small * 4096 + sz["bigdir"] * 64
+    inodes = round_up(int((n_small + sz["bigdir"] + sz["ext_dirs"] + sz["fat_dirs"]) * 1.2) + 4096, 4096)
+    return round_up(int(data * 1.25) + inodes * 256 + 256 * MiB, MiB), inodes
+
+
+def write_source_tree(src, sz):
+    """big.bin, tree/ (ext tree), treefat/ (the FAT tree's ext4 twin), bigdir/: what the
+    read-row images hold."""
     shutil.rmtree(src, ignore_errors=True)
     os.makedirs(src)
     t0 = time.perf_counter()
@@ -224,43 +229,45 @@ def build_images(wd, sz):
     write_bigdir(os.path.join(src, "bigdir"), sz["bigdir"])
     log(f"  generated the source tree in {time.perf_counter() - t0:.1f} s")
 
-    n_small = sz["ext_files"] + sz["fat_files"]
-    data = sz["big"] + n_small * 4096 + sz["bigdir"] * 64
-    inodes = round_up(int((n_small + sz["bigdir"] + sz["ext_dirs"] + sz["fat_dirs"]) * 1.2) + 4096, 4096)
-    ext_size = round_up(int(data * 1.25) + inodes * 256 + 256 * MiB, MiB)
-    t0 = time.perf_counter()
-    mkfs_ext4(os.path.join(img_dir, "ext.img"), ext_size, src=src, inodes=inodes)
-    log(f"  mkfs.ext4 -d: {time.perf_counter() - t0:.1f} s")
-    # The same content as ext.img in EROFS (LZ4HC; big.bin is random, so it is stored in
-    # uncompressed clusters), read by the kernel and by imgmount: read-only rows only.
-    t0 = time.perf_counter()
-    run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", os.path.join(img_dir, "erofs.img"), src])
-    log(f"  mkfs.erofs: {time.perf_counter() - t0:.1f} s")
 
-    fat_data = sz["big"] + sz["fat_files"] * 4096
-    fat_size = max(512 * MiB, round_up(int(fat_data * 1.25) + 64 * MiB, MiB))
-    fat = os.path.join(img_dir, "fat.img")
+def build_image_group(group, img_dir, src, sz):
+    """Builds one group of images (see IMAGE_GROUPS); `src` is the source tree for the groups
+    that copy it."""
     t0 = time.perf_counter()
-    mkfs_fat32(fat, fat_size)
-    run(["mcopy", "-s", "-i", fat, os.path.join(src, "big.bin"), os.path.join(src, "treefat"), "::/"],
-        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
-    log(f"  mkfs.vfat + mcopy -s: {time.perf_counter() - t0:.1f} s")
-    for comp in SQUASHFS.values():
-        t0 = time.perf_counter()
+    if group == "ext":
+        ext_size, inodes = ext_image_geometry(sz)
+        mkfs_ext4(os.path.join(img_dir, "ext.img"), ext_size, src=src, inodes=inodes)
+        log(f"  mkfs.ext4 -d: {time.perf_counter() - t0:.1f} s")
+    elif group == "erofs":
+        # The same content as ext.img in EROFS (LZ4HC; big.bin is random, so it is stored in
+        # uncompressed clusters), read by the kernel and by imgmount: read-only rows only.
+        run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", os.path.join(img_dir, "erofs.img"), src])
+        log(f"  mkfs.erofs: {time.perf_counter() - t0:.1f} s")
+    elif group == "fat":
+        fat_data = sz["big"] + sz["fat_files"] * 4096
+        fat_size = max(512 * MiB, round_up(int(fat_data * 1.25) + 64 * MiB, MiB))
+        fat = os.path.join(img_dir, "fat.img")
+        mkfs_fat32(fat, fat_size)
+        run(["mcopy", "-s", "-i", fat, os.path.join(src, "big.bin"), os.path.join(src, "treefat"), "::/"],
+            env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+        log(f"  mkfs.vfat + mcopy -s: {time.perf_counter() - t0:.1f} s")
+    elif group in SQUASHFS:
+        comp = SQUASHFS[group]
         run(["mksquashfs", src, os.path.join(img_dir, f"{comp}.sqfs"), "-comp", comp, "-noappend",
              "-quiet", "-no-progress", "-e", "treefat", "bigdir"], stdout=subprocess.DEVNULL,
             env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
         log(f"  mksquashfs -comp {comp}: {time.perf_counter() - t0:.1f} s")
-    shutil.rmtree(src)
-
-    wr_size = max(512 * MiB, round_up(sz["write"] * 2, MiB))
-    mkfs_ext4(os.path.join(img_dir, "wr-ext.img"), wr_size)
-    mkfs_fat32(os.path.join(img_dir, "wr-fat.img"), wr_size)
-    for label, size in (("small", sz["lat_small"]), ("big", sz["lat_big"])):
-        # Latency images are only mounted read-only, so lazy init is fine and keeps them sparse.
-        mkfs_ext4(os.path.join(img_dir, f"lat-ext-{label}.img"), size, lazy=True)
-        mkfs_fat32(os.path.join(img_dir, f"lat-fat-{label}.img"), size)
-    return img_dir
+    elif group == "wr":
+        wr_size = max(512 * MiB, round_up(sz["write"] * 2, MiB))
+        mkfs_ext4(os.path.join(img_dir, "wr-ext.img"), wr_size)
+        mkfs_fat32(os.path.join(img_dir, "wr-fat.img"), wr_size)
+    elif group == "lat":
+        for label, size in (("small", sz["lat_small"]), ("big", sz["lat_big"])):
+            # Latency images are only mounted read-only, so lazy init is fine and keeps them sparse.
+            mkfs_ext4(os.path.join(img_dir, f"lat-ext-{label}.img"), size, lazy=True)
+            mkfs_fat32(os.path.join(img_dir, f"lat-fat-{label}.img"), size)
+    else:
+        raise ValueError(group)
 
 
 def write_fixtures(img_dir, sz):
@@ -323,27 +330,80 @@ def qemu_convert_notes(img_dir, tools, runs):
     return notes
 
 
-def ensure_images(wd, sz, size_name):
+# Image groups: each is built, and cached under its own stamp, only when a selected row reads
+# it, so that `--fs ext --only create` does not wait for mkfs.ext4 -d of the whole read tree.
+# The first four copy the generated source tree.
+IMAGE_GROUPS = ("ext", "erofs", "fat", *SQUASHFS, "wr", "lat")
+SOURCE_GROUPS = {"ext", "erofs", "fat", *SQUASHFS}
+
+
+def selected_rows(a):
+    """(workload, kind, fs) of every row the arguments select, in the order they run."""
+    for name, kind, _ in WORKLOADS:
+        if a.only and name not in a.only:
+            continue
+        for fs in ("ext", "fat", "erofs", *SQUASHFS):
+            if (name == "bigdir" or name in EXT_ONLY_WRITES) and fs == "fat":
+                continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
+            if fs not in a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
+                continue
+            if fs == "erofs" and kind != "read":
+                continue  # read-only
+            yield name, kind, fs
+
+
+def needed_groups(a):
+    """The image groups the selected rows read (Bench.image, write_row, latency_row)."""
+    groups = set()
+    for name, kind, fs in selected_rows(a):
+        if kind == "read":
+            # FAT rows compare with the kernel reading ext.img, the FAT tree's ext4 twin.
+            groups |= {"ext", "fat"} if fs == "fat" else {fs}
+        elif kind == "write":
+            groups.add("wr")  # untar and rmrf build theirs in write_fixtures
+        else:
+            groups.add("lat")
+    return groups
+
+
+def ensure_images(wd, sz, size_name, groups):
     src_code = "".join(inspect.getsource(f) for f in (
         tree_layout, bigdir_name, write_big_file, write_tree, write_bigdir, mkfs_ext4, mkfs_fat32,
-        build_images))
+        ext_image_geometry, write_source_tree, build_image_group))
     # Only what shapes the images: a different --timeout or number of preads must not
     # rebuild them (the full build takes about 15 minutes).
     shape = {k: sz[k] for k in IMAGE_SIZES}
     key = hashlib.sha256((json.dumps(shape, sort_keys=True) + src_code).encode()).hexdigest()[:16]
     wd_size = os.path.join(wd, size_name)
-    stamp = os.path.join(wd_size, "images", "stamp")
-    try:
-        with open(stamp) as f:
-            if f.read().strip() == key:
-                return os.path.join(wd_size, "images")
-    except OSError:
-        pass
-    log(f"building {size_name} images in {wd_size} (cached for later runs)")
+    img_dir = os.path.join(wd_size, "images")
+    os.makedirs(img_dir, exist_ok=True)
+
+    def stamp(group):
+        return os.path.join(img_dir, f"stamp-{group}")
+
+    def current(group):
+        try:
+            with open(stamp(group)) as f:
+                return f.read().strip() == key
+        except OSError:
+            return False
+
+    todo = [g for g in IMAGE_GROUPS if g in groups and not current(g)]
+    if not todo:
+        return img_dir
+    log(f"building {size_name} images ({', '.join(todo)}) in {wd_size} (cached for later runs)")
     t0 = time.perf_counter()
-    img_dir = build_images(wd_size, sz)
-    with open(stamp, "w") as f:
-        f.write(key + "\n")
+    src = os.path.join(wd_size, "src")
+    if SOURCE_GROUPS.intersection(todo):
+        write_source_tree(src, sz)
+    for g in todo:
+        # A group interrupted half-built must not count as built.
+        if os.path.exists(stamp(g)):
+            os.unlink(stamp(g))
+        build_image_group(g, img_dir, src, sz)
+        with open(stamp(g), "w") as f:
+            f.write(key + "\n")
+    shutil.rmtree(src, ignore_errors=True)
     log(f"images built in {time.perf_counter() - t0:.1f} s")
     return img_dir
 
@@ -1010,26 +1070,17 @@ class Bench:
         log(f"  {row_label(row, self.sz)}: " + ", ".join(parts))
 
     def run_all(self):
-        for name, kind, _ in WORKLOADS:
-            if self.a.only and name not in self.a.only:
-                continue
-            for fs in ("ext", "fat", "erofs", *SQUASHFS):
-                if (name == "bigdir" or name in EXT_ONLY_WRITES) and fs == "fat":
-                    continue
-                if fs not in self.a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
-                    continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
-                if fs == "erofs" and kind != "read":
-                    continue  # read-only
-                if kind == "read":
-                    for cache in ("cold", "warm"):
-                        self.read_row(name, fs, cache)
-                elif kind == "write":
-                    self.write_row(name, fs)
-                elif kind == "cycle":
-                    self.cycle_row(fs)
-                else:
-                    for label in ("small", "big"):
-                        self.latency_row(fs, label)
+        for name, kind, fs in selected_rows(self.a):
+            if kind == "read":
+                for cache in ("cold", "warm"):
+                    self.read_row(name, fs, cache)
+            elif kind == "write":
+                self.write_row(name, fs)
+            elif kind == "cycle":
+                self.cycle_row(fs)
+            else:
+                for label in ("small", "big"):
+                    self.latency_row(fs, label)
 
 
 def human_bytes(n):
@@ -1277,10 +1328,12 @@ def main(argv):
     started = time.time()
     bench = None
     try:
-        img_dir = ensure_images(a.workdir, sz, size_name)
+        groups = needed_groups(a)
+        img_dir = ensure_images(a.workdir, sz, size_name, groups)
         bench = Bench(a, sz, img_dir, Tools(imgmount_bin), avail)
         bench.run_all()
-        notes += qemu_convert_notes(img_dir, [t for t in ("qcow2-zlib", "qcow2-zstd", "vmdk-stream") if t in avail], a.runs)
+        if "ext" in groups:  # the converted containers are copies of ext.img
+            notes += qemu_convert_notes(img_dir, [t for t in ("qcow2-zlib", "qcow2-zstd", "vmdk-stream") if t in avail], a.runs)
     except KeyboardInterrupt:
         log("interrupted: unmounting everything")
         return 130

@@ -20,6 +20,14 @@ use crate::{cli, commands};
 /// Worker threads serving FUSE requests: the drivers are Sync, and a few threads let a slow
 /// read (cache miss on a big file) not hold up a directory listing.
 const THREADS: usize = 4;
+/// Writable mounts serve from one thread. The kernel hands queued requests to its waiting
+/// readers in turn, so with four threads a process's consecutive requests wake a different
+/// thread each time, and the scheduler, seeing one waker with many wakees, stops placing
+/// the daemon on the caller's CPU: a FUSE round trip measured 55-140 us with four threads
+/// and 26-29 us with one on this 2-CPU VM under load (docs/ext-write-speed.md). Writes take
+/// the driver's writer lock one at a time anyway; what is given up is reads overlapping
+/// each other on a rw mount.
+const WRITABLE_THREADS: usize = 1;
 
 pub fn run(args: &cli::MountArgs) -> Result<(), String> {
     run_with(args, Service::default())
@@ -121,7 +129,7 @@ fn mount_on(
         // as the mounter's and keeps its old (daemon-decided) rules.
         default_permissions: writable && !opts.owner.fakeroot && keeps_owners(&fs.info()),
         owner: opts.owner,
-        threads: THREADS,
+        threads: if writable { WRITABLE_THREADS } else { THREADS },
         // Root needs no setuid helper: mount(2) saves fusermount3's fork, exec and resident
         // auto_unmount process, and our own watcher removes the mount if the daemon dies.
         direct_mount: kernel::euid() == 0,

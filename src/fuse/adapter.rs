@@ -486,9 +486,11 @@ impl fuser::Filesystem for Adapter {
                     self.listing.saw_file_lookup(req.pid());
                     self.reply_entry(parent, Ok(a), reply);
                 }
-                Err(Error::NotFound) if !self.writable => {
+                Err(Error::NotFound) => {
                     // A negative entry: ino 0 with a TTL lets the kernel cache the miss, so
                     // repeated probes (PATH searches, locale files) don't come back to us.
+                    // Also on rw mounts: names appear only through this mount (the image is
+                    // locked), and the kernel turns the cached miss positive when it creates.
                     let attr = negative_attr();
                     reply.entry(&self.ttl, &attr, Generation(0));
                 }
