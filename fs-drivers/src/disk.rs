@@ -364,7 +364,7 @@ impl Image {
         self.direct_fallback
     }
 
-    /// Whether the image file is read with O_DIRECT (`block::DIRECT_MODE` says how).
+    /// Whether the image file is read with O_DIRECT (`ImageOptions::read_queue` says how).
     pub fn direct_io(&self) -> bool {
         self.direct
     }

@@ -64,6 +64,8 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_sched_getaffinity,
+    // LUKS's helper pool (rayon) yields while its idle threads spin before they sleep.
+    libc::SYS_sched_yield,
     libc::SYS_getrandom,
     libc::SYS_clone3,
     libc::SYS_exit,

@@ -226,6 +226,34 @@ impl DirectFileDevice {
         Ok(())
     }
 
+    /// Starts reading the chunks under `offset..offset+len` (at most `AHEAD`) on the queue,
+    /// where later reads take them: the hint a filesystem gives before it reads metadata
+    /// block by block (FAT's table windows), which buffered mode answers with the host's
+    /// readahead and would otherwise be one synchronous O_DIRECT read per block here.
+    fn read_ahead_chunks(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.aligned_end);
+        if offset >= end {
+            return;
+        }
+        let (k0, k1) = (offset / READ_CHUNK, (end - 1) / READ_CHUNK);
+        let mut ah = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ah.pid != std::process::id() {
+            ah.chunks.clear();
+            ah.pid = std::process::id();
+        }
+        for k in k0..=k1.min(k0 + AHEAD - 1) {
+            if ah.chunks.iter().any(|(c, _)| *c == k) {
+                continue;
+            }
+            let (cs, ce) = self.chunk(k);
+            let slot = self.submit(cs, (ce - cs) as usize);
+            ah.chunks.push_back((k, slot));
+        }
+        while ah.chunks.len() > 2 * AHEAD as usize {
+            ah.chunks.pop_front();
+        }
+    }
+
     /// Forgets chunks read ahead that a write to `offset..offset+len` makes stale.
     fn drop_ahead(&self, offset: u64, len: u64) {
         let (k0, k1) = (offset / READ_CHUNK, (offset + len) / READ_CHUNK);
@@ -307,6 +335,10 @@ impl BlockDevice for DirectFileDevice {
         // later reads the new ones.
         self.drop_ahead(offset, buf.len() as u64);
         r
+    }
+
+    fn readahead(&self, offset: u64, len: u64) {
+        self.read_ahead_chunks(offset, len);
     }
 
     fn flush(&self) -> Result<()> {
@@ -430,6 +462,8 @@ mod tests {
         // A sequential start that puts the chunks the write covers in flight.
         d.read_at(0, &mut [0u8; 4096]).unwrap();
         d.read_at(4096, &mut [0u8; 4096]).unwrap();
+        // And a metadata hint's chunks over the same range.
+        d.readahead(at as u64, patch.len() as u64);
         d.write_at(at as u64, &patch).unwrap();
         data[at..at + patch.len()].copy_from_slice(&patch);
         check(&d, &data);
