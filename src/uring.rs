@@ -30,8 +30,8 @@ const ENTRIES: u32 = 32;
 const WAKE: u64 = u64::MAX;
 
 /// Which queue direct reads use when nothing overrides it: the pool, because it read a cold
-/// 512 MiB file faster than the ring in both side-by-side runs (832 against 496 MB/s, 492
-/// against 311; docs/direct-io.md); random reads do not use the queue.
+/// 512 MiB file faster than the ring in all three side-by-side runs (832 against 496 MB/s,
+/// 492 against 311, 717 against 551; docs/direct-io.md); random reads do not use the queue.
 const DEFAULT_URING: bool = false;
 
 /// A ring that can only read, with the eventfd that wakes its thread: the thread keeps a read
