@@ -49,14 +49,14 @@ def cached_bytes(path):
 
 
 class Mount:
-    def __init__(self, tool, image, mnt, opts, key):
+    def __init__(self, tool, image, mnt, opts, key, env=None):
         self.mnt = mnt
         self.tool = tool
         os.makedirs(mnt, exist_ok=True)
         cmd = [tool, image, mnt] + [a for o in opts for a in ("-o", o)]
         if key:
             cmd += ["--key-file", key]
-        sh(*cmd)
+        sh(*cmd, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
             if time.monotonic() > deadline:
@@ -164,25 +164,34 @@ def main():
         rows.setdefault(name, []).append(v)
         print(f"{name}: {v:,.2f}", flush=True)
 
+    # The knobs compare the two ways of each mode side by side in one run: LUKS with and
+    # without its helper pool (IMGMOUNT_LUKS_HELPERS=0), direct reads through io_uring and
+    # through the thread pool (IMGMOUNT_DIRECT_QUEUE).
     cases = []
     if a.only in (None, "luks"):
-        cases += [("plaintext", plain, [], None), ("LUKS aes-xts", luks, [], key)]
+        cases += [("plaintext", plain, [], None, {}),
+                  ("LUKS aes-xts", luks, [], key, {}),
+                  ("LUKS aes-xts, no helper pool", luks, [], key, {"IMGMOUNT_LUKS_HELPERS": "0"})]
     if a.only in (None, "direct"):
-        cases += [("buffered", plain, [], None), ("direct", plain, ["direct"], None)]
+        cases += [("buffered", plain, [], None, {}),
+                  ("direct io_uring", plain, ["direct"], None, {"IMGMOUNT_DIRECT_QUEUE": "uring"}),
+                  ("direct pool", plain, ["direct"], None, {"IMGMOUNT_DIRECT_QUEUE": "pool"})]
+    print("load average at the start:", open("/proc/loadavg").read().strip(), flush=True)
     mnt = os.path.join(work, "mnt")
     for _ in range(a.runs):
-        for name, img, opts, k in cases:
+        for name, img, opts, k, env in cases:
+            direct_like = name == "buffered" or name.startswith("direct")
             drop(img)
-            m = Mount(a.imgmount, img, mnt, opts, k)
+            m = Mount(a.imgmount, img, mnt, opts, k, env)
             try:
                 add(f"{name}: sequential read MB/s", seq_read(os.path.join(mnt, "big")))
-                if name in ("buffered", "direct"):
+                if direct_like:
                     add(f"{name}: image bytes cached after the read (fincore)", cached_bytes(img))
             finally:
                 m.close()
-            if name in ("buffered", "direct"):
+            if direct_like:
                 drop(img)
-                m = Mount(a.imgmount, img, mnt, opts, k)
+                m = Mount(a.imgmount, img, mnt, opts, k, env)
                 try:
                     add(f"{name}: random 4 KiB preads/s, 16 threads", random_reads(os.path.join(mnt, "big"), size))
                 finally:
@@ -190,13 +199,13 @@ def main():
             else:
                 # Again with the image in the host page cache (a fresh mount: FUSE's is
                 # empty): no disk, so the decryption's cost shows.
-                m = Mount(a.imgmount, img, mnt, opts, k)
+                m = Mount(a.imgmount, img, mnt, opts, k, env)
                 try:
                     add(f"{name}: sequential read MB/s, image in the host cache",
                         seq_read(os.path.join(mnt, "big")))
                 finally:
                     m.close()
-                m = Mount(a.imgmount, img, mnt, opts + ["rw"], k)
+                m = Mount(a.imgmount, img, mnt, opts + ["rw"], k, env)
                 try:
                     add(f"{name}: sequential write MB/s (in place, fsync)", seq_write(os.path.join(mnt, "big"), size))
                 finally:
@@ -211,6 +220,7 @@ def main():
             t = time.monotonic()
             sh(a.imgmount, "info", "--key-file", key, hdr)
             add("LUKS unlock, qemu-img default PBKDF2 cost (s)", time.monotonic() - t)
+    print("load average at the end:", open("/proc/loadavg").read().strip(), flush=True)
     print(f"| {a.size_mib} MiB file, median of {a.runs} | value | runs |")
     print("|---|---:|---|")
     for k, v in rows.items():

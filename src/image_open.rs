@@ -90,6 +90,9 @@ pub fn image_options(writable: bool, cache_bytes: u64, direct: bool) -> ImageOpt
     let mut opts = crate::index_cache::image_options(writable, cache_bytes);
     opts.peel.luks_key = KEYS.get().cloned().flatten();
     opts.direct = direct || DIRECT.get().copied().unwrap_or(false);
+    if opts.direct {
+        opts.read_queue = Some(imgmount::uring::maker());
+    }
     opts
 }
 
@@ -100,7 +103,7 @@ pub fn warn_fallback(img: &fs_drivers::disk::Image, image: &Path) {
         log::info!(
             "{}: direct I/O: {}",
             image.display(),
-            fs_drivers::block::DIRECT_MODE
+            imgmount::uring::maker().describe()
         );
     }
     if img.direct_fallback() {

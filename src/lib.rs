@@ -4,3 +4,4 @@
 pub mod fuse;
 pub mod host;
 pub mod sandbox;
+pub mod uring;

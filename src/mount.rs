@@ -28,6 +28,10 @@ const THREADS: usize = 4;
 /// the driver's writer lock one at a time anyway; what is given up is reads overlapping
 /// each other on a rw mount.
 const WRITABLE_THREADS: usize = 1;
+/// With `-o direct` every read that misses FUSE's page cache waits on the disk (no host page
+/// cache answers it), so a request in flight costs a thread: 16 random readers in parallel
+/// need as many workers to keep 16 reads at the disk (docs/direct-io.md).
+const DIRECT_THREADS: usize = 16;
 
 pub fn run(args: &cli::MountArgs) -> Result<(), String> {
     run_with(args, Service::default())
@@ -129,7 +133,14 @@ fn mount_on(
         // as the mounter's and keeps its old (daemon-decided) rules.
         default_permissions: writable && !opts.owner.fakeroot && keeps_owners(&fs.info()),
         owner: opts.owner,
-        threads: if writable { WRITABLE_THREADS } else { THREADS },
+        // Direct I/O first: there a thread per read in flight is what keeps the disk busy.
+        threads: if opts.direct {
+            DIRECT_THREADS
+        } else if writable {
+            WRITABLE_THREADS
+        } else {
+            THREADS
+        },
         // Root needs no setuid helper: mount(2) saves fusermount3's fork, exec and resident
         // auto_unmount process, and our own watcher removes the mount if the daemon dies.
         direct_mount: kernel::euid() == 0,

@@ -160,6 +160,8 @@ pub struct ImageOptions {
     pub cow: Option<CowOptions>,
     /// Open the image O_DIRECT (buffered when the host filesystem refuses).
     pub direct: bool,
+    /// How direct reads are kept in flight (`None`: `block::PoolMaker`, a thread pool).
+    pub read_queue: Option<Arc<dyn crate::block::ReadQueueMaker>>,
 }
 
 impl ImageOptions {
@@ -223,7 +225,13 @@ impl Image {
         let mut direct_fallback = false;
         let mut raw: DeviceRef = match opts.direct {
             false => Arc::new(file),
-            true => match DirectFileDevice::open(path, opts.writable && opts.cow.is_none())? {
+            true => match DirectFileDevice::open_with(
+                path,
+                opts.writable && opts.cow.is_none(),
+                opts.read_queue
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(crate::block::PoolMaker)),
+            )? {
                 Some(direct) => Arc::new(direct),
                 None => {
                     direct_fallback = true;
@@ -356,7 +364,7 @@ impl Image {
         self.direct_fallback
     }
 
-    /// Whether the image file is read with O_DIRECT (`block::DIRECT_MODE` says how).
+    /// Whether the image file is read with O_DIRECT (`ImageOptions::read_queue` says how).
     pub fn direct_io(&self) -> bool {
         self.direct
     }

@@ -270,6 +270,8 @@ pub fn serve(
     }
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() } as u32;
+    // The seccomp filter refuses io_uring_setup: a ring for direct reads is made now.
+    crate::uring::prepare();
     sandbox_plan::report(&sandbox::enter(&plan));
     if cfg.service.stop_with_parent {
         // A change of uid clears the parent-death signal; arm it again.

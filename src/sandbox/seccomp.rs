@@ -30,6 +30,9 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_pwritev,
+    // Direct reads through io_uring (src/uring.rs): the ring, made before the filter, is
+    // restricted to IORING_OP_READ, so entering it does no more than pread64.
+    libc::SYS_io_uring_enter,
     libc::SYS_fsync,
     // A copy-on-write store (fs_drivers::cow): data before the metadata that points at it, and
     // the store file grown as chunks are added.
@@ -61,6 +64,8 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_sched_getaffinity,
+    // LUKS's helper pool (rayon) yields while its idle threads spin before they sleep.
+    libc::SYS_sched_yield,
     libc::SYS_getrandom,
     libc::SYS_clone3,
     libc::SYS_exit,

@@ -9,30 +9,28 @@
 //! The buffer is aligned without unsafe code: a `Vec` one alignment larger than needed, used
 //! from its first aligned byte.
 
+use super::read_queue::{
+    read_aligned, AlignedBuf as Bounce, PoolMaker, ReadDone, ReadQueue, ReadQueueMaker, Slot,
+};
 use super::{check_range, BlockDevice, FileDevice};
 use crate::{Error, Result};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 /// The alignment used for every direct request: 4096 covers 512- and 4096-byte logical blocks.
 pub const DIRECT_ALIGN: u64 = 4096;
 /// The largest bounce buffer one write uses; longer writes go in pieces.
 const MAX_CHUNK: u64 = 1 << 20;
 /// Reads see the image as a grid of chunks this long (cold sequential reads through a mount
-/// ran at 1.2-1.3 GB/s with 1 MiB chunks, 0.9-1.3x buffered mode; docs/direct-io.md): a request spanning several is read
-/// chunk by chunk in parallel, and a sequential reader's next chunks are prefetched.
+/// ran at 1.2-1.3 GB/s with 1 MiB chunks, 0.9-1.3x buffered mode; docs/direct-io.md): a
+/// request spanning several is read chunk by chunk in parallel, and a sequential reader's next
+/// chunks are prefetched.
 const READ_CHUNK: u64 = 1 << 20;
 /// How many chunks past a sequential read are kept in flight (4 MiB).
 const AHEAD: u64 = 4;
-/// The read pool's size: the requests in flight besides the callers' own.
-pub const POOL_THREADS: usize = 4;
-/// What imgmount logs as the direct-I/O mode.
-pub const MODE: &str = "O_DIRECT reads through a pool of 4 threads (1 MiB chunks, 4 MiB \
-     prefetched ahead of sequential readers); io_uring is not used";
 
 pub struct DirectFileDevice {
     direct: Arc<File>,
@@ -41,114 +39,36 @@ pub struct DirectFileDevice {
     aligned_end: u64,
     /// Serialises read-modify-write of partial blocks.
     rmw: Mutex<()>,
-    pool: Mutex<Option<Pool>>,
+    maker: Arc<dyn ReadQueueMaker>,
+    /// The queue this process started, with its process id.
+    queue: Mutex<Option<(u32, Box<dyn ReadQueue>)>>,
     ahead: Mutex<Ahead>,
-}
-
-/// One read handed to the pool: its result arrives in `slot`.
-struct Job {
-    pos: u64,
-    len: usize,
-    slot: Arc<Slot>,
-}
-
-/// A chunk's read: several requests may take their bytes from one chunk read ahead.
-#[derive(Default)]
-struct Slot {
-    /// `None` while in flight; `Some(None)` when it failed (a reader then reads the range
-    /// itself and reports its own error).
-    done: Mutex<Option<Option<Arc<Bounce>>>>,
-    cv: Condvar,
-}
-
-impl Slot {
-    fn wait(&self) -> Option<Arc<Bounce>> {
-        let mut g = self.done.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(r) = g.as_ref() {
-                return r.clone();
-            }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn fill(&self, r: Result<Bounce>) {
-        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.ok().map(Arc::new));
-        self.cv.notify_all();
-    }
-}
-
-/// Worker threads that read aligned ranges. Started on first use and remembered with the
-/// process id: a daemonising fork keeps the device but not the threads, so the child starts
-/// its own pool.
-struct Pool {
-    pid: u32,
-    jobs: Sender<Job>,
-}
-
-impl Pool {
-    fn start(file: &Arc<File>) -> Pool {
-        let (jobs, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..POOL_THREADS {
-            let (rx, file): (Arc<Mutex<Receiver<Job>>>, _) = (rx.clone(), file.clone());
-            // The threads end when the device (the only sender) is dropped.
-            let _ = std::thread::Builder::new()
-                .name("imgmount-direct".into())
-                .spawn(move || loop {
-                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-                        Ok(j) => j,
-                        Err(_) => return,
-                    };
-                    let mut b = Bounce::new(job.len);
-                    job.slot
-                        .fill(read_aligned(&file, job.pos, b.buf()).map(|()| b));
-                });
-        }
-        Pool {
-            pid: std::process::id(),
-            jobs,
-        }
-    }
 }
 
 /// The sequential reader's state: where the last read ended and the chunks read ahead.
 #[derive(Default)]
 struct Ahead {
     /// The process that started these reads: after a daemonising fork they never finish
-    /// (the pool's threads stayed in the parent), so the child forgets them.
+    /// (the queue's threads stayed in the parent), so the child forgets them.
     pid: u32,
     last_end: u64,
     /// (chunk index, its read), oldest first; at most `2 * AHEAD` kept.
     chunks: VecDeque<(u64, Arc<Slot>)>,
 }
 
-/// An aligned scratch area of `len` bytes.
-struct Bounce {
-    mem: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Bounce {
-    fn new(len: usize) -> Bounce {
-        let align = DIRECT_ALIGN as usize;
-        let mem = vec![0u8; len + align];
-        let start = mem.as_ptr().align_offset(align);
-        Bounce { mem, start, len }
-    }
-    fn buf(&mut self) -> &mut [u8] {
-        &mut self.mem[self.start..self.start + self.len]
-    }
-    fn bytes(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.len]
-    }
-}
-
 impl DirectFileDevice {
     /// Opens `path` with O_DIRECT; `Ok(None)` when the host filesystem refuses it (tmpfs, some
     /// network filesystems) so the caller can fall back to buffered I/O.
     pub fn open(path: &Path, writable: bool) -> Result<Option<DirectFileDevice>> {
+        Self::open_with(path, writable, Arc::new(PoolMaker))
+    }
+
+    /// As `open`, with reads kept in flight by the queues `maker` starts.
+    pub fn open_with(
+        path: &Path,
+        writable: bool,
+        maker: Arc<dyn ReadQueueMaker>,
+    ) -> Result<Option<DirectFileDevice>> {
         let buffered = FileDevice::open(path, writable)?;
         let direct = match OpenOptions::new()
             .read(true)
@@ -166,13 +86,14 @@ impl DirectFileDevice {
             buffered,
             aligned_end: size - size % DIRECT_ALIGN,
             rmw: Mutex::new(()),
-            pool: Mutex::new(None),
+            maker,
+            queue: Mutex::new(None),
             ahead: Mutex::new(Ahead::default()),
         };
         // Some filesystems accept the flag at open and refuse the first read.
         if dev.aligned_end > 0 {
             let mut probe = Bounce::new(DIRECT_ALIGN as usize);
-            if let Err(e) = dev.direct.read_at(probe.buf(), 0) {
+            if let Err(e) = dev.direct.read_at(probe.as_mut_slice(), 0) {
                 if e.raw_os_error() == Some(libc::EINVAL) {
                     return Ok(None);
                 }
@@ -191,23 +112,26 @@ impl DirectFileDevice {
         read_aligned(&self.direct, pos, b)
     }
 
-    /// Starts reading `len` bytes at `pos` (aligned, inside `..aligned_end`) on the pool.
+    /// Starts reading `len` bytes at `pos` (aligned, inside `..aligned_end`) on the queue.
     fn submit(&self, pos: u64, len: usize) -> Arc<Slot> {
         let slot = Arc::new(Slot::default());
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.as_ref().is_none_or(|p| p.pid != std::process::id()) {
-            *pool = Some(Pool::start(&self.direct));
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if q.as_ref().is_none_or(|(p, _)| *p != pid) {
+            // After a fork the parent's queue belongs to threads (and maybe a ring) this
+            // process does not have: forgotten, never used or dropped here.
+            if let Some(old) = q.take() {
+                std::mem::forget(old);
+            }
+            let started = self.maker.start().or_else(|_| PoolMaker.start());
+            *q = started.ok().map(|queue| (pid, queue));
         }
-        let job = Job {
-            pos,
-            len,
-            slot: slot.clone(),
-        };
-        if let Some(Err(e)) = pool.as_ref().map(|p| p.jobs.send(job)) {
-            // No worker could be started: read here instead.
-            let j = e.0;
-            let mut b = Bounce::new(j.len);
-            j.slot.fill(self.read_aligned(j.pos, b.buf()).map(|()| b));
+        let done = ReadDone::new(slot.clone());
+        match q.as_ref() {
+            Some((_, queue)) => queue.read(&self.direct, pos, Bounce::new(len), done),
+            // No queue could be started: the unfinished `done` reports a failure and the
+            // reader reads the range itself.
+            None => drop(done),
         }
         slot
     }
@@ -287,7 +211,7 @@ impl DirectFileDevice {
             let to = end.min(e);
             let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
             if let Some(b) = slot.and_then(|slot| slot.wait()) {
-                out.copy_from_slice(&b.bytes()[(from - s) as usize..(to - s) as usize]);
+                out.copy_from_slice(&b.as_slice()[(from - s) as usize..(to - s) as usize]);
                 continue;
             }
             // Not read ahead, or the read ahead failed: the aligned range, here.
@@ -296,10 +220,38 @@ impl DirectFileDevice {
                 to.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
             );
             let mut b = Bounce::new((e - s) as usize);
-            self.read_aligned(s, b.buf())?;
-            out.copy_from_slice(&b.buf()[(from - s) as usize..(to - s) as usize]);
+            self.read_aligned(s, b.as_mut_slice())?;
+            out.copy_from_slice(&b.as_mut_slice()[(from - s) as usize..(to - s) as usize]);
         }
         Ok(())
+    }
+
+    /// Starts reading the chunks under `offset..offset+len` (at most `AHEAD`) on the queue,
+    /// where later reads take them: the hint a filesystem gives before it reads metadata
+    /// block by block (FAT's table windows), which buffered mode answers with the host's
+    /// readahead and would otherwise be one synchronous O_DIRECT read per block here.
+    fn read_ahead_chunks(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.aligned_end);
+        if offset >= end {
+            return;
+        }
+        let (k0, k1) = (offset / READ_CHUNK, (end - 1) / READ_CHUNK);
+        let mut ah = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ah.pid != std::process::id() {
+            ah.chunks.clear();
+            ah.pid = std::process::id();
+        }
+        for k in k0..=k1.min(k0 + AHEAD - 1) {
+            if ah.chunks.iter().any(|(c, _)| *c == k) {
+                continue;
+            }
+            let (cs, ce) = self.chunk(k);
+            let slot = self.submit(cs, (ce - cs) as usize);
+            ah.chunks.push_back((k, slot));
+        }
+        while ah.chunks.len() > 2 * AHEAD as usize {
+            ah.chunks.pop_front();
+        }
     }
 
     /// Forgets chunks read ahead that a write to `offset..offset+len` makes stale.
@@ -334,34 +286,20 @@ impl DirectFileDevice {
             let partial = pos != start || want_end != end;
             let _guard = partial.then(|| self.rmw.lock().unwrap_or_else(|p| p.into_inner()));
             if pos != start {
-                self.read_aligned(start, &mut bounce.buf()[..DIRECT_ALIGN as usize])?;
+                self.read_aligned(start, &mut bounce.as_mut_slice()[..DIRECT_ALIGN as usize])?;
             }
             if want_end != end {
                 let last = (end - start - DIRECT_ALIGN) as usize;
-                self.read_aligned(end - DIRECT_ALIGN, &mut bounce.buf()[last..])?;
+                self.read_aligned(end - DIRECT_ALIGN, &mut bounce.as_mut_slice()[last..])?;
             }
             let skip = (pos - start) as usize;
-            bounce.buf()[skip..skip + n].copy_from_slice(&buf[used..used + n]);
-            self.write_aligned(start, bounce.buf())?;
+            bounce.as_mut_slice()[skip..skip + n].copy_from_slice(&buf[used..used + n]);
+            self.write_aligned(start, bounce.as_mut_slice())?;
             used += n;
             pos += n as u64;
         }
         Ok(())
     }
-}
-
-/// Fills `b` (aligned length) from aligned `pos`, all inside the direct part of the file.
-fn read_aligned(file: &File, pos: u64, b: &mut [u8]) -> Result<()> {
-    let mut done = 0;
-    while done < b.len() {
-        match file.read_at(&mut b[done..], pos + done as u64) {
-            Ok(0) => return Err(Error::OutOfRange),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 impl BlockDevice for DirectFileDevice {
@@ -397,6 +335,10 @@ impl BlockDevice for DirectFileDevice {
         // later reads the new ones.
         self.drop_ahead(offset, buf.len() as u64);
         r
+    }
+
+    fn readahead(&self, offset: u64, len: u64) {
+        self.read_ahead_chunks(offset, len);
     }
 
     fn flush(&self) -> Result<()> {
@@ -520,6 +462,8 @@ mod tests {
         // A sequential start that puts the chunks the write covers in flight.
         d.read_at(0, &mut [0u8; 4096]).unwrap();
         d.read_at(4096, &mut [0u8; 4096]).unwrap();
+        // And a metadata hint's chunks over the same range.
+        d.readahead(at as u64, patch.len() as u64);
         d.write_at(at as u64, &patch).unwrap();
         data[at..at + patch.len()].copy_from_slice(&patch);
         check(&d, &data);

@@ -7,13 +7,15 @@ mod direct;
 mod fault;
 mod file;
 mod mem;
+mod read_queue;
 mod slice;
 
 pub use cache::{BlockCache, CacheStats};
-pub use direct::{DirectFileDevice, DIRECT_ALIGN, MODE as DIRECT_MODE};
+pub use direct::{DirectFileDevice, DIRECT_ALIGN};
 pub use fault::{FaultDevice, FaultOp};
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use read_queue::{AlignedBuf, PoolMaker, ReadDone, ReadQueue, ReadQueueMaker, POOL_THREADS};
 pub use slice::Slice;
 
 use crate::Result;

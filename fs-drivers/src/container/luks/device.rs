@@ -5,16 +5,56 @@
 use super::cipher::SectorCipher;
 use crate::block::{check_range, BlockDevice, DeviceRef};
 use crate::Result;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How many bytes one zero-filling write encrypts at a time.
 const ZERO_CHUNK: u64 = 1 << 20;
-/// Requests at least this long are en- or decrypted on two threads. A FUSE read (128 KiB)
-/// stays on its own thread: starting a thread per request cost more than it saved (LUKS reads
-/// through a mount ran at 400 MB/s with threads from 128 KiB up, 860 MB/s without; see
-/// docs/luks.md); FUSE's own worker threads already spread requests over the cores.
+/// Requests at least this long are en- or decrypted on two threads started for the call
+/// (`imgmount cat`, `extract`): starting a thread per FUSE-sized request cost more than it
+/// saved (LUKS reads through a mount ran at 400 MB/s with threads from 128 KiB up, 860 MB/s
+/// without; see docs/luks.md).
 const PARALLEL_MIN: usize = 1 << 20;
 const MAX_THREADS: usize = 2;
+/// Where threads may live past a call (the FUSE daemon, after its fork), requests at least
+/// this long are split with a persistent helper pool instead: no thread start per request.
+const HELPER_MIN: usize = 64 << 10;
+/// The helper pool's threads (the caller does its own share besides).
+const HELPERS: usize = 2;
+
+/// The helper pool of this process (a forked child starts its own: the parent's threads are
+/// not in it).
+static HELPER_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+/// The helper pool, when threads may outlive a call and the machine has two cores or more.
+/// `IMGMOUNT_LUKS_HELPERS=0` turns the pool off (benches/luks_direct.py compares both).
+fn helpers() -> Option<Arc<rayon::ThreadPool>> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("IMGMOUNT_LUKS_HELPERS").is_some_and(|v| v == "0"))
+        || !crate::container::compressed::read_ahead_allowed()
+        || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2
+    {
+        return None;
+    }
+    let pid = std::process::id();
+    let mut g = HELPER_POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((p, pool)) = g.as_ref() {
+        if *p == pid {
+            return Some(pool.clone());
+        }
+    }
+    // A parent's pool in a forked child: its threads are not here; never touched.
+    if let Some(old) = g.take() {
+        std::mem::forget(old);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(HELPERS)
+        .thread_name(|_| "imgmount-luks".into())
+        .build()
+        .ok()
+        .map(Arc::new)?;
+    *g = Some((pid, pool.clone()));
+    Some(pool)
+}
 
 pub struct LuksDevice {
     inner: DeviceRef,
@@ -70,6 +110,20 @@ impl LuksDevice {
     /// request is split between scoped threads, all joined before returning (no thread
     /// outlives the call, e.g. across a fork).
     fn crypt(&self, pos: u64, buf: &mut [u8], encrypt: bool) {
+        if buf.len() >= HELPER_MIN {
+            if let Some(pool) = helpers() {
+                // Half to a helper, half here: the caller never waits idle.
+                let sectors = buf.len() / self.sector as usize;
+                let half = sectors.div_ceil(2) * self.sector as usize;
+                let (a, b) = buf.split_at_mut(half);
+                let pos_b = pos + half as u64;
+                pool.in_place_scope(|s| {
+                    s.spawn(move |_| self.crypt_run(pos_b, b, encrypt));
+                    self.crypt_run(pos, a, encrypt);
+                });
+                return;
+            }
+        }
         let threads = if buf.len() >= PARALLEL_MIN {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
         } else {
