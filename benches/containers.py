@@ -312,13 +312,13 @@ def first_byte(method, imgmount, img, fmt, wd):
     return secs, space
 
 
-def part_alternatives(imgmount, img_dir, wd, runs):
+def part_alternatives(imgmount, img_dir, wd, runs, formats):
     methods = ["convert + kernel", "convert + imgmount"]
     if shutil.which("nbdfuse") and shutil.which("qemu-nbd"):
         methods += ["nbdfuse + kernel", "nbdfuse + imgmount"]
     methods += ["imgmount", "imgmount cat"]
     res = {}
-    for fmt in ("qcow2", "qcow2-zstd"):
+    for fmt in formats:
         img = image(img_dir, fmt)
         for _ in range(runs):
             for m in methods:
@@ -335,12 +335,14 @@ def main(argv):
     p.add_argument("--parts", default="reads,qemu,alternatives")
     p.add_argument("--rows", default=",".join(r for r, _ in ROWS))
     p.add_argument("--formats", default=",".join(FORMATS), help="also: kernel")
+    p.add_argument("--alt-formats", default="qcow2,qcow2-zstd", help="containers of the alternatives part")
     p.add_argument("--workdir", default=os.path.join(compare.REPO, "target", "bench-containers"))
     p.add_argument("--imgmount", help="imgmount binary (default: cargo build --release)")
     a = p.parse_args(argv)
     bad = [f for f in a.formats.split(",") if f != "kernel" and f not in FORMATS]
     bad += [r for r in a.rows.split(",") if r not in dict(ROWS)]
     bad += [x for x in a.parts.split(",") if x not in ("reads", "qemu", "alternatives")]
+    bad += [f for f in a.alt_formats.split(",") if f not in QEMU_FMT]
     if bad:
         p.error(f"unknown formats, rows or parts: {bad}")
     if os.geteuid() != 0:
@@ -355,11 +357,12 @@ def main(argv):
     load0 = open("/proc/loadavg").read().split()[:3]
     img_dir = build(wd, sz)
     formats = [f for f in a.formats.split(",") if f != "kernel"]
+    alt_formats = a.alt_formats.split(",")
     needed = set(formats) & set(FORMATS) if "reads" in parts else set()
     if "qemu" in parts:
         needed |= set(COMPRESSED)
     if "alternatives" in parts:
-        needed |= {"qcow2", "qcow2-zstd"}
+        needed |= set(alt_formats)
     convert(img_dir, [f for f in FORMATS if f in needed])
     lines = [f"benches/containers.py, {size_name} size, {a.runs} runs, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
@@ -404,14 +407,14 @@ def main(argv):
                 lines.append(f"| {t} | {qs:.3f} s | {size / qs / 1e6:.0f} | {ours:.3f} s | {size / ours / 1e6:.0f} "
                              f"| {qs / ours:.2f} |")
         if "alternatives" in parts:
-            methods, res = part_alternatives(imgmount, img_dir, wd, a.runs)
+            methods, res = part_alternatives(imgmount, img_dir, wd, a.runs, alt_formats)
             lines += ["", f"From nothing (cold cache, nothing mounted) to the bytes of /{DEEP} of ext "
                       f"({compare.human_bytes(ext_size)} disk), median seconds, and the extra disk space used:", "",
-                      "| way | " + " | ".join(f"{f} s | {f} extra space" for f in ("qcow2", "qcow2-zstd")) + " |",
-                      "|---|" + "---|---|" * 2]
+                      "| way | " + " | ".join(f"{f} s | {f} extra space" for f in alt_formats) + " |",
+                      "|---|" + "---|---|" * len(alt_formats)]
             for m in methods:
                 cells = []
-                for f in ("qcow2", "qcow2-zstd"):
+                for f in alt_formats:
                     v = res[(f, m)]
                     cells.append(f"{statistics.median(s for s, _ in v):.3f}")
                     sp = max(sp for _, sp in v)
