@@ -6,8 +6,9 @@
 use crate::block::DeviceRef;
 use crate::{Error, Result};
 use lru::LruCache;
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Decoded bytes a single image keeps; with 2 MiB clusters that is still 8 of them.
 pub const CACHE_BYTES: u64 = 16 << 20;
@@ -33,8 +34,36 @@ pub struct Decoder {
     cluster_size: usize,
     cache_bytes: usize,
     file: DeviceRef,
-    cache: Mutex<LruCache<u64, Arc<Vec<u8>>>>,
+    state: Mutex<State>,
+    /// Signalled whenever decoded clusters land (or a decode gave up on them).
+    landed: Condvar,
     workers: usize,
+}
+
+struct State {
+    cache: LruCache<u64, Arc<Vec<u8>>>,
+    /// Clusters some thread is decoding now. FUSE serves one stream's reads on several
+    /// threads at once; without this, each of them missed on the batch another was still
+    /// decoding and decoded it again (up to 4× the work on a sequential read).
+    in_flight: HashSet<u64>,
+}
+
+/// Takes its clusters out of `in_flight` and wakes the waiters however the decode ends, so a
+/// waiter never sleeps on a cluster nobody decodes.
+struct Claim<'a> {
+    decoder: &'a Decoder,
+    jobs: Vec<Extent>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut st = self.decoder.lock();
+        for j in &self.jobs {
+            st.in_flight.remove(&j.0);
+        }
+        drop(st);
+        self.decoder.landed.notify_all();
+    }
 }
 
 /// One compressed cluster to decode: host offset and how many bytes it may span.
@@ -61,9 +90,11 @@ impl Decoder {
             cluster_size: cluster_size as usize,
             cache_bytes: cache_bytes as usize,
             file,
-            cache: Mutex::new(LruCache::new(
-                NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN),
-            )),
+            state: Mutex::new(State {
+                cache: LruCache::new(NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN)),
+                in_flight: HashSet::new(),
+            }),
+            landed: Condvar::new(),
             workers,
         }
     }
@@ -77,32 +108,53 @@ impl Decoder {
             .min(fit)
     }
 
-    pub fn cached(&self, offset: u64) -> Option<Arc<Vec<u8>>> {
-        self.lock().get(&offset).cloned()
+    /// Decoded already, or being decoded by another thread (whose result a read will wait
+    /// for): either way, no reason to plan a batch.
+    pub fn cached(&self, offset: u64) -> bool {
+        let mut st = self.lock();
+        st.cache.get(&offset).is_some() || st.in_flight.contains(&offset)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<u8>>>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Decodes `want` (and, for a sequential reader, the clusters in `ahead` that are not
     /// cached yet, in parallel) and returns `want`'s bytes.
     pub fn get(&self, want: Extent, ahead: &[Extent]) -> Result<Arc<Vec<u8>>> {
-        if let Some(hit) = self.cached(want.0) {
-            return Ok(hit);
-        }
         let mut jobs = vec![want];
         {
-            let cache = self.lock();
+            let mut st = self.lock();
+            loop {
+                if let Some(hit) = st.cache.get(&want.0) {
+                    return Ok(hit.clone());
+                }
+                if !st.in_flight.contains(&want.0) {
+                    break;
+                }
+                // Another thread is decoding it: its result comes sooner than our own decode.
+                // If that decode fails (or the cluster is evicted before we wake), the loop
+                // finds it neither cached nor in flight and decodes it here.
+                st = self.landed.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
             for e in ahead {
                 if jobs.len() >= self.batch() {
                     break;
                 }
-                if !cache.contains(&e.0) && !jobs.iter().any(|j| j.0 == e.0) {
+                if !st.cache.contains(&e.0)
+                    && !st.in_flight.contains(&e.0)
+                    && !jobs.iter().any(|j| j.0 == e.0)
+                {
                     jobs.push(*e);
                 }
             }
+            st.in_flight.extend(jobs.iter().map(|j| j.0));
         }
+        let claim = Claim {
+            decoder: self,
+            jobs,
+        };
+        let jobs = &claim.jobs;
         if jobs.len() > 1 {
             // Compressed clusters of a stream lie in file order: ask the host for this batch
             // and as much again beyond it, so the next batch's input arrives while this one
@@ -142,7 +194,7 @@ impl Decoder {
             })
         };
         let mut first = None;
-        let mut cache = self.lock();
+        let mut st = self.lock();
         for (i, (job, r)) in jobs.iter().zip(results).enumerate() {
             match r {
                 Ok(v) => {
@@ -150,13 +202,15 @@ impl Decoder {
                     if i == 0 {
                         first = Some(Ok(v.clone()));
                     }
-                    cache.put(job.0, v);
+                    st.cache.put(job.0, v);
                 }
                 // A broken cluster ahead is the error of whoever reads it, not of this read.
                 Err(e) if i == 0 => first = Some(Err(e)),
                 Err(_) => {}
             }
         }
+        drop(st);
+        drop(claim);
         first.unwrap_or_else(|| {
             Err(Error::Corrupt(format!(
                 "{}: compressed cluster lost",
@@ -236,5 +290,114 @@ fn unzstd(input: &[u8], out: &mut [u8]) -> bool {
         if (inb.pos(), outb.pos()) == before {
             return false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockDevice, MemDevice};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CLUSTER: usize = 64 << 10;
+
+    /// Counts reads, each a little slow, so that readers started together overlap.
+    struct Counting {
+        inner: MemDevice,
+        reads: AtomicUsize,
+    }
+
+    impl BlockDevice for Counting {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
+            Err(Error::ReadOnly)
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> Result<()> {
+            Err(Error::ReadOnly)
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
+            Err(Error::ReadOnly)
+        }
+        fn is_writable(&self) -> bool {
+            false
+        }
+    }
+
+    /// `n` zlib clusters back to back, each filled with its index; their extents.
+    fn clusters(n: usize) -> (Vec<u8>, Vec<Extent>) {
+        let mut file = Vec::new();
+        let mut extents = Vec::new();
+        for i in 0..n {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(&vec![i as u8; CLUSTER]).unwrap();
+            let c = z.finish().unwrap();
+            extents.push((file.len() as u64, c.len() as u64));
+            file.extend_from_slice(&c);
+        }
+        (file, extents)
+    }
+
+    #[test]
+    fn concurrent_sequential_readers_decode_each_cluster_once() {
+        let (file, extents) = clusters(32);
+        let dev = Arc::new(Counting {
+            inner: MemDevice::read_only(file),
+            reads: AtomicUsize::new(0),
+        });
+        let d = Decoder::new(Codec::Zlib, "test", CLUSTER as u64, 16 << 20, dev.clone());
+        // As FUSE threads serve one stream: each reader starts a little further on and plans
+        // its own batch of the clusters after its own.
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (d, extents) = (&d, &extents);
+                s.spawn(move || {
+                    for i in t * 2..extents.len() {
+                        let ahead = if d.cached(extents[i].0) {
+                            &[][..]
+                        } else {
+                            &extents[i + 1..]
+                        };
+                        let got = d.get(extents[i], ahead).unwrap();
+                        assert!(got.iter().all(|&b| b == i as u8), "cluster {i}");
+                    }
+                });
+            }
+        });
+        assert_eq!(dev.reads.load(Ordering::Relaxed), extents.len());
+    }
+
+    #[test]
+    fn a_waiter_decodes_itself_when_the_decode_it_waited_for_failed() {
+        let (mut file, extents) = clusters(4);
+        // Cluster 2 no longer decodes to a whole cluster.
+        let (at, len) = extents[2];
+        file[at as usize + 2..(at + len) as usize].fill(0);
+        let d = Decoder::new(
+            Codec::Zlib,
+            "test",
+            CLUSTER as u64,
+            16 << 20,
+            Arc::new(MemDevice::read_only(file)),
+        );
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    assert!(d.get(extents[0], &extents[1..]).is_ok());
+                    assert!(d.get(extents[2], &extents[3..]).is_err());
+                    assert!(d.get(extents[3], &[]).is_ok());
+                });
+            }
+        });
     }
 }

@@ -219,7 +219,7 @@ impl BlockDevice for Qcow2 {
                     offset: at,
                     len: clen,
                 } => {
-                    let ahead = if sequential && self.decoder.cached(at).is_none() {
+                    let ahead = if sequential && !self.decoder.cached(at) {
                         self.ahead(pos)
                     } else {
                         Vec::new()

@@ -285,7 +285,7 @@ impl BlockDevice for SparseExtent {
                     out[have..].fill(0);
                 }
                 Grain::Compressed(e) => {
-                    let ahead = if sequential && self.decoder.cached(e.0).is_none() {
+                    let ahead = if sequential && !self.decoder.cached(e.0) {
                         self.ahead(index)
                     } else {
                         Vec::new()
