@@ -401,14 +401,7 @@ fn fat_workload_through_a_qcow2_store_qemu_reads_and_commits_it() {
 
     // What qemu reads through the overlay is a clean filesystem with the model's tree.
     let rebuilt = t.path().join("rebuilt.img");
-    qemu_img(&[
-        OsStr::new("convert"),
-        OsStr::new("-O"),
-        OsStr::new("raw"),
-        store.as_os_str(),
-        rebuilt.as_os_str(),
-    ])
-    .expect_ok();
+    rebuild_device(&img, &store, &rebuilt);
     assert_fsck_clean(&rebuilt);
     assert_eq!(mtools_tree(&rebuilt, t.path()), model);
 

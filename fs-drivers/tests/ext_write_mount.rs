@@ -128,20 +128,8 @@ fn kernel_accepts_crashed(tag: &str, mkfs_args: &[&str], jsb_bits: (u32, u32), d
     let mut base = std::fs::read(&img).unwrap();
     set_jsb_bits(&mut base, at, jsb_bits.0, jsb_bits.1);
     std::fs::write(&img, fsync_then_power_cut(base, data)).unwrap();
-    let dir = scratch(
-        "ext-write-mount",
-        &format!("{tag}-mnt-{}", std::process::id()),
-    );
-    std::fs::create_dir_all(&dir).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop"])
-        .arg(&img)
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "{tag}: kernel refuses the crashed image");
-    let got = std::fs::read(dir.join("synced"));
-    support::kernel_view::unmount(&dir);
+    let got = kernel_read_rw(&img, tag, "synced")
+        .unwrap_or_else(|| panic!("{tag}: kernel refuses the crashed image"));
     assert_eq!(got.unwrap(), data, "{tag}: kernel's replay lost the file");
     e2fsck(&img, false).unwrap_or_else(|e| panic!("{tag}: after the kernel's replay: {e}"));
     let _ = std::fs::remove_file(&img);
@@ -237,20 +225,8 @@ fn mmp_is_held_while_open_and_clean_after() {
     assert_eq!(dump_mmp(&img)["sequence"], "ff4d4d50", "clean after close");
     e2fsck(&img, false).unwrap();
     if is_root() {
-        let dir = scratch(
-            "ext-write-mount",
-            &format!("mmp-mnt-{}", std::process::id()),
-        );
-        std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&img)
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(st.success(), "kernel refuses the image after our close");
-        let got = std::fs::read(dir.join("f"));
-        support::kernel_view::unmount(&dir);
+        let got =
+            kernel_read_rw(&img, "mmp", "f").expect("kernel refuses the image after our close");
         assert_eq!(got.unwrap(), b"held");
         e2fsck(&img, false).unwrap();
     }
@@ -286,4 +262,26 @@ fn mmp_held_by_fsck_is_refused() {
     assert!(err.to_string().contains("e2fsck"), "{err}");
     assert!(std::fs::read(&img).unwrap() == image, "image changed");
     let _ = std::fs::remove_file(&img);
+}
+
+/// `path` read through the kernel's own ext4 mounted read-write (so it replays a journal and
+/// checks MMP itself); `None` when the kernel refuses to mount the image.
+fn kernel_read_rw(img: &Path, tag: &str, path: &str) -> Option<std::io::Result<Vec<u8>>> {
+    let dir = scratch(
+        "ext-write-mount",
+        &format!("{tag}-mnt-{}", std::process::id()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop"])
+        .arg(img)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    if !st.success() {
+        return None;
+    }
+    let got = std::fs::read(dir.join(path));
+    support::kernel_view::unmount(&dir);
+    Some(got)
 }
