@@ -230,3 +230,112 @@ fn appimage_offset_is_named_and_offset_reads_it() {
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("past the end"), "{}", r.stderr);
 }
+
+/// Pages of `path` in the page cache, looked up with mincore on a mapping that is never
+/// touched (so looking does not read).
+fn resident_pages(path: &std::path::Path) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let pages = len.div_ceil(4096);
+    // SAFETY: a fresh shared read-only mapping of an open file, unmapped below; mincore
+    // writes one byte per page into a vector of that many bytes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let mut v = vec![0u8; pages];
+        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0, "mincore");
+        libc::munmap(p, len);
+        v.into_iter().map(|b| b & 1 == 1).collect()
+    }
+}
+
+/// A small random read fills the rest of its 128 KiB window in the kernel's page cache
+/// (FUSE_NOTIFY_STORE, `src/fuse/readaround.rs`), as the kernel's squashfs fills a whole
+/// block; every byte the kernel then serves without asking must be the file's.
+#[test]
+fn random_reads_fill_their_window_with_the_files_bytes() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !squashfs_common::have("mksquashfs") {
+        eprintln!("SKIP: mksquashfs missing");
+        return;
+    }
+    let t = TempDir::new("sqfs-around");
+    let src = t.join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Every 8 bytes name their own offset (so a page stored at the wrong place shows), in
+    // blocks that compress, followed by noise stored raw and a tail in a fragment.
+    let mut data: Vec<u8> = (0..(512u64 << 10) / 8)
+        .flat_map(|i| (i * 8).to_le_bytes())
+        .collect();
+    data.extend(squashfs_common::noise(7, 512 << 10));
+    data.extend(squashfs_common::noise(9, 3000));
+    std::fs::write(src.join("f.bin"), &data).unwrap();
+    let img = t.join("around.sqfs");
+    let st = tool("mksquashfs")
+        .arg(&src)
+        .arg(&img)
+        .args(["-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mksquashfs");
+    let m = t.join("m");
+    std::fs::create_dir(&m).unwrap();
+    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
+    let _guard = MountGuard(m.clone());
+    let path = m.join("f.bin");
+    assert!(
+        resident_pages(&path).iter().all(|r| !r),
+        "cached before any read"
+    );
+
+    let f = std::fs::File::open(&path).unwrap();
+    let window = 128usize << 10;
+    // One page in each window but the last (its file ends mid-window), away from its start.
+    let windows = data.len().div_ceil(window);
+    use std::os::unix::fs::FileExt;
+    let mut page = vec![0u8; 4096];
+    for w in 0..windows - 1 {
+        let at = w * window + 4096 * (1 + w % 30);
+        f.read_exact_at(&mut page, at as u64).unwrap();
+        assert_eq!(page, data[at..at + 4096], "pread at {at}");
+    }
+    // The stores run after the replies, on a thread of their own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let full = windows - 1;
+    loop {
+        let r = resident_pages(&path);
+        let filled = (0..full).filter(|w| r[w * 32..(w + 1) * 32].iter().all(|x| *x));
+        if filled.count() == full {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "windows not filled: {:?}",
+            r.chunks(32)
+                .map(|c| c.iter().filter(|x| **x).count())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Served from the page cache now: the bytes there must be the file's.
+    let mut all = Vec::new();
+    use std::io::Read;
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap();
+    assert!(all == data, "contents differ after the read-around");
+    drop(f);
+    imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
+}
