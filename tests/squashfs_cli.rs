@@ -8,6 +8,7 @@ mod mount_support;
 mod squashfs_common;
 
 use common::{imgmount, tool, TempDir};
+use mount_support::pages::{assert_windows_filled, resident_pages};
 use mount_support::tree::{seen, walk};
 use mount_support::{skip_reason, MountGuard};
 use std::collections::BTreeMap;
@@ -231,32 +232,6 @@ fn appimage_offset_is_named_and_offset_reads_it() {
     assert!(r.stderr.contains("past the end"), "{}", r.stderr);
 }
 
-/// Pages of `path` in the page cache, looked up with mincore on a mapping that is never
-/// touched (so looking does not read).
-fn resident_pages(path: &std::path::Path) -> Vec<bool> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    let pages = len.div_ceil(4096);
-    // SAFETY: a fresh shared read-only mapping of an open file, unmapped below; mincore
-    // writes one byte per page into a vector of that many bytes.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "mmap");
-        let mut v = vec![0u8; pages];
-        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0, "mincore");
-        libc::munmap(p, len);
-        v.into_iter().map(|b| b & 1 == 1).collect()
-    }
-}
-
 /// A small random read fills the rest of its 128 KiB window in the kernel's page cache
 /// (FUSE_NOTIFY_STORE, `src/fuse/readaround.rs`), as the kernel's squashfs fills a whole
 /// block; every byte the kernel then serves without asking must be the file's.
@@ -310,24 +285,7 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
         f.read_exact_at(&mut page, at as u64).unwrap();
         assert_eq!(page, data[at..at + 4096], "pread at {at}");
     }
-    // The stores run after the replies, on a thread of their own.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let full = windows - 1;
-    loop {
-        let r = resident_pages(&path);
-        let filled = (0..full).filter(|w| r[w * 32..(w + 1) * 32].iter().all(|x| *x));
-        if filled.count() == full {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "windows not filled: {:?}",
-            r.chunks(32)
-                .map(|c| c.iter().filter(|x| **x).count())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_windows_filled(&path, windows - 1);
     // Served from the page cache now: the bytes there must be the file's.
     let mut all = Vec::new();
     use std::io::Read;
