@@ -219,3 +219,65 @@ fn iso9660_mount_equals_its_source() {
     }
     imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
 }
+
+/// A small random read fills the rest of its 128 KiB window in the page cache
+/// (`src/fuse/readaround.rs`), for LZ4 extents that straddle the windows and for a file
+/// stored plain; what the kernel then serves without asking must be the file's bytes.
+#[test]
+fn random_reads_fill_their_window_with_the_files_bytes() {
+    use mount_support::pages::{assert_windows_filled, resident_pages};
+    use std::os::unix::fs::FileExt;
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("mkfs.erofs") {
+        eprintln!("SKIP: mkfs.erofs is not installed");
+        return;
+    }
+    let t = TempDir::new("erofs-around");
+    let src = t.join("src");
+    fs::create_dir(&src).unwrap();
+    // Every 8 bytes name their own offset (a page stored at the wrong place shows), then
+    // bytes that do not compress, so both stored kinds of cluster are read around.
+    let mut data: Vec<u8> = (0..(512u64 << 10) / 8)
+        .flat_map(|i| (i * 8).to_le_bytes())
+        .collect();
+    data.extend((0..(512u32 << 10) + 3000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    fs::write(src.join("f.bin"), &data).unwrap();
+    let img = t.join("around.img");
+    let out = tool("mkfs.erofs")
+        .args(["--quiet", "-zlz4hc", "-C65536"])
+        .arg(&img)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.erofs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = t.join("m");
+    fs::create_dir(&m).unwrap();
+    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
+    let _guard = MountGuard(m.clone());
+    let path = m.join("f.bin");
+    assert!(
+        resident_pages(&path).iter().all(|r| !r),
+        "cached before any read"
+    );
+    let f = fs::File::open(&path).unwrap();
+    let window = 128usize << 10;
+    let windows = data.len().div_ceil(window);
+    let mut page = vec![0u8; 4096];
+    for w in 0..windows - 1 {
+        let at = w * window + 4096 * (1 + w % 30);
+        f.read_exact_at(&mut page, at as u64).unwrap();
+        assert_eq!(page, data[at..at + 4096], "pread at {at}");
+    }
+    assert_windows_filled(&path, windows - 1);
+    let all = fs::read(&path).unwrap();
+    assert!(all == data, "contents differ after the read-around");
+    drop(f);
+    imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
+}

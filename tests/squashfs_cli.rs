@@ -8,6 +8,7 @@ mod mount_support;
 mod squashfs_common;
 
 use common::{imgmount, tool, TempDir};
+use mount_support::pages::{assert_windows_filled, resident_pages};
 use mount_support::tree::{seen, walk};
 use mount_support::{skip_reason, MountGuard};
 use std::collections::BTreeMap;
@@ -229,4 +230,70 @@ fn appimage_offset_is_named_and_offset_reads_it() {
     assert!(!r.ok());
     assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("past the end"), "{}", r.stderr);
+}
+
+/// A small random read fills the rest of its 128 KiB window in the kernel's page cache
+/// (FUSE_NOTIFY_STORE, `src/fuse/readaround.rs`), as the kernel's squashfs fills a whole
+/// block; every byte the kernel then serves without asking must be the file's.
+#[test]
+fn random_reads_fill_their_window_with_the_files_bytes() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !squashfs_common::have("mksquashfs") {
+        eprintln!("SKIP: mksquashfs missing");
+        return;
+    }
+    let t = TempDir::new("sqfs-around");
+    let src = t.join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Every 8 bytes name their own offset (so a page stored at the wrong place shows), in
+    // blocks that compress, followed by noise stored raw and a tail in a fragment.
+    let mut data: Vec<u8> = (0..(512u64 << 10) / 8)
+        .flat_map(|i| (i * 8).to_le_bytes())
+        .collect();
+    data.extend(squashfs_common::noise(7, 512 << 10));
+    data.extend(squashfs_common::noise(9, 3000));
+    std::fs::write(src.join("f.bin"), &data).unwrap();
+    let img = t.join("around.sqfs");
+    let st = tool("mksquashfs")
+        .arg(&src)
+        .arg(&img)
+        .args(["-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mksquashfs");
+    let m = t.join("m");
+    std::fs::create_dir(&m).unwrap();
+    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
+    let _guard = MountGuard(m.clone());
+    let path = m.join("f.bin");
+    assert!(
+        resident_pages(&path).iter().all(|r| !r),
+        "cached before any read"
+    );
+
+    let f = std::fs::File::open(&path).unwrap();
+    let window = 128usize << 10;
+    // One page in each window but the last (its file ends mid-window), away from its start.
+    let windows = data.len().div_ceil(window);
+    use std::os::unix::fs::FileExt;
+    let mut page = vec![0u8; 4096];
+    for w in 0..windows - 1 {
+        let at = w * window + 4096 * (1 + w % 30);
+        f.read_exact_at(&mut page, at as u64).unwrap();
+        assert_eq!(page, data[at..at + 4096], "pread at {at}");
+    }
+    assert_windows_filled(&path, windows - 1);
+    // Served from the page cache now: the bytes there must be the file's.
+    let mut all = Vec::new();
+    use std::io::Read;
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap();
+    assert!(all == data, "contents differ after the read-around");
+    drop(f);
+    imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
 }

@@ -13,6 +13,7 @@ use fs_drivers::vfs::{self, Attr, FileSystem, Ino, NewNode, SetAttr, Timespec, X
 use fs_drivers::Error;
 
 use super::listing::ListingModes;
+use super::readaround::{self, Readaround};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -96,6 +97,8 @@ pub struct Adapter {
     /// For telling the kernel about attribute changes it did not ask for (setuid dropped on
     /// a write); set once the session exists (see `notifier_slot`).
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// Fills the page cache around small random reads (read-only squashfs and EROFS).
+    around: Option<Readaround>,
 }
 
 impl Adapter {
@@ -104,6 +107,9 @@ impl Adapter {
     pub fn new(fs: Arc<dyn FileSystem>, writable: bool, owner: Ownership) -> Adapter {
         let root = fs.root();
         let writable = writable && fs.is_writable();
+        let notifier: Arc<std::sync::OnceLock<fuser::Notifier>> = Arc::default();
+        let around = (!writable && readaround::wanted(&fs.info().fs_type))
+            .then(|| Readaround::new(fs.clone(), notifier.clone()));
         Adapter {
             fs,
             root,
@@ -115,7 +121,8 @@ impl Adapter {
             skip_opendir: false,
             readdirplus_auto: false,
             listing: ListingModes::default(),
-            notifier: Arc::default(),
+            notifier,
+            around,
         }
     }
 
@@ -551,8 +558,15 @@ impl fuser::Filesystem for Adapter {
         guarded("read", || {
             // The kernel bounds `size` by max_read/max_pages (at most a few MiB).
             let mut buf = vec![0u8; size as usize];
-            match self.fs.read(self.to_fs(ino), offset, &mut buf) {
-                Ok(n) => reply.data(&buf[..n.min(buf.len())]),
+            let fs_ino = self.to_fs(ino);
+            match self.fs.read(fs_ino, offset, &mut buf) {
+                Ok(n) => {
+                    let n = n.min(buf.len());
+                    reply.data(&buf[..n]);
+                    if let Some(around) = &self.around {
+                        around.after_read(ino, fs_ino, offset, n as u64);
+                    }
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -10,6 +10,7 @@ pub mod log;
 pub mod mountinfo;
 pub mod options;
 pub mod pidfile;
+pub mod readaround;
 pub mod sandbox_plan;
 pub mod service;
 pub mod umount;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod memfs;
+pub mod pages;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

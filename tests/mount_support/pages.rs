@@ -1,0 +1,52 @@
+//! What the kernel holds in its page cache for a file on a mount, and the read-around check
+//! shared by the squashfs and EROFS mount tests (`src/fuse/readaround.rs`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Pages of `path` in the page cache, looked up with mincore on a mapping that is never
+/// touched (so looking does not read).
+pub fn resident_pages(path: &Path) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let pages = len.div_ceil(4096);
+    // SAFETY: a fresh shared read-only mapping of an open file, unmapped below; mincore
+    // writes one byte per page into a vector of that many bytes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        let mut v = vec![0u8; pages];
+        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0, "mincore");
+        libc::munmap(p, len);
+        v.into_iter().map(|b| b & 1 == 1).collect()
+    }
+}
+
+/// Waits (the stores run after the replies, on a thread of their own) until each of the
+/// first `windows` 128 KiB windows of `path` is wholly in the page cache.
+pub fn assert_windows_filled(path: &Path, windows: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = resident_pages(path);
+        let filled = (0..windows).filter(|w| r[w * 32..(w + 1) * 32].iter().all(|x| *x));
+        if filled.count() == windows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "windows not filled: {:?}",
+            r.chunks(32)
+                .map(|c| c.iter().filter(|x| **x).count())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
