@@ -82,8 +82,9 @@ pub struct Index {
     pub chunks: Vec<Chunk>,
 }
 
-/// Version 2 added checkpoint windows (flag value 2); a version-1 file is rebuilt.
-const MAGIC: &[u8; 8] = b"IMGMZIX2";
+/// Version 2 added checkpoint windows (flag value 2); version 3 xz pieces inside blocks
+/// (stored chunks and LZMA runs, marked in `aux`). An older file is rebuilt.
+const MAGIC: &[u8; 8] = b"IMGMZIX3";
 /// The history a deflate checkpoint carries.
 pub const WINDOW: u64 = 32 << 10;
 const CHUNK_BYTES: usize = 8 * 3 + 4 + 1;
@@ -341,8 +342,10 @@ mod tests {
         assert!(back.validate(1).is_err());
         assert_eq!(back.windows_len(), 2 * WINDOW);
         let mut old = ix.to_bytes();
-        old[7] = b'1';
-        assert!(Index::parse(&old).is_err(), "a version-1 file accepted");
+        for v in [b'1', b'2'] {
+            old[7] = v;
+            assert!(Index::parse(&old).is_err(), "a version-{v} file accepted");
+        }
     }
 
     #[test]
