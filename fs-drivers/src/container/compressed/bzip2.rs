@@ -280,6 +280,7 @@ fn push(chunks: &mut Vec<Chunk>, u_off: &mut u64, start: u64, end: u64, n: u64, 
         u_len: n,
         aux: 0,
         zero,
+        check: 0,
     });
     *u_off += n;
 }

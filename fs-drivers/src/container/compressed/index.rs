@@ -50,6 +50,9 @@ pub struct Chunk {
     pub aux: u32,
     /// Known to decode to zeros only (then it is never decoded for a read).
     pub zero: bool,
+    /// CRC-32 of the decoded bytes, for pieces that no check of the format covers on its own
+    /// (a stored chunk split out of an xz block); 0 where unused.
+    pub check: u32,
 }
 
 /// What the cached index must match to be trusted: the file's identity and a hash of its
@@ -83,11 +86,12 @@ pub struct Index {
 }
 
 /// Version 2 added checkpoint windows (flag value 2); version 3 xz pieces inside blocks
-/// (stored chunks and LZMA runs, marked in `aux`). An older file is rebuilt.
+/// (stored chunks and LZMA runs, marked in `aux`) and each piece's `check`. An older file is
+/// rebuilt.
 const MAGIC: &[u8; 8] = b"IMGMZIX3";
 /// The history a deflate checkpoint carries.
 pub const WINDOW: u64 = 32 << 10;
-const CHUNK_BYTES: usize = 8 * 3 + 4 + 1;
+const CHUNK_BYTES: usize = 8 * 3 + 4 + 1 + 4;
 
 struct Cursor<'a> {
     b: &'a [u8],
@@ -144,6 +148,7 @@ impl Index {
             }
             v.extend_from_slice(&c.aux.to_le_bytes());
             v.push(c.zero as u8);
+            v.extend_from_slice(&c.check.to_le_bytes());
         }
         let crc = crc32fast::hash(&v);
         v.extend_from_slice(&crc.to_le_bytes());
@@ -191,6 +196,7 @@ impl Index {
             let u_len = c.u64()?;
             let aux = c.u32()?;
             let zero = c.u8()? != 0;
+            let check = c.u32()?;
             chunks.push(Chunk {
                 c_off,
                 c_len,
@@ -198,6 +204,7 @@ impl Index {
                 u_len,
                 aux,
                 zero,
+                check,
             });
             u_off = u_off
                 .checked_add(u_len)
@@ -288,6 +295,7 @@ mod tests {
                 u_len: 100,
                 aux: 7,
                 zero: false,
+                check: 9,
             },
             Chunk {
                 c_off: 10,
@@ -296,6 +304,7 @@ mod tests {
                 u_len: 50,
                 aux: 0,
                 zero: true,
+                check: 0,
             },
         ];
         Index {

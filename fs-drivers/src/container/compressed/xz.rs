@@ -10,8 +10,9 @@
 //! of LZMA chunks a piece decoded by a raw LZMA2 decoder from the block's first chunk (the
 //! dictionary reaches back to the block's start), the bytes before the run dropped. Images
 //! are full of data compressed already (packages, media, squashfs), so a read there costs one
-//! small read instead of decoding from the block's start; the block's own check (CRC-64) is
-//! not verified for split blocks, as no piece decodes the block whole.
+//! small read instead of decoding from the block's start. No piece decodes a split block
+//! whole, so its own check (CRC-64) is not verified: each stored chunk gets a CRC-32 in the
+//! index instead, and LZMA runs have only the decoder's own consistency checks.
 
 use super::decoded::DevReader;
 use super::index::{Chunk, Codec, CHUNK_MAX};
@@ -266,6 +267,13 @@ fn split_block(dev: &DeviceRef, c: &Chunk) -> Result<Option<Vec<Chunk>>> {
                     u_len,
                     aux: kind | if is_stored { STORED } else { 0 } | first,
                     zero: false,
+                    // The block's check is not verified for a split block: a stored chunk
+                    // carries a check of its own.
+                    check: if is_stored {
+                        crc32fast::hash(&read_vec(dev, pos + 3, u_len)?)
+                    } else {
+                        0
+                    },
                 })
             }
         }
@@ -290,7 +298,12 @@ fn decode_piece(dev: &DeviceRef, all: &[Chunk], i: usize, want: u64) -> Result<V
         if c.c_len != c.u_len + 3 {
             return Err(corrupt("a stored chunk's sizes disagree".into()));
         }
-        return read_vec(dev, c.c_off + 3, want);
+        // At most 64 KiB: read whole, so its check can be verified.
+        let data = read_vec(dev, c.c_off + 3, c.u_len)?;
+        if crc32fast::hash(&data) != c.check {
+            return Err(corrupt("a stored chunk fails its CRC-32".into()));
+        }
+        return Ok(data);
     }
     // A run of LZMA chunks: the dictionary starts at the block's first chunk.
     let first = (i as u64)
@@ -519,6 +532,15 @@ mod tests {
             layer.read_at(k as u64 * 77_777, part).unwrap();
         }
         assert!(all == data, "decoded bytes differ");
+        // A stored chunk damaged after indexing: EIO for it, not its old bytes.
+        let mut bad = packed.clone();
+        bad[(c.c_off + 3 + c.u_len / 2) as usize] ^= 1;
+        let bad: DeviceRef = Arc::new(MemDevice::read_only(bad));
+        let (layer, _) = super::super::finish(&bad, ix, None, &IMPL, "test");
+        assert!(
+            layer.read_at(off, &mut buf).is_err(),
+            "a damaged chunk read"
+        );
     }
 
     #[test]
