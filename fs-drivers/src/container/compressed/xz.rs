@@ -144,26 +144,37 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
             )));
         }
         let mut c_off = start + 12;
-        let mut chunks = Vec::with_capacity(records.len());
+        let mut wholes = Vec::with_capacity(records.len());
         let split_ok = records.len() > 1;
-
         for (unpadded, u_len) in records {
-            let whole = Chunk {
-                c_off,
-                c_len: unpadded,
-                u_len,
-                aux: u32::from(u16::from_le_bytes(flags)),
-                ..Chunk::default()
-            };
             if u_len > 0 {
-                match (split_ok && u_len <= CHUNK_MAX).then(|| split_block(dev, &whole)) {
-                    Some(Ok(Some(pieces))) => chunks.extend(pieces),
-                    // A block that does not parse as plain LZMA2 stays whole; decoding it
-                    // reports what is wrong, for the reads that need it.
-                    _ => chunks.push(whole),
-                }
+                wholes.push(Chunk {
+                    c_off,
+                    c_len: unpadded,
+                    u_len,
+                    aux: u32::from(u16::from_le_bytes(flags)),
+                    ..Chunk::default()
+                });
             }
             c_off += round4(unpadded);
+        }
+        // Walking a block's chunks reads all of it (the stored ones are hashed): blocks are
+        // walked in parallel, all threads joined here.
+        let split = parallel_map(&wholes, |w| {
+            if split_ok && w.u_len <= CHUNK_MAX {
+                split_block(dev, w)
+            } else {
+                Ok(None)
+            }
+        });
+        let mut chunks = Vec::with_capacity(wholes.len());
+        for (whole, pieces) in wholes.into_iter().zip(split) {
+            match pieces {
+                Some(Ok(Some(pieces))) => chunks.extend(pieces),
+                // A block that does not parse as plain LZMA2 stays whole; decoding it
+                // reports what is wrong, for the reads that need it.
+                _ => chunks.push(whole),
+            }
         }
         streams.push(chunks);
         pos = start;
@@ -184,8 +195,43 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
             note: "one block".into(),
         });
     }
-    let note = format!("{} blocks", chunks.len());
+    // A split block's pieces name their block's first piece; whole blocks are one piece each.
+    let blocks = chunks
+        .iter()
+        .filter(|c| c.aux & SPLIT == 0 || c.aux & 0xFFFF == 0)
+        .count();
+    let split = chunks.iter().filter(|c| c.aux & SPLIT != 0).count();
+    let note = if split == 0 {
+        format!("{blocks} blocks")
+    } else {
+        format!(
+            "{blocks} blocks; {split} pieces of those with stored chunks, {} stored",
+            chunks.iter().filter(|c| c.aux & STORED != 0).count()
+        )
+    };
     Ok(Scan::Chunks { chunks, note })
+}
+
+/// `f` of every item, on as many threads as there are cores (scoped: all joined before this
+/// returns, as the mount forks after open); `None` where a worker died.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<Option<R>> {
+    let out: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(items.len()) {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(k) else { break };
+                let r = f(item);
+                *out[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    out.into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
 }
 
 /// The LZMA2 dictionary-size byte of a block whose only filter is LZMA2, and where its
