@@ -160,12 +160,20 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
         }
         // Walking a block's chunks reads all of it (the stored ones are hashed): blocks are
         // walked in parallel, all threads joined here.
+        // Streams are walked from the end: the ones after this are done.
+        let done_before = dev.size() - pos;
+        let walked = std::sync::atomic::AtomicU64::new(0);
         let split = parallel_map(&wholes, |w| {
-            if split_ok && w.u_len <= CHUNK_MAX {
+            let r = if split_ok && w.u_len <= CHUNK_MAX {
                 split_block(dev, w)
             } else {
                 Ok(None)
+            };
+            let n = walked.fetch_add(w.c_len, std::sync::atomic::Ordering::Relaxed) + w.c_len;
+            if let Some(p) = &ctx.progress {
+                p.advance(done_before + n);
             }
+            r
         });
         let mut chunks = Vec::with_capacity(wholes.len());
         for (whole, pieces) in wholes.into_iter().zip(split) {
