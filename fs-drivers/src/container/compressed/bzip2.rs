@@ -22,7 +22,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     scan,
     decode,
     stream,
-    prefix: Some(decode_prefix),
+    prefix: None,
     checkpoints: None,
     piece: None,
 };
@@ -288,26 +288,6 @@ fn push(chunks: &mut Vec<Chunk>, u_off: &mut u64, start: u64, end: u64, n: u64, 
 fn decode(dev: &DeviceRef, c: &Chunk) -> Result<Vec<u8>> {
     let s = one_block_stream(dev, c.c_off, c.c_len)?;
     read_exact_len(bzip2::read::BzDecoder::new(&s[..]), c.u_len)
-}
-
-/// The first `want` bytes of a block. The block is Huffman-decoded whole before anything
-/// comes out, but the inverse BWT then runs only as far as the output asked for, so a read near
-/// a block's start pays about half. The block CRC is not reached; a later read of the whole
-/// block checks it.
-fn decode_prefix(dev: &DeviceRef, c: &Chunk, want: u64) -> Result<Vec<u8>> {
-    let s = one_block_stream(dev, c.c_off, c.c_len)?;
-    let mut out = Vec::with_capacity(want as usize);
-    bzip2::read::BzDecoder::new(&s[..])
-        .take(want)
-        .read_to_end(&mut out)
-        .map_err(|e| corrupt(e.to_string()))?;
-    if out.len() as u64 != want {
-        return Err(corrupt(format!(
-            "decodes to {} bytes, expected at least {want}",
-            out.len()
-        )));
-    }
-    Ok(out)
 }
 
 fn stream(r: DevReader) -> std::io::Result<Box<dyn Read>> {
