@@ -28,6 +28,9 @@ VARIANTS = [
     ("gz", ["gzip", "-c"], ["gzip", "-dc"]),
     ("bgz", ["bgzip", "-@2", "-c"], ["bgzip", "-dc"]),
     ("mb.xz", ["xz", "-T2", "--block-size=8MiB", "-c"], ["xz", "-dc"]),
+    # What `xz -T0` writes by default (blocks of 3x the 8 MiB dictionary) and small blocks.
+    ("T0.xz", ["xz", "-T0", "-c"], ["xz", "-dc"]),
+    ("1m.xz", ["xz", "-T2", "--block-size=1MiB", "-c"], ["xz", "-dc"]),
     ("xz", ["xz", "-T1", "-c"], ["xz", "-dc"]),
     ("zst", ["zstd", "-q", "-c"], ["zstd", "-dc"]),
     ("pzstd.zst", ["pzstd", "-q", "-p", "2", "-c"], ["zstd", "-dc"]),

@@ -31,6 +31,14 @@ sys.stdout.buffer.write(z.compress(data) + z.flush())
 bgzip -c "$tmp/in" >"$tmp/bgzf.gz" && seed bgzf.gz
 xz -T1 -c "$tmp/in" >"$tmp/one.xz" && seed one.xz
 xz -T2 --block-size=64KiB -c "$tmp/in" >"$tmp/blocks.xz" && seed blocks.xz
+# Random bytes in place of the zeros: LZMA2 stores them as they are, so the blocks are split
+# into stored chunks and LZMA runs.
+python3 -c '
+import random, sys
+text = "".join("seed %d\n" % i for i in range(40000)).encode()
+sys.stdout.buffer.write(text[:96 << 10] + random.Random(14).randbytes(128 << 10) + text[-(96 << 10):])
+' >"$tmp/in-random"
+xz -T2 --block-size=128KiB -c "$tmp/in-random" >"$tmp/stored.xz" && seed stored.xz
 zstd -q -c "$tmp/in" >"$tmp/one.zst" && seed one.zst
 split -b 65536 "$tmp/in" "$tmp/part."
 for p in "$tmp"/part.*; do zstd -q -c "$p"; done >"$tmp/concat.zst" && seed concat.zst
@@ -40,6 +48,8 @@ pbzip2 -1 -b1 -p2 -c "$tmp/in" >"$tmp/streams.bz2" && seed streams.bz2
 cargo build -q --manifest-path ../Cargo.toml --bin imgmount
 ../target/debug/imgmount info --cache-dir "$tmp/cache" "$tmp/blocks.xz" >/dev/null 2>&1 || true
 { printf '\000'; cat "$tmp"/cache/*.idx; } >"$out/blocks.xz.idx"
+../target/debug/imgmount info --cache-dir "$tmp/cache-stored" "$tmp/stored.xz" >/dev/null 2>&1 || true
+{ printf '\000'; cat "$tmp"/cache-stored/*.idx; } >"$out/stored.xz.idx"
 # And a gzip checkpoint index (its windows file is not part of the seed).
 ../target/debug/imgmount info --cache-dir "$tmp/cache-gz" "$tmp/spans.gz" >/dev/null 2>&1 || true
 { printf '\000'; cat "$tmp"/cache-gz/*.idx; } >"$out/spans.gz.idx"

@@ -24,6 +24,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     stream,
     prefix: None,
     checkpoints: None,
+    piece: None,
 };
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
@@ -279,6 +280,7 @@ fn push(chunks: &mut Vec<Chunk>, u_off: &mut u64, start: u64, end: u64, n: u64, 
         u_len: n,
         aux: 0,
         zero,
+        check: 0,
     });
     *u_off += n;
 }

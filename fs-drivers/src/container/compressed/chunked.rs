@@ -11,10 +11,11 @@ use lru::LruCache;
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Decodes piece number `i` from the compressed device: at least its first `want` bytes (a
-/// codec that can stop early returns just those; else all `chunk.u_len`), or says why it
-/// cannot (a corrupt or truncated piece: EIO for the reads that need it).
-pub type DecodeFn = Arc<dyn Fn(&DeviceRef, usize, &Chunk, u64) -> Result<Vec<u8>> + Send + Sync>;
+/// Decodes piece number `i` of the pieces given from the compressed device: at least its
+/// first `want` bytes (a codec that can stop early returns just those; else all its
+/// `u_len`), or says why it cannot (a corrupt or truncated piece: EIO for the reads that
+/// need it).
+pub type DecodeFn = Arc<dyn Fn(&DeviceRef, &[Chunk], usize, u64) -> Result<Vec<u8>> + Send + Sync>;
 
 /// A first read of a piece decodes this much past its end too (when the codec can stop early),
 /// so the kernel's readahead right behind it still hits; a read past what is held then
@@ -129,7 +130,7 @@ impl Shared {
     }
 
     fn decode_piece(&self, i: usize, chunk: &Chunk, want: u64) -> Result<Piece> {
-        let data = (self.decode)(&self.src, i, chunk, want).map_err(|e| {
+        let data = (self.decode)(&self.src, &self.index.chunks, i, want).map_err(|e| {
             Error::corrupt(format!(
                 "{} piece at decoded byte {}: {e}",
                 self.index.codec.name(),
@@ -274,7 +275,8 @@ mod tests {
             note: String::new(),
             chunks,
         };
-        let decode: DecodeFn = Arc::new(move |_, i, c, _| {
+        let decode: DecodeFn = Arc::new(move |_, all, i, _| {
+            let c = &all[i];
             calls[i].fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(5));
             if i == N - 1 {

@@ -18,6 +18,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     decode,
     stream,
     prefix: None,
+    piece: None,
     checkpoints: Some(super::zran::build),
 };
 

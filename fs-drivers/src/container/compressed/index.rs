@@ -50,6 +50,9 @@ pub struct Chunk {
     pub aux: u32,
     /// Known to decode to zeros only (then it is never decoded for a read).
     pub zero: bool,
+    /// CRC-32 of the decoded bytes, for pieces that no check of the format covers on its own
+    /// (a stored chunk split out of an xz block); 0 where unused.
+    pub check: u32,
 }
 
 /// What the cached index must match to be trusted: the file's identity and a hash of its
@@ -82,11 +85,13 @@ pub struct Index {
     pub chunks: Vec<Chunk>,
 }
 
-/// Version 2 added checkpoint windows (flag value 2); a version-1 file is rebuilt.
-const MAGIC: &[u8; 8] = b"IMGMZIX2";
+/// Version 2 added checkpoint windows (flag value 2); version 3 xz pieces inside blocks
+/// (stored chunks and LZMA runs, marked in `aux`) and each piece's `check`. An older file is
+/// rebuilt.
+const MAGIC: &[u8; 8] = b"IMGMZIX3";
 /// The history a deflate checkpoint carries.
 pub const WINDOW: u64 = 32 << 10;
-const CHUNK_BYTES: usize = 8 * 3 + 4 + 1;
+const CHUNK_BYTES: usize = 8 * 3 + 4 + 1 + 4;
 
 struct Cursor<'a> {
     b: &'a [u8],
@@ -143,6 +148,7 @@ impl Index {
             }
             v.extend_from_slice(&c.aux.to_le_bytes());
             v.push(c.zero as u8);
+            v.extend_from_slice(&c.check.to_le_bytes());
         }
         let crc = crc32fast::hash(&v);
         v.extend_from_slice(&crc.to_le_bytes());
@@ -190,6 +196,7 @@ impl Index {
             let u_len = c.u64()?;
             let aux = c.u32()?;
             let zero = c.u8()? != 0;
+            let check = c.u32()?;
             chunks.push(Chunk {
                 c_off,
                 c_len,
@@ -197,6 +204,7 @@ impl Index {
                 u_len,
                 aux,
                 zero,
+                check,
             });
             u_off = u_off
                 .checked_add(u_len)
@@ -287,6 +295,7 @@ mod tests {
                 u_len: 100,
                 aux: 7,
                 zero: false,
+                check: 9,
             },
             Chunk {
                 c_off: 10,
@@ -295,6 +304,7 @@ mod tests {
                 u_len: 50,
                 aux: 0,
                 zero: true,
+                check: 0,
             },
         ];
         Index {
@@ -341,8 +351,10 @@ mod tests {
         assert!(back.validate(1).is_err());
         assert_eq!(back.windows_len(), 2 * WINDOW);
         let mut old = ix.to_bytes();
-        old[7] = b'1';
-        assert!(Index::parse(&old).is_err(), "a version-1 file accepted");
+        for v in [b'1', b'2'] {
+            old[7] = v;
+            assert!(Index::parse(&old).is_err(), "a version-{v} file accepted");
+        }
     }
 
     #[test]

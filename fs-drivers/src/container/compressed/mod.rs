@@ -50,7 +50,12 @@ pub(crate) struct CodecImpl {
     /// For a stream with no structure: checkpoints found in one pass, their windows written
     /// to the file given; `None` when the stream allows none (then it is decoded to a file).
     pub checkpoints: Option<CheckpointFn>,
+    /// Decodes piece `i` of the index given, for codecs whose pieces need their neighbours
+    /// (an xz block split at its stored chunks); used instead of `decode` and `prefix`.
+    pub piece: Option<PieceFn>,
 }
+
+pub(crate) type PieceFn = fn(&DeviceRef, &[Chunk], usize, u64) -> Result<Vec<u8>>;
 
 pub(crate) type PrefixFn = fn(&DeviceRef, &Chunk, u64) -> Result<Vec<u8>>;
 
@@ -270,15 +275,17 @@ fn finish(
     };
     let inner: DeviceRef = match data {
         Some(f) if ix.windows => {
-            let decode: DecodeFn = Arc::new(move |d, i, c, want| zran::decode(d, i, c, want, &f));
+            let decode: DecodeFn =
+                Arc::new(move |d, all, i, want| zran::decode(d, i, &all[i], want, &f));
             Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
         }
         Some(f) => Arc::new(DecodedFile::new(f, ix.size)),
         None => {
-            let (plain, prefix) = (imp.decode, imp.prefix);
-            let decode: DecodeFn = Arc::new(move |d, _, c, want| match prefix {
-                Some(p) if want < c.u_len => p(d, c, want),
-                _ => plain(d, c),
+            let (plain, prefix, piece) = (imp.decode, imp.prefix, imp.piece);
+            let decode: DecodeFn = Arc::new(move |d, all, i, want| match (piece, prefix) {
+                (Some(f), _) => f(d, all, i, want),
+                (_, Some(p)) if want < all[i].u_len => p(d, &all[i], want),
+                _ => plain(d, &all[i]),
             });
             Arc::new(ChunkedDevice::new(dev.clone(), ix, decode))
         }

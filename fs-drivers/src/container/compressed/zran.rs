@@ -296,6 +296,7 @@ fn close(chunks: &mut Vec<Chunk>, open: &Open, end: u64, u_end: u64) {
         u_len: u_end - open.u_off,
         aux: open.window_crc,
         zero: !open.nonzero,
+        check: 0,
     });
 }
 

@@ -31,6 +31,7 @@ pub(super) const IMPL: CodecImpl = CodecImpl {
     stream,
     prefix: None,
     checkpoints: None,
+    piece: None,
 };
 
 fn is_skippable(m: u32) -> bool {
@@ -91,7 +92,10 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
         if m != FRAME_MAGIC {
             return Err(corrupt(format!("no frame at byte {pos}")));
         }
-        let (end, content) = frame_extent(dev, pos)?;
+        let (end, content, stored) = frame_extent(dev, pos)?;
+        // A frame of raw and RLE blocks only (what zstd writes for data it cannot compress)
+        // has its size in its block headers: no need to decode it to learn it.
+        let content = content.or(stored);
         frames += 1;
         if content.is_none() && end - pos > UNSIZED_MAX {
             return Ok(Scan::Stream {
@@ -131,9 +135,10 @@ fn scan(dev: &DeviceRef, ctx: &PeelContext) -> Result<Scan> {
     Ok(Scan::Chunks { chunks, note })
 }
 
-/// Where the frame at `pos` ends, and its declared content size. Walks the block headers
-/// (each at least 3 bytes on), so the walk ends within the file.
-fn frame_extent(dev: &DeviceRef, pos: u64) -> Result<(u64, Option<u64>)> {
+/// Where the frame at `pos` ends, its declared content size, and its decoded size when every
+/// block is raw or RLE (their headers give it). Walks the block headers (each at least 3
+/// bytes on), so the walk ends within the file.
+fn frame_extent(dev: &DeviceRef, pos: u64) -> Result<(u64, Option<u64>, Option<u64>)> {
     let size = dev.size();
     let avail = (size - pos).min(18);
     let h = read_vec(dev, pos, avail)?;
@@ -164,6 +169,7 @@ fn frame_extent(dev: &DeviceRef, pos: u64) -> Result<(u64, Option<u64>)> {
         _ => Some(u64::from_le_bytes(f.try_into().expect("8 bytes"))),
     };
     let mut b = pos + (p + fcs_size) as u64;
+    let mut stored = Some(0u64);
     loop {
         let hb = read_vec(dev, b, 3)
             .map_err(|_| corrupt(format!("the frame at byte {pos} is truncated")))?;
@@ -173,10 +179,15 @@ fn frame_extent(dev: &DeviceRef, pos: u64) -> Result<(u64, Option<u64>)> {
             return Err(corrupt(format!("a block larger than 128 KiB at byte {b}")));
         }
         let csize = match (hdr >> 1) & 3 {
-            0 | 2 => bsize,
+            0 => bsize,
+            2 => {
+                stored = None;
+                bsize
+            }
             1 => 1,
             _ => return Err(corrupt(format!("reserved block type at byte {b}"))),
         };
+        stored = stored.map(|n| n + bsize);
         b += 3 + csize;
         if b > size {
             return Err(corrupt(format!("the frame at byte {pos} is truncated")));
@@ -191,7 +202,7 @@ fn frame_extent(dev: &DeviceRef, pos: u64) -> Result<(u64, Option<u64>)> {
     if b > size {
         return Err(corrupt(format!("the frame at byte {pos} is truncated")));
     }
-    Ok((b, content))
+    Ok((b, content, stored))
 }
 
 /// The seekable format's table: the last 9 bytes are a footer (frame count, descriptor,
