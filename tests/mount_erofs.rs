@@ -225,8 +225,7 @@ fn iso9660_mount_equals_its_source() {
 /// stored plain; what the kernel then serves without asking must be the file's bytes.
 #[test]
 fn random_reads_fill_their_window_with_the_files_bytes() {
-    use mount_support::pages::{assert_windows_filled, resident_pages};
-    use std::os::unix::fs::FileExt;
+    use mount_support::pages::assert_small_reads_fill_windows;
     if let Some(why) = skip_reason() {
         eprintln!("SKIP: {why}");
         return;
@@ -261,23 +260,6 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
     fs::create_dir(&m).unwrap();
     imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
     let _guard = MountGuard(m.clone());
-    let path = m.join("f.bin");
-    assert!(
-        resident_pages(&path).iter().all(|r| !r),
-        "cached before any read"
-    );
-    let f = fs::File::open(&path).unwrap();
-    let window = 128usize << 10;
-    let windows = data.len().div_ceil(window);
-    let mut page = vec![0u8; 4096];
-    for w in 0..windows - 1 {
-        let at = w * window + 4096 * (1 + w % 30);
-        f.read_exact_at(&mut page, at as u64).unwrap();
-        assert_eq!(page, data[at..at + 4096], "pread at {at}");
-    }
-    assert_windows_filled(&path, windows - 1);
-    let all = fs::read(&path).unwrap();
-    assert!(all == data, "contents differ after the read-around");
-    drop(f);
+    assert_small_reads_fill_windows(&m.join("f.bin"), &data);
     imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
 }

@@ -8,7 +8,7 @@ mod mount_support;
 mod squashfs_common;
 
 use common::{imgmount, tool, TempDir};
-use mount_support::pages::{assert_windows_filled, resident_pages};
+use mount_support::pages::assert_small_reads_fill_windows;
 use mount_support::tree::{seen, walk};
 use mount_support::{skip_reason, MountGuard};
 use std::collections::BTreeMap;
@@ -268,32 +268,6 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
     std::fs::create_dir(&m).unwrap();
     imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
     let _guard = MountGuard(m.clone());
-    let path = m.join("f.bin");
-    assert!(
-        resident_pages(&path).iter().all(|r| !r),
-        "cached before any read"
-    );
-
-    let f = std::fs::File::open(&path).unwrap();
-    let window = 128usize << 10;
-    // One page in each window but the last (its file ends mid-window), away from its start.
-    let windows = data.len().div_ceil(window);
-    use std::os::unix::fs::FileExt;
-    let mut page = vec![0u8; 4096];
-    for w in 0..windows - 1 {
-        let at = w * window + 4096 * (1 + w % 30);
-        f.read_exact_at(&mut page, at as u64).unwrap();
-        assert_eq!(page, data[at..at + 4096], "pread at {at}");
-    }
-    assert_windows_filled(&path, windows - 1);
-    // Served from the page cache now: the bytes there must be the file's.
-    let mut all = Vec::new();
-    use std::io::Read;
-    std::fs::File::open(&path)
-        .unwrap()
-        .read_to_end(&mut all)
-        .unwrap();
-    assert!(all == data, "contents differ after the read-around");
-    drop(f);
+    assert_small_reads_fill_windows(&m.join("f.bin"), &data);
     imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
 }

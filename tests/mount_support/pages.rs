@@ -50,3 +50,26 @@ pub fn assert_windows_filled(path: &Path, windows: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The read-around check on `path` (a mounted file holding `data`, nothing of it cached yet):
+/// one small pread in each 128 KiB window but the last (the file ends mid-window), away from
+/// its start, fills the window; what the kernel then serves without asking must be `data`.
+pub fn assert_small_reads_fill_windows(path: &Path, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    assert!(
+        resident_pages(path).iter().all(|r| !r),
+        "cached before any read"
+    );
+    let f = std::fs::File::open(path).unwrap();
+    let window = 128usize << 10;
+    let windows = data.len().div_ceil(window);
+    let mut page = vec![0u8; 4096];
+    for w in 0..windows - 1 {
+        let at = w * window + 4096 * (1 + w % 30);
+        f.read_exact_at(&mut page, at as u64).unwrap();
+        assert_eq!(page, data[at..at + 4096], "pread at {at}");
+    }
+    assert_windows_filled(path, windows - 1);
+    let all = std::fs::read(path).unwrap();
+    assert!(all == data, "contents differ after the read-around");
+}
