@@ -186,7 +186,10 @@ impl DirectFileDevice {
             let sequential = retired || offset == ah.last_end;
             ah.last_end = end;
             if sequential {
-                for k in k1 + 1..=k1 + AHEAD {
+                // A retiring read started the window one chunk later than the first hit in
+                // that chunk did: one more keeps `AHEAD` chunks past the one being read.
+                let reach = AHEAD + u64::from(retired);
+                for k in k1 + 1..=k1 + reach {
                     let (cs, ce) = self.chunk(k);
                     if cs >= ce || ah.chunks.iter().any(|(c, _)| *c == k) {
                         continue;
