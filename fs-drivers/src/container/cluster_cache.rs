@@ -18,6 +18,9 @@ pub const CACHE_BYTES: u64 = 16 << 20;
 /// Decoded bytes one sequential miss aims for (itself included), and the most clusters.
 const BATCH_BYTES: usize = 1 << 20;
 const MAX_BATCH: usize = 256;
+/// Decoded bytes kept in the background ahead of a sequential reader (at most a quarter of
+/// the cache): with only one batch ahead, the reader still caught up with the decode.
+const AHEAD_BYTES: usize = 4 << 20;
 /// Below this much work a thread costs more than it saves (512-byte clusters).
 const PARALLEL_BYTES: usize = 256 << 10;
 
@@ -64,8 +67,8 @@ struct State {
     /// reader that keeps hitting clusters decoded ahead never misses, so the hits themselves
     /// must move the window on.
     triggers: HashSet<u64>,
-    /// Clusters handed to the background and not landed yet; at most one batch, so decoded
-    /// ahead plus decoded on a miss stay within the cache (a batch is at most half of it).
+    /// Clusters handed to the background and not landed yet; at most `window`, so decoded
+    /// ahead plus decoded on a miss stay within the cache (each at most half of it).
     ahead_pending: usize,
     stats: Stats,
 }
@@ -141,9 +144,9 @@ impl Decoder {
     }
 
     /// How many clusters after the wanted one a sequential reader should list for `get`: the
-    /// batch a miss decodes, and the one after it that is decoded in the background.
+    /// batch a miss decodes, and the window after it that is decoded in the background.
     pub fn plan(&self) -> usize {
-        self.batch() * 2 - 1
+        self.batch() - 1 + self.core.window()
     }
 
     /// Returns `want`'s bytes: from the cache, from the thread already decoding it, or decoded
@@ -213,7 +216,7 @@ impl Decoder {
         first
     }
 
-    /// Hands up to a batch (less what is still pending) of the clusters in `list` that are
+    /// Hands up to a window (less what is still pending) of the clusters in `list` that are
     /// neither decoded nor being decoded to the background pool, when this process may have
     /// one.
     fn start_ahead(&self, list: &[Extent]) {
@@ -223,9 +226,9 @@ impl Decoder {
         let Some(pool) = helper_pool::pool(&AHEAD_POOL, AHEAD_THREADS, "imgmount-decode") else {
             return;
         };
-        let batch = self.batch();
+        let window = self.core.window();
         let mut st = self.core.lock();
-        let budget = batch.saturating_sub(st.ahead_pending);
+        let budget = window.saturating_sub(st.ahead_pending);
         let mut picks: Vec<Extent> = Vec::new();
         for e in list {
             if picks.len() >= budget {
@@ -243,16 +246,16 @@ impl Decoder {
         }
         st.in_flight.extend(picks.iter().map(|p| p.0));
         st.ahead_pending += picks.len();
-        // A few triggers per batch, not one per cluster: each costs the reader a list of
+        // A few triggers per window, not one per cluster: each costs the reader a list of
         // the clusters ahead (a map lookup each).
-        let step = (batch / 4).max(1);
+        let step = (window / 4).max(1);
         st.triggers.extend(picks.iter().step_by(step).map(|p| p.0));
         drop(st);
-        let per = picks.len().div_ceil(AHEAD_THREADS);
-        for chunk in picks.chunks(per) {
+        // One job per cluster: jobs from outside the pool are taken in order, so the helpers
+        // finish the clusters in the order the reader wants them.
+        for job in picks {
             let core = self.core.clone();
-            let chunk = chunk.to_vec();
-            pool.spawn(move || core.decode_ahead(&chunk));
+            pool.spawn(move || core.decode_ahead(&[job]));
         }
     }
 
@@ -283,6 +286,15 @@ impl Core {
         (BATCH_BYTES / self.cluster_size)
             .max(self.workers * 2)
             .min(MAX_BATCH)
+            .min(fit)
+    }
+
+    /// How many clusters may be decoding in the background at once.
+    fn window(&self) -> usize {
+        let fit = (self.cache_bytes / 4 / self.cluster_size).max(1);
+        (AHEAD_BYTES / self.cluster_size)
+            .max(self.batch())
+            .min(4 * MAX_BATCH)
             .min(fit)
     }
 
