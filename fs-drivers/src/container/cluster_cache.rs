@@ -3,7 +3,7 @@
 //! decodes the next few compressed clusters too, on scoped worker threads, so a stream of
 //! reads uses more than one core; where threads may outlive a call (the FUSE daemon), the
 //! batch after that is decoded in the background on persistent helper threads, and kept a
-//! batch ahead of the reader as it goes, so it rarely misses again.
+//! window ahead of the reader as it goes, so it rarely misses again.
 
 use super::helper_pool;
 use crate::block::DeviceRef;
