@@ -1,8 +1,11 @@
 //! Compressed clusters of VM disk formats (qcow2's raw deflate or zstd clusters, VMDK's zlib
 //! grains): decoding, and a bounded LRU of decoded clusters. A sequential reader that misses
 //! decodes the next few compressed clusters too, on scoped worker threads, so a stream of
-//! reads uses more than one core.
+//! reads uses more than one core; where threads may outlive a call (the FUSE daemon), the
+//! batch after that is decoded in the background on persistent helper threads, and kept a
+//! window ahead of the reader as it goes, so it rarely misses again.
 
+use super::helper_pool;
 use crate::block::DeviceRef;
 use crate::{Error, Result};
 use lru::LruCache;
@@ -15,6 +18,9 @@ pub const CACHE_BYTES: u64 = 16 << 20;
 /// Decoded bytes one sequential miss aims for (itself included), and the most clusters.
 const BATCH_BYTES: usize = 1 << 20;
 const MAX_BATCH: usize = 256;
+/// Decoded bytes kept in the background ahead of a sequential reader (at most a quarter of
+/// the cache): with only one batch ahead, the reader still caught up with the decode.
+const AHEAD_BYTES: usize = 4 << 20;
 /// Below this much work a thread costs more than it saves (512-byte clusters).
 const PARALLEL_BYTES: usize = 256 << 10;
 
@@ -28,7 +34,18 @@ pub enum Codec {
     Zstd,
 }
 
+/// Decoding ahead runs on these persistent threads of the serving process.
+static AHEAD_POOL: helper_pool::Slot = Mutex::new(None);
+const AHEAD_THREADS: usize = 2;
+
+/// Decodes compressed clusters, keeps the latest in an LRU, and keeps a sequential reader's
+/// next clusters decoding ahead of it (see `get`). Cheap to share: the state lives behind an
+/// `Arc` that the background decodes hold too.
 pub struct Decoder {
+    core: Arc<Core>,
+}
+
+struct Core {
     kind: Codec,
     what: &'static str,
     cluster_size: usize,
@@ -46,23 +63,40 @@ struct State {
     /// threads at once; without this, each of them missed on the batch another was still
     /// decoding and decoded it again (up to 4× the work on a sequential read).
     in_flight: HashSet<u64>,
+    /// Clusters decoded ahead whose first read tops the decode-ahead up again: a sequential
+    /// reader that keeps hitting clusters decoded ahead never misses, so the hits themselves
+    /// must move the window on.
+    triggers: HashSet<u64>,
+    /// Clusters handed to the background and not landed yet; at most `window`, so decoded
+    /// ahead plus decoded on a miss stay within the cache (each at most half of it).
+    ahead_pending: usize,
+    stats: Stats,
+}
+
+/// What the decoder did, for tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Reads that found their cluster neither decoded nor being decoded.
+    pub misses: u64,
+    /// Clusters decoded in the background and cached.
+    pub decoded_ahead: u64,
 }
 
 /// Takes its clusters out of `in_flight` and wakes the waiters however the decode ends, so a
 /// waiter never sleeps on a cluster nobody decodes.
 struct Claim<'a> {
-    decoder: &'a Decoder,
+    core: &'a Core,
     jobs: Vec<Extent>,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut st = self.decoder.lock();
+        let mut st = self.core.lock();
         for j in &self.jobs {
             st.in_flight.remove(&j.0);
         }
         drop(st);
-        self.decoder.landed.notify_all();
+        self.core.landed.notify_all();
     }
 }
 
@@ -85,22 +119,169 @@ impl Decoder {
             .unwrap_or(1)
             .clamp(1, 4);
         Decoder {
-            kind,
-            what,
-            cluster_size: cluster_size as usize,
-            cache_bytes: cache_bytes as usize,
-            file,
-            state: Mutex::new(State {
-                cache: LruCache::new(NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN)),
-                in_flight: HashSet::new(),
+            core: Arc::new(Core {
+                kind,
+                what,
+                cluster_size: cluster_size as usize,
+                cache_bytes: cache_bytes as usize,
+                file,
+                state: Mutex::new(State {
+                    cache: LruCache::new(NonZeroUsize::new(count).unwrap_or(NonZeroUsize::MIN)),
+                    in_flight: HashSet::new(),
+                    triggers: HashSet::new(),
+                    ahead_pending: 0,
+                    stats: Stats::default(),
+                }),
+                landed: Condvar::new(),
+                workers,
             }),
-            landed: Condvar::new(),
-            workers,
         }
     }
 
     /// How many clusters a sequential miss should decode together.
     pub fn batch(&self) -> usize {
+        self.core.batch()
+    }
+
+    /// How many clusters after the wanted one a sequential reader should list for `get`: the
+    /// batch a miss decodes, and the window after it that is decoded in the background.
+    pub fn plan(&self) -> usize {
+        self.batch() - 1 + self.core.window()
+    }
+
+    /// Returns `want`'s bytes: from the cache, from the thread already decoding it, or decoded
+    /// here. `ahead` lists the clusters that follow `want` for a sequential reader (empty
+    /// for any other); it is called only when needed: on a miss, the clusters of the batch
+    /// are decoded here in parallel and the next batch starts in the background; on the hit
+    /// of a cluster decoded ahead, the background is topped up to a batch again. A cluster
+    /// that fails to decode ahead is just not cached: its own read decodes it and fails.
+    pub fn get(&self, want: Extent, ahead: impl FnOnce() -> Vec<Extent>) -> Result<Arc<Vec<u8>>> {
+        let core = &self.core;
+        let mut ahead = Some(ahead);
+        let mut planned: Option<Vec<Extent>> = None;
+        let mut st = core.lock();
+        loop {
+            if let Some(hit) = st.cache.get(&want.0) {
+                let hit = hit.clone();
+                let trigger = st.triggers.remove(&want.0);
+                drop(st);
+                if trigger {
+                    let list = match (planned, ahead.take()) {
+                        (Some(p), _) => p,
+                        (None, Some(f)) => f(),
+                        (None, None) => Vec::new(),
+                    };
+                    self.start_ahead(&list);
+                }
+                return Ok(hit);
+            }
+            if st.in_flight.contains(&want.0) {
+                // Another thread is decoding it: its result comes sooner than our own decode.
+                // If that decode fails (or the cluster is evicted before we wake), the loop
+                // finds it neither cached nor in flight and decodes it here.
+                st = core.landed.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // A miss. The list may read mapping tables: made without the lock, then the state
+            // is looked at again.
+            if let Some(f) = ahead.take() {
+                drop(st);
+                planned = Some(f());
+                st = core.lock();
+                continue;
+            }
+            break;
+        }
+        st.stats.misses += 1;
+        st.triggers.remove(&want.0);
+        let planned = planned.unwrap_or_default();
+        let mut jobs = vec![want];
+        for e in &planned {
+            if jobs.len() >= core.batch() {
+                break;
+            }
+            if !st.cache.contains(&e.0)
+                && !st.in_flight.contains(&e.0)
+                && !jobs.iter().any(|j| j.0 == e.0)
+            {
+                jobs.push(*e);
+            }
+        }
+        st.in_flight.extend(jobs.iter().map(|j| j.0));
+        drop(st);
+        let first = core.decode_batch(Claim { core, jobs });
+        if first.is_ok() {
+            self.start_ahead(&planned);
+        }
+        first
+    }
+
+    /// Hands up to a window (less what is still pending) of the clusters in `list` that are
+    /// neither decoded nor being decoded to the background pool, when this process may have
+    /// one.
+    fn start_ahead(&self, list: &[Extent]) {
+        if list.is_empty() {
+            return;
+        }
+        let Some(pool) = helper_pool::pool(&AHEAD_POOL, AHEAD_THREADS, "imgmount-decode") else {
+            return;
+        };
+        let window = self.core.window();
+        let mut st = self.core.lock();
+        let budget = window.saturating_sub(st.ahead_pending);
+        let mut picks: Vec<Extent> = Vec::new();
+        for e in list {
+            if picks.len() >= budget {
+                break;
+            }
+            if !st.cache.contains(&e.0)
+                && !st.in_flight.contains(&e.0)
+                && !picks.iter().any(|p| p.0 == e.0)
+            {
+                picks.push(*e);
+            }
+        }
+        if picks.is_empty() {
+            return;
+        }
+        st.in_flight.extend(picks.iter().map(|p| p.0));
+        st.ahead_pending += picks.len();
+        // A few triggers per window, not one per cluster: each costs the reader a list of
+        // the clusters ahead (a map lookup each).
+        let step = (window / 4).max(1);
+        st.triggers.extend(picks.iter().step_by(step).map(|p| p.0));
+        drop(st);
+        // One job per cluster: jobs from outside the pool are taken in order, so the helpers
+        // finish the clusters in the order the reader wants them.
+        for job in picks {
+            let core = self.core.clone();
+            pool.spawn(move || core.decode_ahead(&[job]));
+        }
+    }
+
+    /// Whether `offset` is decoded and cached (not merely being decoded).
+    #[cfg(test)]
+    fn decoded(&self, offset: u64) -> bool {
+        self.core.lock().cache.contains(&offset)
+    }
+
+    #[cfg(test)]
+    fn stats(&self) -> Stats {
+        self.core.lock().stats
+    }
+
+    /// Waits until nothing is being decoded in the background.
+    #[cfg(test)]
+    fn wait_ahead(&self) {
+        let mut st = self.core.lock();
+        while st.ahead_pending > 0 {
+            st = self.core.landed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Core {
+    fn batch(&self) -> usize {
         let fit = (self.cache_bytes / 2 / self.cluster_size).max(1);
         (BATCH_BYTES / self.cluster_size)
             .max(self.workers * 2)
@@ -108,52 +289,46 @@ impl Decoder {
             .min(fit)
     }
 
-    /// Decoded already, or being decoded by another thread (whose result a read will wait
-    /// for): either way, no reason to plan a batch.
-    pub fn cached(&self, offset: u64) -> bool {
-        let mut st = self.lock();
-        st.cache.get(&offset).is_some() || st.in_flight.contains(&offset)
+    /// How many clusters may be decoding in the background at once.
+    fn window(&self) -> usize {
+        let fit = (self.cache_bytes / 4 / self.cluster_size).max(1);
+        (AHEAD_BYTES / self.cluster_size)
+            .max(self.batch())
+            .min(4 * MAX_BATCH)
+            .min(fit)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decodes `want` (and, for a sequential reader, the clusters in `ahead` that are not
-    /// cached yet, in parallel) and returns `want`'s bytes.
-    pub fn get(&self, want: Extent, ahead: &[Extent]) -> Result<Arc<Vec<u8>>> {
-        let mut jobs = vec![want];
-        {
+    /// Background work: decodes `jobs` in order, each cached (or dropped, if broken) and its
+    /// waiters woken as soon as it is done.
+    fn decode_ahead(&self, jobs: &[Extent]) {
+        for job in jobs {
+            // A panic in a pool job would abort the process: make it a failed decode instead.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.decode(*job)));
             let mut st = self.lock();
-            loop {
-                if let Some(hit) = st.cache.get(&want.0) {
-                    return Ok(hit.clone());
+            st.in_flight.remove(&job.0);
+            st.ahead_pending = st.ahead_pending.saturating_sub(1);
+            match r {
+                Ok(Ok(v)) => {
+                    st.cache.put(job.0, Arc::new(v));
+                    st.stats.decoded_ahead += 1;
                 }
-                if !st.in_flight.contains(&want.0) {
-                    break;
-                }
-                // Another thread is decoding it: its result comes sooner than our own decode.
-                // If that decode fails (or the cluster is evicted before we wake), the loop
-                // finds it neither cached nor in flight and decodes it here.
-                st = self.landed.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            for e in ahead {
-                if jobs.len() >= self.batch() {
-                    break;
-                }
-                if !st.cache.contains(&e.0)
-                    && !st.in_flight.contains(&e.0)
-                    && !jobs.iter().any(|j| j.0 == e.0)
-                {
-                    jobs.push(*e);
+                // The read that needs it decodes it again and reports the error.
+                _ => {
+                    st.triggers.remove(&job.0);
                 }
             }
-            st.in_flight.extend(jobs.iter().map(|j| j.0));
+            drop(st);
+            self.landed.notify_all();
         }
-        let claim = Claim {
-            decoder: self,
-            jobs,
-        };
+    }
+
+    /// Decodes the claimed clusters (in parallel on scoped threads when worth it), caches
+    /// them, and returns the first one's bytes.
+    fn decode_batch(&self, claim: Claim<'_>) -> Result<Arc<Vec<u8>>> {
         let jobs = &claim.jobs;
         if jobs.len() > 1 {
             // Compressed clusters of a stream lie in file order: ask the host for this batch
@@ -363,12 +538,7 @@ mod tests {
                 let (d, extents) = (&d, &extents);
                 s.spawn(move || {
                     for i in t * 2..extents.len() {
-                        let ahead = if d.cached(extents[i].0) {
-                            &[][..]
-                        } else {
-                            &extents[i + 1..]
-                        };
-                        let got = d.get(extents[i], ahead).unwrap();
+                        let got = d.get(extents[i], || extents[i + 1..].to_vec()).unwrap();
                         assert!(got.iter().all(|&b| b == i as u8), "cluster {i}");
                     }
                 });
@@ -393,11 +563,91 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
-                    assert!(d.get(extents[0], &extents[1..]).is_ok());
-                    assert!(d.get(extents[2], &extents[3..]).is_err());
-                    assert!(d.get(extents[3], &[]).is_ok());
+                    assert!(d.get(extents[0], || extents[1..].to_vec()).is_ok());
+                    assert!(d.get(extents[2], || extents[3..].to_vec()).is_err());
+                    assert!(d.get(extents[3], Vec::new).is_ok());
                 });
             }
         });
+    }
+
+    /// Whether this process may have helper threads (the pool needs two cores or more).
+    fn helpers_on() -> bool {
+        crate::container::compressed::allow_read_ahead(true);
+        let on = helper_pool::pool(&AHEAD_POOL, AHEAD_THREADS, "imgmount-decode").is_some();
+        if !on {
+            eprintln!("skipped: one core, no helper threads to decode ahead on");
+        }
+        on
+    }
+
+    /// A sequential reader misses once, on its first cluster; from then on each batch is
+    /// decoded in the background before the reader gets to it, and every cluster is decoded
+    /// once. Waiting for the background between reads makes this a count, not a race.
+    #[test]
+    fn a_sequential_readers_next_batch_is_decoded_before_it_is_read() {
+        if !helpers_on() {
+            return;
+        }
+        let (file, extents) = clusters(64);
+        let dev = Arc::new(Counting {
+            inner: MemDevice::read_only(file),
+            reads: AtomicUsize::new(0),
+        });
+        let d = Decoder::new(Codec::Zlib, "test", CLUSTER as u64, 16 << 20, dev.clone());
+        let batch = d.batch();
+        assert!(extents.len() >= 4 * batch, "batch {batch}");
+        let plan = |i: usize| extents[i + 1..].iter().take(d.plan()).copied().collect();
+        for (i, e) in extents.iter().enumerate() {
+            if i >= batch {
+                assert!(d.decoded(e.0), "cluster {i} not decoded ahead");
+            }
+            let got = d.get(*e, || plan(i)).unwrap();
+            assert!(got.iter().all(|&b| b == i as u8), "cluster {i}");
+            d.wait_ahead();
+            if i == 0 {
+                // The miss decoded the first batch itself and started the next.
+                assert!((batch..2 * batch).all(|k| d.decoded(extents[k].0)));
+            }
+        }
+        let stats = d.stats();
+        assert_eq!(stats.misses, 1);
+        assert_eq!(stats.decoded_ahead, (extents.len() - batch) as u64);
+        assert_eq!(dev.reads.load(Ordering::Relaxed), extents.len());
+    }
+
+    /// A cluster that does not decode in the background is no error there: the read that
+    /// needs it decodes it and fails, and the clusters after it still read.
+    #[test]
+    fn a_broken_cluster_decoded_ahead_fails_only_its_own_read() {
+        if !helpers_on() {
+            return;
+        }
+        let (mut file, extents) = clusters(64);
+        let d0 = Decoder::new(
+            Codec::Zlib,
+            "t",
+            CLUSTER as u64,
+            16 << 20,
+            Arc::new(MemDevice::read_only(Vec::new())),
+        );
+        let bad = d0.batch() + 2;
+        let (at, len) = extents[bad];
+        file[at as usize + 2..(at + len) as usize].fill(0);
+        let d = Decoder::new(
+            Codec::Zlib,
+            "test",
+            CLUSTER as u64,
+            16 << 20,
+            Arc::new(MemDevice::read_only(file)),
+        );
+        let plan = |i: usize| extents[i + 1..].iter().take(d.plan()).copied().collect();
+        for (i, e) in extents.iter().enumerate() {
+            let got = d.get(*e, || plan(i));
+            d.wait_ahead();
+            assert_eq!(got.is_err(), i == bad, "cluster {i}");
+        }
+        // The broken cluster was the one miss besides the first.
+        assert_eq!(d.stats().misses, 2);
     }
 }

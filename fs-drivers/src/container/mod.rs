@@ -8,6 +8,7 @@
 mod android_sparse;
 mod cluster_cache;
 pub mod compressed;
+mod helper_pool;
 mod parent_file;
 pub mod qcow2;
 pub(crate) mod run_map;

@@ -23,37 +23,16 @@ const HELPERS: usize = 2;
 
 /// The helper pool of this process (a forked child starts its own: the parent's threads are
 /// not in it).
-static HELPER_POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+static HELPER_POOL: crate::container::helper_pool::Slot = Mutex::new(None);
 
 /// The helper pool, when threads may outlive a call and the machine has two cores or more.
 /// `IMGMOUNT_LUKS_HELPERS=0` turns the pool off (benches/luks_direct.py compares both).
 fn helpers() -> Option<Arc<rayon::ThreadPool>> {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var_os("IMGMOUNT_LUKS_HELPERS").is_some_and(|v| v == "0"))
-        || !crate::container::compressed::read_ahead_allowed()
-        || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2
-    {
+    if *OFF.get_or_init(|| std::env::var_os("IMGMOUNT_LUKS_HELPERS").is_some_and(|v| v == "0")) {
         return None;
     }
-    let pid = std::process::id();
-    let mut g = HELPER_POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((p, pool)) = g.as_ref() {
-        if *p == pid {
-            return Some(pool.clone());
-        }
-    }
-    // A parent's pool in a forked child: its threads are not here; never touched.
-    if let Some(old) = g.take() {
-        std::mem::forget(old);
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(HELPERS)
-        .thread_name(|_| "imgmount-luks".into())
-        .build()
-        .ok()
-        .map(Arc::new)?;
-    *g = Some((pid, pool.clone()));
-    Some(pool)
+    crate::container::helper_pool::pool(&HELPER_POOL, HELPERS, "imgmount-luks")
 }
 
 pub struct LuksDevice {

@@ -142,7 +142,7 @@ impl Qcow2 {
         let cs = 1u64 << self.cluster_bits;
         let mut next = (pos | (cs - 1)).saturating_add(1);
         let mut out = Vec::new();
-        while out.len() + 1 < self.decoder.batch() && next < self.size {
+        while out.len() < self.decoder.plan() && next < self.size {
             match self.map.map(next) {
                 Ok(Mapping::Compressed { offset, len }) => out.push((offset, len)),
                 _ => break,
@@ -219,12 +219,13 @@ impl BlockDevice for Qcow2 {
                     offset: at,
                     len: clen,
                 } => {
-                    let ahead = if sequential && !self.decoder.cached(at) {
-                        self.ahead(pos)
-                    } else {
-                        Vec::new()
-                    };
-                    let bytes = self.decoder.get((at, clen), &ahead)?;
+                    let bytes = self.decoder.get((at, clen), || {
+                        if sequential {
+                            self.ahead(pos)
+                        } else {
+                            Vec::new()
+                        }
+                    })?;
                     let from = (pos & cs_mask) as usize;
                     buf[done as usize..(done + n) as usize]
                         .copy_from_slice(&bytes[from..from + n as usize]);

@@ -243,7 +243,7 @@ impl SparseExtent {
     fn ahead(&self, index: u64) -> Vec<Extent> {
         let mut out = Vec::new();
         let mut i = index + 1;
-        while out.len() + 1 < self.decoder.batch() && i * self.grain_bytes < self.size {
+        while out.len() < self.decoder.plan() && i * self.grain_bytes < self.size {
             match self.grain(i) {
                 Ok(Grain::Compressed(e)) => out.push(e),
                 _ => break,
@@ -285,12 +285,13 @@ impl BlockDevice for SparseExtent {
                     out[have..].fill(0);
                 }
                 Grain::Compressed(e) => {
-                    let ahead = if sequential && !self.decoder.cached(e.0) {
-                        self.ahead(index)
-                    } else {
-                        Vec::new()
-                    };
-                    let g = self.decoder.get(e, &ahead)?;
+                    let g = self.decoder.get(e, || {
+                        if sequential {
+                            self.ahead(index)
+                        } else {
+                            Vec::new()
+                        }
+                    })?;
                     out.copy_from_slice(&g[in_grain as usize..(in_grain + n) as usize]);
                 }
             }
