@@ -147,6 +147,24 @@ struct FsFacts {
     csum: bool,
 }
 
+/// A fresh image as a filesystem mounted read-write shows it before its first commit (its
+/// home superblock says it needs recovery), with its facts and `n` free blocks for the test.
+fn mounted_image(
+    path: &Path,
+    size_mib: u64,
+    args: &[&str],
+    n: usize,
+) -> (Vec<u8>, FsFacts, Vec<u64>) {
+    mkfs(path, size_mib, args);
+    let mut image = std::fs::read(path).unwrap();
+    let f = facts(&image);
+    let free = free_blocks(path, n);
+    let (sb_blk, sb_at) = sb_block(f.bs);
+    let at = sb_blk as usize * f.bs;
+    edit_sb(&mut image[at..at + f.bs], sb_at, true, None);
+    (image, f, free)
+}
+
 fn facts(image: &[u8]) -> FsFacts {
     let dev: DeviceRef = Arc::new(MemDevice::read_only(image.to_vec()));
     let fs = ExtFs::open(dev, ExtOptions::default()).expect("open image");
@@ -777,16 +795,10 @@ fn power_cuts(mkfs_args: &[&str], variants: &[&'static str]) {
     }
     let dir = scratch();
     let path = dir.path().join("c.img");
-    mkfs(&path, 4, mkfs_args);
-    let mut original = std::fs::read(&path).unwrap();
-    let f = facts(&original);
+    let (original, f, free) = mounted_image(&path, 4, mkfs_args, 720);
     let bs = f.bs;
-    let free = free_blocks(&path, 720);
     let (sb_blk, sb_at) = sb_block(bs);
-    // Mounted read-write: the superblock says so before the first commit.
-    let mut home_sb = block(&original, bs, sb_blk).to_vec();
-    edit_sb(&mut home_sb, sb_at, true, None);
-    original[sb_blk as usize * bs..][..bs].copy_from_slice(&home_sb);
+    let home_sb = block(&original, bs, sb_blk).to_vec();
     let mut new_sb = home_sb.clone();
     edit_sb(&mut new_sb, sb_at, true, Some("jtest"));
     let first_label = label_of(&original);
@@ -873,14 +885,8 @@ fn a_second_session_continues_the_log_and_e2fsck_replays_across_its_end() {
     }
     let dir = scratch();
     let path = dir.path().join("s.img");
-    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
-    let mut image = std::fs::read(&path).unwrap();
-    let f = facts(&image);
+    let (image, f, free) = mounted_image(&path, 8, &["-t", "ext4", "-b", "1024"], 600);
     let bs = f.bs;
-    let free = free_blocks(&path, 600);
-    let (sb_blk, sb_at) = sb_block(bs);
-    let at = sb_blk as usize * bs;
-    edit_sb(&mut image[at..at + bs], sb_at, true, None);
     let mem = Arc::new(MemDevice::from_vec(image));
 
     // Session one: three transactions (the third checkpoints the first two), then a clean
@@ -951,14 +957,8 @@ fn sequence_numbers_wrap_past_u32_max_with_revokes_across_the_wrap() {
     }
     let dir = scratch();
     let path = dir.path().join("w.img");
-    mkfs(&path, 8, &["-t", "ext4", "-b", "1024"]);
-    let mut image = std::fs::read(&path).unwrap();
-    let f = facts(&image);
+    let (mut image, f, free) = mounted_image(&path, 8, &["-t", "ext4", "-b", "1024"], 40);
     let bs = f.bs;
-    let free = free_blocks(&path, 40);
-    let (sb_blk, sb_at) = sb_block(bs);
-    let at = sb_blk as usize * bs;
-    edit_sb(&mut image[at..at + bs], sb_at, true, None);
     // The last transaction was 0xFFFF_FFFD: ours are 0xFFFF_FFFE, 0xFFFF_FFFF, 0, 1.
     let jsb = f.runs[0].0 as usize * bs;
     image[jsb + 0x18..jsb + 0x1C].copy_from_slice(&0xFFFF_FFFDu32.to_be_bytes());
@@ -1089,14 +1089,9 @@ fn the_kernel_replays_our_log() {
         ),
     ] {
         let path = dir.path().join("k.img");
-        mkfs(&path, 32, args);
-        let mut image = std::fs::read(&path).unwrap();
-        let f = facts(&image);
+        let (image, f, free) = mounted_image(&path, 32, args, 40);
         let bs = f.bs;
-        let free = free_blocks(&path, 40);
         let (sb_blk, sb_at) = sb_block(bs);
-        let at = sb_blk as usize * bs;
-        edit_sb(&mut image[at..at + bs], sb_at, true, None);
         let original = image.clone();
         let mut new_sb = block(&original, bs, sb_blk).to_vec();
         edit_sb(&mut new_sb, sb_at, true, Some("kern"));
