@@ -92,6 +92,31 @@ fn read_all(dev: &dyn BlockDevice) -> Vec<u8> {
 
 /// One random write, zeroing (whole clusters included) or discard, on the device and the
 /// model; returns the range it touched.
+/// 40 random writes on `snap` (whose bytes were `flushed` before), flushing after every fifth
+/// until a flush fails (the volatile device was cut): `flushed` ends as the model at the last
+/// flush that succeeded, `since` as the ranges written after it.
+fn ops_flushing_every_fifth(
+    snap: &Snapshot,
+    seed: u64,
+    cluster: u64,
+    flushed: &mut Vec<u8>,
+    since: &mut Vec<(usize, usize)>,
+) {
+    let mut model = flushed.clone();
+    let mut r = Rng(seed);
+    for i in 0..40 {
+        let (o, l, _) = op(&mut r, snap, &mut model, cluster);
+        since.push((o, l));
+        if i % 5 == 4 {
+            if snap.flush().is_err() {
+                return;
+            }
+            flushed.clone_from(&model);
+            since.clear();
+        }
+    }
+}
+
 fn op(r: &mut Rng, dev: &Snapshot, model: &mut [u8], cluster: u64) -> (usize, usize, bool) {
     let size = model.len() as u64;
     let (off, len) = if r.below(4) == 0 {
@@ -392,19 +417,7 @@ fn power_cut_with_a_write_cache_loses_only_unflushed_writes() {
                 Some(new_store(4096, &orig)),
             ) {
                 let snap = Snapshot::new(origin.clone(), Box::new(q)).unwrap();
-                let mut model = base.clone();
-                let mut r = Rng(99);
-                for i in 0..40 {
-                    let (o, l, _) = op(&mut r, &snap, &mut model, 4096);
-                    since.push((o, l));
-                    if i % 5 == 4 {
-                        if snap.flush().is_err() {
-                            break;
-                        }
-                        flushed.clone_from(&model);
-                        since.clear();
-                    }
-                }
+                ops_flushing_every_fifth(&snap, 99, 4096, &mut flushed, &mut since);
             }
             let mut r = Rng(seed);
             let bytes = dev.after_cut(&mut || r.below(2) == 0);
@@ -459,19 +472,7 @@ fn dm_store_power_cut_with_a_write_cache_loses_only_unflushed_writes() {
             let store = || Box::new(DeviceStore(dev.clone() as DeviceRef));
             if let Ok(dm) = cow::DmPersistent::open(store(), 512, None) {
                 let snap = Snapshot::new(origin.clone(), Box::new(dm)).unwrap();
-                let mut model = base.clone();
-                let mut r = Rng(31);
-                for i in 0..40 {
-                    let (o, l, _) = op(&mut r, &snap, &mut model, 512);
-                    since.push((o, l));
-                    if i % 5 == 4 {
-                        if snap.flush().is_err() {
-                            break;
-                        }
-                        flushed.clone_from(&model);
-                        since.clear();
-                    }
-                }
+                ops_flushing_every_fifth(&snap, 31, 512, &mut flushed, &mut since);
             }
             let mut r = Rng(seed);
             let bytes = dev.after_cut(&mut || r.below(2) == 0);
