@@ -304,13 +304,7 @@ fn fat_workload_through_a_cow_store_then_merge() {
     assert_eq!(mtools_tree(&rebuilt, t.path()), model);
 
     // info names the store; ls/cat read through it.
-    let info = imgmount([
-        OsStr::new("info"),
-        OsStr::new("--cow"),
-        store.as_os_str(),
-        img.as_os_str(),
-    ])
-    .expect_ok();
+    let info = info_cow(&store, &img);
     assert!(
         info.stdout.contains("dm-snapshot persistent") && info.stdout.contains("4 KiB chunks"),
         "{}",
@@ -348,6 +342,17 @@ fn fat_workload_through_a_cow_store_then_merge() {
     mount(&img, &mnt, &format!("cow={}", store.display())).expect_ok();
     assert_eq!(walk(&mnt), model);
     umount(&mnt);
+}
+
+/// `imgmount info --cow STORE IMG`, which must succeed.
+fn info_cow(store: &Path, img: &Path) -> Run {
+    imgmount([
+        OsStr::new("info"),
+        OsStr::new("--cow"),
+        store.as_os_str(),
+        img.as_os_str(),
+    ])
+    .expect_ok()
 }
 
 fn qemu_img(args: &[&OsStr]) -> Run {
@@ -405,13 +410,7 @@ fn fat_workload_through_a_qcow2_store_qemu_reads_and_commits_it() {
     assert_fsck_clean(&rebuilt);
     assert_eq!(mtools_tree(&rebuilt, t.path()), model);
 
-    let info = imgmount([
-        OsStr::new("info"),
-        OsStr::new("--cow"),
-        store.as_os_str(),
-        img.as_os_str(),
-    ])
-    .expect_ok();
+    let info = info_cow(&store, &img);
     for want in [
         "cow (qcow2 v3)",
         "64 KiB clusters",
