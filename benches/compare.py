@@ -19,7 +19,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +96,11 @@ SQUASHFS = {"sqzstd": "zstd", "sqxz": "xz"}
 TOOLS_FOR.update({fs: ["kernel", "imgmount", "squashfuse_ll"] for fs in SQUASHFS})
 SQUASHFS_WORKLOADS = {"seqread", "pread", "find", "walk", "tar"}
 TOOLS_FOR["erofs"] = ["kernel", "imgmount"]
+# The read-only filesystems: read rows, and latency rows (issue 15) on a small image built by
+# build_ro_latency_image and on the filesystem's read-row image.
+RO_FS = ("erofs", *SQUASHFS)
+# The small read-only latency image's tree: a few directories of small files and one file.
+RO_LAT_FILES, RO_LAT_DIRS, RO_LAT_BIG = 100, 4, MiB
 WRITE_TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
 # The write rows of issue 12 that only ext has (their images come from write_fixtures).
 EXT_ONLY_WRITES = {"untar", "rmrf", "fsyncs"}
@@ -307,6 +311,37 @@ def container_image(img_dir, tool):
     return dst
 
 
+def build_ro_latency_image(img_dir, fs):
+    """The "small" image of fs's latency row: RO_LAT_FILES files and a RO_LAT_BIG file, made
+    like the read-row image of fs. Built on first use and cached by its existence (not by the
+    stamps of ensure_images: it is the same at both sizes and takes a second; delete it after
+    changing RO_LAT_*)."""
+    if fs == "erofs":
+        img = os.path.join(img_dir, "lat-small-erofs.img")  # mount_cmd: "erofs.img" means EROFS
+    else:
+        img = os.path.join(img_dir, f"lat-small-{SQUASHFS[fs]}.sqfs")
+    if os.path.exists(img):
+        return img
+    t0 = time.perf_counter()
+    src = os.path.join(img_dir, "lat-ro-src")
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    write_big_file(os.path.join(src, "big.bin"), RO_LAT_BIG)
+    write_tree(os.path.join(src, "tree"), RO_LAT_FILES, RO_LAT_DIRS)
+    tmp = img + ".tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    if fs == "erofs":
+        run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", tmp, src])
+    else:
+        run(["mksquashfs", src, tmp, "-comp", SQUASHFS[fs], "-noappend", "-quiet", "-no-progress"],
+            stdout=subprocess.DEVNULL, env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
+    os.rename(tmp, img)
+    shutil.rmtree(src)
+    log(f"  {os.path.basename(img)}: built in {time.perf_counter() - t0:.1f} s")
+    return img
+
+
 def qemu_convert_notes(img_dir, tools, runs):
     """The reference for compressed containers: QEMU's own reader decoding the whole disk to
     nowhere (qemu-img convert to a null-co target), cold, median of `runs`. Not the same work as
@@ -349,10 +384,11 @@ def selected_rows(a):
         for fs in ("ext", "fat", "erofs", *SQUASHFS):
             if (name == "bigdir" or name in EXT_ONLY_WRITES) and fs == "fat":
                 continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
-            if fs not in a.fs or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
+            if fs not in a.fs:
                 continue
-            if fs == "erofs" and kind != "read":
-                continue  # read-only
+            if fs in RO_FS and kind != "latency":
+                if kind != "read" or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
+                    continue  # read-only; the squashfs images hold only big.bin and tree/
             yield name, kind, fs
 
 
@@ -365,6 +401,9 @@ def needed_groups(a):
             groups |= {"ext", "fat"} if fs == "fat" else {fs}
         elif kind == "write":
             groups.add("wr")  # untar and rmrf build theirs in write_fixtures
+        elif fs in RO_FS:
+            # The big image is the read-row one; latency_row builds the small one itself.
+            groups.add(fs)
         else:
             groups.add("lat")
     return groups
@@ -990,16 +1029,24 @@ class Bench:
         os.path.exists(work) and os.unlink(work)
         self.print_progress(row)
 
+    def latency_image(self, tool, fs, label):
+        if fs in RO_FS:
+            return self.image(tool, fs) if label == "big" else build_ro_latency_image(self.img, fs)
+        kind = "ext" if (fs == "ext" or tool == "kernel") else "fat"
+        return os.path.join(self.img, f"lat-{kind}-{label}.img")
+
     def latency_row(self, fs, label):
         row = self.new_row("latency", fs, "cold", label)
         tools = self.skip_unavailable(row, self.row_tools("latency", "latency", fs))
+        if fs in RO_FS:
+            # Every tool mounts the same file, whose size goes in the row label.
+            row["image_bytes"] = os.path.getsize(self.latency_image("kernel", fs, label))
         dead = set()
         for r in range(self.a.runs):
             for t in tools:
                 if t in dead:
                     continue
-                kind = "ext" if (fs == "ext" or t == "kernel") else "fat"
-                img = os.path.join(self.img, f"lat-{kind}-{label}.img")
+                img = self.latency_image(t, fs, label)
                 mnt = self.mnt(t)
                 os.makedirs(mnt, exist_ok=True)
                 parent = os.stat(self.mnt_root).st_dev
@@ -1112,8 +1159,8 @@ def row_label(row, sz):
         "untar": f"tar x of {sz['untar_files']:,} files / {sz['untar_dirs']:,} dirs, unmount, fsync",
         "rmrf": f"rm -rf of {sz['untar_files']:,} files / {sz['untar_dirs']:,} dirs, unmount, fsync",
         "fsyncs": f"{sz['fsyncs']:,} × (write 4 KiB + fsync), unmount, fsync",
-        "latency": "mount latency, {} image".format(
-            human_bytes(sz["lat_small"] if row["label"] == "small" else sz["lat_big"])),
+        "latency": "mount latency, {} image".format(human_bytes(
+            row.get("image_bytes") or (sz["lat_small"] if row["label"] == "small" else sz["lat_big"]))),
         "run": "mount + `true` inside + unmount, {} image".format(human_bytes(sz["lat_small"])),
     }[name]
     cache = f", {row['cache']}" if row["cache"] in ("cold", "warm") and name not in ("latency", "run") else ""
