@@ -10,18 +10,23 @@ use fs_drivers::vfs::FileSystem;
 use ro_common::*;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The image file: counts the reads that reach it (each one a pread, a disk read when cold).
 struct Counting {
     inner: FileDevice,
     reads: AtomicU64,
     bytes: AtomicU64,
+    readaheads: Mutex<Vec<(u64, u64)>>,
 }
 
 impl Counting {
     fn take(&self) -> (u64, u64) {
         (self.reads.swap(0, Relaxed), self.bytes.swap(0, Relaxed))
+    }
+
+    fn take_readaheads(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.readaheads.lock().unwrap())
     }
 }
 
@@ -38,6 +43,9 @@ impl BlockDevice for Counting {
         self.reads.fetch_add(1, Relaxed);
         self.bytes.fetch_add(buf.len() as u64, Relaxed);
         self.inner.read_direct_at(offset, buf)
+    }
+    fn readahead(&self, offset: u64, len: u64) {
+        self.readaheads.lock().unwrap().push((offset, len));
     }
     fn write_at(&self, _: u64, _: &[u8]) -> fs_drivers::Result<()> {
         Err(fs_drivers::Error::ReadOnly)
@@ -66,15 +74,28 @@ fn image(tmp: &TempDir) -> (Arc<Counting>, ErofsFs) {
         std::fs::write(big.join(format!("entry-{i:06}")), b"").unwrap();
     }
     std::fs::write(src.join("text"), bytes(8 << 20, 7, true)).unwrap();
+    // The find/walk shape: many directories of small files side by side.
+    for d in 0..40 {
+        let sub = src.join("tree").join(format!("d{d:04}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            std::fs::write(sub.join(format!("f{f:03}")), bytes(900, d * 100 + f, true)).unwrap();
+        }
+    }
+    pack(tmp, &src)
+}
+
+fn pack(tmp: &TempDir, src: &std::path::Path) -> (Arc<Counting>, ErofsFs) {
     let img = tmp.0.join("img");
     run(Command::new("mkfs.erofs")
         .args(["--quiet", "-zlz4hc", "-T1700000000"])
         .arg(&img)
-        .arg(&src));
+        .arg(src));
     let dev = Arc::new(Counting {
         inner: FileDevice::open(&img, false).unwrap(),
         reads: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        readaheads: Mutex::new(Vec::new()),
     });
     let cached: DeviceRef = Arc::new(BlockCache::with_defaults(dev.clone()));
     let fs = ErofsFs::open(cached).unwrap();
@@ -118,4 +139,58 @@ fn lookups_and_sequential_reads_cost_few_device_reads() {
     // per 128 KiB asked for.
     assert!(reads <= 2 * 64 + 8, "{reads} device reads for 8 MiB");
     assert!(bytes <= 8 << 20, "{bytes} bytes read for 8 MiB of text");
+}
+
+/// A listing hints at each subdirectory it returns (the FUSE front end calls prefetch_dir):
+/// each one's inode window must be started on the disk, asynchronously (a readahead, no read),
+/// once, and not again after the directory has been read.
+#[test]
+fn listed_subdirectories_are_started_on_the_disk_once() {
+    if !have("mkfs.erofs") {
+        eprintln!("SKIP: erofs-utils is not installed");
+        return;
+    }
+    let tmp = TempDir::new("erofs-prefetch");
+    let (dev, fs) = image(&tmp);
+    let tree = fs.lookup(fs.root(), b"tree").unwrap();
+    let mut subdirs = Vec::new();
+    fs.readdir(tree.ino, 0, &mut |e| {
+        subdirs.push(e.ino);
+        true
+    })
+    .unwrap();
+    assert_eq!(subdirs.len(), 40);
+    dev.take();
+    dev.take_readaheads();
+    for &d in &subdirs {
+        fs.prefetch_dir(d);
+    }
+    assert_eq!(dev.take(), (0, 0), "a hint must not read synchronously");
+    let hinted = dev.take_readaheads();
+    // Each subdirectory's inode (nid * 32 past the metadata start) lies in a hinted range.
+    let meta = {
+        let mut sb = [0u8; 4];
+        dev.inner.read_at(1024 + 40, &mut sb).unwrap();
+        u64::from(u32::from_le_bytes(sb)) * 4096
+    };
+    for &d in &subdirs {
+        let at = meta + d * 32;
+        assert!(
+            hinted.iter().any(|&(o, l)| o <= at && at < o + l),
+            "directory inode at {at} not in any hinted range {hinted:?}"
+        );
+    }
+    // Listing them now reads every window once; hints after that cost nothing.
+    for &d in &subdirs {
+        fs.readdir(d, 0, &mut |_| true).unwrap();
+    }
+    dev.take_readaheads();
+    for &d in &subdirs {
+        fs.prefetch_dir(d);
+    }
+    assert_eq!(
+        dev.take_readaheads(),
+        vec![],
+        "hints for windows read already"
+    );
 }

@@ -116,12 +116,16 @@ impl ErofsFs {
     /// Reads the window of inode blocks around `nid` into the block cache below in one
     /// device read (the cache fetches only the blocks it lacks).
     fn prefetch_inodes(&self, nid: u64) {
+        if let Some(start) = self.inode_window(nid) {
+            self.prefetch(start, INODE_READAHEAD);
+        }
+    }
+
+    /// Image offset of the INODE_READAHEAD window holding inode `nid`.
+    fn inode_window(&self, nid: u64) -> Option<u64> {
         let base = u64::from(self.sb.meta_blkaddr) << self.sb.blkszbits;
-        let Some(loc) = nid.checked_mul(32).and_then(|o| o.checked_add(base)) else {
-            return;
-        };
-        let start = (loc - base) / INODE_READAHEAD * INODE_READAHEAD + base;
-        self.prefetch(start, INODE_READAHEAD);
+        let loc = nid.checked_mul(32)?.checked_add(base)?;
+        Some((loc - base) / INODE_READAHEAD * INODE_READAHEAD + base)
     }
 
     /// Best effort: a failure here shows up on the read that needs the bytes.
@@ -425,6 +429,24 @@ impl FileSystem for ErofsFs {
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
         Ok(self.attr_of(&*self.inode(ino)?))
+    }
+
+    /// A listing reaches this subdirectory soon. Its inode window holds the inode, the entries
+    /// mkfs.erofs inlines after it and, side by side, its children's inodes: started on the
+    /// disk now (asynchronously), the synchronous read when the directory is opened finds
+    /// them in memory. Costs nothing once the window has been read.
+    fn prefetch_dir(&self, dir: Ino) {
+        let Some(start) = self.inode_window(dir) else {
+            return;
+        };
+        let done = self
+            .prefetched
+            .lock()
+            .map_or(true, |done| done.contains(&start));
+        if !done {
+            let len = INODE_READAHEAD.min(self.dev.size().saturating_sub(start));
+            self.dev.readahead(start, len);
+        }
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
