@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: imgmount against the kernel's loop mount, fuse2fs, fusefat and mtools.
+"""Side-by-side benchmark: imgmount against the kernel's loop mount, fuse2fs, fusefat, mtools,
+squashfuse_ll and fuseiso.
 
 Builds its images once (cached in the work directory), runs every workload interleaved across
 the tools (A/B/A/B), and prints a markdown table of medians, ratios to the kernel and the peak
@@ -84,9 +85,9 @@ CONTAINER_EXT = {
     "qcow2": "qcow2", "qcow2-zlib": "zlib.qcow2", "qcow2-zstd": "zstd.qcow2", "vmdk-stream": "stream.vmdk",
     "imgmount-vmdk": "vmdk", "imgmount-vhd": "vhd", "imgmount-vhdx": "vhdx", "imgmount-vdi": "vdi", "imgmount-simg": "simg",
 }
-DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools", "squashfuse_ll"]
+DEFAULT_TOOLS = ["kernel", "imgmount", "fuse2fs", "fusefat", "mtools", "squashfuse_ll", "fuseiso"]
 ALL_TOOLS = DEFAULT_TOOLS + list(CONTAINER_TOOLS)
-SERVING = ["imgmount", "fuse2fs", "fusefat", "squashfuse_ll"] + list(CONTAINER_TOOLS)
+SERVING = ["imgmount", "fuse2fs", "fusefat", "squashfuse_ll", "fuseiso"] + list(CONTAINER_TOOLS)
 
 # Which tools serve which filesystem. FAT rows compare with the kernel reading an ext4 twin of
 # the same content: this kernel has no vfat module.
@@ -96,9 +97,17 @@ SQUASHFS = {"sqzstd": "zstd", "sqxz": "xz"}
 TOOLS_FOR.update({fs: ["kernel", "imgmount", "squashfuse_ll"] for fs in SQUASHFS})
 SQUASHFS_WORKLOADS = {"seqread", "pread", "find", "walk", "tar"}
 TOOLS_FOR["erofs"] = ["kernel", "imgmount"]
+# An ISO 9660 image (Rock Ridge + Joliet) of the squashfs images' content. The kernel here has no
+# iso9660 module, so, as in the FAT rows, its column reads a twin of the same content: an
+# uncompressed EROFS image (read-only, files contiguous, like the ISO). Both are built by
+# build_iso_group, outside build_image_group (see ensure_images).
+ISO_IMAGE, ISO_TWIN = "tree.iso", "iso-twin-erofs.img"  # mount_cmd: "erofs.img" means EROFS
+TOOLS_FOR["iso"] = ["kernel", "imgmount", "fuseiso"]
 # The read-only filesystems: read rows, and latency rows (issue 15) on a small image built by
 # build_ro_latency_image and on the filesystem's read-row image.
-RO_FS = ("erofs", *SQUASHFS)
+RO_FS = ("erofs", *SQUASHFS, "iso")
+# The read-only images that hold only big.bin and tree/: the SQUASHFS_WORKLOADS read rows.
+TREE_ONLY_FS = (*SQUASHFS, "iso")
 # The small read-only latency image's tree: a few directories of small files and one file.
 RO_LAT_FILES, RO_LAT_DIRS, RO_LAT_BIG = 100, 4, MiB
 WRITE_TOOLS_FOR = {"ext": ["kernel", "imgmount", "fuse2fs"], "fat": ["kernel", "imgmount", "fusefat"]}
@@ -311,15 +320,55 @@ def container_image(img_dir, tool):
     return dst
 
 
-def build_ro_latency_image(img_dir, fs):
-    """The "small" image of fs's latency row: RO_LAT_FILES files and a RO_LAT_BIG file, made
-    like the read-row image of fs. Built on first use and cached by its existence (not by the
-    stamps of ensure_images: it is the same at both sizes and takes a second; delete it after
-    changing RO_LAT_*)."""
-    if fs == "erofs":
+def mkisofs(img, src, exclude=()):
+    """An ISO 9660 image of src with Rock Ridge and Joliet (xorriso's mkisofs emulation), every
+    date FAKE_TIME so that the image is the same at every build; `exclude`: top-level names."""
+    cmd = ["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "--set_all_file_dates", f"={FAKE_TIME}"]
+    for name in exclude:
+        cmd += ["-m", os.path.join(src, name)]  # with a "/", matched as a path, not any leaf
+    r = run(cmd + ["-o", img, src], check=False, capture_output=True, text=True,
+            env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
+    if r.returncode != 0:
+        raise RuntimeError(f"xorriso exited with {r.returncode}: {tail(r.stderr)}")
+
+
+def mkfs_erofs_plain(img, src, exclude=()):
+    """An uncompressed EROFS image of src (no -z): the kernel's twin of an ISO."""
+    run(["mkfs.erofs", "--quiet", f"-T{FAKE_TIME}"] + [f"--exclude-path={e}" for e in exclude] + [img, src])
+
+
+# The source tree's parts that the squashfs images leave out, and so the ISO and its twin.
+ISO_EXCLUDE = ("treefat", "bigdir")
+
+
+def build_iso_group(img_dir, src):
+    """The "iso" image group: the ISO of big.bin and tree/ and its uncompressed EROFS twin."""
+    for name, build in ((ISO_IMAGE, mkisofs), (ISO_TWIN, mkfs_erofs_plain)):
+        t0 = time.perf_counter()
+        build(os.path.join(img_dir, name), src, ISO_EXCLUDE)
+        log(f"  {name}: built in {time.perf_counter() - t0:.1f} s")
+
+
+# Image groups built by a function of their own instead of build_image_group: their stamps
+# carry the common key plus a hash of that function's code (ensure_images), so that adding
+# one leaves the key, and the cached images, of the others as they were.
+OWN_BUILDERS = {"iso": (build_iso_group, (mkisofs, mkfs_erofs_plain))}
+
+
+def build_ro_latency_image(img_dir, kind):
+    """The "small" image of a read-only filesystem's latency row: RO_LAT_FILES files and a
+    RO_LAT_BIG file, made like the read-row image. kind: an RO_FS, or "iso-twin" for the ISO
+    rows' kernel column. Built on first use and cached by its existence (not by the stamps of
+    ensure_images: it is the same at both sizes and takes a second; delete it after changing
+    RO_LAT_* or how it is built)."""
+    if kind == "erofs":
         img = os.path.join(img_dir, "lat-small-erofs.img")  # mount_cmd: "erofs.img" means EROFS
+    elif kind == "iso":
+        img = os.path.join(img_dir, "lat-small.iso")
+    elif kind == "iso-twin":
+        img = os.path.join(img_dir, "lat-small-twin-erofs.img")
     else:
-        img = os.path.join(img_dir, f"lat-small-{SQUASHFS[fs]}.sqfs")
+        img = os.path.join(img_dir, f"lat-small-{SQUASHFS[kind]}.sqfs")
     if os.path.exists(img):
         return img
     t0 = time.perf_counter()
@@ -331,10 +380,14 @@ def build_ro_latency_image(img_dir, fs):
     tmp = img + ".tmp"
     if os.path.exists(tmp):
         os.unlink(tmp)
-    if fs == "erofs":
+    if kind == "erofs":
         run(["mkfs.erofs", "--quiet", "-zlz4hc", f"-T{FAKE_TIME}", tmp, src])
+    elif kind == "iso":
+        mkisofs(tmp, src)
+    elif kind == "iso-twin":
+        mkfs_erofs_plain(tmp, src)
     else:
-        run(["mksquashfs", src, tmp, "-comp", SQUASHFS[fs], "-noappend", "-quiet", "-no-progress"],
+        run(["mksquashfs", src, tmp, "-comp", SQUASHFS[kind], "-noappend", "-quiet", "-no-progress"],
             stdout=subprocess.DEVNULL, env=dict(os.environ, SOURCE_DATE_EPOCH=FAKE_TIME))
     os.rename(tmp, img)
     shutil.rmtree(src)
@@ -371,9 +424,9 @@ def qemu_convert_notes(img_dir, tools, runs):
 
 # Image groups: each is built, and cached under its own stamp, only when a selected row reads
 # it, so that `--fs ext --only create` does not wait for mkfs.ext4 -d of the whole read tree.
-# The first four copy the generated source tree.
-IMAGE_GROUPS = ("ext", "erofs", "fat", *SQUASHFS, "wr", "lat")
-SOURCE_GROUPS = {"ext", "erofs", "fat", *SQUASHFS}
+# The groups in SOURCE_GROUPS copy the generated source tree.
+IMAGE_GROUPS = ("ext", "erofs", "fat", *SQUASHFS, "iso", "wr", "lat")
+SOURCE_GROUPS = {"ext", "erofs", "fat", *SQUASHFS, "iso"}
 
 
 def selected_rows(a):
@@ -381,14 +434,14 @@ def selected_rows(a):
     for name, kind, _ in WORKLOADS:
         if a.only and name not in a.only:
             continue
-        for fs in ("ext", "fat", "erofs", *SQUASHFS):
+        for fs in ("ext", "fat", "erofs", *SQUASHFS, "iso"):
             if (name == "bigdir" or name in EXT_ONLY_WRITES) and fs == "fat":
                 continue  # a 100,000-entry directory does not fit FAT's 65,536-entry limit
             if fs not in a.fs:
                 continue
             if fs in RO_FS and kind != "latency":
-                if kind != "read" or (fs in SQUASHFS and name not in SQUASHFS_WORKLOADS):
-                    continue  # read-only; the squashfs images hold only big.bin and tree/
+                if kind != "read" or (fs in TREE_ONLY_FS and name not in SQUASHFS_WORKLOADS):
+                    continue  # read-only; the squashfs and ISO images hold only big.bin and tree/
             yield name, kind, fs
 
 
@@ -424,10 +477,17 @@ def ensure_images(wd, sz, size_name, groups):
     def stamp(group):
         return os.path.join(img_dir, f"stamp-{group}")
 
+    def group_key(group):
+        if group not in OWN_BUILDERS:
+            return key
+        builder, helpers = OWN_BUILDERS[group]
+        code = "".join(inspect.getsource(f) for f in (builder, *helpers))
+        return hashlib.sha256((key + code).encode()).hexdigest()[:16]
+
     def current(group):
         try:
             with open(stamp(group)) as f:
-                return f.read().strip() == key
+                return f.read().strip() == group_key(group)
         except OSError:
             return False
 
@@ -443,9 +503,12 @@ def ensure_images(wd, sz, size_name, groups):
         # A group interrupted half-built must not count as built.
         if os.path.exists(stamp(g)):
             os.unlink(stamp(g))
-        build_image_group(g, img_dir, src, sz)
+        if g in OWN_BUILDERS:
+            OWN_BUILDERS[g][0](img_dir, src)
+        else:
+            build_image_group(g, img_dir, src, sz)
         with open(stamp(g), "w") as f:
-            f.write(key + "\n")
+            f.write(group_key(g) + "\n")
     shutil.rmtree(src, ignore_errors=True)
     log(f"images built in {time.perf_counter() - t0:.1f} s")
     return img_dir
@@ -688,6 +751,8 @@ class Tools:
             return ["mount", "-t", fstype, "-o", ("loop,rw" if rw else "loop,ro"), image, mnt]
         if tool == "squashfuse_ll":
             return ["squashfuse_ll", image, mnt]
+        if tool == "fuseiso":
+            return ["fuseiso", "-n", image, mnt]  # -n: no ~/.mtab.fuseiso bookkeeping
         if tool == "imgmount" or tool in CONTAINER_TOOLS:
             return [self.imgmount, image, mnt] + (["-o", "rw"] if rw else [])
         if tool == "fuse2fs":
@@ -823,6 +888,8 @@ class Bench:
             return os.path.join(self.img, "erofs.img")
         if fs in SQUASHFS:
             return os.path.join(self.img, f"{SQUASHFS[fs]}.sqfs")
+        if fs == "iso":
+            return os.path.join(self.img, ISO_TWIN if tool == "kernel" else ISO_IMAGE)
         if tool in CONTAINER_TOOLS:
             return container_image(self.img, tool)
         if tool == "kernel" or fs == "ext":
@@ -1031,7 +1098,9 @@ class Bench:
 
     def latency_image(self, tool, fs, label):
         if fs in RO_FS:
-            return self.image(tool, fs) if label == "big" else build_ro_latency_image(self.img, fs)
+            if label == "big":
+                return self.image(tool, fs)
+            return build_ro_latency_image(self.img, "iso-twin" if fs == "iso" and tool == "kernel" else fs)
         kind = "ext" if (fs == "ext" or tool == "kernel") else "fat"
         return os.path.join(self.img, f"lat-{kind}-{label}.img")
 
@@ -1039,8 +1108,9 @@ class Bench:
         row = self.new_row("latency", fs, "cold", label)
         tools = self.skip_unavailable(row, self.row_tools("latency", "latency", fs))
         if fs in RO_FS:
-            # Every tool mounts the same file, whose size goes in the row label.
-            row["image_bytes"] = os.path.getsize(self.latency_image("kernel", fs, label))
+            # Every tool mounts the same file (the ISO rows' kernel a twin), whose size goes in
+            # the row label.
+            row["image_bytes"] = os.path.getsize(self.latency_image("imgmount", fs, label))
         dead = set()
         for r in range(self.a.runs):
             for t in tools:
@@ -1144,7 +1214,8 @@ def human_bytes(n):
 
 def row_label(row, sz):
     name, fs = row["workload"], row["fs"]
-    fsname = {"ext": "ext4", "fat": "FAT32", "erofs": "EROFS lz4hc"}.get(fs) or f"squashfs {SQUASHFS[fs]}"
+    fsname = ({"ext": "ext4", "fat": "FAT32", "erofs": "EROFS lz4hc", "iso": "ISO 9660 RR+Joliet"}.get(fs)
+              or f"squashfs {SQUASHFS[fs]}")
     files = sz["fat_files"] if fs == "fat" else sz["ext_files"]
     dirs = sz["fat_dirs"] if fs == "fat" else sz["ext_dirs"]
     desc = {
@@ -1297,8 +1368,8 @@ def parse_args(argv):
     p.add_argument("--tools", default=",".join(DEFAULT_TOOLS),
                    help="comma-separated, default: " + ",".join(DEFAULT_TOOLS) + "; also "
                    + ",".join(CONTAINER_TOOLS) + " (imgmount over ext.img as that container)")
-    p.add_argument("--fs", default="ext,fat,erofs," + ",".join(SQUASHFS),
-                   help="comma-separated filesystems: ext,fat,erofs," + ",".join(SQUASHFS) + " (default: all)")
+    p.add_argument("--fs", default="ext,fat,erofs," + ",".join(SQUASHFS) + ",iso",
+                   help="comma-separated filesystems: ext,fat,erofs," + ",".join(SQUASHFS) + ",iso (default: all)")
     p.add_argument("--workdir", help="images and mount points (default: target/bench in the repo)")
     p.add_argument("--imgmount", help="imgmount binary to use instead of building the repo's")
     p.add_argument("--json", help="results file (default: WORKDIR/results-<size>-<time>.json)")
@@ -1346,7 +1417,7 @@ def available_tools(a, imgmount_bin):
                 avail.add(t)
         else:
             exe = {"fuse2fs": "fuse2fs", "fusefat": "fusefat", "mtools": "mcopy",
-                   "squashfuse_ll": "squashfuse_ll"}[t]
+                   "squashfuse_ll": "squashfuse_ll", "fuseiso": "fuseiso"}[t]
             if shutil.which(exe):
                 avail.add(t)
             else:
@@ -1402,6 +1473,8 @@ def main(argv):
         "- cold: host page cache dropped (sync; echo 3 > drop_caches) before each run, FUSE tools "
         "remounted; warm: one untimed pass first, all tools mounted.",
         "- FAT32 rows: the kernel column reads an ext4 twin of the same content (no vfat module here).",
+        "- ISO 9660 rows: the kernel column reads an uncompressed EROFS twin of the same content "
+        "(no iso9660 module here).",
         "- write rows: time from first write to unmounted and image fsynced; ext4 rows: every tool "
         "writes the same ext4 image (imgmount `-o rw`: \"refused\" until ext rw exists); FAT32 rows: "
         "imgmount and fusefat write FAT32, the kernel an ext4 twin.",
