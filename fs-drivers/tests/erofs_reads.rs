@@ -4,65 +4,13 @@
 #[path = "ro_common/mod.rs"]
 mod ro_common;
 
-use fs_drivers::block::{BlockCache, BlockDevice, DeviceRef, FileDevice};
+use fs_drivers::block::{BlockCache, BlockDevice, DeviceRef};
 use fs_drivers::erofs::ErofsFs;
 use fs_drivers::vfs::FileSystem;
+use ro_common::counting::Counting;
 use ro_common::*;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-
-/// The image file: counts the reads that reach it (each one a pread, a disk read when cold).
-struct Counting {
-    inner: FileDevice,
-    reads: AtomicU64,
-    bytes: AtomicU64,
-    readaheads: Mutex<Vec<(u64, u64)>>,
-}
-
-impl Counting {
-    fn take(&self) -> (u64, u64) {
-        (self.reads.swap(0, Relaxed), self.bytes.swap(0, Relaxed))
-    }
-
-    fn take_readaheads(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut *self.readaheads.lock().unwrap())
-    }
-}
-
-impl BlockDevice for Counting {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> fs_drivers::Result<()> {
-        self.reads.fetch_add(1, Relaxed);
-        self.bytes.fetch_add(buf.len() as u64, Relaxed);
-        self.inner.read_at(offset, buf)
-    }
-    fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> fs_drivers::Result<()> {
-        self.reads.fetch_add(1, Relaxed);
-        self.bytes.fetch_add(buf.len() as u64, Relaxed);
-        self.inner.read_direct_at(offset, buf)
-    }
-    fn readahead(&self, offset: u64, len: u64) {
-        self.readaheads.lock().unwrap().push((offset, len));
-    }
-    fn write_at(&self, _: u64, _: &[u8]) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn flush(&self) -> fs_drivers::Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
-}
+use std::sync::Arc;
 
 /// The benchmark's shapes, smaller: a 5,000-entry directory of empty files and a file of
 /// compressible text, packed with LZ4HC as benches/compare.py packs its tree.
@@ -91,12 +39,7 @@ fn pack(tmp: &TempDir, src: &std::path::Path) -> (Arc<Counting>, ErofsFs) {
         .args(["--quiet", "-zlz4hc", "-T1700000000"])
         .arg(&img)
         .arg(src));
-    let dev = Arc::new(Counting {
-        inner: FileDevice::open(&img, false).unwrap(),
-        reads: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        readaheads: Mutex::new(Vec::new()),
-    });
+    let dev = Arc::new(Counting::open(&img));
     let cached: DeviceRef = Arc::new(BlockCache::with_defaults(dev.clone()));
     let fs = ErofsFs::open(cached).unwrap();
     (dev, fs)

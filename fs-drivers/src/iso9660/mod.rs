@@ -31,6 +31,8 @@ const DIR_CACHE: usize = 64;
 const MAX_DIR_BYTES: u64 = 32 << 20;
 /// Records one file may span (4 GiB each): far beyond any disc.
 const MAX_EXTENTS: usize = 4096;
+/// The most of a subdirectory's extent started on the disk ahead of its listing.
+const DIR_PREFETCH: u64 = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Names {
@@ -392,13 +394,26 @@ impl IsoFs {
                 "ISO 9660 directory of {size} bytes (more than {MAX_DIR_BYTES})"
             )));
         }
-        let mut out = Vec::new();
+        // The whole extent in one device read: block by block, a cold directory cost one
+        // disk read per block (find over 1,000 directories of 100 Rock Ridge entries made
+        // 3,500 synchronous reads).
+        let nblocks = size.div_ceil(bs);
+        let end = (lba + nblocks)
+            .checked_mul(bs)
+            .filter(|&e| e <= self.dev.size())
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "ISO 9660 directory at block {lba} runs past the image"
+                ))
+            })?;
+        let mut extent = vec![0u8; (end - lba * bs) as usize];
+        self.dev.read_at(lba * bs, &mut extent)?;
+        let mut groups: Vec<Vec<Record>> = Vec::new();
         let mut group: Vec<Record> = Vec::new();
-        for b in 0..size.div_ceil(bs) {
-            let blk = self.read_block(lba + b)?;
+        for (b, blk) in (lba..).zip(extent.chunks(bs as usize)) {
             let mut off = 0usize;
             while off < blk.len() && blk[off] != 0 {
-                let pos = (lba + b) * bs + off as u64;
+                let pos = b * bs + off as u64;
                 let r = record::parse(&blk[off..], pos).ok_or_else(|| {
                     Error::corrupt(format!("malformed ISO 9660 directory record at byte {pos}"))
                 })?;
@@ -414,30 +429,41 @@ impl IsoFs {
                 if more {
                     continue;
                 }
-                let recs = std::mem::take(&mut group);
-                let ino = if recs[0].is_dir() {
-                    u64::from(recs[0].lba) * bs
-                } else {
-                    recs[0].pos
-                };
-                let from_parent = self.node_from(&recs, ino)?;
-                let node = if recs[0].is_dir() {
-                    // Attributes from the directory's own "." record, so that getattr on the
-                    // number gives the same answer; name and RE from the parent's record.
-                    let mut n = self.dir_node(recs[0].lba)?;
-                    n.name = from_parent.name;
-                    n.relocated = from_parent.relocated;
-                    n
-                } else {
-                    from_parent
-                };
-                if node.relocated || node.name.is_empty() {
-                    continue;
-                }
-                let node = Arc::new(node);
-                self.remember(&node);
-                out.push(node);
+                groups.push(std::mem::take(&mut group));
             }
+        }
+        // Each subdirectory's "." record is read below, and a walk lists the subdirectory
+        // soon after: start their extents on the disk first, all of them at once.
+        for recs in &groups {
+            if recs[0].is_dir() {
+                let len = u64::from(recs[0].size).clamp(bs, DIR_PREFETCH);
+                self.dev.readahead(u64::from(recs[0].lba) * bs, len);
+            }
+        }
+        let mut out = Vec::new();
+        for recs in groups {
+            let ino = if recs[0].is_dir() {
+                u64::from(recs[0].lba) * bs
+            } else {
+                recs[0].pos
+            };
+            let from_parent = self.node_from(&recs, ino)?;
+            let node = if recs[0].is_dir() {
+                // Attributes from the directory's own "." record, so that getattr on the
+                // number gives the same answer; name and RE from the parent's record.
+                let mut n = self.dir_node(recs[0].lba)?;
+                n.name = from_parent.name;
+                n.relocated = from_parent.relocated;
+                n
+            } else {
+                from_parent
+            };
+            if node.relocated || node.name.is_empty() {
+                continue;
+            }
+            let node = Arc::new(node);
+            self.remember(&node);
+            out.push(node);
         }
         let out = Arc::new(out);
         if let Ok(mut c) = self.dirs.lock() {
@@ -485,6 +511,18 @@ impl FileSystem for IsoFs {
 
     fn getattr(&self, ino: Ino) -> Result<Attr> {
         Ok(self.node(ino)?.attr.clone())
+    }
+
+    /// A listing reaches this subdirectory soon: its extent is started on the disk now
+    /// (asynchronously), from the node its parent's listing left in the cache.
+    fn prefetch_dir(&self, dir: Ino) {
+        let node = self.nodes.lock().ok().and_then(|c| c.peek(&dir).cloned());
+        if let Some((start, len)) = node
+            .filter(|n| n.attr.kind == FileType::Directory)
+            .and_then(|n| n.extents.first().copied())
+        {
+            self.dev.readahead(start, len.min(DIR_PREFETCH));
+        }
     }
 
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {

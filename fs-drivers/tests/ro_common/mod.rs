@@ -2,6 +2,8 @@
 //! dir, a walk of a `FileSystem` into comparable records, and host-side metadata readers.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use fs_drivers::vfs::{FileSystem, FileType, Ino, Timespec};
 use std::collections::BTreeMap;
 use std::ffi::CString;
