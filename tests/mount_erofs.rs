@@ -263,3 +263,49 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
     assert_small_reads_fill_windows(&m.join("f.bin"), &data);
     imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
 }
+
+/// A mount made by root reads ahead 1 MiB (the bdi knob; the kernel's default is 128 KiB):
+/// sequential reads then reach the daemon as 1 MiB requests instead of 128 KiB ones. The knob
+/// must be set after the FUSE handshake, which otherwise sets it back to 128 KiB.
+#[test]
+fn a_root_mount_reads_ahead_a_mebibyte() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    if !have_tool("mkfs.erofs") {
+        eprintln!("SKIP: mkfs.erofs is not installed");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: only root may raise a mount's readahead");
+        return;
+    }
+    let t = TempDir::new("erofs-readahead");
+    let src = t.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let img = t.join("ra.img");
+    assert!(tool("mkfs.erofs")
+        .arg("--quiet")
+        .arg(&img)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let m = t.join("m");
+    fs::create_dir(&m).unwrap();
+    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
+    let _guard = MountGuard(m.clone());
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(&m).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb = fs::read_to_string(&knob).unwrap();
+    assert_eq!(kb.trim(), "1024", "{knob}");
+    imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
+}

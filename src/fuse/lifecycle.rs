@@ -202,14 +202,11 @@ pub fn serve(
         Err(e) => return fail(ready, e),
     };
     let uid = kernel::euid();
+    let mut dev = String::new();
     // Forked now, while this process still has a single thread.
     let watcher = match mountinfo::find(&cfg.mount_point) {
         Ok(Some(e)) => {
-            if uid == 0 {
-                if let Err(err) = kernel::raise_readahead(&e.dev) {
-                    log::info(&format!("readahead stays at the kernel's default: {err}"));
-                }
-            }
+            dev.clone_from(&e.dev);
             watcher::spawn(&cfg.mount_point, &e.dev, uid, &cfg.service)
         }
         Ok(None) => Err(io::Error::other("the new mount is missing from mountinfo")),
@@ -250,6 +247,14 @@ pub fn serve(
             return fail(ready, format!("FUSE handshake failed: {e}"));
         }
     };
+    // After the handshake, not before: INIT sets the readahead to the smaller of the knob and
+    // the max_readahead the kernel offered in its INIT request, which it wrote at mount time
+    // with the default 128 KiB, so a knob raised earlier came back down to 128 KiB.
+    if uid == 0 {
+        if let Err(err) = kernel::raise_readahead(&dev) {
+            log::info(&format!("readahead stays at the kernel's default: {err}"));
+        }
+    }
     // Before the sandbox: creating the pid file's directory is no business of the daemon's
     // later life, and the file must exist before anyone is told the mount is ready.
     let pid = std::process::id();
