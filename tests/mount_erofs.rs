@@ -77,14 +77,22 @@ fn tree(root: &Path) {
     sparse.write_all_at(b"end", (4 << 20) - 3).unwrap();
 }
 
-#[test]
-fn erofs_mount_equals_kernel_view() {
+/// Says why and returns true where FUSE mounts or mkfs.erofs are not available.
+fn skip_without_mkfs_erofs() -> bool {
     if let Some(why) = skip_reason() {
         eprintln!("SKIP: {why}");
-        return;
+        return true;
     }
     if !have_tool("mkfs.erofs") {
         eprintln!("SKIP: mkfs.erofs is not installed");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn erofs_mount_equals_kernel_view() {
+    if skip_without_mkfs_erofs() {
         return;
     }
     let t = TempDir::new("mount-erofs");
@@ -226,12 +234,7 @@ fn iso9660_mount_equals_its_source() {
 #[test]
 fn random_reads_fill_their_window_with_the_files_bytes() {
     use mount_support::pages::assert_small_reads_fill_windows;
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !have_tool("mkfs.erofs") {
-        eprintln!("SKIP: mkfs.erofs is not installed");
+    if skip_without_mkfs_erofs() {
         return;
     }
     let t = TempDir::new("erofs-around");
@@ -269,12 +272,7 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
 /// must be set after the FUSE handshake, which otherwise sets it back to 128 KiB.
 #[test]
 fn a_root_mount_reads_ahead_a_mebibyte() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
-    if !have_tool("mkfs.erofs") {
-        eprintln!("SKIP: mkfs.erofs is not installed");
+    if skip_without_mkfs_erofs() {
         return;
     }
     // SAFETY: geteuid has no preconditions.
