@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{have_tool, imgmount, tool, TempDir};
+use common::{have_tool, imgmount, is_root, tool, tool_stdout, TempDir};
 use mount_support::tree::assert_same_tree;
 use mount_support::{skip_reason, MountGuard};
 
@@ -77,6 +77,13 @@ fn tree(root: &Path) {
     sparse.write_all_at(b"end", (4 << 20) - 3).unwrap();
 }
 
+/// Mounts `img` with imgmount on a new directory `at`; unmounted when the guard drops.
+fn mount_at(img: &Path, at: &Path) -> MountGuard {
+    fs::create_dir(at).unwrap();
+    imgmount([img.as_os_str(), at.as_os_str()]).expect_ok();
+    MountGuard(at.to_path_buf())
+}
+
 /// Says why and returns true where FUSE mounts or mkfs.erofs are not available.
 fn skip_without_mkfs_erofs() -> bool {
     if let Some(why) = skip_reason() {
@@ -100,21 +107,12 @@ fn erofs_mount_equals_kernel_view() {
     tree(&src);
     for (name, args) in [("plain", &[][..]), ("lz4", &["-zlz4hc", "-C16384"][..])] {
         let img = t.join(&format!("{name}.img"));
-        let out = tool("mkfs.erofs")
-            .arg("--quiet")
-            .args(args)
-            .arg(&img)
-            .arg(&src)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mkfs = [OsStr::new("--quiet")]
+            .into_iter()
+            .chain(args.iter().map(OsStr::new));
+        tool_stdout("mkfs.erofs", mkfs.chain([img.as_os_str(), src.as_os_str()]));
         let (k, o) = (t.join(&format!("k-{name}")), t.join(&format!("o-{name}")));
         fs::create_dir(&k).unwrap();
-        fs::create_dir(&o).unwrap();
         let st = tool("mount")
             .args(["-t", "erofs", "-o", "loop,ro"])
             .arg(&img)
@@ -126,8 +124,7 @@ fn erofs_mount_equals_kernel_view() {
             return;
         }
         let _l = LoopMount(k.clone());
-        imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
-        let _g = MountGuard(o.clone());
+        let _g = mount_at(&img, &o);
         let n = assert_same_tree(&k, &o);
         assert!(n > 300, "{name}: only {n} paths");
         imgmount([OsStr::new("umount"), o.as_os_str()]).expect_ok();
@@ -177,21 +174,15 @@ fn iso9660_mount_equals_its_source() {
     // Rock Ridge without AAIP holds no ACL; libisofs then writes the mode without the mask.
     let _ = tool("setfacl").arg("-b").arg(src.join("noise")).status();
     let img = t.join("rr.iso");
-    let out = tool("xorriso")
-        .args(["-as", "mkisofs", "-R", "-J", "-o"])
-        .arg(&img)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mkisofs = ["-as", "mkisofs", "-R", "-J", "-o"].map(OsStr::new);
+    tool_stdout(
+        "xorriso",
+        mkisofs
+            .into_iter()
+            .chain([img.as_os_str(), src.as_os_str()]),
     );
     let o = t.join("ours");
-    fs::create_dir(&o).unwrap();
-    imgmount([img.as_os_str(), o.as_os_str()]).expect_ok();
-    let _g = MountGuard(o.clone());
+    let _g = mount_at(&img, &o);
     let paths = mount_support::tree::walk(&src);
     assert_eq!(
         paths,
@@ -248,21 +239,13 @@ fn random_reads_fill_their_window_with_the_files_bytes() {
     data.extend((0..(512u32 << 10) + 3000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     fs::write(src.join("f.bin"), &data).unwrap();
     let img = t.join("around.img");
-    let out = tool("mkfs.erofs")
-        .args(["--quiet", "-zlz4hc", "-C65536"])
-        .arg(&img)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.erofs: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let mkfs = ["--quiet", "-zlz4hc", "-C65536"].map(OsStr::new);
+    tool_stdout(
+        "mkfs.erofs",
+        mkfs.into_iter().chain([img.as_os_str(), src.as_os_str()]),
     );
     let m = t.join("m");
-    fs::create_dir(&m).unwrap();
-    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
-    let _guard = MountGuard(m.clone());
+    let _guard = mount_at(&img, &m);
     assert_small_reads_fill_windows(&m.join("f.bin"), &data);
     imgmount([OsStr::new("umount"), m.as_os_str()]).expect_ok();
 }
@@ -275,8 +258,7 @@ fn a_root_mount_reads_ahead_a_mebibyte() {
     if skip_without_mkfs_erofs() {
         return;
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("SKIP: only root may raise a mount's readahead");
         return;
     }
@@ -285,17 +267,12 @@ fn a_root_mount_reads_ahead_a_mebibyte() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
     let img = t.join("ra.img");
-    assert!(tool("mkfs.erofs")
-        .arg("--quiet")
-        .arg(&img)
-        .arg(&src)
-        .status()
-        .unwrap()
-        .success());
+    tool_stdout(
+        "mkfs.erofs",
+        [OsStr::new("--quiet"), img.as_os_str(), src.as_os_str()],
+    );
     let m = t.join("m");
-    fs::create_dir(&m).unwrap();
-    imgmount([img.as_os_str(), m.as_os_str()]).expect_ok();
-    let _guard = MountGuard(m.clone());
+    let _guard = mount_at(&img, &m);
     use std::os::unix::fs::MetadataExt;
     let dev = fs::metadata(&m).unwrap().dev();
     let knob = format!(

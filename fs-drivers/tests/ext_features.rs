@@ -387,21 +387,7 @@ impl BlockDevice for Counting {
     fn read_direct_at(&self, offset: u64, buf: &mut [u8]) -> fs_drivers::Result<()> {
         self.inner.read_direct_at(offset, buf)
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn flush(&self) -> fs_drivers::Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    fs_drivers::read_only_device_writes!();
 }
 
 #[test]

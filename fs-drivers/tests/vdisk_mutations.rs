@@ -57,21 +57,7 @@ impl BlockDevice for Patched {
         }
         Ok(())
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    fs_drivers::read_only_device_writes!();
 }
 
 /// Recomputes a window's checksum after it was mutated.

@@ -74,6 +74,30 @@ pub trait BlockDevice: Send + Sync {
     fn is_writable(&self) -> bool;
 }
 
+/// The write half of a `BlockDevice` that only reads (a container's reader, a test's counting
+/// device): every write is `Error::ReadOnly`, a flush has nothing to make durable, and
+/// `is_writable` is false. Expands to those five methods inside an `impl BlockDevice` block.
+#[macro_export]
+macro_rules! read_only_device_writes {
+    () => {
+        fn write_at(&self, _: u64, _: &[u8]) -> $crate::Result<()> {
+            Err($crate::Error::ReadOnly)
+        }
+        fn flush(&self) -> $crate::Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: u64, _: u64) -> $crate::Result<()> {
+            Err($crate::Error::ReadOnly)
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> $crate::Result<()> {
+            Err($crate::Error::ReadOnly)
+        }
+        fn is_writable(&self) -> bool {
+            false
+        }
+    };
+}
+
 /// Shared handle to a device; the stacking layers hold these.
 pub type DeviceRef = Arc<dyn BlockDevice>;
 

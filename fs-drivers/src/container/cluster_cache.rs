@@ -492,21 +492,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(2));
             self.inner.read_at(offset, buf)
         }
-        fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn is_writable(&self) -> bool {
-            false
-        }
+        crate::read_only_device_writes!();
     }
 
     /// `n` zlib clusters back to back, each filled with its index; their extents.

@@ -100,21 +100,7 @@ impl BlockDevice for IoDevice<'_> {
         check_range(offset, buf.len() as u64, self.len)?;
         self.io.read_at(offset, buf)
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    crate::read_only_device_writes!();
 }
 
 fn corrupt(why: impl std::fmt::Display) -> Error {

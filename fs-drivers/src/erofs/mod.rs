@@ -434,16 +434,9 @@ impl FileSystem for ErofsFs {
     /// A listing reaches this subdirectory soon. Its inode window holds the inode, the entries
     /// mkfs.erofs inlines after it and, side by side, its children's inodes: started on the
     /// disk now (asynchronously), the synchronous read when the directory is opened finds
-    /// them in memory. Costs nothing once the window has been read.
+    /// them in memory. A block cache below drops the hint once the window has been read.
     fn prefetch_dir(&self, dir: Ino) {
-        let Some(start) = self.inode_window(dir) else {
-            return;
-        };
-        let done = self
-            .prefetched
-            .lock()
-            .map_or(true, |done| done.contains(&start));
-        if !done {
+        if let Some(start) = self.inode_window(dir) {
             let len = INODE_READAHEAD.min(self.dev.size().saturating_sub(start));
             self.dev.readahead(start, len);
         }

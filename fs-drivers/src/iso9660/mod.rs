@@ -513,18 +513,6 @@ impl FileSystem for IsoFs {
         Ok(self.node(ino)?.attr.clone())
     }
 
-    /// A listing reaches this subdirectory soon: its extent is started on the disk now
-    /// (asynchronously), from the node its parent's listing left in the cache.
-    fn prefetch_dir(&self, dir: Ino) {
-        let node = self.nodes.lock().ok().and_then(|c| c.peek(&dir).cloned());
-        if let Some((start, len)) = node
-            .filter(|n| n.attr.kind == FileType::Directory)
-            .and_then(|n| n.extents.first().copied())
-        {
-            self.dev.readahead(start, len.min(DIR_PREFETCH));
-        }
-    }
-
     fn readdir(&self, ino: Ino, offset: u64, emit: &mut dyn FnMut(DirEntry) -> bool) -> Result<()> {
         let list = self.list(ino)?;
         for (i, n) in list.iter().enumerate().skip(offset as usize) {
@@ -637,21 +625,7 @@ mod tests {
             }
             Ok(())
         }
-        fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn is_writable(&self) -> bool {
-            false
-        }
+        crate::read_only_device_writes!();
     }
 
     fn both32(v: u32) -> [u8; 8] {

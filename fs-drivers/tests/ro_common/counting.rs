@@ -50,19 +50,5 @@ impl BlockDevice for Counting {
     fn readahead(&self, offset: u64, len: u64) {
         self.readaheads.lock().unwrap().push((offset, len));
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn flush(&self) -> fs_drivers::Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> fs_drivers::Result<()> {
-        Err(fs_drivers::Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    fs_drivers::read_only_device_writes!();
 }

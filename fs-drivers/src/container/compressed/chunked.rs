@@ -229,21 +229,7 @@ impl BlockDevice for ChunkedDevice {
         Ok(())
     }
 
-    fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    crate::read_only_device_writes!();
 }
 
 #[cfg(test)]

@@ -31,21 +31,7 @@ impl BlockDevice for DecodedFile {
         self.file.read_exact_at(buf, offset)?;
         Ok(())
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    crate::read_only_device_writes!();
 }
 
 const HOLE: usize = 4096;

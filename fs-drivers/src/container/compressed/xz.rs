@@ -483,21 +483,7 @@ mod tests {
             self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
             self.inner.read_at(off, buf)
         }
-        fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn flush(&self) -> Result<()> {
-            Ok(())
-        }
-        fn discard(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-            Err(Error::ReadOnly)
-        }
-        fn is_writable(&self) -> bool {
-            false
-        }
+        crate::read_only_device_writes!();
     }
 
     /// 1 MiB blocks of text and random bytes, as `xz --block-size` writes them: the blocks

@@ -261,19 +261,5 @@ impl BlockDevice for Qcow2 {
         }
     }
 
-    fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _offset: u64, _len: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    crate::read_only_device_writes!();
 }

@@ -244,21 +244,7 @@ impl BlockDevice for Replayed {
         }
         Ok(())
     }
-    fn write_at(&self, _: u64, _: &[u8]) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn flush(&self) -> Result<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn write_zeroes(&self, _: u64, _: u64) -> Result<()> {
-        Err(Error::ReadOnly)
-    }
-    fn is_writable(&self) -> bool {
-        false
-    }
+    crate::read_only_device_writes!();
 }
 
 /// Replays the log `hdr` names over `dev`: returns the device to parse the rest from and
