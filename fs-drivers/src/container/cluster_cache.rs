@@ -495,6 +495,11 @@ mod tests {
         crate::read_only_device_writes!();
     }
 
+    /// A zlib decoder of CLUSTER-sized clusters over `file`, with a 16 MiB cache.
+    fn zlib(file: DeviceRef) -> Decoder {
+        Decoder::new(Codec::Zlib, "test", CLUSTER as u64, 16 << 20, file)
+    }
+
     /// `n` zlib clusters back to back, each filled with its index; their extents.
     fn clusters(n: usize) -> (Vec<u8>, Vec<Extent>) {
         let mut file = Vec::new();
@@ -516,7 +521,7 @@ mod tests {
             inner: MemDevice::read_only(file),
             reads: AtomicUsize::new(0),
         });
-        let d = Decoder::new(Codec::Zlib, "test", CLUSTER as u64, 16 << 20, dev.clone());
+        let d = zlib(dev.clone());
         // As FUSE threads serve one stream: each reader starts a little further on and plans
         // its own batch of the clusters after its own.
         std::thread::scope(|s| {
@@ -539,13 +544,7 @@ mod tests {
         // Cluster 2 no longer decodes to a whole cluster.
         let (at, len) = extents[2];
         file[at as usize + 2..(at + len) as usize].fill(0);
-        let d = Decoder::new(
-            Codec::Zlib,
-            "test",
-            CLUSTER as u64,
-            16 << 20,
-            Arc::new(MemDevice::read_only(file)),
-        );
+        let d = zlib(Arc::new(MemDevice::read_only(file)));
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
@@ -580,7 +579,7 @@ mod tests {
             inner: MemDevice::read_only(file),
             reads: AtomicUsize::new(0),
         });
-        let d = Decoder::new(Codec::Zlib, "test", CLUSTER as u64, 16 << 20, dev.clone());
+        let d = zlib(dev.clone());
         let batch = d.batch();
         assert!(extents.len() >= 4 * batch, "batch {batch}");
         let plan = |i: usize| extents[i + 1..].iter().take(d.plan()).copied().collect();
@@ -610,23 +609,11 @@ mod tests {
             return;
         }
         let (mut file, extents) = clusters(64);
-        let d0 = Decoder::new(
-            Codec::Zlib,
-            "t",
-            CLUSTER as u64,
-            16 << 20,
-            Arc::new(MemDevice::read_only(Vec::new())),
-        );
+        let d0 = zlib(Arc::new(MemDevice::read_only(Vec::new())));
         let bad = d0.batch() + 2;
         let (at, len) = extents[bad];
         file[at as usize + 2..(at + len) as usize].fill(0);
-        let d = Decoder::new(
-            Codec::Zlib,
-            "test",
-            CLUSTER as u64,
-            16 << 20,
-            Arc::new(MemDevice::read_only(file)),
-        );
+        let d = zlib(Arc::new(MemDevice::read_only(file)));
         let plan = |i: usize| extents[i + 1..].iter().take(d.plan()).copied().collect();
         for (i, e) in extents.iter().enumerate() {
             let got = d.get(*e, || plan(i));
